@@ -1,0 +1,294 @@
+"""The `gaming-pipeline` command (CONTRACT.md section 6)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gaming_pipeline.lib import aws, generator, jars
+from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
+
+console = Console(stderr=True)
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _spark(settings: Settings):
+    from gaming_pipeline.lib.spark import start_session
+
+    with console.status("starting Spark"):
+        spark = start_session(settings)
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def cmd_fetch_jars(args: argparse.Namespace) -> int:
+    for jar in jars.fetch(progress=console.print):
+        console.print(f"  {jar}")
+    return 0
+
+
+def cmd_local_aws(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    local = aws.LocalAws(port=aws.free_port(prefer=args.port)).start()
+    os.environ.update(local.environment())
+    path = aws.provision(settings.landing_bucket, args.queue_name)
+    console.print(f"local S3/SNS/SQS endpoint on {local.endpoint} (Ctrl-C stops it)")
+    for key, value in {**local.environment(), "GAMING_PIPELINE_QUEUE_URL": path.queue_url}.items():
+        print(f"export {key}={value}")
+    sys.stdout.flush()
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        local.stop()
+    return 0
+
+
+def _s3_put(bucket: str):
+    s3 = aws.client("s3")
+    return lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _dir_put(root: Path):
+    def put(key: str, body: bytes) -> None:
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
+    return put
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    put = _dir_put(Path(args.out)) if args.to == "dir" else _s3_put(args.bucket or settings.landing_bucket)
+    totals = generator.Totals()
+    if args.rate:
+        events = generator.stream(args.seed, args.rate, args.duration)
+        total = int(args.rate * args.duration) if args.duration else None
+        flush_seconds = args.flush_seconds
+    else:
+        end = datetime.fromisoformat(args.end) if args.end else None
+        start, end = generator.history_window(args.days, end)
+        events = generator.history(args.seed, args.events, start, end)
+        total, flush_seconds = args.events, None
+    objects = generator.landing_objects(events, args.seed, args.object_events, flush_seconds)
+    with Progress(
+        TextColumn("events"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=args.quiet,
+    ) as progress:
+        task = progress.add_task("events", total=total)
+        try:
+            generator.write_objects(
+                objects, put, totals, on_object=lambda n: progress.advance(task, n)
+            )
+        except KeyboardInterrupt:
+            pass
+    console.print(f"{totals.events} events in {totals.objects} landing object(s)")
+    if args.totals:
+        print(json.dumps(totals.as_dict(), indent=2))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from gaming_pipeline.lib.warehouse import register_views
+
+    settings = Settings.from_env()
+    spark = _spark(settings)
+    register_views(spark, settings.warehouse)
+    result = spark.sql(args.query.strip().rstrip(";"))
+    rows = result.limit(args.limit).collect()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.asDict(recursive=True), default=str))
+        return 0
+    table = Table(*result.columns)
+    for row in rows:
+        table.add_row(*("NULL" if value is None else str(value) for value in row))
+    Console().print(table)
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from gaming_pipeline.lib.warehouse import describe_tables
+
+    settings = Settings.from_env()
+    rows = describe_tables(_spark(settings), settings.warehouse)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table("table", "location", "version", "rows")
+    for row in rows:
+        table.add_row(row["table"], row["location"], str(row["version"]), f"{row['rows']:,}")
+    Console().print(table)
+    return 0
+
+
+def _wait_for(url: str, seconds: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {seconds:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, a stream of events."""
+    jars.fetch(progress=console.print)
+    settings = Settings.from_env()
+    dagster_home = settings.home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEPLOY / "dagster.yaml", dagster_home / "dagster.yaml")
+
+    local = aws.LocalAws(port=aws.free_port(prefer=args.aws_port)).start()
+    os.environ.update(local.environment())
+    path = aws.provision(settings.landing_bucket, DEFAULT_QUEUE_NAME)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "GAMING_PIPELINE_HOME": str(settings.home),
+        "GAMING_PIPELINE_QUEUE_URL": path.queue_url,
+    }
+    processes: list[subprocess.Popen] = []
+    stop_streaming = threading.Event()
+    try:
+        ui_port = aws.free_port(prefer=args.ui_port)
+        module = ["-m", "gaming_pipeline.definitions"]
+        logs = settings.home / "logs"
+        logs.mkdir(exist_ok=True)
+        for name, command in {
+            "webserver": ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port), *module],
+            "daemon": ["dagster-daemon", "run", *module],
+        }.items():
+            log = open(logs / f"{name}.log", "ab")
+            processes.append(
+                subprocess.Popen(
+                    [str(Path(sys.executable).parent / command[0]), *command[1:]],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            )
+        ui = f"http://127.0.0.1:{ui_port}"
+        with console.status("starting the Dagster webserver and daemon"):
+            _wait_for(f"{ui}/server_info", 180, processes[0])
+
+        def stream() -> None:
+            put = _s3_put(settings.landing_bucket)
+            events = generator.stream(args.seed, args.rate, None)
+            objects = generator.landing_objects(events, args.seed, flush_seconds=args.flush_seconds)
+            for key, body, _ in objects:
+                put(key, body)
+                if stop_streaming.is_set():
+                    return
+
+        threading.Thread(target=stream, daemon=True).start()
+        console.print(
+            f"\n[bold]gaming_pipeline demo is up[/bold]\n"
+            f"  Dagster UI      {ui}  (assets, sensors, runs)\n"
+            f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}\n"
+            f"  warehouse       {settings.warehouse}\n"
+            f"  logs            {logs}\n"
+            f"  streaming {args.rate:g} events/s; query with:\n"
+            f"    GAMING_PIPELINE_HOME={settings.home} gaming-pipeline sql "
+            f"\"select count(*) from mobile_events_delta_raw\"\n"
+            f"Ctrl-C stops everything."
+        )
+        while all(process.poll() is None for process in processes):
+            time.sleep(1)
+        console.print("[red]a Dagster process exited; see the logs above[/red]")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_streaming.set()
+        console.print("stopping ...")
+        _stop(processes)
+        local.stop()
+        console.print("stopped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gaming-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the whole platform locally with generated events")
+    demo.add_argument("--rate", type=float, default=50, help="events per second (default 50)")
+    demo.add_argument("--flush-seconds", type=float, default=5, help="landing object age limit")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--ui-port", type=int, default=3000, help="taken if free, else any free port")
+    demo.add_argument("--aws-port", type=int, default=4566, help="taken if free, else any free port")
+    demo.set_defaults(func=cmd_demo)
+
+    local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS endpoint")
+    local.add_argument("--port", type=int, default=4566, help="taken if free, else any free port")
+    local.add_argument("--queue-name", default=DEFAULT_QUEUE_NAME)
+    local.set_defaults(func=cmd_local_aws)
+
+    gen = commands.add_parser("generate", help="generate game events as landing objects")
+    amount = gen.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--events", type=int, help="how many events (history mode)")
+    amount.add_argument("--rate", type=float, help="events per second, stamped as they are made")
+    gen.add_argument("--duration", type=float, help="seconds to stream at --rate (default: until Ctrl-C)")
+    gen.add_argument("--days", type=float, default=1.0, help="history: spread over this many past days")
+    gen.add_argument("--end", help="history: end of the span, ISO-8601 (default now)")
+    gen.add_argument("--seed", type=int, default=7, help="same seed, same events")
+    gen.add_argument("--to", choices=("s3", "dir"), default="s3")
+    gen.add_argument("--bucket", help="landing bucket (default GAMING_PIPELINE_LANDING_BUCKET)")
+    gen.add_argument("--out", help="with --to dir: folder to write objects into")
+    gen.add_argument("--object-events", type=int, default=generator.OBJECT_EVENTS)
+    gen.add_argument("--flush-seconds", type=float, default=60, help="streaming: object age limit")
+    gen.add_argument("--totals", action="store_true", help="print totals of what was generated as JSON")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    sql = commands.add_parser("sql", help="run a SQL query over the tables by name")
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, default=1000)
+    sql.add_argument("--json", action="store_true", help="one JSON object per row")
+    sql.set_defaults(func=cmd_sql)
+
+    tables = commands.add_parser("tables", help="list tables: location, Delta version, rows")
+    tables.add_argument("--json", action="store_true")
+    tables.set_defaults(func=cmd_tables)
+
+    fetch = commands.add_parser("fetch-jars", help="fetch the pinned Delta and s3a jars once")
+    fetch.set_defaults(func=cmd_fetch_jars)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "to", None) == "dir" and not args.out:
+        build_parser().error("--to dir needs --out")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Landing objects in S3 become rows of mobile_events_delta_raw, exactly once."""
+
+
+from datetime import datetime
+
+from dagster_aws.s3.sensor import get_objects
+from pydantic import Field
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+
+from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
+from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
+
+INGEST_GROUP = "ingest"
+# Spark runs share two cores: the instance admits one run of this pool at a time.
+SPARK_POOL = "spark"
+
+
+class LandedObjectConfig(dg.Config):
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int = 0
+
+    def landed(self) -> LandedObject:
+        return LandedObject(self.bucket, self.key, self.etag, self.size)
+
+
+class IngestConfig(dg.Config):
+    objects: list[LandedObjectConfig] = Field(
+        default=[],
+        description=(
+            "Landing objects to ingest, as the sensors request them. Leave empty to ingest "
+            "every object in the landing bucket that the ledger does not hold yet."
+        ),
+    )
+
+
+def objects_in_bucket(
+    landing: LandingBucketResource, landed_before: datetime | None = None
+) -> list[LandedObject]:
+    """The objects in the landing bucket (those landed before a time, if given), with the
+    ETag the ledger compares against. Folder markers are not objects to ingest."""
+    return [
+        LandedObject(landing.bucket, obj["Key"], obj["ETag"].strip('"'), obj["Size"])
+        for obj in get_objects(bucket=landing.bucket, client=landing.s3())
+        if not obj["Key"].endswith("/")
+        and (landed_before is None or obj["LastModified"] <= landed_before)
+    ]
+
+
+def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
+    return {"dagster/uri": table_path(warehouse.root, table), "dagster/table_name": table}
+
+
+@dg.multi_asset(
+    name="ingest_landed_objects",
+    specs=[
+        dg.AssetSpec(
+            RAW_TABLE,
+            group_name=INGEST_GROUP,
+            kinds={"spark", "delta", "s3"},
+            description=(
+                "Every game event as it landed: one row per event, partitioned by `eventDate` "
+                "(the UTC day of `eventTime`). `eventParams` keeps the clients' struct "
+                "(game_keyword, app_name, scoreAdjustment, platform, app_version, device_id, "
+                "client_event_time, amount), so the seed's queries run unchanged, e.g. "
+                "`select count (distinct eventParams.device_id) as DAU from "
+                "mobile_events_delta_raw where to_date(eventTime) = current_date`. "
+                "`_source_object` and `_ingested_at` say where and when each row came from. "
+                "Refreshed by the landing sensors within seconds of an object landing."
+            ),
+        ),
+        dg.AssetSpec(
+            QUARANTINE_TABLE,
+            group_name=INGEST_GROUP,
+            kinds={"spark", "delta"},
+            description=(
+                "Landing lines that could not become events: not JSON, a required field "
+                "missing (eventName, eventParams, eventTime), a field of the wrong type, or an "
+                "eventTime that is not a time. Each keeps its line, `reason` and source object; "
+                "nothing is dropped silently. Lines carrying PII keep only their reason."
+            ),
+        ),
+        dg.AssetSpec(
+            LEDGER_TABLE,
+            group_name=INGEST_GROUP,
+            kinds={"spark", "delta"},
+            description=(
+                "One row per landing object taken in: key, ETag, run, the Delta versions it "
+                "was written in, and rows in / written / quarantined. An object in the ledger "
+                "is never ingested twice."
+            ),
+        ),
+    ],
+    pool=SPARK_POOL,
+)
+def ingest_landed_objects(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    landing: LandingBucketResource,
+    warehouse: WarehouseResource,
+    pyspark: LazyPySparkResource,
+):
+    """Read the run's landing objects from S3, parse them with the event schema, and commit
+    their rows to the raw table and their bad lines to quarantine, then record them in the
+    ledger."""
+    objects = [obj.landed() for obj in config.objects] or objects_in_bucket(landing)
+    context.log.info(f"{len(objects)} landing object(s) requested")
+    result: IngestResult = ingest_objects(
+        pyspark.spark_session, warehouse.root, objects, context.run.run_id
+    )
+    context.log.info(
+        f"{result.objects} object(s) ingested ({result.objects_already_ingested} already in the "
+        f"ledger): {result.rows_in} lines -> {result.rows_written} rows, "
+        f"{result.rows_quarantined} quarantined, in {result.seconds:.1f} s"
+    )
+    counts = {
+        "objects": result.objects,
+        "objects_already_ingested": result.objects_already_ingested,
+        "rows_in": result.rows_in,
+        "rows_written": result.rows_written,
+        "rows_quarantined": result.rows_quarantined,
+        "rows_missing_event_time": result.rows_missing_event_time,
+        "seconds": round(result.seconds, 2),
+    }
+    yield dg.MaterializeResult(
+        asset_key=RAW_TABLE,
+        metadata={
+            **counts,
+            **_table_metadata(warehouse, RAW_TABLE),
+            "delta_version": result.raw_version,
+            "event_dates": [day.isoformat() for day in result.event_dates],
+            "rows_per_second": round(result.rows_in / result.seconds) if result.seconds else 0,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=QUARANTINE_TABLE,
+        metadata={
+            "rows_quarantined": result.rows_quarantined,
+            "delta_version": result.quarantine_version,
+            **_table_metadata(warehouse, QUARANTINE_TABLE),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=LEDGER_TABLE,
+        metadata={"objects": result.objects, **_table_metadata(warehouse, LEDGER_TABLE)},
+    )
+
+
+ingest_job = dg.define_asset_job(
+    "ingest_landed_objects_job",
+    selection=dg.AssetSelection.assets(ingest_landed_objects),
+    description="Ingest a batch of landing objects; the landing sensors launch it.",
+)

@@ -1,0 +1,59 @@
+"""Resources shared by every domain, configured from the environment (CONTRACT.md section 5).
+
+A variable that is set reaches Dagster as an EnvVar, so the UI shows where a value came
+from without showing the value; one that is unset falls back to its embedded default.
+"""
+
+
+import os
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+
+from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.settings import Settings
+from gaming_pipeline.lib.spark import spark_config
+
+
+def _from_env(variable: str, default: str):
+    return dg.EnvVar(variable) if os.environ.get(variable) else default
+
+
+class LandingBucketResource(dg.ConfigurableResource):
+    """The S3 bucket game events land in, and the SQS queue its notifications reach."""
+
+    bucket: str
+    queue_url: str = ""
+
+    def s3(self):
+        return aws.client("s3")
+
+    def sqs(self):
+        return aws.client("sqs")
+
+    def resolved_queue_url(self) -> str:
+        return aws.queue_url(self.queue_url)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The root under which every Delta table lives (a path or s3a://bucket/prefix)."""
+
+    root: str
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    settings = Settings.from_env()
+    return dg.Definitions(
+        resources={
+            "landing": LandingBucketResource(
+                bucket=_from_env("GAMING_PIPELINE_LANDING_BUCKET", settings.landing_bucket),
+                queue_url=_from_env("GAMING_PIPELINE_QUEUE_URL", settings.queue_url),
+            ),
+            "warehouse": WarehouseResource(
+                root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)
+            ),
+            # Lazy: a run that finds nothing to do never starts a JVM.
+            "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
+        }
+    )

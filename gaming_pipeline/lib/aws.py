@@ -1,0 +1,189 @@
+"""AWS plumbing shared by the CLI, the sensors and the tests.
+
+boto3 follows its own configuration (AWS_ENDPOINT_URL, AWS_REGION, credentials), so the
+same calls reach the local endpoint in the demo and tests, and real AWS in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import boto3
+from botocore.exceptions import ClientError
+
+from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME
+
+# moto's server accepts any credentials; these stand in when none are configured so the
+# local endpoint works on a machine that has never seen AWS.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "gaming-pipeline-local",
+    "AWS_SECRET_ACCESS_KEY": "gaming-pipeline-local",
+    "AWS_REGION": "us-east-1",
+}
+# A message the sensor cannot understand is retried this often, then parked on the
+# dead-letter queue for a person to look at.
+MAX_RECEIVES = 5
+
+
+def client(service: str):
+    return boto3.client(service, region_name=os.environ.get("AWS_REGION") or None)
+
+
+@dataclass(frozen=True)
+class LandingPath:
+    bucket: str
+    topic_arn: str
+    queue_url: str
+    dead_letter_queue_url: str
+
+
+def _ensure_bucket(s3, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    region = s3.meta.region_name
+    kwargs = {"Bucket": bucket}
+    if region and region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**kwargs)
+
+
+def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
+    """Create, or leave as they are, the bucket, the SNS topic fed by the bucket's
+    ObjectCreated notifications, the SQS queue subscribed to it and its dead-letter queue.
+    Safe to run again: every call here is idempotent."""
+    s3, sns, sqs, sts = client("s3"), client("sns"), client("sqs"), client("sts")
+    account = sts.get_caller_identity()["Account"]
+    _ensure_bucket(s3, bucket)
+
+    dlq_url = sqs.create_queue(QueueName=f"{queue_name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+
+    topic_arn = sns.create_topic(Name=f"{queue_name}-topic")["TopicArn"]
+    sns.set_topic_attributes(
+        TopicArn=topic_arn,
+        AttributeName="Policy",
+        AttributeValue=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "s3.amazonaws.com"},
+                        "Action": "SNS:Publish",
+                        "Resource": topic_arn,
+                        "Condition": {
+                            "ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"},
+                            "StringEquals": {"aws:SourceAccount": account},
+                        },
+                    }
+                ],
+            }
+        ),
+    )
+    sqs.set_queue_attributes(
+        QueueUrl=queue_url,
+        Attributes={
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVES)}
+            ),
+            # Long enough for a sensor tick to finish with a message before it reappears.
+            "VisibilityTimeout": "120",
+            "Policy": json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sns.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": queue_arn,
+                            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                        }
+                    ],
+                }
+            ),
+        },
+    )
+    subscribed = any(
+        sub["Endpoint"] == queue_arn
+        for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+        for sub in page["Subscriptions"]
+    )
+    if not subscribed:
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+
+    # S3 sends an s3:TestEvent whenever this is set, so it is set only when it differs.
+    notification = {
+        "TopicConfigurations": [
+            {
+                "Id": "gaming-pipeline-object-created",
+                "TopicArn": topic_arn,
+                "Events": ["s3:ObjectCreated:*"],
+            }
+        ]
+    }
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
+    if current.get("TopicConfigurations") != notification["TopicConfigurations"]:
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration=notification
+        )
+    return LandingPath(bucket, topic_arn, queue_url, dlq_url)
+
+
+def queue_url(configured: str, queue_name: str = DEFAULT_QUEUE_NAME) -> str:
+    return configured or client("sqs").get_queue_url(QueueName=queue_name)["QueueUrl"]
+
+
+def free_port(prefer: int = 0) -> int:
+    """`prefer` if nothing listens on it on 127.0.0.1, else a port the system picks."""
+    for port in (prefer, 0) if prefer else (0,):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+class LocalAws:
+    """moto's server on 127.0.0.1: S3, SNS and SQS over real HTTP, in this process."""
+
+    def __init__(self, port: int = 0):
+        from moto.server import ThreadedMotoServer
+
+        self.port = port or free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to talk to this endpoint (credentials kept if already set)."""
+        env = {key: os.environ.get(key) or value for key, value in LOCAL_CREDENTIALS.items()}
+        env["AWS_ENDPOINT_URL"] = self.endpoint
+        return env
+
+    def start(self) -> LocalAws:
+        # moto's request log is one line per call: noise next to the pipeline's own output.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()

@@ -1,0 +1,217 @@
+"""Generated game events in the seed's schema, for demos, tests and benchmarks.
+
+Reproducible: the same seed, count and time span give the same events and the same landing
+objects (same keys, same bytes), so a second load of them is recognised as the same work.
+Events are written as gzip NDJSON objects the way Firehose buffers them: up to a number of
+events per object, never spanning an hour, keyed `events/YYYY/MM/DD/HH/...` by the hour.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from gaming_pipeline.games import GAMES, Game
+
+EVENT_MIX = {
+    "gameStart": 0.14,
+    "levelUp": 0.16,
+    "scoreAdjustment": 0.52,
+    "itemCollected": 0.10,
+    "purchaseEvent": 0.04,
+    "gameEnd": 0.04,
+}
+PRICE_POINTS = (0.99, 1.99, 2.99, 4.99, 9.99, 19.99, 49.99, 99.99)
+PRICE_WEIGHTS = (30, 20, 12, 15, 10, 7, 4, 2)
+PLATFORMS = ("ios", "android")
+DEVICES_PER_POPULARITY = 40
+OBJECT_EVENTS = 5_000
+KEY_PREFIX = "events"
+
+
+@dataclass
+class Totals:
+    """What a load put into the landing bucket, for comparing with the tables."""
+
+    events: int = 0
+    per_day_game: Counter = field(default_factory=Counter)
+    devices: set = field(default_factory=set)
+    devices_per_day: dict = field(default_factory=lambda: defaultdict(set))
+    purchase_cents: int = 0
+    purchases: int = 0
+    objects: int = 0
+
+    def add(self, event: dict) -> None:
+        params = event["eventParams"]
+        day = datetime.fromtimestamp(event["eventTime"], timezone.utc).date().isoformat()
+        self.events += 1
+        self.per_day_game[(day, params["game_keyword"])] += 1
+        self.devices.add(params["device_id"])
+        self.devices_per_day[day].add(params["device_id"])
+        if event["eventName"] == "purchaseEvent":
+            self.purchases += 1
+            self.purchase_cents += int(Decimal(str(params["amount"])) * 100)
+
+    def as_dict(self) -> dict:
+        per_day: dict[str, dict[str, int]] = defaultdict(dict)
+        for (day, game), count in sorted(self.per_day_game.items()):
+            per_day[day][game] = count
+        return {
+            "events": self.events,
+            "objects": self.objects,
+            "distinct_devices": len(self.devices),
+            "distinct_devices_per_day": {
+                day: len(devices) for day, devices in sorted(self.devices_per_day.items())
+            },
+            "purchases": self.purchases,
+            "purchase_sum": str(Decimal(self.purchase_cents) / 100),
+            "events_per_day_and_game": dict(per_day),
+        }
+
+
+class EventFactory:
+    """Draws events for the registry's games, with a stable device pool per game."""
+
+    def __init__(self, seed: int, games: tuple[Game, ...] = GAMES):
+        self.rng = random.Random(seed)
+        self.games = games
+        self.game_weights = [game.popularity for game in games]
+        self.devices = {
+            game.keyword: [
+                f"d-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}"
+                for _ in range(max(3, int(game.popularity * DEVICES_PER_POPULARITY)))
+            ]
+            for game in games
+        }
+        self.versions = {
+            game.keyword: f"{self.rng.randint(1, 4)}.{self.rng.randint(0, 9)}.{self.rng.randint(0, 20)}"
+            for game in games
+        }
+        self.names = list(EVENT_MIX)
+        self.name_weights = list(EVENT_MIX.values())
+
+    def event(self, at: float) -> dict:
+        rng = self.rng
+        game = rng.choices(self.games, self.game_weights)[0]
+        pool = self.devices[game.keyword]
+        # A few heavy players and a long tail, as in real games.
+        device = pool[min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)]
+        name = rng.choices(self.names, self.name_weights)[0]
+        client_time = datetime.fromtimestamp(at - rng.uniform(0.05, 3.0), timezone.utc)
+        params = {
+            "game_keyword": game.keyword,
+            "app_name": game.app_name,
+            "scoreAdjustment": rng.randint(-50, 250) if name == "scoreAdjustment" else 0,
+            "platform": PLATFORMS[int(device[-1], 16) % 2],
+            "app_version": self.versions[game.keyword],
+            "device_id": device,
+            "client_event_time": client_time.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            ),
+        }
+        if name == "purchaseEvent":
+            params["amount"] = rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0]
+        return {
+            "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "eventName": name,
+            "eventTime": int(at),
+            "eventParams": params,
+        }
+
+
+def history(seed: int, count: int, start: datetime, end: datetime) -> Iterator[dict]:
+    """`count` events spread over [start, end), in time order."""
+    factory = EventFactory(seed)
+    span = (end - start).total_seconds()
+    times = sorted(start.timestamp() + factory.rng.random() * span for _ in range(count))
+    for at in times:
+        yield factory.event(at)
+
+
+def stream(seed: int, rate: float, duration: float | None) -> Iterator[dict]:
+    """Events at `rate` per second, stamped with the time they are made, for `duration`
+    seconds (forever when None)."""
+    factory = EventFactory(seed)
+    started = time.time()
+    sent = 0
+    while duration is None or time.time() - started < duration:
+        due = int((time.time() - started) * rate) - sent
+        if due <= 0:
+            time.sleep(min(0.05, 1 / rate))
+            continue
+        now = time.time()
+        for _ in range(due):
+            yield factory.event(now)
+        sent += due
+
+
+def object_key(first_event_time: float, sequence: int, seed: int) -> str:
+    hour = datetime.fromtimestamp(first_event_time, timezone.utc)
+    stamp = hour.strftime("%Y-%m-%d-%H-%M-%S")
+    return (
+        f"{KEY_PREFIX}/{hour:%Y/%m/%d/%H}/gaming-pipeline-{seed}-{stamp}-{sequence:06d}.ndjson.gz"
+    )
+
+
+def landing_objects(
+    events: Iterable[dict],
+    seed: int,
+    object_events: int = OBJECT_EVENTS,
+    flush_seconds: float | None = None,
+) -> Iterator[tuple[str, bytes, list[dict]]]:
+    """Buffer events into (key, gzip NDJSON body, events) objects: at most `object_events`
+    each, never across an hour, and, when streaming, no older than `flush_seconds`."""
+    batch: list[dict] = []
+    opened = time.monotonic()
+    sequence = 0
+
+    def flush():
+        nonlocal batch, sequence
+        lines = "".join(json.dumps(event, separators=(",", ":")) + "\n" for event in batch)
+        # mtime=0 keeps the gzip bytes, and so the ETag, identical for identical events.
+        body = gzip.compress(lines.encode(), mtime=0)
+        key = object_key(batch[0]["eventTime"], sequence, seed)
+        sequence += 1
+        done, batch = batch, []
+        return key, body, done
+
+    for event in events:
+        if batch and (
+            len(batch) >= object_events
+            or event["eventTime"] // 3600 != batch[0]["eventTime"] // 3600
+            or (flush_seconds is not None and time.monotonic() - opened >= flush_seconds)
+        ):
+            yield flush()
+        if not batch:
+            opened = time.monotonic()
+        batch.append(event)
+    if batch:
+        yield flush()
+
+
+def write_objects(
+    objects: Iterable[tuple[str, bytes, list[dict]]],
+    put: Callable[[str, bytes], None],
+    totals: Totals,
+    on_object: Callable[[int], None] = lambda events: None,
+) -> Totals:
+    for key, body, events in objects:
+        put(key, body)
+        totals.objects += 1
+        for event in events:
+            totals.add(event)
+        on_object(len(events))
+    return totals
+
+
+def history_window(days: float, end: datetime | None = None) -> tuple[datetime, datetime]:
+    end = end or datetime.now(timezone.utc)
+    return end - timedelta(days=days), end

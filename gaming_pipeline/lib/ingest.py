@@ -1,0 +1,166 @@
+"""Landing objects into mobile_events_delta_raw and quarantine_events, exactly once.
+
+Each object's rows are written with `replaceWhere` on their source object, so running the
+same objects again (SQS redelivery, a retried or killed run, the reconciler) replaces rows
+instead of adding them, whatever batches the objects arrive in. The ledger is written last;
+a run killed before it is simply repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from gaming_pipeline.lib.events import (
+    QUARANTINE_SCHEMA,
+    RAW_SCHEMA,
+    classify_lines,
+    per_object_counts,
+    quarantined_lines,
+    raw_events,
+    source_object,
+)
+from gaming_pipeline.lib.ledger import LEDGER_SCHEMA
+from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.warehouse import (
+    LEDGER_TABLE,
+    QUARANTINE_TABLE,
+    RAW_TABLE,
+    ensure_table,
+    in_list,
+    replace_rows,
+    table_path,
+    upsert,
+)
+
+
+@dataclass
+class IngestResult:
+    objects: int = 0
+    objects_already_ingested: int = 0
+    rows_in: int = 0
+    rows_written: int = 0
+    rows_quarantined: int = 0
+    rows_missing_event_time: int = 0
+    raw_version: int | None = None
+    quarantine_version: int | None = None
+    event_dates: list[date] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def object_uri(obj: LandedObject) -> str:
+    return f"s3://{obj.bucket}/{obj.key}"
+
+
+def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
+    ensure_table(
+        spark,
+        table_path(warehouse, RAW_TABLE),
+        RAW_SCHEMA,
+        partition_by=("eventDate",),
+        comment="Game events as landed, one row per event, partitioned by UTC event day.",
+    )
+    ensure_table(
+        spark,
+        table_path(warehouse, QUARANTINE_TABLE),
+        QUARANTINE_SCHEMA,
+        comment="Landing lines that could not become events, with the reason.",
+    )
+    ensure_table(
+        spark,
+        table_path(warehouse, LEDGER_TABLE),
+        LEDGER_SCHEMA,
+        comment="One row per landing object ingested: ETag, run, versions, row counts.",
+    )
+
+
+def pending(spark: SparkSession, warehouse: str, objects: list[LandedObject]) -> list[LandedObject]:
+    """The objects the ledger does not hold at the same ETag (an overwritten object is new)."""
+    ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
+    uris = [object_uri(obj) for obj in objects]
+    done = {
+        row.object: row.etag
+        for row in ledger.where(F.col("object").isin(uris)).select("object", "etag").collect()
+    }
+    return [
+        obj
+        for obj in objects
+        if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)] != obj.etag)
+    ]
+
+
+def ingest_objects(
+    spark: SparkSession, warehouse: str, objects: list[LandedObject], run_id: str
+) -> IngestResult:
+    started = time.monotonic()
+    ensure_ingest_tables(spark, warehouse)
+    unique = sorted(set(objects))
+    todo = pending(spark, warehouse, unique)
+    result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo))
+    if not todo:
+        result.seconds = time.monotonic() - started
+        return result
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    lines = spark.read.text([obj.s3a_path for obj in todo]).select(
+        "value", source_object(F.col("_metadata.file_path")).alias("_source_object")
+    )
+    classified = classify_lines(lines).persist()
+    try:
+        counts = {row._source_object: row for row in per_object_counts(classified).collect()}
+        result.event_dates = sorted(
+            row.eventDate
+            for row in classified.where(F.col("reason").isNull())
+            .select(F.to_date("eventTime").alias("eventDate"))
+            .distinct()
+            .collect()
+        )
+        uris = [object_uri(obj) for obj in todo]
+        predicate = in_list("_source_object", uris)
+        marker = {"run_id": run_id, "objects": len(todo)}
+        result.quarantine_version = replace_rows(
+            quarantined_lines(classified, now, run_id),
+            table_path(warehouse, QUARANTINE_TABLE),
+            predicate,
+            marker,
+        )
+        result.raw_version = replace_rows(
+            raw_events(classified, now, run_id), table_path(warehouse, RAW_TABLE), predicate, marker
+        )
+    finally:
+        classified.unpersist()
+
+    ledger_rows = []
+    for obj, uri in zip(todo, uris):
+        row = counts.get(uri)
+        ledger_rows.append(
+            (
+                uri,
+                obj.etag,
+                obj.size,
+                run_id,
+                result.raw_version,
+                result.quarantine_version,
+                row.rows_in if row else 0,
+                row.rows_written if row else 0,
+                row.rows_quarantined if row else 0,
+                row.rows_missing_event_time if row else 0,
+                now,
+            )
+        )
+        if row:
+            result.rows_in += row.rows_in
+            result.rows_written += row.rows_written
+            result.rows_quarantined += row.rows_quarantined
+            result.rows_missing_event_time += row.rows_missing_event_time
+    upsert(
+        spark.createDataFrame(ledger_rows, LEDGER_SCHEMA),
+        table_path(warehouse, LEDGER_TABLE),
+        keys=("object",),
+    )
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,53 @@
+"""The ingest ledger: one row per landing object taken into the tables.
+
+Runs write it with Spark after their data commits; sensors read it here with delta-rs,
+which needs no JVM, so a sensor tick stays light.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import types as T
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("object", T.StringType(), False),
+        T.StructField("etag", T.StringType()),
+        T.StructField("size", T.LongType()),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("raw_version", T.LongType()),
+        T.StructField("quarantine_version", T.LongType()),
+        T.StructField("rows_in", T.LongType(), False),
+        T.StructField("rows_written", T.LongType(), False),
+        T.StructField("rows_quarantined", T.LongType(), False),
+        T.StructField("rows_missing_event_time", T.LongType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+    ]
+)
+
+
+def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The URI and storage options delta-rs needs for a warehouse path Spark reads as s3a."""
+    env = os.environ if environ is None else environ
+    if not path.startswith("s3a://"):
+        return path, {}
+    options = {"AWS_REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"})
+    return "s3://" + path.removeprefix("s3a://"), options
+
+
+def ingested_objects(ledger_path: str) -> dict[str, str]:
+    """object URI -> ETag of everything the ledger holds ({} before the first ingestion)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    uri, options = delta_rs_location(ledger_path)
+    try:
+        table = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return {}
+    rows = table.to_pyarrow_table(columns=["object", "etag"]).to_pylist()
+    return {row["object"]: row["etag"] or "" for row in rows}

@@ -1,0 +1,69 @@
+"""One Spark configuration for runs, the CLI and tests: Delta, s3a, UTC, small-data defaults."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from gaming_pipeline.lib.jars import runtime_jars
+from gaming_pipeline.lib.settings import Settings
+
+
+def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """s3a settings that follow boto3's: the same AWS_ENDPOINT_URL and region.
+
+    With no endpoint set, s3a keeps its defaults and talks to AWS with the usual
+    credential chain, exactly as boto3 does.
+    """
+    env = os.environ if environ is None else environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    conf = {"spark.hadoop.fs.s3a.endpoint.region": region}
+    if endpoint:
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.endpoint": endpoint,
+                # Local S3 stand-ins serve buckets by path, not by virtual host.
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.connection.ssl.enabled": str(
+                    urlparse(endpoint).scheme == "https"
+                ).lower(),
+                # Newer AWS SDKs add checksum headers some non-AWS stores reject.
+                "spark.hadoop.fs.s3a.checksum.generation": "false",
+                "spark.hadoop.fs.s3a.change.detection.mode": "none",
+            }
+        )
+    return conf
+
+
+def spark_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    conf = {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "gaming_pipeline",
+        "spark.jars": ",".join(runtime_jars()),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        # eventDate and the hourly KPI windows are UTC days and hours, whatever the host says.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        # Batches are minutes of events, not terabytes: a few partitions beat the default 200.
+        "spark.sql.shuffle.partitions": "4",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.driver.memory": "4g",
+        "spark.sql.warehouse.dir": os.path.join(str(settings.home), "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
+    }
+    conf.update(s3a_config(environ))
+    return conf
+
+
+def start_session(settings: Settings):
+    """A SparkSession with the project's configuration (the CLI's and the tests' entry point;
+    Dagster runs get theirs from the pyspark resource with the same configuration)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in spark_config(settings).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

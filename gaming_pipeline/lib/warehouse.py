@@ -1,0 +1,152 @@
+"""Where the tables live and the Delta writes every asset shares.
+
+All tables sit under one warehouse root (a path or `s3a://bucket/prefix`), one folder per
+table, named as analysts query them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from delta.exceptions import DeltaConcurrentModificationException
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+RAW_TABLE = "mobile_events_delta_raw"
+QUARANTINE_TABLE = "quarantine_events"
+LEDGER_TABLE = "ingest_ledger"
+
+
+def all_tables() -> list[str]:
+    """Every table the pipeline writes, in the order `tables` lists them."""
+    return [RAW_TABLE, QUARANTINE_TABLE, LEDGER_TABLE]
+
+
+def table_path(warehouse: str, table: str) -> str:
+    return f"{warehouse.rstrip('/')}/{table}"
+
+
+def sql_string(value: str) -> str:
+    """A Spark SQL string literal for any text (keys may hold quotes and backslashes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def in_list(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(sql_string(value) for value in sorted(set(values)))})"
+
+
+_Result = TypeVar("_Result")
+
+
+def retry_on_conflict(
+    commit: Callable[[], _Result], attempts: int = 5, backoff_seconds: float = 1.0
+) -> _Result:
+    """Run one idempotent Delta commit, again if a concurrent writer won the race.
+
+    Only idempotent writes (replaceWhere, MERGE) go through here: repeating them after a
+    conflict gives the same table as a single success.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return commit()
+        except DeltaConcurrentModificationException:
+            if attempt == attempts:
+                raise
+            time.sleep(backoff_seconds * attempt)
+    raise AssertionError("unreachable")
+
+
+def ensure_table(
+    spark: SparkSession,
+    path: str,
+    schema: T.StructType,
+    partition_by: tuple[str, ...] = (),
+    comment: str = "",
+) -> None:
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    if comment:
+        builder = builder.comment(comment)
+    retry_on_conflict(builder.execute)
+
+
+def commit_version(spark: SparkSession, path: str, marker: str) -> int:
+    """The version of the commit this writer tagged with `marker` (its userMetadata), found
+    even if other writers committed after it."""
+    history = DeltaTable.forPath(spark, path).history(20).select("version", "userMetadata")
+    for row in history.collect():
+        if row.userMetadata == marker:
+            return int(row.version)
+    raise RuntimeError(f"commit tagged {marker!r} not found in the last 20 versions of {path}")
+
+
+def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
+    """Replace the rows matching `predicate` with `df` in one commit and return its version.
+
+    This is what makes ingestion exactly-once: re-running the same work replaces its own
+    earlier rows instead of adding to them. Every row of `df` must match `predicate`.
+    """
+    tag = json.dumps(marker, sort_keys=True)
+
+    def commit() -> int:
+        (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", predicate)
+            .option("userMetadata", tag)
+            .save(path)
+        )
+        return commit_version(df.sparkSession, path, tag)
+
+    return retry_on_conflict(commit)
+
+
+def upsert(df: DataFrame, path: str, keys: tuple[str, ...]) -> None:
+    condition = " AND ".join(f"t.{key} = s.{key}" for key in keys)
+
+    def commit() -> None:
+        (
+            DeltaTable.forPath(df.sparkSession, path)
+            .alias("t")
+            .merge(df.alias("s"), condition)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    retry_on_conflict(commit)
+
+
+def register_views(spark: SparkSession, warehouse: str) -> list[str]:
+    """Make every existing table queryable by its name in this session's SQL."""
+    registered = []
+    for table in all_tables():
+        path = table_path(warehouse, table)
+        if DeltaTable.isDeltaTable(spark, path):
+            spark.read.format("delta").load(path).createOrReplaceTempView(table)
+            registered.append(table)
+    return registered
+
+
+def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
+    """Name, location, current Delta version and row count of each existing table."""
+    rows = []
+    for table in all_tables():
+        path = table_path(warehouse, table)
+        if not DeltaTable.isDeltaTable(spark, path):
+            continue
+        last = DeltaTable.forPath(spark, path).history(1).first()
+        rows.append(
+            {
+                "table": table,
+                "location": path,
+                "version": int(last.version),
+                "rows": spark.read.format("delta").load(path).count(),
+            }
+        )
+    return rows

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+# Versions are pinned together: dagster-aws/dagster-pyspark 0.29.27 pin dagster 1.13.27,
+# and delta-spark 4.4.0 accepts pyspark up to 4.2.0. Its jar, delta-spark_4.2_2.13, is on
+# Maven Central at 4.4.0 but not 4.4.1, and the Python API must match the jar.
+setup(
+    name="gaming_pipeline",
+    version="0.1.0",
+    description="Dagster-orchestrated Delta Lake pipeline for mobile-game analytics",
+    packages=find_packages(exclude=["gaming_pipeline_tests*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-aws==0.29.27",
+        "dagster-pyspark==0.29.27",
+        "pyspark==4.2.0",
+        "delta-spark==4.4.0",
+        "boto3>=1.40,<2",
+        "moto[server]==5.2.5",
+        "rich>=13,<16",
+        "deltalake[pyarrow]==1.6.6",
+    ],
+    extras_require={
+        "test": ["pytest>=9,<10"],
+    },
+    entry_points={"console_scripts": ["gaming-pipeline=gaming_pipeline.cli:main"]},
+)
