@@ -75,25 +75,24 @@ def ensure_table(
     retry_on_conflict(builder.execute)
 
 
-def commit_version(spark: SparkSession, path: str, marker: str) -> int:
-    """The version of the commit this writer tagged with `marker` (its userMetadata), found
-    even if other writers committed after it."""
-    history = DeltaTable.forPath(spark, path).history(20).select("version", "userMetadata")
-    for row in history.collect():
-        if row.userMetadata == marker:
-            return int(row.version)
-    raise RuntimeError(f"commit tagged {marker!r} not found in the last 20 versions of {path}")
+def latest_version(spark: SparkSession, path: str) -> int:
+    return int(DeltaTable.forPath(spark, path).history(1).first().version)
 
 
 def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
-    """Replace the rows matching `predicate` with `df` in one commit and return its version.
+    """Replace the rows matching `predicate` with `df` in one commit and return the version
+    holding them.
 
     This is what makes ingestion exactly-once: re-running the same work replaces its own
     earlier rows instead of adding to them. Every row of `df` must match `predicate`.
+    Delta commits nothing when there is nothing to remove or add; the version is then the
+    table's current one.
     """
+    spark = df.sparkSession
     tag = json.dumps(marker, sort_keys=True)
 
     def commit() -> int:
+        before = latest_version(spark, path)
         (
             df.write.format("delta")
             .mode("overwrite")
@@ -101,7 +100,12 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
             .option("userMetadata", tag)
             .save(path)
         )
-        return commit_version(df.sparkSession, path, tag)
+        # Found by its tag, not as "the latest", since another writer may have committed since.
+        newer = DeltaTable.forPath(spark, path).history().where(f"version > {before}")
+        for row in newer.select("version", "userMetadata").collect():
+            if row.userMetadata == tag:
+                return int(row.version)
+        return before
 
     return retry_on_conflict(commit)
 
@@ -140,12 +144,11 @@ def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
         path = table_path(warehouse, table)
         if not DeltaTable.isDeltaTable(spark, path):
             continue
-        last = DeltaTable.forPath(spark, path).history(1).first()
         rows.append(
             {
                 "table": table,
                 "location": path,
-                "version": int(last.version),
+                "version": latest_version(spark, path),
                 "rows": spark.read.format("delta").load(path).count(),
             }
         )

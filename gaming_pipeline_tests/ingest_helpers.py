@@ -1,0 +1,61 @@
+"""What the ingestion tests share: loading generated history and running sensors and runs."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import datetime, timezone
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+
+from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
+from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+from gaming_pipeline.lib import aws, generator
+
+HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
+BAD_OBJECT_KEY = "bulk/2026/11/20/hand made+broken.ndjson.gz"
+BAD_LINES = [
+    '{"eventName":"gameStart","eventTime":1763640000,"eventParams":{"game_keyword":"ninja_run","device_id":"d-bad"}}',
+    "this line is not json",
+    '{"eventName":"levelUp","eventTime":null,"eventParams":{"game_keyword":"ninja_run","device_id":"d-bad"}}',
+]
+
+
+def load_history(bucket: str, seed: int = 11, events: int = 4000, days: float = 2.0) -> generator.Totals:
+    start, end = generator.history_window(days, HISTORY_END)
+    s3 = aws.client("s3")
+    objects = generator.landing_objects(generator.history(seed, events, start, end), seed, 700)
+    return generator.write_objects(
+        objects, lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body), generator.Totals()
+    )
+
+
+def put_bad_object(bucket: str) -> None:
+    body = gzip.compress(("\n".join(BAD_LINES) + "\n").encode())
+    aws.client("s3").put_object(Bucket=bucket, Key=BAD_OBJECT_KEY, Body=body)
+
+
+def resources(landing: aws.LandingPath, warehouse: str) -> dict:
+    return {
+        "landing": LandingBucketResource(bucket=landing.bucket, queue_url=landing.queue_url),
+        "warehouse": WarehouseResource(root=warehouse),
+        # The session's own Spark: getOrCreate hands the test session to the run.
+        "pyspark": LazyPySparkResource(spark_config={}),
+    }
+
+
+def evaluate(sensor: dg.SensorDefinition, landing, warehouse: str) -> list[dg.RunRequest]:
+    with dg.build_sensor_context(resources=resources(landing, warehouse)) as context:
+        result = sensor(context)
+    return list(result.run_requests or [])
+
+
+def run(request: dg.RunRequest, landing, warehouse: str) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(
+        [ingest_landed_objects],
+        run_config=request.run_config,
+        resources=resources(landing, warehouse),
+        tags=request.tags,
+    )
+    assert result.success
+    return result
