@@ -23,7 +23,8 @@ from gaming_pipeline.lib import aws, generator, jars
 from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
 
 console = Console(stderr=True)
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+PROJECT = Path(__file__).resolve().parent.parent
+DEPLOY = PROJECT / "deploy"
 
 
 def _spark(settings: Settings):
@@ -136,11 +137,11 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for(url: str, seconds: float, process: subprocess.Popen) -> None:
+def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: see {log}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -181,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stop_streaming = threading.Event()
     try:
         ui_port = aws.free_port(prefer=args.ui_port)
-        module = ["-m", "gaming_pipeline.definitions"]
+        module = ["-w", str(PROJECT / "workspace.yaml")]
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
         for name, command in {
@@ -197,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         ui = f"http://127.0.0.1:{ui_port}"
         with console.status("starting the Dagster webserver and daemon"):
-            _wait_for(f"{ui}/server_info", 180, processes[0])
+            _wait_for(f"{ui}/server_info", 180, processes[0], logs / "webserver.log")
 
         def stream() -> None:
             put = _s3_put(settings.landing_bucket)

@@ -45,7 +45,9 @@ def resources(landing: aws.LandingPath, warehouse: str) -> dict:
 
 
 def evaluate(sensor: dg.SensorDefinition, landing, warehouse: str) -> list[dg.RunRequest]:
-    with dg.build_sensor_context(resources=resources(landing, warehouse)) as context:
+    with dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), resources=resources(landing, warehouse)
+    ) as context:
         result = sensor(context)
     return list(result.run_requests or [])
 

@@ -29,10 +29,37 @@ TICK_BUDGET_SECONDS = 20
 RECONCILE_GRACE_SECONDS = 120
 
 
-def not_yet_ingested(objects: list[LandedObject], warehouse: WarehouseResource) -> list[LandedObject]:
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
+    """Objects that ingestion runs not yet finished were asked to take."""
+    runs = instance.get_runs(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT))
+    return {
+        LandedObject(**obj)
+        for run in runs
+        for obj in run.run_config.get("ops", {})
+        .get("ingest_landed_objects", {})
+        .get("config", {})
+        .get("objects", [])
+    }
+
+
+def not_yet_ingested(
+    objects: list[LandedObject], warehouse: WarehouseResource, instance: dg.DagsterInstance
+) -> list[LandedObject]:
+    """The objects neither in the ledger (at the same ETag) nor taken by an unfinished run."""
     ledger = ingested_objects(table_path(warehouse.root, LEDGER_TABLE))
+    taken = in_flight(instance)
     return sorted(
-        obj for obj in set(objects) if ledger.get(object_uri(obj)) != obj.etag or not obj.etag
+        obj
+        for obj in set(objects) - taken
+        if ledger.get(object_uri(obj)) != obj.etag or not obj.etag
     )
 
 
@@ -80,6 +107,13 @@ def landing_queue_sensor(
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
 ) -> dg.SensorResult:
+    waiting = context.instance.get_runs_count(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.QUEUED])
+    )
+    if waiting:
+        # Backpressure: while a run waits for the Spark slot, new objects stay on the queue
+        # and join one larger batch, instead of piling up runs faster than they finish.
+        return dg.SensorResult(skip_reason="an ingestion run is already waiting to start")
     sqs = landing.sqs()
     queue_url = landing.resolved_queue_url()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
@@ -100,7 +134,7 @@ def landing_queue_sensor(
                 continue
             handled.append(message)
 
-    new = not_yet_ingested(announced, warehouse)
+    new = not_yet_ingested(announced, warehouse, context.instance)
     requests = run_requests(new, origin="queue")
     # Deleted only once the run requests exist; a message lost after this point is still
     # caught by the reconciling sensor, so nothing that landed is missed.
@@ -141,7 +175,7 @@ def build_reconcile_sensor(
         # The grace leaves fresh objects to the queue sensor, which is usually seconds behind.
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_seconds)
         listed = objects_in_bucket(landing, landed_before=cutoff)
-        missing = not_yet_ingested(listed, warehouse)
+        missing = not_yet_ingested(listed, warehouse, context.instance)
         requests = run_requests(missing, origin="reconcile")
         if not requests:
             return dg.SensorResult(skip_reason=f"all {len(listed)} object(s) are in the ledger")

@@ -1,0 +1,116 @@
+"""The gaming-pipeline command as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+
+from gaming_pipeline.cli import main
+from gaming_pipeline.defs.ingest.assets import objects_in_bucket
+from gaming_pipeline.defs.resources import LandingBucketResource
+from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.ingest import ingest_objects
+
+SEED_DAU_QUERY = (
+    "select count (distinct eventParams.device_id) as DAU from mobile_events_delta_raw "
+    "where to_date(eventTime) = current_date;"
+)
+
+
+@pytest.fixture
+def pipeline_env(monkeypatch, tmp_path, landing, warehouse):
+    monkeypatch.setenv("GAMING_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GAMING_PIPELINE_WAREHOUSE", warehouse)
+    monkeypatch.setenv("GAMING_PIPELINE_LANDING_BUCKET", landing.bucket)
+    return landing
+
+
+def generate_today(capsys, seed: int = 3, events: int = 800) -> dict:
+    now = datetime.now(timezone.utc)
+    hours_today = max((now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds() / 86400, 0.0001)
+    assert main(["generate", "--events", str(events), "--days", str(hours_today), "--end", now.isoformat(),
+                 "--seed", str(seed), "--totals", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_generate_writes_what_its_totals_say(pipeline_env, capsys):
+    totals = generate_today(capsys)
+    listed = objects_in_bucket(LandingBucketResource(bucket=pipeline_env.bucket))
+    assert len(listed) == totals["objects"] > 0
+    assert totals["events"] == 800
+
+
+def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeline_env, warehouse, capsys):
+    totals = generate_today(capsys)
+    ingest_objects(spark, warehouse, objects_in_bucket(LandingBucketResource(bucket=pipeline_env.bucket)), "r1")
+    today = datetime.now(timezone.utc).date().isoformat()
+
+    assert main(["sql", SEED_DAU_QUERY, "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row == {"DAU": totals["distinct_devices_per_day"][today]}
+
+    assert main(["tables", "--json"]) == 0
+    tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
+    assert set(tables) == {"mobile_events_delta_raw", "quarantine_events", "ingest_ledger"}
+    assert tables["mobile_events_delta_raw"]["rows"] == 800
+    assert tables["mobile_events_delta_raw"]["location"] == f"{warehouse}/mobile_events_delta_raw"
+    assert tables["mobile_events_delta_raw"]["version"] >= 1
+    assert tables["ingest_ledger"]["rows"] == totals["objects"]
+
+
+def test_sql_reports_a_bad_query_clearly(spark, pipeline_env, capsys):
+    with pytest.raises(Exception, match="TABLE_OR_VIEW_NOT_FOUND"):
+        main(["sql", "select * from no_such_table"])
+
+
+def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["GAMING_PIPELINE_LANDING_BUCKET"] = "cli-landing"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gaming_pipeline.cli", "local-aws", "--port", "0"],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        exports = {}
+        while "GAMING_PIPELINE_QUEUE_URL" not in exports:
+            line = process.stdout.readline()
+            assert line, "local-aws exited before printing its settings"
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").strip().partition("=")
+                exports[key] = value
+        assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+        session = boto3.session.Session(
+            aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
+            region_name=exports["AWS_REGION"],
+        )
+        s3 = session.client("s3", endpoint_url=exports["AWS_ENDPOINT_URL"])
+        sqs = session.client("sqs", endpoint_url=exports["AWS_ENDPOINT_URL"])
+        s3.put_object(Bucket="cli-landing", Key="events/x.ndjson", Body=b"{}\n")
+        bodies, deadline = [], time.monotonic() + 20
+        while not any("events%2Fx.ndjson" in body for body in bodies) and time.monotonic() < deadline:
+            messages = sqs.receive_message(QueueUrl=exports["GAMING_PIPELINE_QUEUE_URL"], WaitTimeSeconds=1)
+            bodies += [message["Body"] for message in messages.get("Messages", [])]
+        assert any("events%2Fx.ndjson" in body for body in bodies)
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=exports["GAMING_PIPELINE_QUEUE_URL"], AttributeNames=["RedrivePolicy"]
+        )["Attributes"]
+        assert "-dlq" in json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+
+
+def test_provisioning_twice_changes_nothing(local_aws):
+    first = aws.provision("twice-bucket", queue_name="twice")
+    assert aws.provision("twice-bucket", queue_name="twice") == first
+    subscriptions = aws.client("sns").list_subscriptions_by_topic(TopicArn=first.topic_arn)["Subscriptions"]
+    assert len(subscriptions) == 1

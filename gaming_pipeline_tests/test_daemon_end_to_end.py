@@ -1,0 +1,71 @@
+"""The real Dagster daemon runs the sensors and launches ingestion runs in their own processes,
+as `make demo` does; the rows reach the raw table without anyone pressing a button."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline_tests.ingest_helpers import load_history
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_daemon_ingests_landed_objects(landing, tmp_path):
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(PROJECT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    warehouse = str(tmp_path / "warehouse")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "GAMING_PIPELINE_HOME": str(tmp_path / "home"),
+        "GAMING_PIPELINE_WAREHOUSE": warehouse,
+        "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
+        "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
+    }
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT / "workspace.yaml")],
+        env=env, cwd=tmp_path, stdout=open(tmp_path / "daemon.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    saved = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    try:
+        totals = load_history(landing.bucket, seed=31, events=2000, days=1.0)
+        with dg.DagsterInstance.get() as instance:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(3)
+                runs = instance.get_runs(dg.RunsFilter(job_name="ingest_landed_objects_job"))
+                if runs and all(run.is_finished for run in runs) and raw_rows(warehouse) == totals.events:
+                    break
+            assert raw_rows(warehouse) == totals.events, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert all(run.tags["gaming_pipeline/origin"] == "queue" for run in runs)
+            assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+            assert instance.get_latest_materialization_event(dg.AssetKey(RAW_TABLE)) is not None
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+        if saved is None:
+            os.environ.pop("DAGSTER_HOME")
+        else:
+            os.environ["DAGSTER_HOME"] = saved
+
+
+def raw_rows(warehouse: str) -> int:
+    try:
+        return DeltaTable(table_path(warehouse, RAW_TABLE)).count()
+    except TableNotFoundError:
+        return 0
