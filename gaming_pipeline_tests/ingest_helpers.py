@@ -44,9 +44,11 @@ def resources(landing: aws.LandingPath, warehouse: str) -> dict:
     }
 
 
-def evaluate(sensor: dg.SensorDefinition, landing, warehouse: str) -> list[dg.RunRequest]:
+def evaluate(
+    sensor: dg.SensorDefinition, landing, warehouse: str, instance: dg.DagsterInstance | None = None
+) -> list[dg.RunRequest]:
     with dg.build_sensor_context(
-        instance=dg.DagsterInstance.ephemeral(), resources=resources(landing, warehouse)
+        instance=instance or dg.DagsterInstance.ephemeral(), resources=resources(landing, warehouse)
     ) as context:
         result = sensor(context)
     return list(result.run_requests or [])

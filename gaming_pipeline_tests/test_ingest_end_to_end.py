@@ -9,8 +9,12 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor, landing_queue_sensor
+from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.ingest import ingest_objects
+from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
 from gaming_pipeline_tests.ingest_helpers import (
     BAD_OBJECT_KEY,
@@ -148,3 +152,22 @@ def test_a_message_that_is_not_an_s3_event_is_left_for_the_dead_letter_queue(lan
         QueueUrl=landing.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_a_broken_or_vanished_object_is_quarantined_and_stops_nothing(spark, landing, warehouse):
+    totals = load_history(landing.bucket, seed=8, events=300, days=0.2)
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=landing.bucket, Key="events/broken.ndjson.gz", Body=b"\x1f\x8b\x08 not really gzip")
+    objects = objects_in_bucket(LandingBucketResource(bucket=landing.bucket))
+    vanished = LandedObject(landing.bucket, "events/deleted-before-the-run.ndjson.gz", "0" * 32, 10)
+
+    result = ingest_objects(spark, warehouse, [*objects, vanished], "run-with-faults")
+
+    assert raw_table(spark, warehouse).count() == totals.events
+    quarantine = spark.read.format("delta").load(table_path(warehouse, QUARANTINE_TABLE))
+    reasons = {row._source_object.rsplit("/", 1)[1]: row.reason for row in quarantine.collect()}
+    assert reasons["broken.ndjson.gz"].startswith("object could not be read: ")
+    assert reasons["deleted-before-the-run.ndjson.gz"] == "object could not be read: PATH_NOT_FOUND"
+    assert result.rows_in == result.rows_written + result.rows_quarantined == totals.events + 2
+    # Both are in the ledger: a broken object is not retried forever.
+    assert DeltaTable(table_path(warehouse, LEDGER_TABLE)).count() == len(objects) + 1

@@ -63,6 +63,19 @@ QUARANTINE_SCHEMA = T.StructType(
     ]
 )
 
+# A landing line after parsing: `reason` is null for a good event, else why it is quarantined.
+CLASSIFIED_SCHEMA = T.StructType(
+    [
+        T.StructField("value", T.StringType()),
+        T.StructField("_source_object", T.StringType()),
+        T.StructField("event_id", T.StringType()),
+        T.StructField("eventName", T.StringType()),
+        T.StructField("eventTime", T.TimestampType()),
+        T.StructField("eventParams", EVENT_PARAMS),
+        T.StructField("reason", T.StringType()),
+    ]
+)
+
 MISSING_EVENT_TIME = "missing eventTime"
 # Bad lines are kept for diagnosis, but a runaway line must not bloat the table.
 MAX_QUARANTINED_LINE_CHARS = 10_000

@@ -8,14 +8,18 @@ a run killed before it is simply repeated.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
-from pyspark.sql import SparkSession
+from py4j.protocol import Py4JJavaError
+from pyspark.errors.exceptions.captured import CapturedException
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.events import (
+    CLASSIFIED_SCHEMA,
     QUARANTINE_SCHEMA,
     RAW_SCHEMA,
     classify_lines,
@@ -35,6 +39,14 @@ from gaming_pipeline.lib.warehouse import (
     replace_rows,
     table_path,
     upsert,
+)
+
+
+# What a broken or vanished object looks like from Spark, as opposed to S3 being unreachable
+# (which must fail the run, so it is retried, rather than quarantine good objects).
+_CONTENT_FAULT = re.compile(
+    r"gzip|zlib|inflat|EOFException|MalformedInputException|PATH_NOT_FOUND|FileNotFoundException",
+    re.IGNORECASE,
 )
 
 
@@ -93,6 +105,57 @@ def pending(spark: SparkSession, warehouse: str, objects: list[LandedObject]) ->
     ]
 
 
+def _lines(spark: SparkSession, objects: list[LandedObject]) -> DataFrame:
+    return spark.read.text([obj.s3a_path for obj in objects]).select(
+        "value", source_object(F.col("_metadata.file_path")).alias("_source_object")
+    )
+
+
+def _content_fault(spark: SparkSession, obj: LandedObject) -> str | None:
+    """Why this one object cannot be read (None if it can): a corrupt gzip, say, or an
+    object deleted since it was announced."""
+    try:
+        spark.read.text(obj.s3a_path).count()
+    except (CapturedException, Py4JJavaError) as exc:
+        text = str(exc)
+        fault = _CONTENT_FAULT.search(text)
+        if fault is None:
+            raise
+        causes = re.findall(r"Caused by: ([^\n]+)", text)
+        return f"object could not be read: {causes[-1].strip() if causes else fault.group(0)}"
+    return None
+
+
+def _counted(classified: DataFrame) -> tuple[DataFrame, dict]:
+    classified = classified.persist()
+    try:
+        return classified, {row._source_object: row for row in per_object_counts(classified).collect()}
+    except BaseException:
+        classified.unpersist()
+        raise
+
+
+def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[DataFrame, dict]:
+    """The objects' lines, classified and cached, with counts per object.
+
+    An object Spark cannot read is not allowed to stop the others: it becomes one
+    quarantine row with the reason, and the rest are read without it.
+    """
+    try:
+        return _counted(classify_lines(_lines(spark, objects)))
+    except (CapturedException, Py4JJavaError):
+        pass
+    faults = {obj: _content_fault(spark, obj) for obj in objects}
+    readable = [obj for obj, fault in faults.items() if fault is None]
+    broken = spark.createDataFrame(
+        [(None, object_uri(obj), None, None, None, None, fault) for obj, fault in faults.items() if fault],
+        CLASSIFIED_SCHEMA,
+    )
+    if readable:
+        return _counted(classify_lines(_lines(spark, readable)).unionByName(broken))
+    return _counted(broken)
+
+
 def ingest_objects(
     spark: SparkSession, warehouse: str, objects: list[LandedObject], run_id: str
 ) -> IngestResult:
@@ -106,12 +169,8 @@ def ingest_objects(
         return result
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    lines = spark.read.text([obj.s3a_path for obj in todo]).select(
-        "value", source_object(F.col("_metadata.file_path")).alias("_source_object")
-    )
-    classified = classify_lines(lines).persist()
+    classified, counts = classify_objects(spark, todo)
     try:
-        counts = {row._source_object: row for row in per_object_counts(classified).collect()}
         result.event_dates = sorted(
             row.eventDate
             for row in classified.where(F.col("reason").isNull())

@@ -29,12 +29,8 @@ TICK_BUDGET_SECONDS = 20
 RECONCILE_GRACE_SECONDS = 120
 
 
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+WAITING = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED]
+IN_FLIGHT = [*WAITING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
@@ -108,7 +104,7 @@ def landing_queue_sensor(
     warehouse: WarehouseResource,
 ) -> dg.SensorResult:
     waiting = context.instance.get_runs_count(
-        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.QUEUED])
+        dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING)
     )
     if waiting:
         # Backpressure: while a run waits for the Spark slot, new objects stay on the queue
