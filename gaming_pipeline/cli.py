@@ -37,8 +37,8 @@ def _spark(settings: Settings):
 
 
 def cmd_fetch_jars(args: argparse.Namespace) -> int:
-    for jar in jars.fetch(progress=console.print):
-        console.print(f"  {jar}")
+    cached = jars.fetch(progress=console.print)
+    console.print(f"{len(cached)} jars for Delta and s3a cached in {jars.cache_dir()}")
     return 0
 
 

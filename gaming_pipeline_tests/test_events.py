@@ -1,7 +1,7 @@
 """The landing-line transform on tiny DataFrames."""
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 
 import pytest
 from pyspark.sql import Row
@@ -17,6 +17,7 @@ from gaming_pipeline.lib.events import (
 )
 
 SOURCE = "s3://landing/events/a.ndjson.gz"
+MODIFIED = datetime(2026, 11, 23, 7, 59)
 PARAMS = {"game_keyword": "galaxy_miners", "device_id": "d-1", "platform": "ios"}
 
 
@@ -25,7 +26,10 @@ def line(**fields) -> str:
 
 
 def classify(spark, *lines: str):
-    df = spark.createDataFrame([(value, SOURCE) for value in lines], "value string, _source_object string")
+    df = spark.createDataFrame(
+        [(value, SOURCE, MODIFIED) for value in lines],
+        "value string, _source_object string, _source_modified_at timestamp",
+    )
     return classify_lines(df)
 
 
@@ -80,7 +84,12 @@ def test_raw_rows_keep_the_params_struct_and_derive_the_utc_day(spark):
     assert row.eventDate == date(2026, 11, 24)
     assert row.eventParams.game_keyword == "galaxy_miners"
     assert row.eventParams.device_id == "d-1"
-    assert (row.event_id, row._source_object, row._ingest_run_id) == ("e1", SOURCE, "run-1")
+    assert (row.event_id, row._source_object, row._source_modified_at, row._ingest_run_id) == (
+        "e1",
+        SOURCE,
+        MODIFIED,
+        "run-1",
+    )
 
 
 def test_quarantine_keeps_the_line_but_never_pii(spark):
@@ -104,6 +113,7 @@ def test_counts_add_up_per_object(spark):
     classified = classify(spark, line(eventTime=1763884800), line(), "bad", line(eventTime=1763884801))
     (row,) = per_object_counts(classified).collect()
     assert (row.rows_in, row.rows_written, row.rows_quarantined, row.rows_missing_event_time) == (4, 2, 2, 1)
+    assert row.source_modified_micros == int(MODIFIED.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
 
 
 @pytest.mark.parametrize(

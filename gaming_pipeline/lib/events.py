@@ -48,6 +48,9 @@ RAW_SCHEMA = T.StructType(
         T.StructField("eventParams", EVENT_PARAMS, False),
         T.StructField("eventDate", T.DateType(), False),
         T.StructField("_source_object", T.StringType(), False),
+        # The object's last-modified time: its rows are found by this (file statistics prune
+        # on it) when they are replaced, since object keys share long common prefixes.
+        T.StructField("_source_modified_at", T.TimestampType(), False),
         T.StructField("_ingested_at", T.TimestampType(), False),
         T.StructField("_ingest_run_id", T.StringType(), False),
     ]
@@ -68,6 +71,7 @@ CLASSIFIED_SCHEMA = T.StructType(
     [
         T.StructField("value", T.StringType()),
         T.StructField("_source_object", T.StringType()),
+        T.StructField("_source_modified_at", T.TimestampType()),
         T.StructField("event_id", T.StringType()),
         T.StructField("eventName", T.StringType()),
         T.StructField("eventTime", T.TimestampType()),
@@ -108,11 +112,13 @@ def source_object(file_path: Column) -> Column:
 
 
 def classify_lines(lines: DataFrame) -> DataFrame:
-    """Parse each line (`value`, `_source_object`) and give it a `reason` to quarantine it,
-    null for a good event. Blank lines are not events and are left out."""
+    """Parse each line (`value`, `_source_object`, `_source_modified_at`) and give it a
+    `reason` to quarantine it, null for a good event. Blank lines are not events and are
+    left out."""
     parsed = lines.where(F.trim("value") != "").select(
         "value",
         "_source_object",
+        "_source_modified_at",
         F.from_json("value", LANDING_SCHEMA, {"columnNameOfCorruptRecord": _CORRUPT}).alias("e"),
     )
     e = parsed["e"]
@@ -139,6 +145,7 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     return parsed.select(
         "value",
         "_source_object",
+        "_source_modified_at",
         e["event_id"].alias("event_id"),
         e["eventName"].alias("eventName"),
         ts.alias("eventTime"),
@@ -156,6 +163,7 @@ def raw_events(classified: DataFrame, ingested_at: datetime, run_id: str) -> Dat
         "eventParams",
         F.to_date("eventTime").alias("eventDate"),
         "_source_object",
+        "_source_modified_at",
         F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
         F.lit(run_id).alias("_ingest_run_id"),
     )
@@ -187,4 +195,5 @@ def per_object_counts(classified: DataFrame) -> DataFrame:
         F.count_if(reason.isNull()).alias("rows_written"),
         F.count_if(reason.isNotNull()).alias("rows_quarantined"),
         F.count_if(reason == MISSING_EVENT_TIME).alias("rows_missing_event_time"),
+        F.max(F.unix_micros("_source_modified_at")).alias("source_modified_micros"),
     )

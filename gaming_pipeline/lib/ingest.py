@@ -36,6 +36,7 @@ from gaming_pipeline.lib.warehouse import (
     RAW_TABLE,
     ensure_table,
     in_list,
+    latest_version,
     replace_rows,
     table_path,
     upsert,
@@ -90,24 +91,53 @@ def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
     )
 
 
-def pending(spark: SparkSession, warehouse: str, objects: list[LandedObject]) -> list[LandedObject]:
-    """The objects the ledger does not hold at the same ETag (an overwritten object is new)."""
+def pending(
+    spark: SparkSession, warehouse: str, objects: list[LandedObject]
+) -> tuple[list[LandedObject], list[int]]:
+    """The objects the ledger does not hold at the same ETag, and the last-modified times
+    (epoch microseconds) of earlier versions of them: an object overwritten since it was
+    ingested is ingested again, and its earlier rows must be found to be replaced."""
     ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
     uris = [object_uri(obj) for obj in objects]
     done = {
-        row.object: row.etag
-        for row in ledger.where(F.col("object").isin(uris)).select("object", "etag").collect()
+        row.object: row
+        for row in ledger.where(F.col("object").isin(uris))
+        .select("object", "etag", F.unix_micros("source_modified_at").alias("modified"))
+        .collect()
     }
-    return [
+    todo = [
         obj
         for obj in objects
-        if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)] != obj.etag)
+        if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)].etag != obj.etag)
     ]
+    earlier = [
+        done[object_uri(obj)].modified
+        for obj in todo
+        if object_uri(obj) in done and done[object_uri(obj)].modified is not None
+    ]
+    return todo, earlier
+
+
+def _micros_literal(micros: int) -> str:
+    stamp = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+    return f"TIMESTAMP '{stamp:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def rows_of(uris: list[str], modified_micros: list[int]) -> str:
+    """A replaceWhere predicate for the rows of these objects. The range on the objects'
+    last-modified times is what lets Delta skip every file of earlier objects by its
+    statistics; the list of URIs alone would not (strings are compared on a prefix)."""
+    return (
+        f"_source_modified_at BETWEEN {_micros_literal(min(modified_micros))} "
+        f"AND {_micros_literal(max(modified_micros))} AND {in_list('_source_object', uris)}"
+    )
 
 
 def _lines(spark: SparkSession, objects: list[LandedObject]) -> DataFrame:
     return spark.read.text([obj.s3a_path for obj in objects]).select(
-        "value", source_object(F.col("_metadata.file_path")).alias("_source_object")
+        "value",
+        source_object(F.col("_metadata.file_path")).alias("_source_object"),
+        F.col("_metadata.file_modification_time").alias("_source_modified_at"),
     )
 
 
@@ -148,12 +178,20 @@ def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[
     faults = {obj: _content_fault(spark, obj) for obj in objects}
     readable = [obj for obj, fault in faults.items() if fault is None]
     broken = spark.createDataFrame(
-        [(None, object_uri(obj), None, None, None, None, fault) for obj, fault in faults.items() if fault],
+        [
+            (None, object_uri(obj), None, None, None, None, None, fault)
+            for obj, fault in faults.items()
+            if fault
+        ],
         CLASSIFIED_SCHEMA,
     )
     if readable:
         return _counted(classify_lines(_lines(spark, readable)).unionByName(broken))
     return _counted(broken)
+
+
+def _micros_datetime(micros: int | None) -> datetime | None:
+    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
 
 
 def ingest_objects(
@@ -162,13 +200,13 @@ def ingest_objects(
     started = time.monotonic()
     ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
-    todo = pending(spark, warehouse, unique)
+    todo, earlier_modified = pending(spark, warehouse, unique)
     result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo))
     if not todo:
         result.seconds = time.monotonic() - started
         return result
 
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     classified, counts = classify_objects(spark, todo)
     try:
         result.event_dates = sorted(
@@ -179,16 +217,24 @@ def ingest_objects(
             .collect()
         )
         uris = [object_uri(obj) for obj in todo]
-        predicate = in_list("_source_object", uris)
         marker = {"run_id": run_id, "objects": len(todo)}
+        # Quarantine is small: finding an object's earlier lines by URI alone is cheap there.
         result.quarantine_version = replace_rows(
             quarantined_lines(classified, now, run_id),
             table_path(warehouse, QUARANTINE_TABLE),
-            predicate,
+            in_list("_source_object", uris),
             marker,
         )
-        result.raw_version = replace_rows(
-            raw_events(classified, now, run_id), table_path(warehouse, RAW_TABLE), predicate, marker
+        modified = earlier_modified + [
+            row.source_modified_micros
+            for row in counts.values()
+            if row.source_modified_micros is not None and row.rows_written
+        ]
+        raw_path = table_path(warehouse, RAW_TABLE)
+        result.raw_version = (
+            replace_rows(raw_events(classified, now, run_id), raw_path, rows_of(uris, modified), marker)
+            if modified
+            else latest_version(spark, raw_path)
         )
     finally:
         classified.unpersist()
@@ -201,6 +247,7 @@ def ingest_objects(
                 uri,
                 obj.etag,
                 obj.size,
+                _micros_datetime(row.source_modified_micros if row else None),
                 run_id,
                 result.raw_version,
                 result.quarantine_version,

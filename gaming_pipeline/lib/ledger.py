@@ -15,6 +15,7 @@ LEDGER_SCHEMA = T.StructType(
         T.StructField("object", T.StringType(), False),
         T.StructField("etag", T.StringType()),
         T.StructField("size", T.LongType()),
+        T.StructField("source_modified_at", T.TimestampType()),
         T.StructField("run_id", T.StringType(), False),
         T.StructField("raw_version", T.LongType()),
         T.StructField("quarantine_version", T.LongType()),
