@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/gaming-pipeline demo
 
 test: setup
+	$(BIN)/ruff check gaming_pipeline gaming_pipeline_tests bench
 	$(BIN)/pytest
 
 clean:

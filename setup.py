@@ -22,7 +22,7 @@ setup(
         "deltalake[pyarrow]==1.6.6",
     ],
     extras_require={
-        "test": ["pytest>=9,<10"],
+        "test": ["pytest>=9,<10", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["gaming-pipeline=gaming_pipeline.cli:main"]},
 )

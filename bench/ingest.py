@@ -18,19 +18,19 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
-from gaming_pipeline.lib import aws, generator
+from gaming_pipeline.lib import aws, generator, processes
 from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -65,16 +65,18 @@ def load(bucket: str, seed: int, events: int, end: datetime) -> int:
 
 def throughput(events: int, work: Path) -> dict:
     bucket = aws.provision("bench-throughput", queue_name="bench-throughput").bucket
-    objects = load(bucket, 1, events, datetime(2026, 11, 20, tzinfo=timezone.utc))
+    objects = load(bucket, 1, events, datetime(2026, 11, 20, tzinfo=UTC))
     fresh = subprocess.run(
         [sys.executable, "-c", FRESH_RUN, str(work / "home"), str(work / "wh"), bucket],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     cold = json.loads(fresh.stdout.strip().splitlines()[-1])
 
-    from gaming_pipeline.lib.ingest import ingest_objects
     from gaming_pipeline.defs.ingest.assets import objects_in_bucket
     from gaming_pipeline.defs.resources import LandingBucketResource
+    from gaming_pipeline.lib.ingest import ingest_objects
     from gaming_pipeline.lib.settings import Settings
     from gaming_pipeline.lib.spark import start_session
 
@@ -83,7 +85,7 @@ def throughput(events: int, work: Path) -> dict:
     warm_wh = str(work / "warm")
     # The first pass warms the JVM; the second, on new objects, is the one measured.
     ingest_objects(spark, warm_wh, objects_in_bucket(LandingBucketResource(bucket=bucket)), "warm-up")
-    load(bucket, 2, events, datetime(2026, 11, 21, tzinfo=timezone.utc))
+    load(bucket, 2, events, datetime(2026, 11, 21, tzinfo=UTC))
     warm = ingest_objects(spark, warm_wh, objects_in_bucket(LandingBucketResource(bucket=bucket)), "warm")
     spark.stop()
     return {
@@ -100,9 +102,7 @@ def throughput(events: int, work: Path) -> dict:
 
 def latency(objects: int, every: float, work: Path) -> dict:
     landing = aws.provision("bench-latency", queue_name="bench-latency")
-    dagster_home = work / "dagster"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    dagster_home = processes.prepare_dagster_home(work / "dagster")
     warehouse = str(work / "latency-wh")
     env = {
         **os.environ,
@@ -112,10 +112,7 @@ def latency(objects: int, every: float, work: Path) -> dict:
         "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
         "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
     }
-    daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT / "workspace.yaml")],
-        env=env, stdout=open(work / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    daemon = processes.start_dagster(["dagster-daemon", "run"], env, work / "daemon.log")
     s3 = aws.client("s3")
     factory = generator.EventFactory(seed=3)
     try:
@@ -129,22 +126,26 @@ def latency(objects: int, every: float, work: Path) -> dict:
             try:
                 if DeltaTable(table_path(warehouse, LEDGER_TABLE)).count() >= objects:
                     break
-            except Exception:
+            except TableNotFoundError:
                 pass
             time.sleep(2)
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        processes.stop([daemon])
     ledger = DeltaTable(table_path(warehouse, LEDGER_TABLE)).to_pyarrow_table().to_pylist()
     delays = sorted((row["ingested_at"] - row["source_modified_at"]).total_seconds() for row in ledger)
-    quantile = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 1)
+
+    def quantile(q: float) -> float:
+        return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1)
+
     return {
         "objects": objects,
         "one_object_every_seconds": every,
         "ingested": len(delays),
         "raw_rows": DeltaTable(table_path(warehouse, RAW_TABLE)).count(),
         "landing_to_commit_seconds": {
-            "p50": quantile(0.5), "p95": quantile(0.95), "max": delays[-1] if delays else None,
+            "p50": quantile(0.5),
+            "p95": quantile(0.95),
+            "max": delays[-1] if delays else None,
             "mean": round(statistics.mean(delays), 1) if delays else None,
         },
     }
@@ -161,8 +162,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
     try:
         results = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
             "versions": {name: version(name) for name in ("dagster", "pyspark", "delta-spark", "moto")},
             "throughput": throughput(args.events, work),
             "latency": latency(args.latency_objects, args.every, work),

@@ -5,26 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gaming_pipeline.lib import aws, generator, jars
+from gaming_pipeline.lib import aws, generator, jars, processes
 from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
 
 console = Console(stderr=True)
-PROJECT = Path(__file__).resolve().parent.parent
-DEPLOY = PROJECT / "deploy"
 
 
 def _spark(settings: Settings):
@@ -87,14 +84,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         total, flush_seconds = args.events, None
     objects = generator.landing_objects(events, args.seed, args.object_events, flush_seconds)
     with Progress(
-        TextColumn("events"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=args.quiet,
+        TextColumn("events"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
     ) as progress:
         task = progress.add_task("events", total=total)
         try:
-            generator.write_objects(
-                objects, put, totals, on_object=lambda n: progress.advance(task, n)
-            )
+            generator.write_objects(objects, put, totals, on_object=lambda n: progress.advance(task, n))
         except KeyboardInterrupt:
             pass
     console.print(f"{totals.events} events in {totals.objects} landing object(s)")
@@ -150,24 +149,11 @@ def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) ->
     raise RuntimeError(f"{url} did not answer within {seconds:.0f} s")
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, a stream of events."""
     jars.fetch(progress=console.print)
     settings = Settings.from_env()
-    dagster_home = settings.home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DEPLOY / "dagster.yaml", dagster_home / "dagster.yaml")
+    dagster_home = processes.prepare_dagster_home(settings.home / "dagster")
 
     local = aws.LocalAws(port=aws.free_port(prefer=args.aws_port)).start()
     os.environ.update(local.environment())
@@ -178,27 +164,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "GAMING_PIPELINE_HOME": str(settings.home),
         "GAMING_PIPELINE_QUEUE_URL": path.queue_url,
     }
-    processes: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
     stop_streaming = threading.Event()
     try:
         ui_port = aws.free_port(prefer=args.ui_port)
-        module = ["-w", str(PROJECT / "workspace.yaml")]
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
-        for name, command in {
-            "webserver": ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port), *module],
-            "daemon": ["dagster-daemon", "run", *module],
-        }.items():
-            log = open(logs / f"{name}.log", "ab")
-            processes.append(
-                subprocess.Popen(
-                    [str(Path(sys.executable).parent / command[0]), *command[1:]],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )
-            )
+        webserver = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port)]
+        started.append(processes.start_dagster(webserver, env, logs / "webserver.log"))
+        started.append(processes.start_dagster(["dagster-daemon", "run"], env, logs / "daemon.log"))
         ui = f"http://127.0.0.1:{ui_port}"
         with console.status("starting the Dagster webserver and daemon"):
-            _wait_for(f"{ui}/server_info", 180, processes[0], logs / "webserver.log")
+            _wait_for(f"{ui}/server_info", 180, started[0], logs / "webserver.log")
 
         def stream() -> None:
             put = _s3_put(settings.landing_bucket)
@@ -218,10 +195,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  logs            {logs}\n"
             f"  streaming {args.rate:g} events/s; query with:\n"
             f"    GAMING_PIPELINE_HOME={settings.home} gaming-pipeline sql "
-            f"\"select count(*) from mobile_events_delta_raw\"\n"
+            f'"select count(*) from mobile_events_delta_raw"\n'
             f"Ctrl-C stops everything."
         )
-        while all(process.poll() is None for process in processes):
+        while all(process.poll() is None for process in started):
             time.sleep(1)
         console.print("[red]a Dagster process exited; see the logs above[/red]")
         return 1
@@ -230,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         stop_streaming.set()
         console.print("stopping ...")
-        _stop(processes)
+        processes.stop(started)
         local.stop()
         console.print("stopped")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -12,7 +12,7 @@ from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib import aws, generator
 
-HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
+HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 BAD_OBJECT_KEY = "bulk/2026/11/20/hand made+broken.ndjson.gz"
 BAD_LINES = [
     '{"eventName":"gameStart","eventTime":1763640000,"eventParams":{"game_keyword":"ninja_run","device_id":"d-bad"}}',

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -34,10 +34,28 @@ def pipeline_env(monkeypatch, tmp_path, landing, warehouse):
 
 
 def generate_today(capsys, seed: int = 3, events: int = 800) -> dict:
-    now = datetime.now(timezone.utc)
-    hours_today = max((now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds() / 86400, 0.0001)
-    assert main(["generate", "--events", str(events), "--days", str(hours_today), "--end", now.isoformat(),
-                 "--seed", str(seed), "--totals", "--quiet"]) == 0
+    now = datetime.now(UTC)
+    hours_today = max(
+        (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds() / 86400, 0.0001
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--events",
+                str(events),
+                "--days",
+                str(hours_today),
+                "--end",
+                now.isoformat(),
+                "--seed",
+                str(seed),
+                "--totals",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return json.loads(capsys.readouterr().out)
 
 
@@ -50,8 +68,10 @@ def test_generate_writes_what_its_totals_say(pipeline_env, capsys):
 
 def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeline_env, warehouse, capsys):
     totals = generate_today(capsys)
-    ingest_objects(spark, warehouse, objects_in_bucket(LandingBucketResource(bucket=pipeline_env.bucket)), "r1")
-    today = datetime.now(timezone.utc).date().isoformat()
+    ingest_objects(
+        spark, warehouse, objects_in_bucket(LandingBucketResource(bucket=pipeline_env.bucket)), "r1"
+    )
+    today = datetime.now(UTC).date().isoformat()
 
     assert main(["sql", SEED_DAU_QUERY, "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -76,7 +96,9 @@ def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
     env["GAMING_PIPELINE_LANDING_BUCKET"] = "cli-landing"
     process = subprocess.Popen(
         [sys.executable, "-m", "gaming_pipeline.cli", "local-aws", "--port", "0"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         exports = {}

@@ -4,27 +4,19 @@ as `make demo` does; the rows reach the raw table without anyone pressing a butt
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from gaming_pipeline.lib.processes import prepare_dagster_home, start_dagster, stop
 from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
 from gaming_pipeline_tests.ingest_helpers import load_history
 
-PROJECT = Path(__file__).resolve().parent.parent
-
 
 def test_daemon_ingests_landed_objects(landing, tmp_path):
-    dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    dagster_home = prepare_dagster_home(tmp_path / "dagster")
     warehouse = str(tmp_path / "warehouse")
     env = {
         **os.environ,
@@ -34,11 +26,7 @@ def test_daemon_ingests_landed_objects(landing, tmp_path):
         "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
         "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
     }
-    daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT / "workspace.yaml")],
-        env=env, cwd=tmp_path, stdout=open(tmp_path / "daemon.log", "wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    daemon = start_dagster(["dagster-daemon", "run"], env, tmp_path / "daemon.log")
     saved = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     try:
@@ -56,8 +44,7 @@ def test_daemon_ingests_landed_objects(landing, tmp_path):
             assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
             assert instance.get_latest_materialization_event(dg.AssetKey(RAW_TABLE)) is not None
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        stop([daemon])
         if saved is None:
             os.environ.pop("DAGSTER_HOME")
         else:

@@ -17,9 +17,7 @@ def test_graph_is_pinned():
         "landing_queue_sensor",
         "landing_reconcile_sensor",
     }
-    assert all(
-        sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in repo.sensor_defs
-    )
+    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in repo.sensor_defs)
     assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == {
         "ingest_landed_objects_job"
     }

@@ -1,7 +1,7 @@
 """The landing-line transform on tiny DataFrames."""
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from pyspark.sql import Row
@@ -58,7 +58,10 @@ def test_event_time_accepts_epoch_seconds_millis_and_iso(spark, event_time, expe
         (json.dumps({"eventName": "x", "eventTime": 1763884800}), "missing eventParams"),
         (line(), MISSING_EVENT_TIME),
         (line(eventTime=None), MISSING_EVENT_TIME),
-        (line(eventTime="yesterday"), "eventTime is not epoch seconds, epoch milliseconds or ISO-8601: yesterday"),
+        (
+            line(eventTime="yesterday"),
+            "eventTime is not epoch seconds, epoch milliseconds or ISO-8601: yesterday",
+        ),
         (line(eventTime=5), "eventTime outside 2000-2099: 1970-01-01 00:00:05"),
         (
             json.dumps({"eventName": "x", "eventTime": 1763884800, "eventParams": {"amount": "lots"}}),
@@ -97,7 +100,13 @@ def test_quarantine_keeps_the_line_but_never_pii(spark):
     classified = classify(spark, "not json", with_pii, line(eventTime=1763884800))
     at = datetime(2026, 11, 23)
     expected = [
-        Row(line="not json", reason="not a JSON object", _source_object=SOURCE, _quarantined_at=at, _ingest_run_id="r"),
+        Row(
+            line="not json",
+            reason="not a JSON object",
+            _source_object=SOURCE,
+            _quarantined_at=at,
+            _ingest_run_id="r",
+        ),
         Row(
             line=None,
             reason="missing eventParams (line withheld: it carries pii)",
@@ -113,7 +122,7 @@ def test_counts_add_up_per_object(spark):
     classified = classify(spark, line(eventTime=1763884800), line(), "bad", line(eventTime=1763884801))
     (row,) = per_object_counts(classified).collect()
     assert (row.rows_in, row.rows_written, row.rows_quarantined, row.rows_missing_event_time) == (4, 2, 2, 1)
-    assert row.source_modified_micros == int(MODIFIED.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+    assert row.source_modified_micros == int(MODIFIED.replace(tzinfo=UTC).timestamp() * 1_000_000)
 
 
 @pytest.mark.parametrize(

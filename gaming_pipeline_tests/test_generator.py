@@ -1,18 +1,16 @@
 import gzip
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD
 from gaming_pipeline.lib import generator
 
-END = datetime(2026, 11, 23, tzinfo=timezone.utc)
+END = datetime(2026, 11, 23, tzinfo=UTC)
 
 
 def objects(seed=1, count=3000, days=2.0, object_events=500):
     start, end = generator.history_window(days, END)
-    return list(
-        generator.landing_objects(generator.history(seed, count, start, end), seed, object_events)
-    )
+    return list(generator.landing_objects(generator.history(seed, count, start, end), seed, object_events))
 
 
 def test_same_seed_gives_the_same_objects_byte_for_byte():
@@ -28,7 +26,7 @@ def test_objects_are_gzip_ndjson_within_one_hour_and_size_limit():
         assert len(events) <= 500
         hours = {event["eventTime"] // 3600 for event in events}
         assert len(hours) == 1
-        hour = datetime.fromtimestamp(hours.pop() * 3600, timezone.utc)
+        hour = datetime.fromtimestamp(hours.pop() * 3600, UTC)
         assert key.startswith(f"events/{hour:%Y/%m/%d/%H}/") and key.endswith(".ndjson.gz")
 
 
@@ -49,10 +47,14 @@ def test_events_follow_the_seed_schema_and_registry():
 
 def test_totals_count_what_was_written():
     written = {}
-    totals = generator.write_objects(objects(), lambda key, body: written.update({key: body}), generator.Totals())
+    totals = generator.write_objects(
+        objects(), lambda key, body: written.update({key: body}), generator.Totals()
+    )
     summary = totals.as_dict()
-    assert summary["events"] == 3000 == sum(
-        sum(games.values()) for games in summary["events_per_day_and_game"].values()
+    assert (
+        summary["events"]
+        == 3000
+        == sum(sum(games.values()) for games in summary["events_per_day_and_game"].values())
     )
     assert summary["objects"] == len(written)
     assert summary["purchases"] > 0 and float(summary["purchase_sum"]) > 0

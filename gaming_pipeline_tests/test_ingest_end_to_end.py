@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
-import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 

@@ -50,8 +50,14 @@ def test_killed_run_retried_equals_a_clean_run(spark, landing, tmp_path):
     killed = str(tmp_path / "killed")
     raw_log = Path(table_path(killed, RAW_TABLE)) / "_delta_log"
     process = subprocess.Popen(
-        [sys.executable, "-c", INGEST_SCRIPT, str(tmp_path / "home"), killed,
-         json.dumps([[o.bucket, o.key, o.etag, o.size] for o in objects])],
+        [
+            sys.executable,
+            "-c",
+            INGEST_SCRIPT,
+            str(tmp_path / "home"),
+            killed,
+            json.dumps([[o.bucket, o.key, o.etag, o.size] for o in objects]),
+        ],
         start_new_session=True,
     )
     # Version 0 creates the table; version 1 is the run's data. Kill right after it lands,

@@ -4,7 +4,6 @@ A variable that is set reaches Dagster as an EnvVar, so the UI shows where a val
 from without showing the value; one that is unset falls back to its embedded default.
 """
 
-
 import os
 
 import dagster as dg
@@ -50,9 +49,7 @@ def resources() -> dg.Definitions:
                 bucket=_from_env("GAMING_PIPELINE_LANDING_BUCKET", settings.landing_bucket),
                 queue_url=_from_env("GAMING_PIPELINE_QUEUE_URL", settings.queue_url),
             ),
-            "warehouse": WarehouseResource(
-                root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)
-            ),
+            "warehouse": WarehouseResource(root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)),
             # Lazy: a run that finds nothing to do never starts a JVM.
             "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
         }

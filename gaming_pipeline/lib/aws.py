@@ -64,13 +64,13 @@ def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     _ensure_bucket(s3, bucket)
 
     dlq_url = sqs.create_queue(QueueName=f"{queue_name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
 
     topic_arn = sns.create_topic(Name=f"{queue_name}-topic")["TopicArn"]
     sns.set_topic_attributes(
@@ -138,9 +138,7 @@ def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     }
     current = s3.get_bucket_notification_configuration(Bucket=bucket)
     if current.get("TopicConfigurations") != notification["TopicConfigurations"]:
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket, NotificationConfiguration=notification
-        )
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=notification)
     return LandingPath(bucket, topic_arn, queue_url, dlq_url)
 
 

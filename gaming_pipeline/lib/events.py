@@ -94,14 +94,12 @@ def event_time(raw: Column) -> Column:
     it is none of these. Spark's own cast would also take words such as 'yesterday', so a
     string must look like a date before it is cast."""
     number = raw.cast("double")
-    return (
-        F.when(
-            raw.rlike(r"^-?\d+(\.\d+)?$"),
-            F.when(F.abs(number) >= _EPOCH_MILLIS_FROM, F.timestamp_seconds(number / 1000))
-            .otherwise(F.timestamp_seconds(number)),
-        )
-        .when(raw.rlike(r"^\d{4}-\d{2}-\d{2}"), raw.try_cast("timestamp"))
-    )
+    return F.when(
+        raw.rlike(r"^-?\d+(\.\d+)?$"),
+        F.when(F.abs(number) >= _EPOCH_MILLIS_FROM, F.timestamp_seconds(number / 1000)).otherwise(
+            F.timestamp_seconds(number)
+        ),
+    ).when(raw.rlike(r"^\d{4}-\d{2}-\d{2}"), raw.try_cast("timestamp"))
 
 
 def source_object(file_path: Column) -> Column:
@@ -174,9 +172,9 @@ def quarantined_lines(classified: DataFrame, quarantined_at: datetime, run_id: s
     quarantine table must never hold PII in clear, so only its reason and source remain."""
     has_pii = F.get_json_object("value", "$.pii").isNotNull()
     return classified.where(F.col("reason").isNotNull()).select(
-        F.when(has_pii, F.lit(None)).otherwise(
-            F.substring("value", 1, MAX_QUARANTINED_LINE_CHARS)
-        ).alias("line"),
+        F.when(has_pii, F.lit(None))
+        .otherwise(F.substring("value", 1, MAX_QUARANTINED_LINE_CHARS))
+        .alias("line"),
         F.when(has_pii, F.concat("reason", F.lit(" (line withheld: it carries pii)")))
         .otherwise(F.col("reason"))
         .alias("reason"),

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from gaming_pipeline.games import GAMES, Game
@@ -51,7 +51,7 @@ class Totals:
 
     def add(self, event: dict) -> None:
         params = event["eventParams"]
-        day = datetime.fromtimestamp(event["eventTime"], timezone.utc).date().isoformat()
+        day = datetime.fromtimestamp(event["eventTime"], UTC).date().isoformat()
         self.events += 1
         self.per_day_game[(day, params["game_keyword"])] += 1
         self.devices.add(params["device_id"])
@@ -105,7 +105,7 @@ class EventFactory:
         # A few heavy players and a long tail, as in real games.
         device = pool[min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)]
         name = rng.choices(self.names, self.name_weights)[0]
-        client_time = datetime.fromtimestamp(at - rng.uniform(0.05, 3.0), timezone.utc)
+        client_time = datetime.fromtimestamp(at - rng.uniform(0.05, 3.0), UTC)
         params = {
             "game_keyword": game.keyword,
             "app_name": game.app_name,
@@ -113,9 +113,7 @@ class EventFactory:
             "platform": PLATFORMS[int(device[-1], 16) % 2],
             "app_version": self.versions[game.keyword],
             "device_id": device,
-            "client_event_time": client_time.isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            "client_event_time": client_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
         if name == "purchaseEvent":
             params["amount"] = rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0]
@@ -154,11 +152,9 @@ def stream(seed: int, rate: float, duration: float | None) -> Iterator[dict]:
 
 
 def object_key(first_event_time: float, sequence: int, seed: int) -> str:
-    hour = datetime.fromtimestamp(first_event_time, timezone.utc)
+    hour = datetime.fromtimestamp(first_event_time, UTC)
     stamp = hour.strftime("%Y-%m-%d-%H-%M-%S")
-    return (
-        f"{KEY_PREFIX}/{hour:%Y/%m/%d/%H}/gaming-pipeline-{seed}-{stamp}-{sequence:06d}.ndjson.gz"
-    )
+    return f"{KEY_PREFIX}/{hour:%Y/%m/%d/%H}/gaming-pipeline-{seed}-{stamp}-{sequence:06d}.ndjson.gz"
 
 
 def landing_objects(
@@ -213,5 +209,5 @@ def write_objects(
 
 
 def history_window(days: float, end: datetime | None = None) -> tuple[datetime, datetime]:
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     return end - timedelta(days=days), end

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
@@ -41,7 +41,6 @@ from gaming_pipeline.lib.warehouse import (
     table_path,
     upsert,
 )
-
 
 # What a broken or vanished object looks like from Spark, as opposed to S3 being unreachable
 # (which must fail the run, so it is retried, rather than quarantine good objects).
@@ -119,7 +118,7 @@ def pending(
 
 
 def _micros_literal(micros: int) -> str:
-    stamp = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+    stamp = datetime.fromtimestamp(micros / 1_000_000, UTC)
     return f"TIMESTAMP '{stamp:%Y-%m-%d %H:%M:%S.%f}'"
 
 
@@ -191,7 +190,7 @@ def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[
 
 
 def _micros_datetime(micros: int | None) -> datetime | None:
-    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, UTC)
 
 
 def ingest_objects(
@@ -206,7 +205,7 @@ def ingest_objects(
         result.seconds = time.monotonic() - started
         return result
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     classified, counts = classify_objects(spark, todo)
     try:
         result.event_dates = sorted(
@@ -240,7 +239,7 @@ def ingest_objects(
         classified.unpersist()
 
     ledger_rows = []
-    for obj, uri in zip(todo, uris):
+    for obj, uri in zip(todo, uris, strict=True):
         row = counts.get(uri)
         ledger_rows.append(
             (

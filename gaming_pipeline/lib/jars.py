@@ -88,9 +88,7 @@ def fetch(progress=print) -> list[str]:
     ivy = cache_dir() / "ivy"
     progress(f"fetching {', '.join(PACKAGES)} into {ivy} (once)")
     # A separate interpreter: the JVM that resolves must not be the one a caller keeps.
-    subprocess.run(
-        [sys.executable, "-c", _FETCH_SCRIPT, ",".join(PACKAGES), str(ivy)], check=True
-    )
+    subprocess.run([sys.executable, "-c", _FETCH_SCRIPT, ",".join(PACKAGES), str(ivy)], check=True)
     resolved = [path.name for path in (ivy / "jars").glob("*.jar")]
     shipped = [path.name for path in (Path(pyspark.__file__).parent / "jars").glob("*.jar")]
     _manifest().write_text("\n".join(select_jars(resolved, shipped)) + "\n")

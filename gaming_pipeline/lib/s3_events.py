@@ -50,9 +50,7 @@ def parse_message(body: str) -> list[LandedObject]:
         raise NotAnS3Event("message has no S3 'Records' list")
     objects = []
     for record in records:
-        if not isinstance(record, dict) or not str(record.get("eventName", "")).startswith(
-            "ObjectCreated"
-        ):
+        if not isinstance(record, dict) or not str(record.get("eventName", "")).startswith("ObjectCreated"):
             continue
         try:
             bucket = record["s3"]["bucket"]["name"]

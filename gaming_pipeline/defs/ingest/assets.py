@@ -1,13 +1,11 @@
 """Landing objects in S3 become rows of mobile_events_delta_raw, exactly once."""
 
-
 from datetime import datetime
 
-from dagster_aws.s3.sensor import get_objects
-from pydantic import Field
-
 import dagster as dg
+from dagster_aws.s3.sensor import get_objects
 from dagster_pyspark import LazyPySparkResource
+from pydantic import Field
 
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
@@ -47,8 +45,7 @@ def objects_in_bucket(
     return [
         LandedObject(landing.bucket, obj["Key"], obj["ETag"].strip('"'), obj["Size"])
         for obj in get_objects(bucket=landing.bucket, client=landing.s3())
-        if not obj["Key"].endswith("/")
-        and (landed_before is None or obj["LastModified"] <= landed_before)
+        if not obj["Key"].endswith("/") and (landed_before is None or obj["LastModified"] <= landed_before)
     ]
 
 
@@ -110,9 +107,7 @@ def ingest_landed_objects(
     ledger."""
     objects = [obj.landed() for obj in config.objects] or objects_in_bucket(landing)
     context.log.info(f"{len(objects)} landing object(s) requested")
-    result: IngestResult = ingest_objects(
-        pyspark.spark_session, warehouse.root, objects, context.run.run_id
-    )
+    result: IngestResult = ingest_objects(pyspark.spark_session, warehouse.root, objects, context.run.run_id)
     context.log.info(
         f"{result.objects} object(s) ingested ({result.objects_already_ingested} already in the "
         f"ledger): {result.rows_in} lines -> {result.rows_written} rows, "

@@ -7,10 +7,9 @@ Requesting an object twice is harmless: ingestion skips what the ledger holds an
 never appends, an object's rows.
 """
 
-
 import hashlib
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -53,9 +52,7 @@ def not_yet_ingested(
     ledger = ingested_objects(table_path(warehouse.root, LEDGER_TABLE))
     taken = in_flight(instance)
     return sorted(
-        obj
-        for obj in set(objects) - taken
-        if ledger.get(object_uri(obj)) != obj.etag or not obj.etag
+        obj for obj in set(objects) - taken if ledger.get(object_uri(obj)) != obj.etag or not obj.etag
     )
 
 
@@ -103,9 +100,7 @@ def landing_queue_sensor(
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
 ) -> dg.SensorResult:
-    waiting = context.instance.get_runs_count(
-        dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING)
-    )
+    waiting = context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING))
     if waiting:
         # Backpressure: while a run waits for the Spark slot, new objects stay on the queue
         # and join one larger batch, instead of piling up runs faster than they finish.
@@ -116,9 +111,9 @@ def landing_queue_sensor(
     announced: list[LandedObject] = []
     handled: list[dict] = []
     while len(announced) < MAX_OBJECTS_PER_RUN * 4 and time.monotonic() < deadline:
-        messages = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-        ).get("Messages", [])
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        )
         if not messages:
             break
         for message in messages:
@@ -143,9 +138,7 @@ def landing_queue_sensor(
             ],
         )
     if not requests:
-        return dg.SensorResult(
-            skip_reason=f"{len(handled)} message(s), {len(announced)} object(s), none new"
-        )
+        return dg.SensorResult(skip_reason=f"{len(handled)} message(s), {len(announced)} object(s), none new")
     context.log.info(f"{len(new)} new object(s) from {len(handled)} message(s)")
     return dg.SensorResult(run_requests=requests)
 
@@ -169,7 +162,7 @@ def build_reconcile_sensor(
         warehouse: WarehouseResource,
     ) -> dg.SensorResult:
         # The grace leaves fresh objects to the queue sensor, which is usually seconds behind.
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_seconds)
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
         listed = objects_in_bucket(landing, landed_before=cutoff)
         missing = not_yet_ingested(listed, warehouse, context.instance)
         requests = run_requests(missing, origin="reconcile")

@@ -1,0 +1,48 @@
+"""Starting and stopping Dagster's own processes (webserver, daemon) on a local instance,
+as the demo, the end-to-end tests and the benchmarks do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+WORKSPACE = PROJECT / "workspace.yaml"
+INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.yaml"
+
+
+def prepare_dagster_home(path: Path) -> Path:
+    """A Dagster home with the project's instance config (SQLite, run queue, Spark pool)."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(INSTANCE_CONFIG, path / "dagster.yaml")
+    return path
+
+
+def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`dagster-webserver ...` or `dagster-daemon run` on the project's workspace, in its own
+    process group so that stopping it also stops the runs it launched."""
+    program, *rest = arguments
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / program), *rest, "-w", str(WORKSPACE)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
