@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 _KEYWORD = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+# The KPI tables' row for every game together; no game may take this keyword.
+ALL_GAMES = "all_games"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Game:
                 f"game keyword {self.keyword!r} must be lower-case letters, digits and "
                 "underscores, starting with a letter (it becomes part of a table name)"
             )
+        if self.keyword == ALL_GAMES:
+            raise ValueError(f"{ALL_GAMES!r} names the all-games rows of the KPI tables")
 
     @property
     def table_name(self) -> str:

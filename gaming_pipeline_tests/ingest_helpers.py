@@ -54,12 +54,15 @@ def evaluate(
     return list(result.run_requests or [])
 
 
-def run(request: dg.RunRequest, landing, warehouse: str) -> dg.ExecuteInProcessResult:
+def run(
+    request: dg.RunRequest, landing, warehouse: str, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
     result = dg.materialize(
         [ingest_landed_objects],
         run_config=request.run_config,
         resources=resources(landing, warehouse),
         tags=request.tags,
+        instance=instance,
     )
     assert result.success
     return result

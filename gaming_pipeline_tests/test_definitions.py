@@ -3,24 +3,39 @@
 import dagster as dg
 
 from gaming_pipeline.definitions import defs
+from gaming_pipeline.defs.partitions import DAILY
+from gaming_pipeline.games import GAMES
 
 
 def test_graph_is_pinned():
     definitions = defs()
     repo = definitions.get_repository_def()
+    game_tables = {f"game_{game.keyword}_events" for game in GAMES}
+    kpis = {"kpi_events_per_hour", "kpi_bookings_per_hour", "kpi_daily_active_users"}
+    assert len(game_tables) == 30
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
         "mobile_events_delta_raw",
         "quarantine_events",
         "ingest_ledger",
+        *game_tables,
+        *kpis,
     }
     assert {sensor.name for sensor in repo.sensor_defs} == {
         "landing_queue_sensor",
         "landing_reconcile_sensor",
+        "raw_days_sensor",
     }
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in repo.sensor_defs)
     assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == {
-        "ingest_landed_objects_job"
+        "ingest_landed_objects_job",
+        "refresh_days_job",
     }
+    for name in game_tables | kpis:
+        node = repo.asset_graph.get(dg.AssetKey(name))
+        assert node.partitions_def == DAILY, name
+        assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
+        assert dg.AssetKey("mobile_events_delta_raw") in node.parent_keys, name
+    assert repo.assets_defs_by_key[dg.AssetKey("game_galaxy_miners_events")].can_subset
     assert set(repo.asset_graph.asset_check_keys) == set()
     ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
     assert ingest.op.pool == "spark"

@@ -16,6 +16,9 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib.daily import KPI_TABLES
+
 RAW_TABLE = "mobile_events_delta_raw"
 QUARANTINE_TABLE = "quarantine_events"
 LEDGER_TABLE = "ingest_ledger"
@@ -23,7 +26,13 @@ LEDGER_TABLE = "ingest_ledger"
 
 def all_tables() -> list[str]:
     """Every table the pipeline writes, in the order `tables` lists them."""
-    return [RAW_TABLE, QUARANTINE_TABLE, LEDGER_TABLE]
+    return [
+        RAW_TABLE,
+        *(game.table_name for game in GAMES),
+        *KPI_TABLES,
+        QUARANTINE_TABLE,
+        LEDGER_TABLE,
+    ]
 
 
 def table_path(warehouse: str, table: str) -> str:
@@ -85,14 +94,13 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
 
     This is what makes ingestion exactly-once: re-running the same work replaces its own
     earlier rows instead of adding to them. Every row of `df` must match `predicate`.
-    Delta commits nothing when there is nothing to remove or add; the version is then the
-    table's current one.
+    When there is nothing to remove or add, Delta commits nothing and the version returned
+    is the latest one.
     """
     spark = df.sparkSession
     tag = json.dumps(marker, sort_keys=True)
 
     def commit() -> int:
-        before = latest_version(spark, path)
         (
             df.write.format("delta")
             .mode("overwrite")
@@ -101,11 +109,11 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
             .save(path)
         )
         # Found by its tag, not as "the latest", since another writer may have committed since.
-        newer = DeltaTable.forPath(spark, path).history().where(f"version > {before}")
-        for row in newer.select("version", "userMetadata").collect():
+        recent = DeltaTable.forPath(spark, path).history(20).select("version", "userMetadata").collect()
+        for row in recent:
             if row.userMetadata == tag:
                 return int(row.version)
-        return before
+        return int(recent[0].version)
 
     return retry_on_conflict(commit)
 

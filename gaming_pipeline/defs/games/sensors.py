@@ -1,0 +1,64 @@
+"""Keeps each day's per-game and KPI partitions in step with the raw table.
+
+Every ingestion run records the event days it wrote (`event_dates`); this sensor asks for a
+refresh of exactly those days, late days included, so a purchase that lands a day late is
+still counted on the day it happened.
+"""
+
+import dagster as dg
+
+from gaming_pipeline.defs.games.assets import GAMES_GROUP
+from gaming_pipeline.defs.ingest.sensors import WAITING
+from gaming_pipeline.defs.kpis.assets import KPI_GROUP
+from gaming_pipeline.defs.partitions import DAILY
+from gaming_pipeline.lib.warehouse import RAW_TABLE
+
+refresh_days_job = dg.define_asset_job(
+    "refresh_days_job",
+    selection=dg.AssetSelection.groups(GAMES_GROUP, KPI_GROUP),
+    partitions_def=DAILY,
+    description="Rebuild the per-game and KPI partitions of the chosen days from the raw table.",
+)
+
+
+@dg.sensor(
+    job=refresh_days_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After each ingestion, requests a refresh of the per-game and KPI partitions of the "
+        "days the new events belong to."
+    ),
+)
+def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(RAW_TABLE),
+            after_storage_id=int(context.cursor) if context.cursor else None,
+        ),
+        limit=200,
+        ascending=True,
+    ).records
+    if not records:
+        return dg.SensorResult(skip_reason="no new ingestion since the last tick")
+    days = set()
+    for record in records:
+        event_dates = record.asset_materialization.metadata.get("event_dates")
+        days.update(event_dates.value if event_dates else [])
+    # A refresh still waiting to start will read the raw table as it is then: asking again
+    # for its day would only repeat the same work.
+    waiting = {
+        run.tags.get("dagster/partition")
+        for run in context.instance.get_runs(dg.RunsFilter(job_name=refresh_days_job.name, statuses=WAITING))
+    }
+    outside = sorted(day for day in days if not DAILY.has_partition_key(day))
+    if outside:
+        context.log.warning(f"events on days outside the partitions ({DAILY.start:%Y-%m-%d} on): {outside}")
+    last = records[-1].storage_id
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(partition_key=day, run_key=f"{day}:{last}")
+            for day in sorted(days - waiting - set(outside))
+        ],
+        cursor=str(last),
+    )

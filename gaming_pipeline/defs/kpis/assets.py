@@ -1,0 +1,74 @@
+"""KPI tables, per day and per game (and all games), recomputed exactly for each day."""
+
+from collections.abc import Callable
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame
+
+from gaming_pipeline.defs.games.assets import game_tables
+from gaming_pipeline.defs.ingest.assets import SPARK_POOL
+from gaming_pipeline.defs.partitions import DAILY, window_predicate
+from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.lib import daily
+from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows, table_path
+
+KPI_GROUP = "kpis"
+
+
+def kpi_asset(
+    name: str, transform: Callable[[DataFrame], DataFrame], description: str
+) -> dg.AssetsDefinition:
+    """A daily KPI table computed by `transform` from the raw events of its days."""
+
+    @dg.asset(
+        name=name,
+        group_name=KPI_GROUP,
+        kinds={"spark", "delta"},
+        deps=[RAW_TABLE, *game_tables.keys],
+        partitions_def=DAILY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=SPARK_POOL,
+        description=description,
+    )
+    def kpi(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
+    ) -> dg.MaterializeResult:
+        spark = pyspark.spark_session
+        days = window_predicate(context)
+        events = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE)).where(days)
+        result = transform(events).persist()
+        path = table_path(warehouse.root, name)
+        try:
+            ensure_table(spark, path, result.schema, partition_by=("eventDate",))
+            version = replace_rows(result, path, days, {"run_id": context.run.run_id})
+            rows = result.count()
+        finally:
+            result.unpersist()
+        return dg.MaterializeResult(
+            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path}
+        )
+
+    return kpi
+
+
+kpi_events_per_hour = kpi_asset(
+    daily.EVENTS_PER_HOUR,
+    daily.events_per_hour,
+    "Events per hour (`window_start`, `window_end`: the seed's 60-minute windows of `eventTime`) "
+    "per game and for `all_games`. A sudden fall in a game's count is the first sign of a "
+    "service interruption.",
+)
+kpi_bookings_per_hour = kpi_asset(
+    daily.BOOKINGS_PER_HOUR,
+    daily.bookings_per_hour,
+    "Bookings per hour: the sum of `purchaseEvent` amounts (`bookings`, exact to the cent) and "
+    "the number of `purchases`, per game and for `all_games`. An hour with play but no "
+    "purchase shows 0, so a drop after a patch is visible.",
+)
+kpi_daily_active_users = kpi_asset(
+    daily.DAILY_ACTIVE_USERS,
+    daily.daily_active_users,
+    "Daily active users: distinct `device_id`s per day (`dau`), per game and for `all_games` "
+    "(a player of two games counts once there). The seed's DAU query, kept for every day.",
+)
