@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from gaming_pipeline.lib.settings import Settings
-from gaming_pipeline.lib.spark import s3a_config
+from gaming_pipeline.lib.spark import s3a_config, spark_config
 
 
 def test_defaults_live_under_home():
@@ -38,3 +38,15 @@ def test_s3a_follows_boto3_endpoint_or_stays_on_aws():
     assert local["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert local["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
     assert s3a_config({}) == {"spark.hadoop.fs.s3a.endpoint.region": "us-east-1"}
+
+
+def test_a_local_driver_listens_on_loopback_only(monkeypatch):
+    monkeypatch.setattr("gaming_pipeline.lib.spark.runtime_jars", lambda: ["/jars/delta.jar"])
+    local = spark_config(Settings.from_env({"GAMING_PIPELINE_HOME": "/h"}), environ={})
+    assert local["spark.driver.bindAddress"] == local["spark.driver.host"] == "127.0.0.1"
+    assert local["spark.jars"] == "/jars/delta.jar"
+    cluster = spark_config(
+        Settings.from_env({"GAMING_PIPELINE_HOME": "/h", "GAMING_PIPELINE_SPARK_MASTER": "spark://m:7077"}),
+        environ={},
+    )
+    assert "spark.driver.bindAddress" not in cluster

@@ -54,6 +54,10 @@ def spark_config(settings: Settings, environ: dict[str, str] | None = None) -> d
         "spark.sql.warehouse.dir": os.path.join(str(settings.home), "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
     }
+    if settings.spark_master.startswith("local"):
+        # A local driver serves nobody else: keep its ports on the loopback interface.
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+        conf["spark.driver.host"] = "127.0.0.1"
     conf.update(s3a_config(environ))
     return conf
 
