@@ -36,7 +36,21 @@ def test_graph_is_pinned():
         assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
         assert dg.AssetKey("mobile_events_delta_raw") in node.parent_keys, name
     assert repo.assets_defs_by_key[dg.AssetKey("game_galaxy_miners_events")].can_subset
-    assert set(repo.asset_graph.asset_check_keys) == set()
+    expected_checks = {
+        (table, name)
+        for table in game_tables
+        for name in ("schema_matches_raw", "no_null_keys", "rows_match_raw")
+    } | {
+        ("kpi_events_per_hour", "no_null_keys"),
+        ("kpi_events_per_hour", "hours_add_up_to_raw"),
+        ("kpi_bookings_per_hour", "no_null_keys"),
+        ("kpi_bookings_per_hour", "bookings_add_up_to_raw"),
+        ("kpi_daily_active_users", "no_null_keys"),
+        ("kpi_daily_active_users", "all_games_within_bounds"),
+    }
+    assert {
+        (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys
+    } == expected_checks
     ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
     assert ingest.op.pool == "spark"
     assert set(repo.get_top_level_resources()) == {"landing", "warehouse", "pyspark"}

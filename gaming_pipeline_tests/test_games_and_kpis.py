@@ -89,6 +89,9 @@ def refresh(landing, warehouse, instance, first: str, last: str) -> None:
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
     assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 3 * len(GAMES) + 6
+    assert [e.check_name for e in evaluations if not e.passed] == []
 
 
 def ingest_everything(landing, warehouse, instance) -> None:

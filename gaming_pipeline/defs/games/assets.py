@@ -10,6 +10,7 @@ from gaming_pipeline.defs.ingest.assets import SPARK_POOL
 from gaming_pipeline.defs.partitions import DAILY, window_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
+from gaming_pipeline.lib import checks
 from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows, table_path
 
@@ -34,9 +35,24 @@ def game_spec(game: Game) -> dg.AssetSpec:
     )
 
 
+GAME_CHECKS = {
+    "schema_matches_raw": "The table has exactly the raw table's columns and types.",
+    "no_null_keys": "No row of the refreshed days lacks eventDate, eventTime, eventName, game or source.",
+    "rows_match_raw": "The refreshed days hold exactly the game's rows of the raw table, read back.",
+}
+
+
+def game_checks(game: Game) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=game.table_name, description=description)
+        for name, description in GAME_CHECKS.items()
+    ]
+
+
 @dg.multi_asset(
     name="game_tables",
     specs=[game_spec(game) for game in GAMES],
+    check_specs=[check for game in GAMES for check in game_checks(game)],
     can_subset=True,
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -60,29 +76,40 @@ def game_tables(
             .collect()
         }
 
-        def write(game: Game) -> int:
+        def write(game: Game) -> dg.MaterializeResult:
             path = table_path(warehouse.root, game.table_name)
             ensure_table(spark, path, RAW_SCHEMA, partition_by=("eventDate",))
-            return replace_rows(
+            version = replace_rows(
                 raw.where(F.col("eventParams.game_keyword") == game.keyword),
                 path,
                 days,
                 {"run_id": context.run.run_id, "game": game.keyword},
             )
+            written = spark.read.format("delta").load(path).where(days)
+            expected_rows = rows.get(game.keyword, 0)
+            no_null_keys = checks.null_keys(written, checks.RAW_KEYS)
+            found_rows = no_null_keys[1]["rows"]
+            outcomes = {
+                "schema_matches_raw": checks.schema_matches(written.schema, RAW_SCHEMA),
+                "no_null_keys": no_null_keys,
+                "rows_match_raw": (found_rows == expected_rows, {"raw": expected_rows, "table": found_rows}),
+            }
+            return dg.MaterializeResult(
+                asset_key=game.table_name,
+                metadata={"rows": found_rows, "delta_version": version, "days": days, "dagster/uri": path},
+                check_results=[
+                    dg.AssetCheckResult(
+                        asset_key=game.table_name, check_name=name, passed=passed, metadata=details
+                    )
+                    for name, (passed, details) in outcomes.items()
+                    if dg.AssetCheckKey(dg.AssetKey(game.table_name), name)
+                    in context.selected_asset_check_keys
+                ],
+            )
 
         games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
         # The writes are small and mostly wait on Delta's log: a few at once keep both cores busy.
         with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-            versions = list(pool.map(write, games))
-        for game, version in zip(games, versions, strict=True):
-            yield dg.MaterializeResult(
-                asset_key=game.table_name,
-                metadata={
-                    "rows": rows.get(game.keyword, 0),
-                    "delta_version": version,
-                    "days": days,
-                    "dagster/uri": table_path(warehouse.root, game.table_name),
-                },
-            )
+            yield from pool.map(write, games)
     finally:
         raw.unpersist()

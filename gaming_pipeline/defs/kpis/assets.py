@@ -10,16 +10,25 @@ from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.ingest.assets import SPARK_POOL
 from gaming_pipeline.defs.partitions import DAILY, window_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
-from gaming_pipeline.lib import daily
+from gaming_pipeline.lib import checks, daily
 from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows, table_path
 
 KPI_GROUP = "kpis"
 
 
+Consistency = Callable[[DataFrame, DataFrame], tuple[bool, dict]]
+
+
 def kpi_asset(
-    name: str, transform: Callable[[DataFrame], DataFrame], description: str
+    name: str,
+    transform: Callable[[DataFrame], DataFrame],
+    consistency: tuple[str, str, Consistency],
+    description: str,
 ) -> dg.AssetsDefinition:
-    """A daily KPI table computed by `transform` from the raw events of its days."""
+    """A daily KPI table computed by `transform` from the raw events of its days, checked for
+    null keys and by `consistency` (check name, description, function of the KPI rows and
+    the raw events)."""
+    consistency_name, consistency_description, consistent = consistency
 
     @dg.asset(
         name=name,
@@ -30,6 +39,10 @@ def kpi_asset(
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=SPARK_POOL,
         description=description,
+        check_specs=[
+            dg.AssetCheckSpec("no_null_keys", asset=name, description="No row lacks its day or game."),
+            dg.AssetCheckSpec(consistency_name, asset=name, description=consistency_description),
+        ],
     )
     def kpi(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
@@ -42,11 +55,18 @@ def kpi_asset(
         try:
             ensure_table(spark, path, result.schema, partition_by=("eventDate",))
             version = replace_rows(result, path, days, {"run_id": context.run.run_id})
-            rows = result.count()
+            written = spark.read.format("delta").load(path).where(days)
+            no_null_keys = checks.null_keys(written, checks.KPI_KEYS)
+            outcomes = {"no_null_keys": no_null_keys, consistency_name: consistent(written, events)}
+            rows = no_null_keys[1]["rows"]
         finally:
             result.unpersist()
         return dg.MaterializeResult(
-            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path}
+            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path},
+            check_results=[
+                dg.AssetCheckResult(check_name=check, passed=passed, metadata=details)
+                for check, (passed, details) in outcomes.items()
+            ],
         )
 
     return kpi
@@ -55,6 +75,11 @@ def kpi_asset(
 kpi_events_per_hour = kpi_asset(
     daily.EVENTS_PER_HOUR,
     daily.events_per_hour,
+    (
+        "hours_add_up_to_raw",
+        "Each day's hourly counts, per game and for all games, add up to that day's raw events.",
+        checks.hours_add_up_to_days,
+    ),
     "Events per hour (`window_start`, `window_end`: the seed's 60-minute windows of `eventTime`) "
     "per game and for `all_games`. A sudden fall in a game's count is the first sign of a "
     "service interruption.",
@@ -62,6 +87,11 @@ kpi_events_per_hour = kpi_asset(
 kpi_bookings_per_hour = kpi_asset(
     daily.BOOKINGS_PER_HOUR,
     daily.bookings_per_hour,
+    (
+        "bookings_add_up_to_raw",
+        "Each day's hourly bookings, per game and for all games, add up to that day's raw purchases.",
+        checks.bookings_add_up_to_days,
+    ),
     "Bookings per hour: the sum of `purchaseEvent` amounts (`bookings`, exact to the cent) and "
     "the number of `purchases`, per game and for `all_games`. An hour with play but no "
     "purchase shows 0, so a drop after a patch is visible.",
@@ -69,6 +99,11 @@ kpi_bookings_per_hour = kpi_asset(
 kpi_daily_active_users = kpi_asset(
     daily.DAILY_ACTIVE_USERS,
     daily.daily_active_users,
+    (
+        "all_games_within_bounds",
+        "Each day's all-games DAU is at least its largest game's and at most the sum of all games'.",
+        lambda kpi, events: checks.all_games_dau_is_bounded(kpi),
+    ),
     "Daily active users: distinct `device_id`s per day (`dau`), per game and for `all_games` "
     "(a player of two games counts once there). The seed's DAU query, kept for every day.",
 )

@@ -1,0 +1,98 @@
+"""What the asset checks compute, as plain functions of DataFrames (no Dagster here).
+
+Each returns (passed, details): details are small, JSON-friendly facts for the UI.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from gaming_pipeline.games import ALL_GAMES
+from gaming_pipeline.lib.daily import MONEY, PURCHASE
+
+RAW_KEYS = ("eventDate", "eventTime", "eventName", "eventParams.game_keyword", "_source_object")
+KPI_KEYS = ("eventDate", "game_keyword")
+
+
+def schema_matches(actual: T.StructType, expected: T.StructType) -> tuple[bool, dict]:
+    have = {field.name: field.dataType.simpleString() for field in actual.fields}
+    want = {field.name: field.dataType.simpleString() for field in expected.fields}
+    differences = {
+        name: {"expected": want.get(name), "found": have.get(name)}
+        for name in sorted(set(have) | set(want))
+        if have.get(name) != want.get(name)
+    }
+    return not differences, {"differences": differences}
+
+
+def null_keys(df: DataFrame, keys: tuple[str, ...]) -> tuple[bool, dict]:
+    """Rows lacking each key, and the rows looked at (in the same pass, for the caller's use)."""
+    counts = (
+        df.agg(F.count(F.lit(1)).alias("rows"), *(F.count_if(F.col(key).isNull()).alias(key) for key in keys))
+        .first()
+        .asDict()
+    )
+    rows = counts.pop("rows")
+    return not any(counts.values()), {"rows": rows, "null_rows_by_key": counts}
+
+
+def _by_day_and_game(df: DataFrame, value) -> dict:
+    return {
+        (row.eventDate.isoformat(), row.game_keyword): row.value
+        for row in df.groupBy("eventDate", "game_keyword").agg(value.alias("value")).collect()
+    }
+
+
+def _compare(kpi: dict, raw: dict) -> tuple[bool, dict]:
+    mismatches = {
+        f"{day} {game}": {"kpi": str(kpi.get((day, game))), "raw": str(raw.get((day, game)))}
+        for day, game in sorted(set(kpi) | set(raw))
+        if kpi.get((day, game)) != raw.get((day, game))
+    }
+    return not mismatches, {
+        "checked": len(set(kpi) | set(raw)),
+        "mismatches": dict(list(mismatches.items())[:20]),
+    }
+
+
+def _raw_by_game_and_all(events: DataFrame) -> DataFrame:
+    per_game = events.withColumn("game_keyword", F.col("eventParams.game_keyword"))
+    return per_game.unionByName(events.withColumn("game_keyword", F.lit(ALL_GAMES)))
+
+
+def hours_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
+    """The hourly event counts of each day and game add up to the raw events of that day."""
+    return _compare(
+        _by_day_and_game(kpi, F.sum("events")),
+        _by_day_and_game(_raw_by_game_and_all(events), F.count(F.lit(1))),
+    )
+
+
+def bookings_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
+    """The hourly bookings of each day and game add up to that day's raw purchases."""
+    purchases = _raw_by_game_and_all(events.where(F.col("eventName") == PURCHASE))
+    return _compare(
+        {key: value for key, value in _by_day_and_game(kpi, F.sum("bookings")).items() if value},
+        _by_day_and_game(purchases, F.sum(F.col("eventParams.amount").cast(MONEY))),
+    )
+
+
+def all_games_dau_is_bounded(kpi: DataFrame) -> tuple[bool, dict]:
+    """A day's all-games DAU is at least its largest game's and at most the sum of all games'."""
+    per_game = (
+        kpi.where(F.col("game_keyword") != ALL_GAMES)
+        .groupBy("eventDate")
+        .agg(F.max("dau").alias("largest"), F.sum("dau").alias("total"))
+    )
+    all_games = kpi.where(F.col("game_keyword") == ALL_GAMES).select("eventDate", F.col("dau").alias("all"))
+    outside = [
+        row.eventDate.isoformat()
+        for row in per_game.join(all_games, "eventDate", "full")
+        .where(
+            ~F.coalesce((F.col("all") >= F.col("largest")) & (F.col("all") <= F.col("total")), F.lit(False))
+        )
+        .collect()
+    ]
+    return not outside, {"days_out_of_bounds": outside}
