@@ -36,7 +36,7 @@ def test_null_keys_are_counted_per_key(spark):
     df = spark.createDataFrame([(DAY, "g"), (None, "g"), (DAY, None)], "eventDate date, game_keyword string")
     assert checks.null_keys(df, checks.KPI_KEYS) == (
         False,
-        {"null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
+        {"rows": 3, "null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
     )
 
 
