@@ -102,17 +102,8 @@ def throughput(events: int, work: Path) -> dict:
 
 def latency(objects: int, every: float, work: Path) -> dict:
     landing = aws.provision("bench-latency", queue_name="bench-latency")
-    dagster_home = processes.prepare_dagster_home(work / "dagster")
-    warehouse = str(work / "latency-wh")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "GAMING_PIPELINE_HOME": str(work / "latency-home"),
-        "GAMING_PIPELINE_WAREHOUSE": warehouse,
-        "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
-        "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
-    }
-    daemon = processes.start_dagster(["dagster-daemon", "run"], env, work / "daemon.log")
+    daemon, env = processes.start_daemon_for(work / "latency", landing.bucket, landing.queue_url)
+    warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
     s3 = aws.client("s3")
     factory = generator.EventFactory(seed=3)
     try:

@@ -10,25 +10,16 @@ import dagster as dg
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from gaming_pipeline.lib.processes import prepare_dagster_home, start_dagster, stop
+from gaming_pipeline.lib.processes import start_daemon_for, stop
 from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
 from gaming_pipeline_tests.ingest_helpers import load_history
 
 
 def test_daemon_ingests_landed_objects(landing, tmp_path):
-    dagster_home = prepare_dagster_home(tmp_path / "dagster")
-    warehouse = str(tmp_path / "warehouse")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "GAMING_PIPELINE_HOME": str(tmp_path / "home"),
-        "GAMING_PIPELINE_WAREHOUSE": warehouse,
-        "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
-        "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
-    }
-    daemon = start_dagster(["dagster-daemon", "run"], env, tmp_path / "daemon.log")
+    daemon, env = start_daemon_for(tmp_path, landing.bucket, landing.queue_url)
+    warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
     saved = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     try:
         totals = load_history(landing.bucket, seed=31, events=2000, days=1.0)
         with dg.DagsterInstance.get() as instance:

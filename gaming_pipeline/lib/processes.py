@@ -46,3 +46,17 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def start_daemon_for(work: Path, bucket: str, queue_url: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Dagster's daemon, sensors on, on a fresh instance and warehouse under `work`, for the
+    landing bucket and queue given; with the environment it runs in."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(prepare_dagster_home(work / "dagster")),
+        "GAMING_PIPELINE_HOME": str(work / "home"),
+        "GAMING_PIPELINE_WAREHOUSE": str(work / "warehouse"),
+        "GAMING_PIPELINE_LANDING_BUCKET": bucket,
+        "GAMING_PIPELINE_QUEUE_URL": queue_url,
+    }
+    return start_dagster(["dagster-daemon", "run"], env, work / "daemon.log"), env
