@@ -4,6 +4,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from gaming_pipeline.lib import daily
@@ -69,3 +70,37 @@ def test_a_player_of_two_games_counts_once_for_all_games(spark):
         Row(eventDate=DAY, game_keyword="all_games", dau=2),
     ]
     assertDataFrameEqual(daily.daily_active_users(events(spark, *SAMPLE)), expected)
+
+
+def test_daily_revenue_counts_payers_and_divides_bookings_by_dau(spark):
+    result = {row.game_keyword: row for row in daily.daily_revenue(events(spark, *SAMPLE)).collect()}
+    galaxy, ninja, everyone = result["galaxy_miners"], result["ninja_run"], result["all_games"]
+    assert (galaxy.dau, galaxy.paying_users, galaxy.bookings, galaxy.arpdau) == (2, 2, Decimal("5.98"), Decimal("2.9900"))
+    assert (ninja.dau, ninja.paying_users, ninja.bookings, ninja.arpdau) == (1, 1, Decimal("9.99"), Decimal("9.9900"))
+    assert (everyone.dau, everyone.paying_users, everyone.bookings, everyone.arpdau) == (
+        2,
+        2,
+        Decimal("15.97"),
+        Decimal("7.9850"),
+    )
+
+
+def test_revenue_by_platform(spark):
+    sample = [*SAMPLE, ("purchaseEvent", "10:00", "ninja_run", "d3", 1.99)]
+    df = events(spark, *sample).withColumn(
+        "eventParams",
+        F.col("eventParams").withField(
+            "platform", F.when(F.col("eventParams.device_id") == "d3", "android").otherwise("ios")
+        ),
+    )
+    result = {
+        (row.game_keyword, row.platform): (row.bookings, row.purchases)
+        for row in daily.revenue_by_platform(df).collect()
+    }
+    assert result == {
+        ("galaxy_miners", "ios"): (Decimal("5.98"), 2),
+        ("ninja_run", "ios"): (Decimal("9.99"), 1),
+        ("ninja_run", "android"): (Decimal("1.99"), 1),
+        ("all_games", "ios"): (Decimal("15.97"), 3),
+        ("all_games", "android"): (Decimal("1.99"), 1),
+    }

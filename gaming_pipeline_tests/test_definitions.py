@@ -11,7 +11,13 @@ def test_graph_is_pinned():
     definitions = defs()
     repo = definitions.get_repository_def()
     game_tables = {f"game_{game.keyword}_events" for game in GAMES}
-    kpis = {"kpi_events_per_hour", "kpi_bookings_per_hour", "kpi_daily_active_users"}
+    kpis = {
+        "kpi_events_per_hour",
+        "kpi_bookings_per_hour",
+        "kpi_daily_active_users",
+        "kpi_daily_revenue",
+        "kpi_revenue_by_platform",
+    }
     assert len(game_tables) == 30
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
         "mobile_events_delta_raw",
@@ -47,6 +53,10 @@ def test_graph_is_pinned():
         ("kpi_bookings_per_hour", "bookings_add_up_to_raw"),
         ("kpi_daily_active_users", "no_null_keys"),
         ("kpi_daily_active_users", "all_games_within_bounds"),
+        ("kpi_daily_revenue", "no_null_keys"),
+        ("kpi_daily_revenue", "bookings_add_up_to_raw"),
+        ("kpi_revenue_by_platform", "no_null_keys"),
+        ("kpi_revenue_by_platform", "bookings_add_up_to_raw"),
     }
     assert {
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys

@@ -7,7 +7,7 @@ import gzip
 import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import dagster as dg
 from pyspark.sql import functions as F
@@ -19,34 +19,60 @@ from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
 from gaming_pipeline.defs.kpis.assets import (
     kpi_bookings_per_hour,
     kpi_daily_active_users,
+    kpi_daily_revenue,
     kpi_events_per_hour,
+    kpi_revenue_by_platform,
 )
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, generator
+from gaming_pipeline.lib.daily import KPI_TABLES
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, resources, run
 
 SEED, EVENTS = 17, 3000
-DERIVED = [game_tables, kpi_events_per_hour, kpi_bookings_per_hour, kpi_daily_active_users]
+DERIVED = [
+    game_tables,
+    kpi_events_per_hour,
+    kpi_bookings_per_hour,
+    kpi_daily_active_users,
+    kpi_daily_revenue,
+    kpi_revenue_by_platform,
+]
 
 
 def expected_kpis(events: list[dict]) -> dict:
     """The KPIs computed in plain Python, independently of the Spark code."""
     per_hour, bookings, devices = Counter(), defaultdict(Decimal), defaultdict(set)
+    day_bookings, payers, platform_bookings = defaultdict(Decimal), defaultdict(set), defaultdict(Decimal)
     for event in events:
         at = datetime.fromtimestamp(event["eventTime"], UTC)
         hour = at.replace(minute=0, second=0, microsecond=0, tzinfo=None)
         params = event["eventParams"]
+        purchase = event["eventName"] == "purchaseEvent"
+        amount = Decimal(str(params["amount"])) if purchase else Decimal(0)
         for game in (params["game_keyword"], ALL_GAMES):
             per_hour[(hour, game)] += 1
-            bookings[(hour, game)] += (
-                Decimal(str(params.get("amount", 0))) if event["eventName"] == "purchaseEvent" else 0
-            )
+            bookings[(hour, game)] += amount
             devices[(at.date(), game)].add(params["device_id"])
+            day_bookings[(at.date(), game)] += amount
+            platform_bookings[(at.date(), game, params["platform"])] += amount
+            if purchase:
+                payers[(at.date(), game)].add(params["device_id"])
+    cents, per_user = Decimal("0.01"), Decimal("0.0001")
     return {
         "events_per_hour": dict(per_hour),
-        "bookings_per_hour": {key: value.quantize(Decimal("0.01")) for key, value in bookings.items()},
+        "bookings_per_hour": {key: value.quantize(cents) for key, value in bookings.items()},
         "dau": {key: len(value) for key, value in devices.items()},
+        "daily_revenue": {
+            key: (
+                len(devices[key]),
+                len(payers[key]),
+                day_bookings[key].quantize(cents),
+                (day_bookings[key] / len(devices[key])).quantize(per_user, ROUND_HALF_UP),
+            )
+            for key in devices
+        },
+        "revenue_by_platform": {key: value.quantize(cents) for key, value in platform_bookings.items()},
     }
 
 
@@ -60,6 +86,13 @@ def actual_kpis(spark, warehouse: str) -> dict:
             (r.window_start, r.game_keyword): r.bookings for r in load("kpi_bookings_per_hour")
         },
         "dau": {(r.eventDate, r.game_keyword): r.dau for r in load("kpi_daily_active_users")},
+        "daily_revenue": {
+            (r.eventDate, r.game_keyword): (r.dau, r.paying_users, r.bookings, r.arpdau)
+            for r in load("kpi_daily_revenue")
+        },
+        "revenue_by_platform": {
+            (r.eventDate, r.game_keyword, r.platform): r.bookings for r in load("kpi_revenue_by_platform")
+        },
     }
 
 
@@ -90,7 +123,7 @@ def refresh(landing, warehouse, instance, first: str, last: str) -> None:
     )
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 3 * len(GAMES) + 6
+    assert len(evaluations) == 3 * len(GAMES) + 2 * len(KPI_TABLES)
     assert [e.check_name for e in evaluations if not e.passed] == []
 
 

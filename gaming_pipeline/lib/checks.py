@@ -71,7 +71,8 @@ def hours_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]
 
 
 def bookings_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
-    """The hourly bookings of each day and game add up to that day's raw purchases."""
+    """The bookings of each day and game (over its hours or platforms) add up to that day's
+    raw purchases."""
     purchases = _raw_by_game_and_all(events.where(F.col("eventName") == PURCHASE))
     return _compare(
         {key: value for key, value in _by_day_and_game(kpi, F.sum("bookings")).items() if value},

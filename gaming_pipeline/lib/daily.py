@@ -17,9 +17,12 @@ from gaming_pipeline.games import ALL_GAMES
 EVENTS_PER_HOUR = "kpi_events_per_hour"
 BOOKINGS_PER_HOUR = "kpi_bookings_per_hour"
 DAILY_ACTIVE_USERS = "kpi_daily_active_users"
-KPI_TABLES = (EVENTS_PER_HOUR, BOOKINGS_PER_HOUR, DAILY_ACTIVE_USERS)
+DAILY_REVENUE = "kpi_daily_revenue"
+REVENUE_BY_PLATFORM = "kpi_revenue_by_platform"
+KPI_TABLES = (EVENTS_PER_HOUR, BOOKINGS_PER_HOUR, DAILY_ACTIVE_USERS, DAILY_REVENUE, REVENUE_BY_PLATFORM)
 PURCHASE = "purchaseEvent"
 MONEY = "decimal(18,2)"
+PER_USER = "decimal(18,4)"
 
 
 def for_each_game_and_all(
@@ -49,16 +52,13 @@ def events_per_hour(events: DataFrame) -> DataFrame:
 def bookings_per_hour(events: DataFrame) -> DataFrame:
     """Purchase amounts summed per hour; an hour with events but no purchase books 0, so a
     drop to nothing is visible instead of a missing row."""
-    purchase = F.col("eventName") == PURCHASE
+
+    def aggregate(df: DataFrame, keys: list[Column]) -> DataFrame:
+        purchase, bookings = _purchases(df)
+        return df.groupBy(*keys).agg(bookings.alias("bookings"), F.count_if(purchase).alias("purchases"))
+
     return for_each_game_and_all(
-        _hour(events),
-        [F.col("eventDate"), F.col("window_start"), F.col("window_end")],
-        lambda df, keys: df.groupBy(*keys).agg(
-            F.coalesce(
-                F.sum(F.when(purchase, F.col("eventParams.amount").cast(MONEY))), F.lit(0).cast(MONEY)
-            ).alias("bookings"),
-            F.count_if(purchase).alias("purchases"),
-        ),
+        _hour(events), [F.col("eventDate"), F.col("window_start"), F.col("window_end")], aggregate
     )
 
 
@@ -67,4 +67,43 @@ def daily_active_users(events: DataFrame) -> DataFrame:
         events,
         [F.col("eventDate")],
         lambda df, keys: df.groupBy(*keys).agg(F.count_distinct("eventParams.device_id").alias("dau")),
+    )
+
+
+def _purchases(df: DataFrame) -> tuple[Column, Column]:
+    purchase = F.col("eventName") == PURCHASE
+    bookings = F.coalesce(
+        F.sum(F.when(purchase, F.col("eventParams.amount").cast(MONEY))), F.lit(0).cast(MONEY)
+    )
+    return purchase, bookings
+
+
+def daily_revenue(events: DataFrame) -> DataFrame:
+    """Per day: active users, paying users (distinct devices with a purchase), bookings and
+    ARPDAU (bookings per daily active user, to 4 decimals)."""
+
+    def aggregate(df: DataFrame, keys: list[Column]) -> DataFrame:
+        purchase, bookings = _purchases(df)
+        return (
+            df.groupBy(*keys)
+            .agg(
+                F.count_distinct("eventParams.device_id").alias("dau"),
+                F.count_distinct(F.when(purchase, F.col("eventParams.device_id"))).alias("paying_users"),
+                bookings.alias("bookings"),
+            )
+            .withColumn("arpdau", (F.col("bookings") / F.col("dau")).cast(PER_USER))
+        )
+
+    return for_each_game_and_all(events, [F.col("eventDate")], aggregate)
+
+
+def revenue_by_platform(events: DataFrame) -> DataFrame:
+    """Per day and platform (ios, android): bookings and purchases."""
+
+    def aggregate(df: DataFrame, keys: list[Column]) -> DataFrame:
+        purchase, bookings = _purchases(df)
+        return df.groupBy(*keys).agg(bookings.alias("bookings"), F.count_if(purchase).alias("purchases"))
+
+    return for_each_game_and_all(
+        events, [F.col("eventDate"), F.col("eventParams.platform").alias("platform")], aggregate
     )

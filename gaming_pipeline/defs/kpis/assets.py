@@ -107,3 +107,26 @@ kpi_daily_active_users = kpi_asset(
     "Daily active users: distinct `device_id`s per day (`dau`), per game and for `all_games` "
     "(a player of two games counts once there). The seed's DAU query, kept for every day.",
 )
+kpi_daily_revenue = kpi_asset(
+    daily.DAILY_REVENUE,
+    daily.daily_revenue,
+    (
+        "bookings_add_up_to_raw",
+        "Each day's bookings, per game and for all games, equal that day's raw purchases.",
+        checks.bookings_add_up_to_days,
+    ),
+    "Revenue per day, per game and for `all_games`: `dau`, `paying_users` (distinct devices "
+    "with a purchase that day), `bookings` (exact to the cent) and `arpdau` (bookings per daily "
+    "active user, to 4 decimals).",
+)
+kpi_revenue_by_platform = kpi_asset(
+    daily.REVENUE_BY_PLATFORM,
+    daily.revenue_by_platform,
+    (
+        "bookings_add_up_to_raw",
+        "Each day's bookings over its platforms, per game and for all games, equal that day's raw purchases.",
+        checks.bookings_add_up_to_days,
+    ),
+    "Bookings and purchases per day and `platform` (ios, android), per game and for `all_games`: "
+    "where a store or a client release changes what players spend.",
+)
