@@ -1,9 +1,10 @@
 """The per-game and KPI transforms on tiny DataFrames."""
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import reduce
 
-from pyspark.sql import Row
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -11,14 +12,14 @@ from gaming_pipeline.lib import daily
 from gaming_pipeline.lib.events import EVENT_PARAMS
 
 
-def events(spark, *rows):
-    """(eventName, 'HH:MM' on 2026-11-23, game, device, amount)."""
+def events(spark, *rows, day: date = date(2026, 11, 23)):
+    """(eventName, 'HH:MM[:SS]' on `day`, game, device, amount)."""
     return spark.createDataFrame(
         [
             (
                 name,
-                datetime(2026, 11, 23, *map(int, at.split(":"))),
-                date(2026, 11, 23),
+                datetime(day.year, day.month, day.day, *map(int, at.split(":"))),
+                day,
                 (game, None, 0, "ios", "1.0", device, None, amount),
             )
             for name, at, game, device, amount in rows
@@ -75,8 +76,18 @@ def test_a_player_of_two_games_counts_once_for_all_games(spark):
 def test_daily_revenue_counts_payers_and_divides_bookings_by_dau(spark):
     result = {row.game_keyword: row for row in daily.daily_revenue(events(spark, *SAMPLE)).collect()}
     galaxy, ninja, everyone = result["galaxy_miners"], result["ninja_run"], result["all_games"]
-    assert (galaxy.dau, galaxy.paying_users, galaxy.bookings, galaxy.arpdau) == (2, 2, Decimal("5.98"), Decimal("2.9900"))
-    assert (ninja.dau, ninja.paying_users, ninja.bookings, ninja.arpdau) == (1, 1, Decimal("9.99"), Decimal("9.9900"))
+    assert (galaxy.dau, galaxy.paying_users, galaxy.bookings, galaxy.arpdau) == (
+        2,
+        2,
+        Decimal("5.98"),
+        Decimal("2.9900"),
+    )
+    assert (ninja.dau, ninja.paying_users, ninja.bookings, ninja.arpdau) == (
+        1,
+        1,
+        Decimal("9.99"),
+        Decimal("9.9900"),
+    )
     assert (everyone.dau, everyone.paying_users, everyone.bookings, everyone.arpdau) == (
         2,
         2,
@@ -104,3 +115,86 @@ def test_revenue_by_platform(spark):
         ("all_games", "ios"): (Decimal("15.97"), 3),
         ("all_games", "android"): (Decimal("1.99"), 1),
     }
+
+
+def test_sessions_end_after_a_30_minute_pause_and_at_midnight(spark):
+    day = events(
+        spark,
+        ("gameStart", "08:00", "galaxy_miners", "d1", None),
+        ("levelUp", "08:30", "galaxy_miners", "d1", None),  # a 30-minute pause keeps the session
+        ("levelUp", "09:00:01", "galaxy_miners", "d1", None),  # just over 30 minutes: a new one
+        ("gameStart", "08:10", "ninja_run", "d1", None),  # another game, another session
+        ("gameEnd", "23:59", "ninja_run", "d2", None),
+    )
+    after_midnight = events(spark, ("gameEnd", "00:01", "ninja_run", "d2", None), day=DAY + timedelta(days=1))
+    result = {
+        (row.eventDate, row.game_keyword): (
+            row.sessions,
+            row.players,
+            row.session_seconds,
+            row.avg_session_seconds,
+        )
+        for row in daily.sessions(day.unionByName(after_midnight)).collect()
+    }
+    tomorrow = DAY + timedelta(days=1)
+    assert result == {
+        (DAY, "galaxy_miners"): (2, 1, Decimal("1800.000000"), Decimal("900.00")),
+        (DAY, "ninja_run"): (2, 2, Decimal("0E-6"), Decimal("0.00")),
+        (DAY, "all_games"): (4, 2, Decimal("1800.000000"), Decimal("450.00")),
+        (tomorrow, "ninja_run"): (1, 1, Decimal("0E-6"), Decimal("0.00")),
+        (tomorrow, "all_games"): (1, 1, Decimal("0E-6"), Decimal("0.00")),
+    }
+
+
+def played(spark, *rows):
+    """(days after DAY, game, device): one event at noon."""
+    days = [
+        events(spark, ("levelUp", "12:00", game, device, None), day=DAY + timedelta(days=n))
+        for n, game, device in rows
+    ]
+    return reduce(DataFrame.unionByName, days)
+
+
+def test_retention_counts_new_players_back_after_one_and_seven_days(spark):
+    history = played(
+        spark,
+        (-1, "ninja_run", "veteran"),  # seen before DAY: not new on DAY in ninja_run
+        (0, "ninja_run", "veteran"),
+        (0, "ninja_run", "a"),
+        (0, "ninja_run", "b"),
+        (0, "galaxy_miners", "veteran"),  # new to this game, and to no other
+        (1, "ninja_run", "a"),
+        (1, "galaxy_miners", "veteran"),
+        (2, "ninja_run", "b"),  # back after two days: neither day 1 nor day 7
+        (7, "ninja_run", "b"),
+    )
+    result = {
+        (row.eventDate - DAY).days: {
+            row.game_keyword: (
+                row.new_players,
+                row.retained_d1,
+                row.retained_d7,
+                row.d1_retention,
+                row.d7_retention,
+            )
+            for row in rows
+        }
+        for rows in [daily.retention(history, DAY, DAY + timedelta(days=2)).collect()]
+        for row in rows
+    }
+    assert result[0] == {
+        "ninja_run": (2, 1, 1, Decimal("0.5000"), Decimal("0.5000")),
+        "galaxy_miners": (1, 1, 0, Decimal("1.0000"), Decimal("0.0000")),
+        "all_games": (2, 1, 1, Decimal("0.5000"), Decimal("0.5000")),
+    }
+    # Day 8 has no events yet, so day 1's day-7 retention is not known.
+    assert set(result) == {0}, "day 1 has no new player"
+    late = daily.retention(history, DAY - timedelta(days=1), DAY).collect()
+    assert {(row.game_keyword, row.retained_d1, row.retained_d7) for row in late} == {
+        ("ninja_run", 1, None),
+        ("all_games", 1, None),
+    }
+
+
+def test_retention_reads_every_day_before_its_cohorts_and_seven_after():
+    assert daily.retention_source(DAY, DAY + timedelta(days=1)) == "eventDate < DATE'2026-12-01'"

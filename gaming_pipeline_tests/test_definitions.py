@@ -3,7 +3,7 @@
 import dagster as dg
 
 from gaming_pipeline.definitions import defs
-from gaming_pipeline.defs.partitions import DAILY
+from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS
 from gaming_pipeline.games import GAMES
 
 
@@ -17,6 +17,8 @@ def test_graph_is_pinned():
         "kpi_daily_active_users",
         "kpi_daily_revenue",
         "kpi_revenue_by_platform",
+        "kpi_sessions",
+        "kpi_retention",
     }
     assert len(game_tables) == 30
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
@@ -41,6 +43,7 @@ def test_graph_is_pinned():
         assert node.partitions_def == DAILY, name
         assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
         assert dg.AssetKey("mobile_events_delta_raw") in node.parent_keys, name
+        assert node.freshness_policy == DERIVED_FRESHNESS, name
     assert repo.assets_defs_by_key[dg.AssetKey("game_galaxy_miners_events")].can_subset
     expected_checks = {
         (table, name)
@@ -49,14 +52,20 @@ def test_graph_is_pinned():
     } | {
         ("kpi_events_per_hour", "no_null_keys"),
         ("kpi_events_per_hour", "hours_add_up_to_raw"),
+        ("kpi_events_per_hour", "volume_holds_up"),
         ("kpi_bookings_per_hour", "no_null_keys"),
         ("kpi_bookings_per_hour", "bookings_add_up_to_raw"),
+        ("kpi_bookings_per_hour", "bookings_hold_up"),
         ("kpi_daily_active_users", "no_null_keys"),
         ("kpi_daily_active_users", "all_games_within_bounds"),
         ("kpi_daily_revenue", "no_null_keys"),
         ("kpi_daily_revenue", "bookings_add_up_to_raw"),
         ("kpi_revenue_by_platform", "no_null_keys"),
         ("kpi_revenue_by_platform", "bookings_add_up_to_raw"),
+        ("kpi_sessions", "no_null_keys"),
+        ("kpi_sessions", "players_match_raw"),
+        ("kpi_retention", "no_null_keys"),
+        ("kpi_retention", "cohorts_within_raw"),
     }
     assert {
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import dagster as dg
@@ -21,7 +21,9 @@ from gaming_pipeline.defs.kpis.assets import (
     kpi_daily_active_users,
     kpi_daily_revenue,
     kpi_events_per_hour,
+    kpi_retention,
     kpi_revenue_by_platform,
+    kpi_sessions,
 )
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, generator
@@ -37,7 +39,10 @@ DERIVED = [
     kpi_daily_active_users,
     kpi_daily_revenue,
     kpi_revenue_by_platform,
+    kpi_sessions,
+    kpi_retention,
 ]
+SESSION_GAP = 30 * 60
 
 
 def expected_kpis(events: list[dict]) -> dict:
@@ -60,6 +65,8 @@ def expected_kpis(events: list[dict]) -> dict:
                 payers[(at.date(), game)].add(params["device_id"])
     cents, per_user = Decimal("0.01"), Decimal("0.0001")
     return {
+        "sessions": expected_sessions(events),
+        "retention": expected_retention(events),
         "events_per_hour": dict(per_hour),
         "bookings_per_hour": {key: value.quantize(cents) for key, value in bookings.items()},
         "dau": {key: len(value) for key, value in devices.items()},
@@ -76,11 +83,74 @@ def expected_kpis(events: list[dict]) -> dict:
     }
 
 
+def expected_sessions(events: list[dict]) -> dict:
+    """Sessions the long way: each device's times per day and game, split at pauses over 30 minutes."""
+    times = defaultdict(list)
+    for event in events:
+        day = datetime.fromtimestamp(event["eventTime"], UTC).date()
+        params = event["eventParams"]
+        times[(day, params["game_keyword"], params["device_id"])].append(event["eventTime"])
+    totals = defaultdict(lambda: [0, set(), 0])  # sessions, players, seconds
+    for (day, game, device), stamps in times.items():
+        stamps.sort()
+        sessions = [[stamps[0], stamps[0]]]
+        for at in stamps[1:]:
+            if at - sessions[-1][1] > SESSION_GAP:
+                sessions.append([at, at])
+            sessions[-1][1] = at
+        for key in ((day, game), (day, ALL_GAMES)):
+            totals[key][0] += len(sessions)
+            totals[key][1].add(device)
+            totals[key][2] += sum(end - start for start, end in sessions)
+    return {
+        key: (
+            count,
+            len(players),
+            Decimal(seconds),
+            (Decimal(seconds) / count).quantize(Decimal("0.01"), ROUND_HALF_UP),
+        )
+        for key, (count, players, seconds) in totals.items()
+    }
+
+
+def expected_retention(events: list[dict]) -> dict:
+    """New players per first day, and how many came back exactly 1 and 7 days later."""
+    days_played = defaultdict(set)
+    for event in events:
+        day = datetime.fromtimestamp(event["eventTime"], UTC).date()
+        for game in (event["eventParams"]["game_keyword"], ALL_GAMES):
+            days_played[(game, event["eventParams"]["device_id"])].add(day)
+    days_with_events = set().union(*days_played.values())
+    cohorts = defaultdict(lambda: [0, 0, 0])
+    for (game, _), days in days_played.items():
+        first = min(days)
+        counts = cohorts[(first, game)]
+        counts[0] += 1
+        counts[1] += first + timedelta(days=1) in days
+        counts[2] += first + timedelta(days=7) in days
+    return {
+        (day, game): (
+            new,
+            d1 if day + timedelta(days=1) in days_with_events else None,
+            d7 if day + timedelta(days=7) in days_with_events else None,
+        )
+        for (day, game), (new, d1, d7) in cohorts.items()
+    }
+
+
 def actual_kpis(spark, warehouse: str) -> dict:
     def load(table):
         return spark.read.format("delta").load(table_path(warehouse, table)).collect()
 
     return {
+        "sessions": {
+            (r.eventDate, r.game_keyword): (r.sessions, r.players, r.session_seconds, r.avg_session_seconds)
+            for r in load("kpi_sessions")
+        },
+        "retention": {
+            (r.eventDate, r.game_keyword): (r.new_players, r.retained_d1, r.retained_d7)
+            for r in load("kpi_retention")
+        },
         "events_per_hour": {(r.window_start, r.game_keyword): r.events for r in load("kpi_events_per_hour")},
         "bookings_per_hour": {
             (r.window_start, r.game_keyword): r.bookings for r in load("kpi_bookings_per_hour")
@@ -97,11 +167,9 @@ def actual_kpis(spark, warehouse: str) -> dict:
 
 
 def fingerprints(spark, warehouse: str) -> dict:
-    tables = [game.table_name for game in GAMES] + [
-        "kpi_events_per_hour",
-        "kpi_bookings_per_hour",
-        "kpi_daily_active_users",
-    ]
+    """Row count and an order-free content hash of every per-game and KPI table, lineage
+    columns aside (they name the run, not the content)."""
+    tables = [game.table_name for game in GAMES] + list(KPI_TABLES)
     result = {}
     for table in tables:
         df = spark.read.format("delta").load(table_path(warehouse, table))
@@ -114,17 +182,17 @@ def fingerprints(spark, warehouse: str) -> dict:
     return result
 
 
-def refresh(landing, warehouse, instance, first: str, last: str) -> None:
+def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED) -> None:
     result = dg.materialize(
-        DERIVED,
+        assets,
         resources=resources(landing, warehouse),
         instance=instance,
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 3 * len(GAMES) + 2 * len(KPI_TABLES)
-    assert [e.check_name for e in evaluations if not e.passed] == []
+    assert len(evaluations) == sum(len(asset.check_keys) for asset in assets)
+    assert {e.check_name: e.metadata for e in evaluations if not e.passed} == {}
 
 
 def ingest_everything(landing, warehouse, instance) -> None:
@@ -144,17 +212,33 @@ class DaysSensor:
     def __init__(self, instance: dg.DagsterInstance):
         self.instance, self.cursor = instance, None
 
-    def requested(self) -> list[str]:
+    def requested(self) -> tuple[list[str], list[str]]:
+        """(days whose tables all refresh, cohort days whose retention alone refreshes)."""
         with dg.build_sensor_context(instance=self.instance, cursor=self.cursor) as context:
             result = raw_days_sensor(context)
         self.cursor = result.cursor
-        return sorted(request.partition_key for request in result.run_requests or [])
+        requests = result.run_requests or []
+        return (
+            sorted(request.partition_key for request in requests if request.asset_selection is None),
+            sorted(
+                request.partition_key
+                for request in requests
+                if request.asset_selection == [kpi_retention.key]
+            ),
+        )
+
+
+def days_before(days: list[str], *offsets: int) -> list[str]:
+    return sorted(
+        {(date.fromisoformat(day) - timedelta(days=n)).isoformat() for day in days for n in offsets}
+    )
 
 
 def test_kpis_match_python_and_backfills_equal_rebuilds_and_late_events_count_on_their_day(
     spark, landing, warehouse, monkeypatch, capsys
 ):
-    start, end = generator.history_window(3.0, HISTORY_END)
+    # Whole days: history that stops at noon would look like an outage to the live-ops checks.
+    start, end = generator.history_window(3.0, HISTORY_END.replace(hour=0))
     events = list(generator.history(SEED, EVENTS, start, end))
     s3 = aws.client("s3")
     generator.write_objects(
@@ -164,9 +248,9 @@ def test_kpis_match_python_and_backfills_equal_rebuilds_and_late_events_count_on
     )
     with dg.instance_for_test() as instance:
         ingest_everything(landing, warehouse, instance)
-        days = [(start.date() + timedelta(days=n)).isoformat() for n in range(4)]
+        days = [(start.date() + timedelta(days=n)).isoformat() for n in range(3)]
         sensor = DaysSensor(instance)
-        assert sensor.requested() == days
+        assert sensor.requested() == (days, sorted(set(days_before(days, 1, 7)) - set(days)))
 
         refresh(landing, warehouse, instance, days[0], days[-1])
         assert actual_kpis(spark, warehouse) == expected_kpis(events)
@@ -188,11 +272,27 @@ def test_kpis_match_python_and_backfills_equal_rebuilds_and_late_events_count_on
         late_day = datetime.fromisoformat(days[1]).replace(hour=15, tzinfo=UTC)
         late = [generator.EventFactory(99).event(late_day.timestamp() + n) for n in range(40)]
         late[0]["eventName"], late[0]["eventParams"]["amount"] = "purchaseEvent", 19.99
+        # Some late players are first-day players coming back: the first day's retention changes.
+        first_day = [
+            event for event in events if event["eventTime"] < datetime.fromisoformat(days[1]).timestamp()
+        ]
+        for event, returning in zip(late[1:21], first_day[::7], strict=False):
+            event["eventParams"] = {
+                **event["eventParams"],
+                **{
+                    key: returning["eventParams"][key]
+                    for key in ("game_keyword", "app_name", "device_id", "platform")
+                },
+            }
         body = gzip.compress("".join(json.dumps(event) + "\n" for event in late).encode())
         s3.put_object(Bucket=landing.bucket, Key="events/late/arrivals.ndjson.gz", Body=body)
         ingest_everything(landing, warehouse, instance)
-        assert sensor.requested() == [days[1]]
+        assert expected_retention(events + late) != expected_retention(events)
+        refreshed, cohorts = sensor.requested()
+        assert (refreshed, cohorts) == ([days[1]], days_before([days[1]], 1, 7))
         refresh(landing, warehouse, instance, days[1], days[1])
+        for cohort in cohorts:
+            refresh(landing, warehouse, instance, cohort, cohort, [kpi_retention])
         assert actual_kpis(spark, warehouse) == expected_kpis(events + late)
 
         # Every table answers to its name in SQL.

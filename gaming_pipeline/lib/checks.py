@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.games import ALL_GAMES
-from gaming_pipeline.lib.daily import MONEY, PURCHASE
+from gaming_pipeline.lib.daily import DEVICE, MONEY, PURCHASE
 
 RAW_KEYS = ("eventDate", "eventTime", "eventName", "eventParams.game_keyword", "_source_object")
 KPI_KEYS = ("eventDate", "game_keyword")
@@ -97,3 +97,30 @@ def all_games_dau_is_bounded(kpi: DataFrame) -> tuple[bool, dict]:
         .collect()
     ]
     return not outside, {"days_out_of_bounds": outside}
+
+
+def _devices_by_day_and_game(events: DataFrame) -> dict:
+    return _by_day_and_game(_raw_by_game_and_all(events), F.count_distinct(DEVICE))
+
+
+def sessions_cover_players(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
+    """Each day's players are its distinct raw devices, and no day has fewer sessions than players."""
+    passed, details = _compare(_by_day_and_game(kpi, F.sum("players")), _devices_by_day_and_game(events))
+    fewer = kpi.where(F.col("sessions") < F.col("players")).count()
+    return passed and not fewer, {**details, "rows_with_fewer_sessions_than_players": fewer}
+
+
+def cohorts_are_bounded(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
+    """A cohort is at most its day's distinct devices, and its returns at most the cohort."""
+    devices = _devices_by_day_and_game(events)
+    outside = [
+        f"{row.eventDate} {row.game_keyword}"
+        for row in kpi.collect()
+        if not (
+            0 < row.new_players <= devices.get((row.eventDate.isoformat(), row.game_keyword), 0)
+            and all(
+                back is None or 0 <= back <= row.new_players for back in (row.retained_d1, row.retained_d7)
+            )
+        )
+    ]
+    return not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(devices)}

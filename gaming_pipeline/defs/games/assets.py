@@ -7,7 +7,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.ingest.assets import SPARK_POOL
-from gaming_pipeline.defs.partitions import DAILY, window_predicate
+from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
@@ -26,6 +26,7 @@ def game_spec(game: Game) -> dg.AssetSpec:
         kinds={"spark", "delta"},
         deps=[RAW_TABLE],
         partitions_def=DAILY,
+        freshness_policy=DERIVED_FRESHNESS,
         tags={"game": game.keyword},
         description=(
             f"Every event of {game.app_name} (`eventParams.game_keyword = '{game.keyword}'`), "

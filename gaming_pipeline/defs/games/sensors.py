@@ -2,8 +2,15 @@
 
 Every ingestion run records the event days it wrote (`event_dates`); this sensor asks for a
 refresh of exactly those days, late days included, so a purchase that lands a day late is
-still counted on the day it happened.
+still counted on the day it happened. A day's events also decide the retention of the
+cohorts 1 and 7 days before it, so those cohorts' retention partitions refresh too.
+
+Why a sensor rather than an AutomationCondition: the raw table is one unpartitioned asset fed
+by object-driven runs, so Dagster cannot tell which days a run touched; the days are in the
+run's metadata, and only they are rebuilt, however late they are.
 """
+
+from datetime import date, timedelta
 
 import dagster as dg
 
@@ -11,7 +18,10 @@ from gaming_pipeline.defs.games.assets import GAMES_GROUP
 from gaming_pipeline.defs.ingest.sensors import WAITING
 from gaming_pipeline.defs.kpis.assets import KPI_GROUP
 from gaming_pipeline.defs.partitions import DAILY
+from gaming_pipeline.lib.daily import RETENTION, RETURN_DAYS
 from gaming_pipeline.lib.warehouse import RAW_TABLE
+
+RETENTION_ONLY = "gaming_pipeline/retention_only"
 
 refresh_days_job = dg.define_asset_job(
     "refresh_days_job",
@@ -47,18 +57,33 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         days.update(event_dates.value if event_dates else [])
     # A refresh still waiting to start will read the raw table as it is then: asking again
     # for its day would only repeat the same work.
-    waiting = {
-        run.tags.get("dagster/partition")
-        for run in context.instance.get_runs(dg.RunsFilter(job_name=refresh_days_job.name, statuses=WAITING))
-    }
+    waiting = context.instance.get_runs(dg.RunsFilter(job_name=refresh_days_job.name, statuses=WAITING))
+    waiting_days = {run.tags.get("dagster/partition") for run in waiting if RETENTION_ONLY not in run.tags}
+    waiting_any = {run.tags["dagster/partition"] for run in waiting if "dagster/partition" in run.tags}
     outside = sorted(day for day in days if not DAILY.has_partition_key(day))
     if outside:
         context.log.warning(f"events on days outside the partitions ({DAILY.start:%Y-%m-%d} on): {outside}")
     last = records[-1].storage_id
+    refresh = sorted(days - waiting_days - set(outside))
+    cohorts = sorted(
+        {
+            cohort
+            for day in refresh
+            for cohort in (date.fromisoformat(day) - timedelta(days=n) for n in RETURN_DAYS)
+            if DAILY.has_partition_key(cohort.isoformat())
+        }
+        - {date.fromisoformat(day) for day in days | waiting_any}
+    )
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(partition_key=day, run_key=f"{day}:{last}")
-            for day in sorted(days - waiting - set(outside))
+        run_requests=[dg.RunRequest(partition_key=day, run_key=f"{day}:{last}") for day in refresh]
+        + [
+            dg.RunRequest(
+                partition_key=cohort.isoformat(),
+                run_key=f"{cohort}:{last}:{RETENTION}",
+                asset_selection=[dg.AssetKey(RETENTION)],
+                tags={RETENTION_ONLY: "true"},
+            )
+            for cohort in cohorts
         ],
         cursor=str(last),
     )
