@@ -42,6 +42,7 @@ def test_a_collapsed_hour_is_an_error_and_a_halved_one_a_warning():
     assert (passed, severity, details["hours_dropped"]) == (False, "ERROR", 2)
     assert details["incidents"] == ["ninja_run 2026-11-20 14:00 UTC", "ninja_run 2026-11-20 15:00 UTC"]
     assert details["drops"][0] == {
+        "incident": "ninja_run 2026-11-20 14:00 UTC",
         "game": "ninja_run",
         "hour": "2026-11-20 14:00 UTC",
         "value": "2",
@@ -57,7 +58,8 @@ def test_an_hour_with_no_row_at_all_counts_as_zero():
 
 
 def test_one_big_purchase_in_the_trailing_days_does_not_make_a_baseline():
-    rows = steady(8, 0) + [("ninja_run", datetime(2026, 11, 18, 10), Decimal("99.99"))]
+    # Its average over the week (199.99 / 7) would pass the minimum; the median (0) does not.
+    rows = steady(8, 0) + [("ninja_run", datetime(2026, 11, 18, 10), Decimal("199.99"))]
     assert drops(rows) == []
 
 

@@ -7,6 +7,7 @@ from without showing the value; one that is unset falls back to its embedded def
 import os
 
 import dagster as dg
+import requests
 from dagster_pyspark import LazyPySparkResource
 
 from gaming_pipeline.lib import aws
@@ -40,6 +41,17 @@ class WarehouseResource(dg.ConfigurableResource):
     root: str
 
 
+class AlertWebhookResource(dg.ConfigurableResource):
+    """Where alerts go: a Slack-compatible incoming-webhook URL. Empty: to the sensor's log only."""
+
+    url: str = ""
+    timeout_seconds: float = 10
+
+    def post(self, message: dict) -> None:
+        response = requests.post(self.url, json=message, timeout=self.timeout_seconds)
+        response.raise_for_status()
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     settings = Settings.from_env()
@@ -50,6 +62,9 @@ def resources() -> dg.Definitions:
                 queue_url=_from_env("GAMING_PIPELINE_QUEUE_URL", settings.queue_url),
             ),
             "warehouse": WarehouseResource(root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)),
+            "alert_webhook": AlertWebhookResource(
+                url=_from_env("GAMING_PIPELINE_ALERT_WEBHOOK", settings.alert_webhook)
+            ),
             # Lazy: a run that finds nothing to do never starts a JVM.
             "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
         }

@@ -47,6 +47,7 @@ class HourlyDrop:
 
     def describe(self) -> dict:
         return {
+            "incident": self.incident,
             "game": self.game,
             "hour": f"{self.hour:%Y-%m-%d %H:00} UTC",
             "value": str(self.value),
@@ -89,13 +90,10 @@ def hourly_drops(
             if hour + timedelta(hours=1) + SETTLE > now:
                 break
             for game in sorted(games):
-                baseline = sum(
-                    (
-                        values.get((game, datetime.combine(earlier, hour.time())), Decimal(0))
-                        for earlier in trailing
-                    ),
-                    Decimal(0),
-                ) / len(trailing)
+                baseline = median(
+                    values.get((game, datetime.combine(earlier, hour.time())), Decimal(0))
+                    for earlier in trailing
+                )
                 value = values.get((game, hour), Decimal(0))
                 if baseline >= min_baseline and value <= baseline * (1 - WARN_DROP):
                     drops.append(HourlyDrop(game, hour, value, baseline))

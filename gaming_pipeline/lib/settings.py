@@ -20,6 +20,7 @@ ENV_VARS = (
     "GAMING_PIPELINE_LANDING_BUCKET",
     "GAMING_PIPELINE_QUEUE_URL",
     "GAMING_PIPELINE_SPARK_MASTER",
+    "GAMING_PIPELINE_ALERT_WEBHOOK",
 )
 
 
@@ -31,6 +32,8 @@ class Settings:
     # Empty means: look the queue up by its default name when first needed.
     queue_url: str
     spark_master: str
+    # Empty means: alerts go to the sensor's log only.
+    alert_webhook: str
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -42,4 +45,5 @@ class Settings:
             landing_bucket=env.get("GAMING_PIPELINE_LANDING_BUCKET") or DEFAULT_LANDING_BUCKET,
             queue_url=env.get("GAMING_PIPELINE_QUEUE_URL", ""),
             spark_master=env.get("GAMING_PIPELINE_SPARK_MASTER") or DEFAULT_SPARK_MASTER,
+            alert_webhook=env.get("GAMING_PIPELINE_ALERT_WEBHOOK", ""),
         )

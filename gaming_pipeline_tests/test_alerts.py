@@ -1,0 +1,193 @@
+"""Alerts: an injected drop in purchases reaches a local webhook once; quiet hours send nothing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from gaming_pipeline.definitions import defs
+from gaming_pipeline.defs.alerts.sensors import alerts_sensor
+from gaming_pipeline.defs.kpis.assets import kpi_bookings_per_hour
+from gaming_pipeline.defs.resources import AlertWebhookResource
+from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
+from gaming_pipeline_tests.ingest_helpers import resources
+from gaming_pipeline_tests.test_games_and_kpis import ingest_everything, refresh
+
+GAME = GAMES[0]
+FIRST_DAY = datetime(2026, 11, 12, tzinfo=UTC)
+DROP_DAY = FIRST_DAY + timedelta(days=8)
+DROP_HOUR = DROP_DAY.replace(hour=14)
+PURCHASES_PER_HOUR = 6
+
+
+class Receiver:
+    """A local webhook endpoint that keeps what it is sent."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", aws.free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/live-ops"
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+def purchases(day: datetime, drop_at: datetime | None = None) -> list[dict]:
+    """PURCHASES_PER_HOUR purchases of 4.99 in every hour of `day`, one only at `drop_at`."""
+    events = []
+    for hour in (day + timedelta(hours=h) for h in range(24)):
+        for n in range(1 if hour == drop_at else PURCHASES_PER_HOUR):
+            at = hour + timedelta(minutes=5 * n + 1)
+            params = {
+                "game_keyword": GAME.keyword,
+                "app_name": GAME.app_name,
+                "platform": "ios",
+                "app_version": "2.0.0",
+                "device_id": f"d-{n}",
+                "amount": 4.99,
+            }
+            events.append(
+                {
+                    "event_id": uuid.uuid4().hex,
+                    "eventName": "purchaseEvent",
+                    "eventTime": int(at.timestamp()),
+                    "eventParams": params,
+                }
+            )
+    return events
+
+
+def land(bucket: str, day: datetime, events: list[dict]) -> None:
+    body = gzip.compress("".join(json.dumps(event) + "\n" for event in events).encode())
+    aws.client("s3").put_object(Bucket=bucket, Key=f"events/{day:%Y/%m/%d}/purchases.ndjson.gz", Body=body)
+
+
+class AlertsSensor:
+    """alerts_sensor evaluated tick after tick, its cursor carried as the daemon would."""
+
+    def __init__(self, instance: dg.DagsterInstance, url: str):
+        self.instance, self.url, self.cursor = instance, url, None
+        self.repository = defs().get_repository_def()
+
+    def tick(self) -> None:
+        with dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor,
+            repository_def=self.repository,
+            resources={"alert_webhook": AlertWebhookResource(url=self.url)},
+        ) as context:
+            self.cursor = alerts_sensor(context).cursor
+
+
+def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, landing, warehouse, receiver):
+    with dg.instance_for_test() as instance:
+        sensor = AlertsSensor(instance, receiver.url)
+        for n in range(8):
+            land(landing.bucket, FIRST_DAY + timedelta(days=n), purchases(FIRST_DAY + timedelta(days=n)))
+        ingest_everything(landing, warehouse, instance)
+        week = (FIRST_DAY.date().isoformat(), (DROP_DAY - timedelta(days=1)).date().isoformat())
+        refresh(landing, warehouse, instance, *week, [kpi_bookings_per_hour])
+        sensor.tick()
+        assert receiver.received == [], "a steady week is quiet"
+
+        land(landing.bucket, DROP_DAY, purchases(DROP_DAY, drop_at=DROP_HOUR))
+        ingest_everything(landing, warehouse, instance)
+        day = DROP_DAY.date().isoformat()
+        result = dg.materialize(
+            [kpi_bookings_per_hour],
+            resources=resources(landing, warehouse),
+            instance=instance,
+            partition_key=day,
+        )
+        (evaluation,) = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "bookings_hold_up"
+        ]
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+        sensor.tick()
+        assert len(receiver.received) == 1, receiver.received
+        (message,) = receiver.received
+        assert message["text"].startswith(
+            ":rotating_light: [ERROR] bookings_hold_up failed on kpi_bookings_per_hour"
+        )
+        assert (
+            f"{GAME.keyword} {DROP_HOUR:%Y-%m-%d %H}:00 UTC: 4.99 against a usual 29.94 (83% down)"
+            in message["text"]
+        )
+        assert message["blocks"][0]["type"] == "section"
+
+        # The same drop seen again by a second refresh of its day is the same incident.
+        dg.materialize(
+            [kpi_bookings_per_hour],
+            resources=resources(landing, warehouse),
+            instance=instance,
+            partition_key=day,
+        )
+        sensor.tick()
+        sensor.tick()
+        assert len(receiver.received) == 1
+
+
+def test_an_incident_is_said_once_and_survives_the_cursor():
+    state = AlertState()
+    metadata = {"incidents": ["ninja_run 2026-11-20 14:00 UTC"], "drops": []}
+    alert = check_alert(
+        "kpi_bookings_per_hour", "bookings_hold_up", "WARN", "", metadata, "2026-11-20", state
+    )
+    assert alert.lines == ["ninja_run 2026-11-20 14:00 UTC"] and alert.severity == "WARN"
+    state.remember(alert)
+    again = AlertState.from_cursor(state.to_cursor())
+    assert (
+        check_alert("kpi_bookings_per_hour", "bookings_hold_up", "WARN", "", metadata, "2026-11-20", again)
+        is None
+    )
+    wider = {"incidents": [*metadata["incidents"], "ninja_run 2026-11-20 15:00 UTC"]}
+    assert check_alert(
+        "kpi_bookings_per_hour", "bookings_hold_up", "WARN", "", wider, "2026-11-20", again
+    ).lines == ["ninja_run 2026-11-20 15:00 UTC"]
+
+
+def test_other_checks_and_failed_runs_are_one_incident_each():
+    state = AlertState()
+    consistency = check_alert(
+        "kpi_sessions",
+        "players_match_raw",
+        "ERROR",
+        "players equal devices",
+        {"checked": 3},
+        "2026-11-20",
+        state,
+    )
+    assert consistency.lines == ["2026-11-20: players equal devices", "checked: 3"]
+    state.remember(consistency)
+    assert check_alert("kpi_sessions", "players_match_raw", "ERROR", "", {}, "2026-11-20", state) is None
+    assert check_alert("kpi_sessions", "players_match_raw", "ERROR", "", {}, "2026-11-21", state) is not None
+    failed = run_failure_alert("abc", "refresh_days_job", "2026-11-20", "Spark died", state)
+    assert (
+        failed.slack()["text"]
+        == ":rotating_light: [ERROR] run of refresh_days_job failed (2026-11-20)\n• Spark died\n• run abc"
+    )
