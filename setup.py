@@ -20,6 +20,7 @@ setup(
         "moto[server]==5.2.5",
         "rich>=13,<16",
         "deltalake[pyarrow]==1.6.6",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": ["pytest>=9,<10", "ruff==0.17.6"],

@@ -27,11 +27,14 @@ def test_graph_is_pinned():
         "ingest_ledger",
         *game_tables,
         *kpis,
+        "kpi_dashboard",
     }
     assert {sensor.name for sensor in repo.sensor_defs} == {
         "landing_queue_sensor",
         "landing_reconcile_sensor",
         "raw_days_sensor",
+        "alerts_sensor",
+        "kpi_dashboard_automation",
     }
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in repo.sensor_defs)
     assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == {
@@ -72,7 +75,7 @@ def test_graph_is_pinned():
     } == expected_checks
     ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
     assert ingest.op.pool == "spark"
-    assert set(repo.get_top_level_resources()) == {"landing", "warehouse", "pyspark"}
+    assert set(repo.get_top_level_resources()) == {"landing", "warehouse", "pyspark", "alert_webhook"}
     assert repo.get_job("ingest_landed_objects_job").executor_def.name == "in_process"
 
 

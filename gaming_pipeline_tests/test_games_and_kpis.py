@@ -26,7 +26,7 @@ from gaming_pipeline.defs.kpis.assets import (
     kpi_sessions,
 )
 from gaming_pipeline.games import ALL_GAMES, GAMES
-from gaming_pipeline.lib import aws, generator
+from gaming_pipeline.lib import aws, charts, generator
 from gaming_pipeline.lib.daily import KPI_TABLES
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, resources, run
@@ -193,6 +193,11 @@ def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED)
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == sum(len(asset.check_keys) for asset in assets)
     assert {e.check_name: e.metadata for e in evaluations if not e.passed} == {}
+    for materialization in result.get_asset_materialization_events():
+        chart = charts.CHARTS.get(materialization.asset_key.to_user_string())
+        if chart:
+            markdown = materialization.materialization.metadata["chart"].value
+            assert markdown.startswith(f"![{chart.title}](data:image/png;base64,")
 
 
 def ingest_everything(landing, warehouse, instance) -> None:

@@ -13,7 +13,7 @@ from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.ingest.assets import SPARK_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.resources import WarehouseResource
-from gaming_pipeline.lib import checks, daily, liveops
+from gaming_pipeline.lib import charts, checks, daily, liveops
 from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows, table_path
 
 KPI_GROUP = "kpis"
@@ -90,10 +90,17 @@ def kpi_asset(
                 check.name: check.evaluate(run) for check in kpi_checks
             }
             rows = no_null_keys[1]["rows"]
+            # The chart runs up to the run's last day, with the days before it for context.
+            chart = charts.kpi_chart(name, table, end - timedelta(days=1))
         finally:
             result.unpersist()
+        pictures = (
+            {"chart": dg.MetadataValue.md(charts.as_markdown(chart, charts.CHARTS[name].title))}
+            if chart
+            else {}
+        )
         return dg.MaterializeResult(
-            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path},
+            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path, **pictures},
             check_results=[
                 dg.AssetCheckResult(
                     check_name=check,
