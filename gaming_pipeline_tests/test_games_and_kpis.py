@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.games.assets import game_tables
-from gaming_pipeline.defs.games.sensors import raw_days_sensor
+from gaming_pipeline.defs.games.sensors import consecutive, raw_days_sensor
 from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
 from gaming_pipeline.defs.kpis.assets import (
     kpi_bookings_per_hour,
@@ -25,6 +25,7 @@ from gaming_pipeline.defs.kpis.assets import (
     kpi_revenue_by_platform,
     kpi_sessions,
 )
+from gaming_pipeline.defs.partitions import DAILY
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, charts, generator
 from gaming_pipeline.lib.daily import KPI_TABLES
@@ -223,14 +224,25 @@ class DaysSensor:
             result = raw_days_sensor(context)
         self.cursor = result.cursor
         requests = result.run_requests or []
+        full = [request for request in requests if request.asset_selection is None]
+        # Consecutive days share one run.
+        assert len(full) <= 1, [request.tags for request in full]
         return (
-            sorted(request.partition_key for request in requests if request.asset_selection is None),
+            sorted(day for request in full for day in covered(request)),
             sorted(
-                request.partition_key
+                day
                 for request in requests
                 if request.asset_selection == [kpi_retention.key]
+                for day in covered(request)
             ),
         )
+
+
+def covered(request: dg.RunRequest) -> list[str]:
+    if request.partition_key:
+        return [request.partition_key]
+    keys = request.partition_key_range
+    return DAILY.get_partition_keys_in_range(dg.PartitionKeyRange(keys.start, keys.end))
 
 
 def days_before(days: list[str], *offsets: int) -> list[str]:
@@ -306,3 +318,9 @@ def test_kpis_match_python_and_backfills_equal_rebuilds_and_late_events_count_on
         query = "select sum(events) as n from kpi_events_per_hour where game_keyword = 'all_games'"
         assert main(["sql", query, "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == {"n": EVENTS + len(late)}
+
+
+def test_consecutive_days_share_a_run():
+    first = date(2026, 11, 18)
+    days = {first, first + timedelta(days=1), first + timedelta(days=2), first + timedelta(days=4)}
+    assert consecutive(days) == [(first, first + timedelta(days=2)), (first + timedelta(days=4),) * 2]
