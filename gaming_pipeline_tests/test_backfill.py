@@ -1,0 +1,223 @@
+"""A backfill of a 3-day range launched as the UI launches it (the GraphQL mutation
+`launchPartitionBackfill` against the real webserver, executed by the real daemon) runs as
+one single-run backfill whose checks all pass, leaves every per-game and KPI table identical
+to a build from nothing of the same raw rows, and changes no row when launched again."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import requests
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
+
+from gaming_pipeline.cli import _wait_for
+from gaming_pipeline.definitions import defs
+from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
+from gaming_pipeline.defs.ingest.assets import ingest_job
+from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
+from gaming_pipeline.lib.aws import free_port
+from gaming_pipeline.lib.processes import prepare_dagster_home, start_daemon_for, start_dagster, stop
+from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline_tests.ingest_helpers import load_history
+from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows
+from gaming_pipeline_tests.test_games_and_kpis import fingerprints
+
+BACKFILL_UNFINISHED = {BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING}
+LOGS = ("daemon.log", "webserver.log")
+
+
+class Stack:
+    """The daemon and webserver under test, their instance and what to say when it fails."""
+
+    def __init__(self, work: Path, processes: list[subprocess.Popen], instance: dg.DagsterInstance):
+        self.work, self.processes, self.instance = work, processes, instance
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            for process in self.processes:
+                assert process.poll() is None, f"{process.args[0]} exited\n{self.diagnosis()}"
+            assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}\n{self.diagnosis()}"
+            time.sleep(3)
+
+    def diagnosis(self) -> str:
+        """The failed runs' errors and the tail of each process's log."""
+        parts = []
+        for run in self.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
+            failures = self.instance.all_logs(
+                run.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+            )
+            for record in failures:
+                error = getattr(record.dagster_event.event_specific_data, "error", None)
+                parts.append(f"run {run.run_id} ({run.job_name}): {error.to_string() if error else record}")
+        for log in LOGS:
+            path = self.work / log
+            if path.exists():
+                parts.append(f"--- tail of {log}\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+
+def test_backfill_through_dagster_equals_a_build_from_nothing_and_changes_nothing_again(
+    spark, landing, tmp_path, monkeypatch
+):
+    started = time.monotonic()
+    repository = defs().get_repository_def()
+    # The assets the sensor-driven refreshes cover, read from the definitions so that every
+    # table added to those groups is backfilled and compared too.
+    derived = refresh_days_job.selection.resolve(repository.asset_graph)
+    derived_checks = {key for key in repository.asset_graph.asset_check_keys if key.asset_key in derived}
+
+    # The instance is created here, before the daemon and the webserver open it: three
+    # processes creating a fresh SQLite instance at once can leave two alembic heads in it.
+    home = prepare_dagster_home(tmp_path / "dagster")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        processes: list[subprocess.Popen] = []
+        stack = Stack(tmp_path, processes, instance)
+        try:
+            daemon, env = start_daemon_for(tmp_path, landing.bucket, landing.queue_url)
+            processes.append(daemon)
+            assert env["DAGSTER_HOME"] == str(home)
+            port = free_port()
+            webserver = start_dagster(
+                ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port)], env, tmp_path / "webserver.log"
+            )
+            processes.append(webserver)
+            totals = load_history(landing.bucket, seed=53, events=3000, days=2.0)
+            days = sorted({day for day, _ in totals.per_day_game})
+            assert len(days) == 3, days
+
+            warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
+            stack.wait_until(
+                lambda: raw_rows(warehouse) == totals.events and ingestion_finished(instance),
+                480,
+                "the daemon ingests the landed history",
+            )
+            print(f"ingested after {time.monotonic() - started:.0f} s")
+            # The raw table is final now: the build from nothing runs here, in the test's own
+            # Spark, while the daemon's refreshes queue for theirs.
+            rebuilt = str(tmp_path / "rebuilt")
+            build_from_nothing(monkeypatch, warehouse, rebuilt, days)
+            expected = fingerprints(spark, rebuilt)
+            assert set(expected) == {key.to_user_string() for key in derived}
+            print(f"built from nothing after {time.monotonic() - started:.0f} s")
+
+            stack.wait_until(
+                lambda: days_sensor_caught_up(instance) and all_runs_finished(instance),
+                900,
+                "the days sensor sees every ingestion and the refreshes it requested end",
+            )
+            # A failed run the instance retried (run_retries in deploy/dagster.yaml) counts by its retry.
+            unretried = [run for run in instance.get_runs() if not succeeded_or_retried(run)]
+            assert unretried == [], stack.diagnosis()
+            unrefreshed = [
+                key for key in derived if not set(days) <= instance.get_materialized_partitions(key)
+            ]
+            assert unrefreshed == [], stack.diagnosis()
+            print(f"refreshed by the sensors after {time.monotonic() - started:.0f} s")
+
+            _wait_for(f"http://127.0.0.1:{port}/server_info", 120, webserver, tmp_path / "webserver.log")
+            backfill_id = launch_backfill(port, derived, days)
+            assert_single_run_backfill(stack, backfill_id, derived, derived_checks, days)
+            backfilled = fingerprints(spark, warehouse)
+            assert backfilled == expected, stack.diagnosis()
+            print(f"first backfill equal to the rebuild after {time.monotonic() - started:.0f} s")
+
+            again = launch_backfill(port, derived, days)
+            assert_single_run_backfill(stack, again, derived, derived_checks, days)
+            assert fingerprints(spark, warehouse) == backfilled, stack.diagnosis()
+            print(f"second backfill changed no row after {time.monotonic() - started:.0f} s")
+        finally:
+            stop(processes)
+
+
+def days_sensor_caught_up(instance: dg.DagsterInstance) -> bool:
+    """raw_days_sensor's cursor has reached the last ingestion, so it has requested (its
+    state is saved after its runs are submitted) every refresh the ingestions call for."""
+    last = instance.fetch_materializations(dg.AssetKey(RAW_TABLE), limit=1, ascending=False).records
+    states = [state for state in instance.all_instigator_state() if state.name == raw_days_sensor.name]
+    cursors = {state.instigator_data.cursor for state in states if state.instigator_data}
+    return bool(last) and str(last[0].storage_id) in cursors
+
+
+def succeeded_or_retried(run: dg.DagsterRun) -> bool:
+    return run.status == dg.DagsterRunStatus.SUCCESS or "dagster/auto_retry_run_id" in run.tags
+
+
+def ingestion_finished(instance: dg.DagsterInstance) -> bool:
+    return instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT)) == 0
+
+
+def all_runs_finished(instance: dg.DagsterInstance) -> bool:
+    return all(run.is_finished for run in instance.get_runs())
+
+
+def launch_backfill(port: int, assets: set[dg.AssetKey], days: list[str]) -> str:
+    """What the UI sends after Materialize on the selected assets with a range picked."""
+    params = {
+        "assetSelection": [{"path": key.path} for key in sorted(assets)],
+        "partitionNames": days,
+        "fromFailure": False,
+        "title": f"backfill {days[0]}..{days[-1]}",
+    }
+    response = requests.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": LAUNCH_PARTITION_BACKFILL_MUTATION, "variables": {"backfillParams": params}},
+        timeout=60,
+    )
+    response.raise_for_status()
+    launched = (response.json().get("data") or {}).get("launchPartitionBackfill") or {}
+    assert launched.get("__typename") == "LaunchBackfillSuccess", response.text
+    return launched["backfillId"]
+
+
+def build_from_nothing(monkeypatch, source: str, target: str, days: list[str]) -> None:
+    """The derived tables of `days` built into an empty warehouse from a copy of `source`'s
+    raw table: the refresh job the sensor launches, run once over the range in-process."""
+    shutil.copytree(table_path(source, RAW_TABLE), table_path(target, RAW_TABLE))
+    with monkeypatch.context() as patch:
+        # The code location takes its warehouse from the environment, as the daemon's runs do.
+        patch.setenv("GAMING_PIPELINE_WAREHOUSE", target)
+        result = (
+            defs()
+            .resolve_job_def(refresh_days_job.name)
+            .execute_in_process(tags={RANGE_START: days[0], RANGE_END: days[-1]})
+        )
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.asset_check_key.to_user_string(): e.metadata for e in evaluations if not e.passed} == {}
+
+
+def assert_single_run_backfill(
+    stack: Stack,
+    backfill_id: str,
+    assets: set[dg.AssetKey],
+    checks: set[dg.AssetCheckKey],
+    days: list[str],
+) -> None:
+    """The backfill ends successfully after one run over every asset and the whole range,
+    in which every check of those assets passed once."""
+    instance = stack.instance
+    stack.wait_until(
+        lambda: instance.get_backfill(backfill_id).status not in BACKFILL_UNFINISHED,
+        600,
+        f"backfill {backfill_id} ends",
+    )
+    assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, stack.diagnosis()
+    runs = instance.get_runs(dg.RunsFilter.for_backfill(backfill_id))
+    assert len(runs) == 1, f"{[(run.run_id, run.asset_selection) for run in runs]}\n{stack.diagnosis()}"
+    (run,) = runs
+    assert run.status == dg.DagsterRunStatus.SUCCESS, stack.diagnosis()
+    assert (run.tags.get(RANGE_START), run.tags.get(RANGE_END)) == (days[0], days[-1])
+    assert run.asset_selection == assets
+    evaluations = [
+        record.dagster_event.asset_check_evaluation_data
+        for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+    assert sorted(e.asset_check_key for e in evaluations) == sorted(checks)
+    assert {e.asset_check_key.to_user_string(): e.metadata for e in evaluations if not e.passed} == {}
