@@ -10,6 +10,7 @@ import time
 import dagster as dg
 import requests
 
+from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.lib.alerts import Alert, AlertState, check_alert, run_failure_alert, stale_alert
 from gaming_pipeline.lib.warehouse import RAW_TABLE
@@ -23,8 +24,8 @@ def _where(run: dg.DagsterRun) -> str:
     tags = run.tags
     if "dagster/partition" in tags:
         return tags["dagster/partition"]
-    if "dagster/asset_partition_range_start" in tags:
-        return f"{tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}"
+    if RANGE_START in tags:
+        return f"{tags[RANGE_START]}..{tags[RANGE_END]}"
     return "unpartitioned"
 
 
