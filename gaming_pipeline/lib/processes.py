@@ -10,15 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dagster import DagsterInstance
+
 PROJECT = Path(__file__).resolve().parents[2]
 WORKSPACE = PROJECT / "workspace.yaml"
 INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.yaml"
 
 
 def prepare_dagster_home(path: Path) -> Path:
-    """A Dagster home with the project's instance config (SQLite, run queue, Spark pool)."""
+    """A Dagster home with the project's instance config (SQLite, run queue, Spark pool), its
+    storage created here: a webserver and a daemon started together on an empty home would
+    both create the SQLite schema and one of them fails on a doubled migration head."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(INSTANCE_CONFIG, path / "dagster.yaml")
+    with DagsterInstance.from_config(str(path)):
+        pass
     return path
 
 
