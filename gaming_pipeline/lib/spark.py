@@ -50,6 +50,9 @@ def spark_config(settings: Settings, environ: dict[str, str] | None = None) -> d
         # Batches are minutes of events, not terabytes: a few partitions beat the default 200.
         "spark.sql.shuffle.partitions": "4",
         "spark.databricks.delta.snapshotPartitions": "2",
+        # VACUUM lists a table's folders in one task per folder up to this many (default
+        # 10,000 tasks, most of them empty, even for a small table).
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
         "spark.driver.memory": "4g",
         "spark.sql.warehouse.dir": os.path.join(str(settings.home), "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
