@@ -21,6 +21,7 @@ setup(
         "rich>=13,<16",
         "deltalake[pyarrow]==1.6.6",
         "matplotlib==3.11.2",
+        "cryptography==50.0.2",
     ],
     extras_require={
         "test": ["pytest>=9,<10", "ruff==0.17.6"],

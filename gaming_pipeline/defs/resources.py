@@ -11,6 +11,7 @@ import requests
 from dagster_pyspark import LazyPySparkResource
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.spark import spark_config
 
@@ -52,6 +53,20 @@ class AlertWebhookResource(dg.ConfigurableResource):
         response.raise_for_status()
 
 
+class PiiVaultResource(dg.ConfigurableResource):
+    """The PII vault: players' PII, encrypted per player, in its own bucket (lib/pii.py)."""
+
+    bucket: str
+    # Empty: the key generated once under GAMING_PIPELINE_HOME (Settings.resolved_pii_master_key).
+    master_key: str = ""
+
+    def vault(self) -> PiiVault:
+        s3 = aws.client("s3")
+        aws.ensure_bucket(s3, self.bucket)
+        master_key = self.master_key or Settings.from_env().resolved_pii_master_key()
+        return PiiVault(s3, self.bucket, master_key)
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     settings = Settings.from_env()
@@ -64,6 +79,10 @@ def resources() -> dg.Definitions:
             "warehouse": WarehouseResource(root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)),
             "alert_webhook": AlertWebhookResource(
                 url=_from_env("GAMING_PIPELINE_ALERT_WEBHOOK", settings.alert_webhook)
+            ),
+            "pii_vault": PiiVaultResource(
+                bucket=_from_env("GAMING_PIPELINE_PII_BUCKET", settings.pii_bucket),
+                master_key=_from_env("GAMING_PIPELINE_PII_MASTER_KEY", ""),
             ),
             # Lazy: a run that finds nothing to do never starts a JVM.
             "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),

@@ -41,7 +41,7 @@ class LandingPath:
     dead_letter_queue_url: str
 
 
-def _ensure_bucket(s3, bucket: str) -> None:
+def ensure_bucket(s3, bucket: str) -> None:
     try:
         s3.head_bucket(Bucket=bucket)
         return
@@ -61,7 +61,7 @@ def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     Safe to run again: every call here is idempotent."""
     s3, sns, sqs, sts = client("s3"), client("sns"), client("sqs"), client("sts")
     account = sts.get_caller_identity()["Account"]
-    _ensure_bucket(s3, bucket)
+    ensure_bucket(s3, bucket)
 
     dlq_url = sqs.create_queue(QueueName=f"{queue_name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][

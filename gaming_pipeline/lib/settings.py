@@ -13,6 +13,7 @@ from pathlib import Path
 DEFAULT_LANDING_BUCKET = "gaming-pipeline-landing"
 DEFAULT_QUEUE_NAME = "gaming-pipeline-landing-events"
 DEFAULT_SPARK_MASTER = "local[*]"
+DEFAULT_PII_BUCKET = "gaming-pipeline-pii"
 
 ENV_VARS = (
     "GAMING_PIPELINE_HOME",
@@ -21,6 +22,8 @@ ENV_VARS = (
     "GAMING_PIPELINE_QUEUE_URL",
     "GAMING_PIPELINE_SPARK_MASTER",
     "GAMING_PIPELINE_ALERT_WEBHOOK",
+    "GAMING_PIPELINE_PII_BUCKET",
+    "GAMING_PIPELINE_PII_MASTER_KEY",
 )
 
 
@@ -34,6 +37,10 @@ class Settings:
     spark_master: str
     # Empty means: alerts go to the sensor's log only.
     alert_webhook: str
+    # PII lives in its own bucket, encrypted (lib/pii.py).
+    pii_bucket: str
+    # Base64 of 32 bytes. Empty means: a key generated once into pii-master.key under home.
+    pii_master_key: str
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -46,4 +53,21 @@ class Settings:
             queue_url=env.get("GAMING_PIPELINE_QUEUE_URL", ""),
             spark_master=env.get("GAMING_PIPELINE_SPARK_MASTER") or DEFAULT_SPARK_MASTER,
             alert_webhook=env.get("GAMING_PIPELINE_ALERT_WEBHOOK", ""),
+            pii_bucket=env.get("GAMING_PIPELINE_PII_BUCKET") or DEFAULT_PII_BUCKET,
+            pii_master_key=env.get("GAMING_PIPELINE_PII_MASTER_KEY", ""),
         )
+
+    def resolved_pii_master_key(self) -> str:
+        """The configured master key, or the home's own, created on first use and readable
+        by its owner only."""
+        if self.pii_master_key:
+            return self.pii_master_key
+        from gaming_pipeline.lib.pii import new_master_key
+
+        key_file = self.home / "pii-master.key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(new_master_key())
+        return key_file.read_text().strip()

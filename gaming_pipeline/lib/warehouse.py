@@ -22,6 +22,8 @@ from gaming_pipeline.lib.daily import KPI_TABLES
 RAW_TABLE = "mobile_events_delta_raw"
 QUARANTINE_TABLE = "quarantine_events"
 LEDGER_TABLE = "ingest_ledger"
+# One row per GDPR erasure (lib/erasure.py).
+AUDIT_TABLE = "gdpr_erasure_audit"
 
 
 def all_tables() -> list[str]:
@@ -32,6 +34,7 @@ def all_tables() -> list[str]:
         *KPI_TABLES,
         QUARANTINE_TABLE,
         LEDGER_TABLE,
+        AUDIT_TABLE,
     ]
 
 

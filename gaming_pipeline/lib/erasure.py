@@ -1,0 +1,134 @@
+"""GDPR erasure of one player: their rows out of the event tables, and an audit record of
+what was erased that holds no PII (the player is named by their pseudonymous id only)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
+from gaming_pipeline.lib.warehouse import (
+    ensure_table,
+    latest_version,
+    replace_rows,
+    retry_on_conflict,
+    sql_string,
+)
+
+ERASURE_TAG = "erasure"
+
+AUDIT_SCHEMA = T.StructType(
+    [
+        T.StructField("request_id", T.StringType(), False),
+        T.StructField("player_id", T.StringType(), False),
+        T.StructField("requested_by", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("erased_at", T.TimestampType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField(
+            "tables",
+            T.ArrayType(
+                T.StructType(
+                    [
+                        # Delta enforces NOT NULL only outside arrays.
+                        T.StructField("table", T.StringType()),
+                        T.StructField("rows_deleted", T.LongType()),
+                        T.StructField("version", T.LongType()),
+                        T.StructField("days", T.ArrayType(T.DateType())),
+                    ]
+                )
+            ),
+            False,
+        ),
+        T.StructField("pii_key_shredded", T.BooleanType(), False),
+        T.StructField("pii_records_deleted", T.LongType(), False),
+        # Until then older table versions still hold the rows: VACUUM at the default
+        # retention deletes those files after this time.
+        T.StructField("files_purged_after", T.TimestampType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableErasure:
+    table: str
+    rows_deleted: int
+    version: int
+    days: list[date] = field(default_factory=list)
+
+
+@contextmanager
+def commits_tagged(spark: SparkSession, marker: dict):
+    """Tag this session's Delta commits (DELETE and MERGE take no per-call metadata) so the
+    table history says which erasure made them."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, json.dumps(marker, sort_keys=True))
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)
+
+
+def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marker: dict) -> TableErasure:
+    """Delete every row of one device from an event table, in one commit. Repeating it
+    deletes nothing more, so a conflict with a concurrent writer is simply retried."""
+    delta = DeltaTable.forPath(spark, path)
+    device = F.col("eventParams.device_id") == F.lit(device_id)
+    found = delta.toDF().where(device).groupBy("eventDate").count().collect()
+    if not found:
+        return TableErasure(table, 0, latest_version(spark, path))
+    days = sorted(row.eventDate for row in found)
+    # Naming the days lets Delta rewrite only those partitions' files.
+    condition = device & F.expr(days_in(days))
+    with commits_tagged(spark, marker):
+        retry_on_conflict(lambda: delta.delete(condition))
+    version = max(
+        int(row.version)
+        for row in delta.history(20).collect()
+        if row.operation == "DELETE" and row.userMetadata == json.dumps(marker, sort_keys=True)
+    )
+    return TableErasure(table, sum(row["count"] for row in found), version, days)
+
+
+def record_audit(
+    spark: SparkSession,
+    path: str,
+    *,
+    request_id: str,
+    player_id: str,
+    requested_by: str,
+    reason: str,
+    erased_at: datetime,
+    run_id: str,
+    tables: list[TableErasure],
+    shredded: dict,
+) -> int:
+    """Write the erasure's audit row (replacing an earlier attempt of the same request)."""
+    row = (
+        request_id,
+        player_id,
+        requested_by,
+        reason,
+        erased_at,
+        run_id,
+        [(t.table, t.rows_deleted, t.version, t.days) for t in tables],
+        shredded["key_shredded"],
+        shredded["records_deleted"],
+        erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
+    )
+    ensure_table(
+        spark, path, AUDIT_SCHEMA, comment="One row per GDPR erasure: what was erased, never the PII."
+    )
+    return replace_rows(
+        spark.createDataFrame([row], AUDIT_SCHEMA),
+        path,
+        f"request_id = {sql_string(request_id)}",
+        {"run_id": run_id, ERASURE_TAG: request_id},
+    )

@@ -1,0 +1,130 @@
+"""The PII vault: each player's PII encrypted under their own data key, kept apart from the
+events, so that erasing a player is deleting one key (crypto-shredding).
+
+- A player is known by a pseudonymous id, an HMAC of the device id under a key derived from
+  the master key: stable, but not reversible or guessable without the master key.
+- Each player's data key (AES-256-GCM) is stored wrapped by the master key at
+  `<prefix>/keys/<player_id>`; their PII records at `<prefix>/records/<player_id>/<record_id>`,
+  encrypted with authenticated encryption bound to the player id.
+- Without the data key a record cannot be decrypted, whatever copies of it remain.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+NONCE_BYTES = 12
+
+
+class PlayerErased(LookupError):
+    """The player's data key is gone: their PII can no longer be read."""
+
+
+def new_master_key() -> str:
+    """A fresh master key as configuration holds it (base64 of 32 random bytes)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _derive(master: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
+
+
+def _seal(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, context)
+
+
+def _open(key: bytes, sealed: bytes, context: bytes) -> bytes:
+    return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context)
+
+
+@dataclass(frozen=True)
+class PiiVault:
+    """PII records in an S3 bucket under a prefix, one data key per player."""
+
+    s3: object
+    bucket: str
+    master_key: str
+    prefix: str = "pii"
+
+    def _master(self) -> bytes:
+        key = base64.b64decode(self.master_key, validate=True)
+        if len(key) != 32:
+            raise ValueError("the PII master key must be 32 bytes, base64-encoded")
+        return key
+
+    def player_id(self, device_id: str) -> str:
+        """The pseudonymous id the vault, logs and audit records know a player by."""
+        key = _derive(self._master(), b"gaming_pipeline player id")
+        return hmac.new(key, device_id.encode(), hashlib.sha256).hexdigest()
+
+    def _key_object(self, player_id: str) -> str:
+        return f"{self.prefix}/keys/{player_id}"
+
+    def _records_prefix(self, player_id: str) -> str:
+        return f"{self.prefix}/records/{player_id}/"
+
+    def _data_key(self, player_id: str, create: bool) -> bytes:
+        wrapping = _derive(self._master(), b"gaming_pipeline data key wrapping")
+        try:
+            wrapped = self.s3.get_object(Bucket=self.bucket, Key=self._key_object(player_id))["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            if not create:
+                raise PlayerErased(f"no data key for player {player_id}: erased, or never seen") from None
+            key = AESGCM.generate_key(bit_length=256)
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self._key_object(player_id),
+                Body=_seal(wrapping, key, player_id.encode()),
+            )
+            return key
+        return _open(wrapping, wrapped, player_id.encode())
+
+    def store(self, device_id: str, record_id: str, pii: dict) -> str:
+        """Encrypt one event's PII under the player's data key; returns the player id."""
+        player = self.player_id(device_id)
+        sealed = _seal(self._data_key(player, create=True), json.dumps(pii).encode(), player.encode())
+        self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player) + record_id, Body=sealed)
+        return player
+
+    def read(self, device_id: str) -> list[dict]:
+        """Every PII record held for a player, decrypted; PlayerErased once they are erased."""
+        player = self.player_id(device_id)
+        key = self._data_key(player, create=False)
+        records = []
+        for name in self._record_keys(player):
+            sealed = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"].read()
+            try:
+                records.append(json.loads(_open(key, sealed, player.encode())))
+            except InvalidTag as error:
+                raise ValueError(f"PII record {name} fails authentication: altered or misplaced") from error
+        return records
+
+    def _record_keys(self, player_id: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._records_prefix(player_id)
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def shred(self, player_id: str) -> dict:
+        """Erase a player: delete their data key, which makes every copy of their PII
+        unreadable, then their records. Returns what was there to delete."""
+        key_object = self._key_object(player_id)
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key_object).get("Contents", [])
+        had_key = any(obj["Key"] == key_object for obj in listed)
+        self.s3.delete_object(Bucket=self.bucket, Key=key_object)
+        records = self._record_keys(player_id)
+        for name in records:
+            self.s3.delete_object(Bucket=self.bucket, Key=name)
+        return {"key_shredded": had_key, "records_deleted": len(records)}
