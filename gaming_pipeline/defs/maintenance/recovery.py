@@ -1,0 +1,199 @@
+"""Putting tables right: rollback by Delta time travel, and GDPR erasure of a player.
+
+Both end by recording the raw table's changed days, as an ingestion does, so the days
+sensor rebuilds the per-game and KPI partitions of exactly those days.
+"""
+
+import uuid
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+from pydantic import Field
+
+from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL
+from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
+from gaming_pipeline.lib import erasure, maintenance
+from gaming_pipeline.lib.warehouse import AUDIT_TABLE, LEDGER_TABLE, RAW_TABLE, all_tables, table_path
+
+# The ledger keeps saying which objects were taken in, so a rollback does not make the
+# reconciler ingest the same bad objects again; the audit is never rolled back.
+RESTORABLE = [table for table in all_tables() if table not in (LEDGER_TABLE, AUDIT_TABLE)]
+
+
+class RollbackConfig(dg.Config):
+    table: str = Field(
+        default="", description="The table to restore. Leave empty to restore every table run_id wrote."
+    )
+    version: int = Field(
+        default=-1, description="Restore `table` to this version (its history is in the run's logs)."
+    )
+    timestamp: str = Field(default="", description="Or to the version current at this time (ISO-8601, UTC).")
+    run_id: str = Field(
+        default="", description="Restore every table this run wrote to its version before the run."
+    )
+    undo_later_commits: bool = Field(
+        default=False,
+        description="Also undo commits made after the chosen version by other runs (refused otherwise).",
+    )
+
+
+def _history_markdown(history: list[dict]) -> dg.MetadataValue:
+    lines = ["| version | time (UTC) | operation | run |", "| --- | --- | --- | --- |"]
+    lines += [f"| {h['version']} | {h['timestamp']} | {h['operation']} | {h['run_id']} |" for h in history]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _targets(spark, warehouse: WarehouseResource, config: RollbackConfig) -> dict[str, int]:
+    """The version each table goes back to."""
+    if bool(config.table) == bool(config.run_id):
+        raise dg.Failure("give either `table` (with `version` or `timestamp`) or `run_id`")
+    if config.run_id:
+        targets = {}
+        for table in RESTORABLE:
+            path = table_path(warehouse.root, table)
+            if maintenance.is_table(spark, path):
+                written = maintenance.versions_written_by(spark, path, config.run_id)
+                if written:
+                    targets[table] = written[0] - 1
+        if not targets:
+            raise dg.Failure(f"run {config.run_id} wrote no table that can be restored")
+        return targets
+    if config.table not in RESTORABLE:
+        raise dg.Failure(f"`{config.table}` cannot be restored; restorable tables: {RESTORABLE}")
+    if (config.version >= 0) == bool(config.timestamp):
+        raise dg.Failure("give exactly one of `version` and `timestamp`")
+    path = table_path(warehouse.root, config.table)
+    if config.version >= 0:
+        return {config.table: config.version}
+    return {config.table: maintenance.version_at(spark, path, config.timestamp)}
+
+
+@dg.op(out={}, pool=MAINTENANCE_POOL)
+def restore_tables(
+    context: dg.OpExecutionContext,
+    config: RollbackConfig,
+    warehouse: WarehouseResource,
+    pyspark: LazyPySparkResource,
+):
+    """RESTORE one table to a version or a time, or every table a run wrote to before the
+    run; then the per-game and KPI days the raw table changed on are rebuilt."""
+    spark = pyspark.spark_session
+    for table, target in _targets(spark, warehouse, config).items():
+        path = table_path(warehouse.root, table)
+        history = maintenance.history(spark, path)
+        current = history[0]["version"]
+        # The commits from a few before the target up to now: what the choice was made from.
+        shown = _history_markdown([commit for commit in history if commit["version"] >= target - 5][:50])
+        context.log.info(f"{table}: restoring version {current} to version {target}")
+        undone = [commit for commit in history if commit["version"] > target]
+        try:
+            if not 0 <= target <= current:
+                raise maintenance.RollbackRefused(f"version {target} is not one of 0..{current}")
+            maintenance.check_rollback(undone, config.run_id, config.undo_later_commits)
+        except maintenance.RollbackRefused as refused:
+            raise dg.Failure(f"{table}: {refused}", metadata={"history": shown}) from refused
+        days = maintenance.days_changed(spark, path, target, current)
+        report = maintenance.restore(spark, path, version=target) if undone else {}
+        metadata = {
+            "restored_to_version": target,
+            "restored_from_version": current,
+            "history": shown,
+            "days": [day.isoformat() for day in sorted(days or [])],
+            **report,
+        }
+        if table == RAW_TABLE:
+            # The days sensor reads these, as after an ingestion.
+            metadata["event_dates"] = metadata["days"]
+        yield dg.AssetMaterialization(asset_key=table, metadata=metadata)
+
+
+@dg.job(
+    description="Roll tables back by Delta RESTORE: one table to a version or time, or every table a run wrote."
+)
+def rollback_job():
+    restore_tables()
+
+
+class ErasureConfig(dg.Config):
+    device_id: str = Field(description="The player to erase, by device id.")
+    requested_by: str = Field(description="Who asked for the erasure (recorded in the audit).")
+    reason: str = Field(default="GDPR Art. 17 erasure request", description="Recorded in the audit.")
+    request_id: str = Field(default="", description="The request's id; a new one when empty.")
+
+
+audit_table = dg.AssetSpec(
+    AUDIT_TABLE,
+    group_name="maintenance",
+    kinds={"delta"},
+    description=(
+        "One row per GDPR erasure: request, who asked, when, the pseudonymous player id, and "
+        "per table the rows deleted, the Delta version and the days. It never holds the "
+        "device id or any PII. Written by erase_player_job."
+    ),
+)
+
+
+@dg.op(out={}, pool=MAINTENANCE_POOL)
+def erase_player(
+    context: dg.OpExecutionContext,
+    config: ErasureConfig,
+    warehouse: WarehouseResource,
+    pii_vault: PiiVaultResource,
+    pyspark: LazyPySparkResource,
+):
+    """Delete a player's rows from the raw and per-game tables, shred their PII key and
+    write the audit record; the KPI days they played on are then rebuilt without them.
+    Older table versions keep the rows until VACUUM's retention has passed."""
+    if not config.device_id.strip() or not config.requested_by.strip():
+        raise dg.Failure("an erasure needs `device_id` and `requested_by`")
+    spark = pyspark.spark_session
+    vault = pii_vault.vault()
+    player = vault.player_id(config.device_id)
+    request_id = config.request_id or str(uuid.uuid4())
+    marker = {"run_id": context.run.run_id, erasure.ERASURE_TAG: request_id}
+    erased = [
+        erasure.erase_rows(spark, path, table, config.device_id, marker)
+        for table, path in ((table, table_path(warehouse.root, table)) for table in EVENT_TABLES)
+        if maintenance.is_table(spark, path)
+    ]
+    shredded = vault.shred(player)
+    erased_at = datetime.now(UTC)
+    audit_version = erasure.record_audit(
+        spark,
+        table_path(warehouse.root, AUDIT_TABLE),
+        request_id=request_id,
+        player_id=player,
+        requested_by=config.requested_by,
+        reason=config.reason,
+        erased_at=erased_at,
+        run_id=context.run.run_id,
+        tables=erased,
+        shredded=shredded,
+    )
+    summary = {t.table: t.rows_deleted for t in erased if t.rows_deleted}
+    context.log.info(f"player {player} erased (request {request_id}): rows {summary}, PII {shredded}")
+    raw_days = next((t.days for t in erased if t.table == RAW_TABLE), [])
+    yield dg.AssetMaterialization(
+        asset_key=RAW_TABLE,
+        metadata={
+            "erasure_request": request_id,
+            "player_id": player,
+            "rows_deleted": sum(summary.values()),
+            "event_dates": [day.isoformat() for day in raw_days],
+        },
+    )
+    yield dg.AssetMaterialization(
+        asset_key=AUDIT_TABLE,
+        metadata={
+            "request_id": request_id,
+            "player_id": player,
+            "delta_version": audit_version,
+            "tables": summary,
+        },
+    )
+
+
+@dg.job(description="Erase one player (GDPR): rows, PII key, KPIs rebuilt, audit recorded.")
+def erase_player_job():
+    erase_player()
