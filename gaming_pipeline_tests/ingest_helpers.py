@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gzip
-from datetime import UTC, datetime
+import json
+from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -11,6 +12,7 @@ from dagster_pyspark import LazyPySparkResource
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib import aws, generator
+from gaming_pipeline.lib.s3_events import LandedObject
 
 HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 BAD_OBJECT_KEY = "bulk/2026/11/20/hand made+broken.ndjson.gz"
@@ -66,3 +68,22 @@ def run(
     )
     assert result.success
     return result
+
+
+# Days relative to the real clock, for maintenance, which treats today as still open.
+TODAY = datetime.now(UTC).date()
+CLOSED = [TODAY - timedelta(days=2), TODAY - timedelta(days=1)]
+
+
+def land(bucket: str, key: str, events: list[dict]) -> LandedObject:
+    body = gzip.compress(("\n".join(json.dumps(event) for event in events) + "\n").encode())
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return LandedObject(bucket, key, s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"'), len(body))
+
+
+def events_on(day: date, count: int, seed: int) -> list[dict]:
+    """`count` generated events within `day` (today: up to a minute ago)."""
+    start = datetime.combine(day, time(0, 5), UTC)
+    end = min(start + timedelta(hours=23), datetime.now(UTC) - timedelta(minutes=1))
+    return list(generator.history(seed, count, start, max(end, start + timedelta(seconds=1))))

@@ -28,6 +28,7 @@ def test_graph_is_pinned():
         *game_tables,
         *kpis,
         "kpi_dashboard",
+        "gdpr_erasure_audit",
     }
     assert {sensor.name for sensor in repo.sensor_defs} == {
         "landing_queue_sensor",
@@ -40,7 +41,34 @@ def test_graph_is_pinned():
     assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == {
         "ingest_landed_objects_job",
         "refresh_days_job",
+        "daily_compaction_job",
+        "weekly_maintenance_job",
+        "vacuum_job",
+        "rollback_job",
+        "erase_player_job",
     }
+    schedules = {schedule.name: schedule for schedule in repo.schedule_defs}
+    assert {name: (s.job_name, s.cron_schedule, s.execution_timezone) for name, s in schedules.items()} == {
+        "daily_compaction_job_schedule": ("daily_compaction_job", "30 1 * * *", "UTC"),
+        "weekly_maintenance_job_schedule": ("weekly_maintenance_job", "0 3 * * 1", "UTC"),
+    }
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
+    maintenance_ops = (
+        "compact_closed_days",
+        "zorder_last_week",
+        "vacuum_tables",
+        "restore_tables",
+        "erase_player",
+    )
+    for job in (
+        "daily_compaction_job",
+        "weekly_maintenance_job",
+        "vacuum_job",
+        "rollback_job",
+        "erase_player_job",
+    ):
+        for node in repo.get_job(job).nodes:
+            assert node.name in maintenance_ops and node.definition.pool == "maintenance", (job, node.name)
     for name in game_tables | kpis:
         node = repo.asset_graph.get(dg.AssetKey(name))
         assert node.partitions_def == DAILY, name
@@ -75,7 +103,13 @@ def test_graph_is_pinned():
     } == expected_checks
     ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
     assert ingest.op.pool == "spark"
-    assert set(repo.get_top_level_resources()) == {"landing", "warehouse", "pyspark", "alert_webhook"}
+    assert set(repo.get_top_level_resources()) == {
+        "landing",
+        "warehouse",
+        "pyspark",
+        "alert_webhook",
+        "pii_vault",
+    }
     assert repo.get_job("ingest_landed_objects_job").executor_def.name == "in_process"
 
 

@@ -1,0 +1,262 @@
+"""Table care on real Delta tables filled by real ingestion of many small landing objects:
+the daily pass compacts only closed days written since the last one and changes no row,
+OPTIMIZE and ingestion commit side by side, VACUUM keeps its promise, and a rollback gives
+back the exact earlier content and KPIs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import date
+
+import dagster as dg
+import pyarrow
+from dagster_pyspark import LazyPySparkResource
+from deltalake import DeltaTable as IndependentReader
+from pyspark.sql import functions as F
+
+from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor
+from gaming_pipeline.defs.kpis.assets import kpi_events_per_hour
+from gaming_pipeline.defs.maintenance.compaction import DAILY_PASS, daily_compaction_job, vacuum_job
+from gaming_pipeline.defs.maintenance.recovery import rollback_job
+from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.lib import maintenance
+from gaming_pipeline.lib.ingest import ingest_objects
+from gaming_pipeline.lib.warehouse import QUARANTINE_TABLE, RAW_TABLE, latest_version, table_path
+from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land
+
+
+def ingest(spark, bucket: str, warehouse: str, key: str, days: list[date], run_id: str, seed: int) -> int:
+    """Land one small object with 30 events on each of `days` and ingest it as its own run."""
+    events = [event for n, day in enumerate(days) for event in events_on(day, 30, seed * 10 + n)]
+    ingest_objects(spark, warehouse, [land(bucket, key, events)], run_id)
+    return len(events)
+
+
+def files_per_day(path: str) -> dict[date, int]:
+    """Data files per eventDate partition, as an independent Delta reader (delta-rs) sees them."""
+    actions = pyarrow.table(IndependentReader(path).get_add_actions(flatten=True)).to_pylist()
+    counts: dict[date, int] = {}
+    for action in actions:
+        day = action["partition.eventDate"]
+        day = day if isinstance(day, date) else date.fromisoformat(str(day))
+        counts[day] = counts.get(day, 0) + 1
+    return counts
+
+
+def content(spark, path: str, version: int | None = None) -> tuple[int, int]:
+    """Rows and an order-free checksum of every column of every row."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    row = reader.load(path).agg(F.count(F.lit(1)), F.sum(F.xxhash64("*").cast("decimal(38,0)"))).first()
+    return row[0], row[1]
+
+
+def resources(warehouse: str) -> dict:
+    return {"warehouse": WarehouseResource(root=warehouse), "pyspark": LazyPySparkResource(spark_config={})}
+
+
+def daily_pass(instance: dg.DagsterInstance, warehouse: str) -> dict:
+    result = daily_compaction_job.execute_in_process(instance=instance, resources=resources(warehouse))
+    assert result.success
+    (observation,) = [
+        event.event_specific_data.asset_observation
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    ]
+    assert observation.asset_key == dg.AssetKey(RAW_TABLE)
+    return {key: value.value for key, value in observation.metadata.items()}
+
+
+def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_row(spark, landing, warehouse):
+    raw = table_path(warehouse, RAW_TABLE)
+    for n in range(4):
+        ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", [*CLOSED, TODAY], f"run-{n}", n)
+    assert files_per_day(raw) == {CLOSED[0]: 4, CLOSED[1]: 4, TODAY: 4}
+    before = content(spark, raw)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = daily_pass(instance, warehouse)
+        assert first["maintenance"] == DAILY_PASS
+        assert first["days"] == "every closed day"
+        assert (first["files_before"], first["files_after"]) == (12, 6)
+        assert first["bytes_after"] < first["bytes_before"]
+        assert first["version_after"] == first["version_before"] + 1
+        assert first["pending_days"] == [TODAY.isoformat()]
+        # Closed days are one file each; today, still being written, is left alone.
+        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 4}
+        assert content(spark, raw) == before
+
+        second = daily_pass(instance, warehouse)
+        assert second["days"] == [] and "files_before" not in second
+
+        # Late events for the oldest day and more for today: only the oldest day is due.
+        ingest(spark, landing.bucket, warehouse, "late/0.ndjson.gz", [CLOSED[0], TODAY], "run-late", 9)
+        third = daily_pass(instance, warehouse)
+        assert third["days"] == [CLOSED[0].isoformat()]
+        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 5}
+        assert content(spark, raw)[0] == before[0] + 60
+
+
+def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapshots(
+    spark, landing, warehouse
+):
+    raw = table_path(warehouse, RAW_TABLE)
+    for n in range(6):
+        ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", CLOSED, f"run-{n}", n)
+    rows_before = content(spark, raw)[0]
+    # Each late object adds to the day being compacted, so both sides touch its files.
+    totals = [rows_before + 60 * k for k in range(5)]
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    done = threading.Event()
+    start = threading.Barrier(3)
+
+    def guarded(work):
+        def run():
+            start.wait()
+            try:
+                work()
+            except BaseException as error:  # reported by the assertion below
+                errors.append(error)
+
+        return threading.Thread(target=run)
+
+    def compaction():
+        maintenance.compact(spark, raw, maintenance.days_in(CLOSED))
+
+    def ingestion():
+        try:
+            for k in range(4):
+                ingest(spark, landing.bucket, warehouse, f"late/{k}.ndjson.gz", CLOSED, f"late-{k}", 20 + k)
+        finally:
+            done.set()
+
+    def reading():
+        while not done.is_set():
+            seen.add(spark.read.format("delta").load(raw).count())
+
+    threads = [guarded(compaction), guarded(ingestion), guarded(reading)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert errors == []
+    assert content(spark, raw)[0] == totals[-1]
+    # Every count a reader saw is a whole number of ingestions: never a half-compacted table.
+    assert seen <= set(totals), (seen, totals)
+    operations = [commit["operation"] for commit in maintenance.history(spark, raw)]
+    assert "OPTIMIZE" in operations
+
+
+def test_vacuum_refuses_a_short_retention_and_a_forced_one_says_why(spark, landing, warehouse):
+    ingest(spark, landing.bucket, warehouse, "small/0.ndjson.gz", CLOSED, "run-0", 0)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def vacuum(**config) -> dg.ExecuteInProcessResult:
+        return vacuum_job.execute_in_process(
+            run_config={"ops": {"vacuum_tables": {"config": config}}},
+            resources=resources(warehouse),
+            instance=instance,
+            raise_on_error=False,
+        )
+
+    inside_window = vacuum(retention_hours=24, force_reason="disk full")
+    assert not inside_window.success
+    assert "rollback for 72 h" in str(inside_window.failure_data_for_node("vacuum_tables").error)
+
+    unforced = vacuum(retention_hours=100)
+    assert not unforced.success
+    assert "needs force_reason" in str(unforced.failure_data_for_node("vacuum_tables").error)
+
+    forced = vacuum(
+        retention_hours=100, force_reason="storage budget exceeded, ticket OPS-42", tables=[RAW_TABLE]
+    )
+    assert forced.success
+    warnings = [
+        entry.user_message
+        for entry in instance.all_logs(forced.run_id)
+        if entry.level == logging.WARNING and "OPS-42" in entry.user_message
+    ]
+    assert warnings == ["VACUUM retention forced to 100 h: storage budget exceeded, ticket OPS-42"]
+    (observation,) = [
+        event.event_specific_data.asset_observation
+        for event in forced.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    ]
+    assert observation.metadata["force_reason"].value == "storage budget exceeded, ticket OPS-42"
+    assert observation.metadata["retention_hours"].value == 100
+
+
+def kpi_rows(spark, warehouse: str, day: date) -> list:
+    path = table_path(warehouse, "kpi_events_per_hour")
+    return sorted(spark.read.format("delta").load(path).where(F.col("eventDate") == F.lit(day)).collect())
+
+
+def refresh_kpi(instance: dg.DagsterInstance, warehouse: str, day: date) -> None:
+    assert dg.materialize(
+        [kpi_events_per_hour],
+        partition_key=day.isoformat(),
+        resources=resources(warehouse),
+        instance=instance,
+    ).success
+
+
+def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, landing, warehouse):
+    raw = table_path(warehouse, RAW_TABLE)
+    day = CLOSED[1]
+    with dg.DagsterInstance.ephemeral() as instance:
+        ingest(spark, landing.bucket, warehouse, "good/0.ndjson.gz", [day], "good", 1)
+        good_version = latest_version(spark, raw)
+        good = spark.read.format("delta").load(raw).collect()
+        refresh_kpi(instance, warehouse, day)
+        good_kpis = kpi_rows(spark, warehouse, day)
+
+        ingest(spark, landing.bucket, warehouse, "bad/0.ndjson.gz", [day, CLOSED[0]], "bad", 2)
+        ingest(spark, landing.bucket, warehouse, "later/0.ndjson.gz", [day], "later", 3)
+        refresh_kpi(instance, warehouse, day)
+        assert kpi_rows(spark, warehouse, day) != good_kpis
+
+        def rollback(**config) -> dg.ExecuteInProcessResult:
+            return rollback_job.execute_in_process(
+                run_config={"ops": {"restore_tables": {"config": config}}},
+                resources=resources(warehouse),
+                instance=instance,
+                raise_on_error=False,
+            )
+
+        refused = rollback(run_id="bad")
+        assert not refused.success
+        assert "undo_later_commits" in str(refused.failure_data_for_node("restore_tables").error)
+        assert latest_version(spark, raw) > good_version
+
+        restored = rollback(run_id="bad", undo_later_commits=True)
+        assert restored.success
+        assert sorted(spark.read.format("delta").load(raw).collect()) == sorted(good)
+        materialized = {
+            event.asset_key: event.event_specific_data.materialization.metadata
+            for event in restored.all_events
+            if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        }
+        assert dg.AssetKey(RAW_TABLE) in materialized
+        raw_metadata = materialized[dg.AssetKey(RAW_TABLE)]
+        assert raw_metadata["restored_to_version"].value == good_version
+        assert raw_metadata["event_dates"].value == sorted({CLOSED[0].isoformat(), day.isoformat()})
+        assert "| version |" in raw_metadata["history"].value
+        assert set(materialized) <= {dg.AssetKey(RAW_TABLE), dg.AssetKey(QUARANTINE_TABLE)}
+
+        # The days sensor asks for the days the restore changed; refreshed, the KPIs are back.
+        with dg.build_sensor_context(instance=instance) as context:
+            (refresh, *retention_only) = raw_days_sensor(context).run_requests
+        assert (refresh.tags[RANGE_START], refresh.tags[RANGE_END]) == (
+            CLOSED[0].isoformat(),
+            day.isoformat(),
+        )
+        refresh_kpi(instance, warehouse, day)
+        assert kpi_rows(spark, warehouse, day) == good_kpis
+
+        # A restore to a version that does not exist is refused with the range that does.
+        beyond = rollback(table=RAW_TABLE, version=10_000)
+        assert not beyond.success
+        assert "is not one of" in str(beyond.failure_data_for_node("restore_tables").error)

@@ -1,0 +1,82 @@
+"""The rules table care follows, as pure logic: which days the daily pass takes, which VACUUM
+retentions are allowed, which rollbacks are refused; and the PII vault on the local S3."""
+
+from datetime import date
+
+import pytest
+
+from gaming_pipeline.lib import aws, maintenance
+from gaming_pipeline.lib.pii import PiiVault, PlayerErased, new_master_key
+
+TODAY = date(2026, 11, 23)
+D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
+
+
+def test_daily_plan_takes_closed_days_and_keeps_open_ones_for_later():
+    assert maintenance.daily_plan({D1, TODAY}, set(), TODAY) == ({D1}, {TODAY})
+    # Yesterday was open at the last pass and has closed since: it is due now.
+    assert maintenance.daily_plan(set(), {D3}, TODAY) == ({D3}, set())
+    assert maintenance.daily_plan(set(), set(), TODAY) == (set(), set())
+    # Without a usable last pass: every closed day, and the open ones still remembered.
+    assert maintenance.daily_plan(None, {TODAY}, TODAY) == (None, {TODAY})
+
+
+def test_vacuum_retention_is_a_week_unless_forced_and_never_inside_the_rollback_window():
+    assert maintenance.retention_hours(168) == 168
+    assert maintenance.retention_hours(500) == 500
+    with pytest.raises(maintenance.RetentionRefused, match="needs force_reason"):
+        maintenance.retention_hours(100)
+    with pytest.raises(maintenance.RetentionRefused, match="needs force_reason"):
+        maintenance.retention_hours(100, "   ")
+    assert maintenance.retention_hours(100, "storage budget") == 100
+    assert (
+        maintenance.retention_hours(maintenance.ROLLBACK_WINDOW_HOURS, "x")
+        == maintenance.ROLLBACK_WINDOW_HOURS
+    )
+    with pytest.raises(maintenance.RetentionRefused, match="rollback for 72 h"):
+        maintenance.retention_hours(71.9, "disk full")
+
+
+def commit(version: int, operation: str = "WRITE", run_id: str = "", erasure: str = "") -> dict:
+    return {"version": version, "timestamp": "", "operation": operation, "run_id": run_id, "erasure": erasure}
+
+
+def test_rollback_refuses_to_bring_erased_rows_back_or_undo_other_runs_unasked():
+    maintenance.check_rollback([commit(5, run_id="bad"), commit(6, "OPTIMIZE")], run_id="bad")
+    with pytest.raises(maintenance.RollbackRefused, match=r"versions \[7\]"):
+        maintenance.check_rollback([commit(5, run_id="bad"), commit(7, run_id="later")], run_id="bad")
+    maintenance.check_rollback(
+        [commit(5, run_id="bad"), commit(7, run_id="later")], "bad", undo_later_commits=True
+    )
+    # A table restored to a chosen version undoes what follows it: that is the request.
+    maintenance.check_rollback([commit(5, run_id="a"), commit(6, run_id="b")])
+    with pytest.raises(maintenance.RollbackRefused, match="erasure"):
+        maintenance.check_rollback(
+            [commit(8, "DELETE", run_id="e", erasure="req-1")], undo_later_commits=True
+        )
+
+
+def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(local_aws):
+    s3 = aws.client("s3")
+    aws.ensure_bucket(s3, "pii-rules")
+    vault = PiiVault(s3, "pii-rules", new_master_key())
+    player = vault.store("d-1", "e-1", {"email": "a@example.com"})
+    vault.store("d-1", "e-2", {"email": "a2@example.com"})
+    vault.store("d-2", "e-3", {"email": "b@example.com"})
+    assert player == vault.player_id("d-1") != vault.player_id("d-2")
+    assert "d-1" not in player and len(player) == 64
+    # Another master key names the same device differently and cannot read its records.
+    stranger = PiiVault(s3, "pii-rules", new_master_key())
+    assert stranger.player_id("d-1") != player
+    with pytest.raises(PlayerErased):
+        stranger.read("d-1")
+    assert sorted(r["email"] for r in vault.read("d-1")) == ["a2@example.com", "a@example.com"]
+    stored = [obj["Key"] for obj in s3.list_objects_v2(Bucket="pii-rules")["Contents"]]
+    bodies = b"".join(s3.get_object(Bucket="pii-rules", Key=key)["Body"].read() for key in stored)
+    assert b"example.com" not in bodies
+
+    assert vault.shred(player) == {"key_shredded": True, "records_deleted": 2}
+    with pytest.raises(PlayerErased):
+        vault.read("d-1")
+    assert vault.read("d-2") == [{"email": "b@example.com"}]
+    assert vault.shred(player) == {"key_shredded": False, "records_deleted": 0}
