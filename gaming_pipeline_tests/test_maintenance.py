@@ -103,11 +103,11 @@ def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapsh
     spark, landing, warehouse
 ):
     raw = table_path(warehouse, RAW_TABLE)
-    for n in range(6):
+    for n in range(4):
         ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", CLOSED, f"run-{n}", n)
     rows_before = content(spark, raw)[0]
     # Each late object adds to the day being compacted, so both sides touch its files.
-    totals = [rows_before + 60 * k for k in range(5)]
+    totals = [rows_before + 60 * k for k in range(4)]
     errors: list[BaseException] = []
     seen: set[int] = set()
     done = threading.Event()
@@ -128,7 +128,7 @@ def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapsh
 
     def ingestion():
         try:
-            for k in range(4):
+            for k in range(3):
                 ingest(spark, landing.bucket, warehouse, f"late/{k}.ndjson.gz", CLOSED, f"late-{k}", 20 + k)
         finally:
             done.set()
