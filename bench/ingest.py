@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,9 +23,9 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
+import recording
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -153,23 +152,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
     try:
         results = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
-            "versions": {name: version(name) for name in ("dagster", "pyspark", "delta-spark", "moto")},
+            **recording.context(("dagster", "pyspark", "delta-spark", "moto")),
             "throughput": throughput(args.events, work),
             "latency": latency(args.latency_objects, args.every, work),
         }
     finally:
         local.stop()
         shutil.rmtree(work, ignore_errors=True)
-    out = PROJECT / "bench" / "results" / f"ingest-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"written to {out}")
+    recording.write("ingest", results)
 
 
 if __name__ == "__main__":

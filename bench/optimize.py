@@ -12,17 +12,14 @@ does and the queries run again. Writes bench/results/optimize-<date>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from datetime import UTC, date, datetime
-from importlib.metadata import version
 from pathlib import Path
 
+import recording
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -33,7 +30,6 @@ from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.spark import start_session
 from gaming_pipeline.lib.warehouse import ensure_table
 
-PROJECT = Path(__file__).resolve().parent.parent
 DAY = date(2026, 11, 20)
 
 
@@ -105,13 +101,7 @@ def main() -> None:
         after = {**maintenance.footprint(spark, path).__dict__, **kpi_queries(spark, path, args.repeats)}
         spark.stop()
         results = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
-            "versions": {name: version(name) for name in ("pyspark", "delta-spark")},
+            **recording.context(("pyspark", "delta-spark")),
             "day": {
                 "rows": args.writes * args.rows_per_write,
                 "writes": args.writes,
@@ -124,10 +114,7 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = PROJECT / "bench" / "results" / f"optimize-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"written to {out}")
+    recording.write("optimize", results)
 
 
 if __name__ == "__main__":
