@@ -110,7 +110,9 @@ def record_audit(
     tables: list[TableErasure],
     shredded: dict,
 ) -> int:
-    """Write the erasure's audit row (replacing an earlier attempt of the same request)."""
+    """Append the erasure run's audit row. Every run of a request keeps its own row (a
+    repeated request finds nothing more to delete and says so); only a retry within the
+    same run replaces its row."""
     row = (
         request_id,
         player_id,
@@ -129,6 +131,6 @@ def record_audit(
     return replace_rows(
         spark.createDataFrame([row], AUDIT_SCHEMA),
         path,
-        f"request_id = {sql_string(request_id)}",
+        f"request_id = {sql_string(request_id)} AND run_id = {sql_string(run_id)}",
         {"run_id": run_id, ERASURE_TAG: request_id},
     )

@@ -22,7 +22,7 @@ from gaming_pipeline.lib.daily import KPI_TABLES
 RAW_TABLE = "mobile_events_delta_raw"
 QUARANTINE_TABLE = "quarantine_events"
 LEDGER_TABLE = "ingest_ledger"
-# One row per GDPR erasure (lib/erasure.py).
+# One row per GDPR erasure run (lib/erasure.py).
 AUDIT_TABLE = "gdpr_erasure_audit"
 
 

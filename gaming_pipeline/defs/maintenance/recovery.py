@@ -127,7 +127,7 @@ audit_table = dg.AssetSpec(
     group_name="maintenance",
     kinds={"delta"},
     description=(
-        "One row per GDPR erasure: request, who asked, when, the pseudonymous player id, and "
+        "One row per GDPR erasure run: request, who asked, when, the pseudonymous player id, and "
         "per table the rows deleted, the Delta version and the days. It never holds the "
         "device id or any PII. Written by erase_player_job."
     ),
