@@ -256,6 +256,16 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         refresh_kpi(instance, warehouse, day)
         assert kpi_rows(spark, warehouse, day) == good_kpis
 
+        # One table to a time: the version current then, here the good one.
+        good_at = next(
+            c["timestamp"] for c in maintenance.history(spark, raw) if c["version"] == good_version
+        )
+        by_time = rollback(table=RAW_TABLE, timestamp=good_at)
+        assert by_time.success
+        (materialization,) = by_time.asset_materializations_for_node("restore_tables")
+        assert materialization.metadata["restored_to_version"].value == good_version
+        assert sorted(spark.read.format("delta").load(raw).collect()) == sorted(good)
+
         # A restore to a version that does not exist is refused with the range that does.
         beyond = rollback(table=RAW_TABLE, version=10_000)
         assert not beyond.success

@@ -187,7 +187,8 @@ def history(spark: SparkSession, path: str, limit: int | None = None) -> list[di
     return [
         {
             "version": int(row.version),
-            "timestamp": row.timestamp.isoformat(),
+            # PySpark hands timestamps over as naive local times of this process.
+            "timestamp": row.timestamp.astimezone(UTC).isoformat(),
             "operation": row.operation,
             "run_id": _tag(row.userMetadata).get("run_id", ""),
             "erasure": _tag(row.userMetadata).get("erasure", ""),
@@ -209,7 +210,7 @@ def version_at(spark: SparkSession, path: str, timestamp: str) -> int:
     earlier = [
         commit["version"]
         for commit in history(spark, path)
-        if datetime.fromisoformat(commit["timestamp"]).replace(tzinfo=UTC) <= moment
+        if datetime.fromisoformat(commit["timestamp"]) <= moment
     ]
     if not earlier:
         raise RollbackRefused(f"the table did not exist yet at {timestamp}")
