@@ -20,6 +20,7 @@ from gaming_pipeline.lib.warehouse import (
     replace_rows,
     retry_on_conflict,
     sql_string,
+    version_tagged,
 )
 
 ERASURE_TAG = "erasure"
@@ -89,11 +90,7 @@ def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marke
     condition = device & F.expr(days_in(days))
     with commits_tagged(spark, marker):
         retry_on_conflict(lambda: delta.delete(condition))
-    version = max(
-        int(row.version)
-        for row in delta.history(20).collect()
-        if row.operation == "DELETE" and row.userMetadata == json.dumps(marker, sort_keys=True)
-    )
+    version = version_tagged(spark, path, json.dumps(marker, sort_keys=True), operation="DELETE")
     return TableErasure(table, sum(row["count"] for row in found), version, days)
 
 

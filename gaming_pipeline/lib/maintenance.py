@@ -164,10 +164,6 @@ class RollbackRefused(ValueError):
     """A restore that would undo more than asked, or bring erased rows back."""
 
 
-def is_table(spark: SparkSession, path: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def _tag(user_metadata: str | None) -> dict:
     """The marker pipeline writes put in a commit's userMetadata (run id, erasure request)."""
     try:
@@ -243,14 +239,7 @@ def check_rollback(undone: list[dict], run_id: str = "", undo_later_commits: boo
             )
 
 
-def restore(spark: SparkSession, path: str, version: int | None = None, timestamp: str = "") -> dict:
-    """RESTORE the table to a version or a timestamp; the restore is itself a new version,
-    so it can be undone the same way."""
-    table = DeltaTable.forPath(spark, path)
-    return measured(
-        spark,
-        path,
-        (lambda: table.restoreToVersion(version))
-        if version is not None
-        else (lambda: table.restoreToTimestamp(timestamp)),
-    )
+def restore(spark: SparkSession, path: str, version: int) -> dict:
+    """RESTORE the table to a version (version_at finds the one current at a time); the
+    restore is itself a new version, so it can be undone the same way."""
+    return measured(spark, path, lambda: DeltaTable.forPath(spark, path).restoreToVersion(version))

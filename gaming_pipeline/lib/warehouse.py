@@ -91,6 +91,18 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return int(DeltaTable.forPath(spark, path).history(1).first().version)
 
 
+def version_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> int | None:
+    """The newest of the table's recent versions committed with this userMetadata (and
+    operation, if given): found by its tag, not as "the latest", since another writer may
+    have committed since."""
+    for row in (
+        DeltaTable.forPath(spark, path).history(20).select("version", "operation", "userMetadata").collect()
+    ):
+        if row.userMetadata == tag and operation in ("", row.operation):
+            return int(row.version)
+    return None
+
+
 def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
     """Replace the rows matching `predicate` with `df` in one commit and return the version
     holding them.
@@ -111,12 +123,8 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
             .option("userMetadata", tag)
             .save(path)
         )
-        # Found by its tag, not as "the latest", since another writer may have committed since.
-        recent = DeltaTable.forPath(spark, path).history(20).select("version", "userMetadata").collect()
-        for row in recent:
-            if row.userMetadata == tag:
-                return int(row.version)
-        return int(recent[0].version)
+        tagged = version_tagged(spark, path, tag)
+        return latest_version(spark, path) if tagged is None else tagged
 
     return retry_on_conflict(commit)
 

@@ -7,7 +7,7 @@ Passes run in their own pool: ingestion goes on while they work, and where both 
 same files Delta lets one commit and the other retries (both sides are idempotent).
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -41,11 +41,12 @@ class TablesConfig(dg.Config):
         return self.tables or usual
 
 
-def _today() -> datetime:
-    return datetime.now(UTC)
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
-def _existing(spark, warehouse: WarehouseResource, tables: list[str], log) -> list[tuple[str, str]]:
+def existing_tables(spark, warehouse: WarehouseResource, tables: list[str], log) -> list[tuple[str, str]]:
+    """(table, path) of those of `tables` written so far; the others are logged as skipped."""
     paths = [(table, table_path(warehouse.root, table)) for table in tables]
     missing = [table for table, path in paths if not DeltaTable.isDeltaTable(spark, path)]
     if missing:
@@ -72,8 +73,8 @@ def compact_closed_days(
     """OPTIMIZE (bin-packing) the closed days written since each table's last daily pass:
     not the whole table, and never today, which ingestion is still writing."""
     spark = pyspark.spark_session
-    today = _today().date()
-    for table, path in _existing(spark, warehouse, config.chosen(EVENT_TABLES), context.log):
+    today = _today()
+    for table, path in existing_tables(spark, warehouse, config.chosen(EVENT_TABLES), context.log):
         previous = last_pass(context.instance, table, DAILY_PASS)
         through = latest_version(spark, path)
         if previous:
@@ -111,9 +112,9 @@ def zorder_last_week(
     """The seed's second round: rewrite the last seven closed days ordered by device, so a
     player's events sit in few files and player queries (and erasures) skip the rest."""
     spark = pyspark.spark_session
-    end = _today().date()
+    end = _today()
     first = end - timedelta(days=7)
-    for table, path in _existing(spark, warehouse, config.chosen(EVENT_TABLES), context.log):
+    for table, path in existing_tables(spark, warehouse, config.chosen(EVENT_TABLES), context.log):
         report = maintenance.compact(spark, path, days_predicate(first, end), zorder=True)
         context.log.info(f"{table}: {report}")
         yield dg.AssetObservation(
@@ -154,7 +155,7 @@ def vacuum_tables(
     if hours < maintenance.DEFAULT_RETENTION_HOURS:
         context.log.warning(f"VACUUM retention forced to {hours:g} h: {config.force_reason}")
     spark = pyspark.spark_session
-    for table, path in _existing(spark, warehouse, config.chosen(all_tables()), context.log):
+    for table, path in existing_tables(spark, warehouse, config.chosen(all_tables()), context.log):
         report = maintenance.vacuum(spark, path, hours)
         context.log.info(f"{table}: {report}")
         yield dg.AssetObservation(

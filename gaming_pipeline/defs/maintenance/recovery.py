@@ -11,7 +11,7 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL
+from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL, existing_tables
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.warehouse import AUDIT_TABLE, LEDGER_TABLE, RAW_TABLE, all_tables, table_path
@@ -44,18 +44,16 @@ def _history_markdown(history: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def _targets(spark, warehouse: WarehouseResource, config: RollbackConfig) -> dict[str, int]:
+def _targets(spark, warehouse: WarehouseResource, config: RollbackConfig, log) -> dict[str, int]:
     """The version each table goes back to."""
     if bool(config.table) == bool(config.run_id):
         raise dg.Failure("give either `table` (with `version` or `timestamp`) or `run_id`")
     if config.run_id:
         targets = {}
-        for table in RESTORABLE:
-            path = table_path(warehouse.root, table)
-            if maintenance.is_table(spark, path):
-                written = maintenance.versions_written_by(spark, path, config.run_id)
-                if written:
-                    targets[table] = written[0] - 1
+        for table, path in existing_tables(spark, warehouse, RESTORABLE, log):
+            written = maintenance.versions_written_by(spark, path, config.run_id)
+            if written:
+                targets[table] = written[0] - 1
         if not targets:
             raise dg.Failure(f"run {config.run_id} wrote no table that can be restored")
         return targets
@@ -79,7 +77,7 @@ def restore_tables(
     """RESTORE one table to a version or a time, or every table a run wrote to before the
     run; then the per-game and KPI days the raw table changed on are rebuilt."""
     spark = pyspark.spark_session
-    for table, target in _targets(spark, warehouse, config).items():
+    for table, target in _targets(spark, warehouse, config, context.log).items():
         path = table_path(warehouse.root, table)
         history = maintenance.history(spark, path)
         current = history[0]["version"]
@@ -154,8 +152,7 @@ def erase_player(
     marker = {"run_id": context.run.run_id, erasure.ERASURE_TAG: request_id}
     erased = [
         erasure.erase_rows(spark, path, table, config.device_id, marker)
-        for table, path in ((table, table_path(warehouse.root, table)) for table in EVENT_TABLES)
-        if maintenance.is_table(spark, path)
+        for table, path in existing_tables(spark, warehouse, EVENT_TABLES, context.log)
     ]
     shredded = vault.shred(player)
     erased_at = datetime.now(UTC)
