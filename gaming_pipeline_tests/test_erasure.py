@@ -67,9 +67,11 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     pii_bucket = f"{landing.bucket}-pii"
     vault_resource = PiiVaultResource(bucket=pii_bucket, master_key=new_master_key())
     vault = vault_resource.vault()
-    vault.store(PLAYER, "e-1", {"email": "erase.me@example.com", "name": "Erin Erased"})
-    vault.store(OTHER, "e-2", {"email": "keep.me@example.com", "name": "Kim Kept"})
-    assert vault.read(PLAYER) == [{"email": "erase.me@example.com", "name": "Erin Erased"}]
+    erased = {"event_id": "e-1", "pii": {"email": "erase.me@example.com", "name": "Erin Erased"}}
+    kept = {"event_id": "e-2", "pii": {"email": "keep.me@example.com", "name": "Kim Kept"}}
+    vault.store(vault.player_id(PLAYER), "batch-1", [erased])
+    vault.store(vault.player_id(OTHER), "batch-1", [kept])
+    assert vault.read(PLAYER) == [erased]
 
     resources = {
         "warehouse": WarehouseResource(root=warehouse),
@@ -115,7 +117,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
 
         with pytest.raises(PlayerErased):
             vault.read(PLAYER)
-        assert vault.read(OTHER) == [{"email": "keep.me@example.com", "name": "Kim Kept"}]
+        assert vault.read(OTHER) == [kept]
 
         (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
         assert audit.player_id == vault.player_id(PLAYER)

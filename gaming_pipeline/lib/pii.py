@@ -4,9 +4,12 @@ events, so that erasing a player is deleting one key (crypto-shredding).
 - A player is known by a pseudonymous id, an HMAC of the device id under a key derived from
   the master key: stable, but not reversible or guessable without the master key.
 - Each player's data key (AES-256-GCM) is stored wrapped by the master key at
-  `<prefix>/keys/<player_id>`; their PII records at `<prefix>/records/<player_id>/<record_id>`,
-  encrypted with authenticated encryption bound to the player id.
+  `<prefix>/keys/<player_id>`; their PII at `<prefix>/records/<player_id>/<batch_id>`, one
+  object per batch of their events, encrypted with authenticated encryption bound to the
+  player id.
 - Without the data key a record cannot be decrypted, whatever copies of it remain.
+- Between an HTTP answer and the vault, the ingest service's spool holds PII sealed under a
+  key derived from the master key (`seal_pending`), never in clear.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -58,16 +62,38 @@ class PiiVault:
     master_key: str
     prefix: str = "pii"
 
+    @cached_property
     def _master(self) -> bytes:
         key = base64.b64decode(self.master_key, validate=True)
         if len(key) != 32:
             raise ValueError("the PII master key must be 32 bytes, base64-encoded")
         return key
 
+    @cached_property
+    def _pseudonym_key(self) -> bytes:
+        return _derive(self._master, b"gaming_pipeline player id")
+
+    @cached_property
+    def _wrapping_key(self) -> bytes:
+        return _derive(self._master, b"gaming_pipeline data key wrapping")
+
+    @cached_property
+    def _pending_key(self) -> AESGCM:
+        return AESGCM(_derive(self._master, b"gaming_pipeline pending pii"))
+
     def player_id(self, device_id: str) -> str:
         """The pseudonymous id the vault, logs and audit records know a player by."""
-        key = _derive(self._master(), b"gaming_pipeline player id")
-        return hmac.new(key, device_id.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._pseudonym_key, device_id.encode(), hashlib.sha256).hexdigest()
+
+    def seal_pending(self, player_id: str, pii: dict) -> bytes:
+        """PII sealed for the time it waits to reach the vault (in the ingest spool)."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._pending_key.encrypt(nonce, json.dumps(pii).encode(), player_id.encode())
+
+    def open_pending(self, player_id: str, sealed: bytes) -> dict:
+        return json.loads(
+            self._pending_key.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], player_id.encode())
+        )
 
     def _key_object(self, player_id: str) -> str:
         return f"{self.prefix}/keys/{player_id}"
@@ -76,7 +102,7 @@ class PiiVault:
         return f"{self.prefix}/records/{player_id}/"
 
     def _data_key(self, player_id: str, create: bool) -> bytes:
-        wrapping = _derive(self._master(), b"gaming_pipeline data key wrapping")
+        wrapping = self._wrapping_key
         try:
             wrapped = self.s3.get_object(Bucket=self.bucket, Key=self._key_object(player_id))["Body"].read()
         except self.s3.exceptions.NoSuchKey:
@@ -91,12 +117,13 @@ class PiiVault:
             return key
         return _open(wrapping, wrapped, player_id.encode())
 
-    def store(self, device_id: str, record_id: str, pii: dict) -> str:
-        """Encrypt one event's PII under the player's data key; returns the player id."""
-        player = self.player_id(device_id)
-        sealed = _seal(self._data_key(player, create=True), json.dumps(pii).encode(), player.encode())
-        self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player) + record_id, Body=sealed)
-        return player
+    def store(self, player_id: str, batch_id: str, records: list[dict]) -> None:
+        """Encrypt a batch of one player's PII records under their data key. Storing the same
+        batch id again replaces it, so a batch delivered twice is held once."""
+        sealed = _seal(
+            self._data_key(player_id, create=True), json.dumps(records).encode(), player_id.encode()
+        )
+        self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player_id) + batch_id, Body=sealed)
 
     def read(self, device_id: str) -> list[dict]:
         """Every PII record held for a player, decrypted; PlayerErased once they are erased."""
@@ -106,7 +133,7 @@ class PiiVault:
         for name in self._record_keys(player):
             sealed = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"].read()
             try:
-                records.append(json.loads(_open(key, sealed, player.encode())))
+                records.extend(json.loads(_open(key, sealed, player.encode())))
             except InvalidTag as error:
                 raise ValueError(f"PII record {name} fails authentication: altered or misplaced") from error
         return records

@@ -12,6 +12,11 @@ import json
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+# Events of games the registry does not know, parked by the ingest service in the landing
+# bucket: ingestion leaves them alone until the game is added and they are moved under
+# another prefix (README: unknown games).
+PARKED_PREFIX = "unknown-games/"
+
 
 @dataclass(frozen=True, order=True)
 class LandedObject:
@@ -19,6 +24,10 @@ class LandedObject:
     key: str
     etag: str = ""
     size: int = 0
+
+    @property
+    def parked(self) -> bool:
+        return self.key.startswith(PARKED_PREFIX)
 
     @property
     def s3a_path(self) -> str:

@@ -48,11 +48,14 @@ def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
 def not_yet_ingested(
     objects: list[LandedObject], warehouse: WarehouseResource, instance: dg.DagsterInstance
 ) -> list[LandedObject]:
-    """The objects neither in the ledger (at the same ETag) nor taken by an unfinished run."""
+    """The objects neither in the ledger (at the same ETag) nor taken by an unfinished run,
+    parked objects of unknown games left out."""
     ledger = ingested_objects(table_path(warehouse.root, LEDGER_TABLE))
     taken = in_flight(instance)
     return sorted(
-        obj for obj in set(objects) - taken if ledger.get(object_uri(obj)) != obj.etag or not obj.etag
+        obj
+        for obj in set(objects) - taken
+        if not obj.parked and (ledger.get(object_uri(obj)) != obj.etag or not obj.etag)
     )
 
 
