@@ -22,6 +22,8 @@ setup(
         "deltalake[pyarrow]==1.6.6",
         "matplotlib==3.11.2",
         "cryptography==50.0.2",
+        "msgspec==0.22.0",
+        "prometheus-client==0.26.0",
     ],
     extras_require={
         "test": ["pytest>=9,<10", "ruff==0.17.6"],

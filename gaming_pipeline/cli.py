@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gaming_pipeline.lib import aws, generator, jars, processes
+from gaming_pipeline.ingest_service import keys
+from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
+from gaming_pipeline.lib import aws, generator, jars
 from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
 
 console = Console(stderr=True)
@@ -69,20 +71,39 @@ def _dir_put(root: Path):
     return put
 
 
+def _post(events, sender: EventSender, totals: generator.Totals, on_events) -> None:
+    """Send events to the ingest service as a client would (no eventTime, PII on session
+    starts); a batch is sent until the service takes it."""
+
+    def counted(stream):
+        for event in stream:
+            totals.add(event)
+            yield generator.client_event(event)
+
+    def sent(batch: list[dict], answer: dict) -> None:
+        totals.objects += 1
+        on_events(len(batch))
+
+    send_in_batches(counted(events), sender, on_batch=sent)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    put = _dir_put(Path(args.out)) if args.to == "dir" else _s3_put(args.bucket or settings.landing_bucket)
     totals = generator.Totals()
     if args.rate:
         events = generator.stream(args.seed, args.rate, args.duration)
         total = int(args.rate * args.duration) if args.duration else None
         flush_seconds = args.flush_seconds
+    elif args.to == "http":
+        # The service stamps eventTime at receipt: over HTTP, events are sent as they are made.
+        factory = generator.EventFactory(args.seed)
+        events = (factory.event(time.time()) for _ in range(args.events))
+        total, flush_seconds = args.events, None
     else:
         end = datetime.fromisoformat(args.end) if args.end else None
         start, end = generator.history_window(args.days, end)
         events = generator.history(args.seed, args.events, start, end)
         total, flush_seconds = args.events, None
-    objects = generator.landing_objects(events, args.seed, args.object_events, flush_seconds)
     with Progress(
         TextColumn("events"),
         BarColumn(),
@@ -92,11 +113,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         disable=args.quiet,
     ) as progress:
         task = progress.add_task("events", total=total)
+        advance = lambda n: progress.advance(task, n)  # noqa: E731
         try:
-            generator.write_objects(objects, put, totals, on_object=lambda n: progress.advance(task, n))
+            if args.to == "http":
+                sender = EventSender(args.url, args.api_key or os.environ.get("GAMING_PIPELINE_API_KEY", ""))
+                _post(events, sender, totals, advance)
+            else:
+                put = (
+                    _dir_put(Path(args.out))
+                    if args.to == "dir"
+                    else _s3_put(args.bucket or settings.landing_bucket)
+                )
+                objects = generator.landing_objects(events, args.seed, args.object_events, flush_seconds)
+                generator.write_objects(objects, put, totals, on_object=advance)
         except KeyboardInterrupt:
             pass
-    console.print(f"{totals.events} events in {totals.objects} landing object(s)")
+    where = "request(s) to the ingest service" if args.to == "http" else "landing object(s)"
+    console.print(f"{totals.events} events in {totals.objects} {where}")
     if args.totals:
         print(json.dumps(totals.as_dict(), indent=2))
     return 0
@@ -136,6 +169,49 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest_server(args: argparse.Namespace) -> int:
+    from gaming_pipeline.ingest_service.app import ServiceConfig, serve
+    from gaming_pipeline.ingest_service.spool import SpoolBusy
+
+    settings = Settings.from_env()
+    config = ServiceConfig(
+        spool_dir=settings.spool_dir,
+        keys_file=settings.api_keys_file,
+        landing_bucket=settings.landing_bucket,
+        pii_bucket=settings.pii_bucket,
+        master_key=settings.resolved_pii_master_key(),
+        flush_bytes=args.flush_bytes,
+        flush_seconds=args.flush_seconds,
+        spool_max_bytes=args.spool_max_bytes,
+        max_body_bytes=args.max_body_bytes,
+        dedup_seconds=args.dedup_seconds,
+    )
+    if not keys.listed(config.keys_file):
+        console.print(
+            f"no API keys in {config.keys_file} yet: `gaming-pipeline api-keys create <app>` makes one"
+        )
+    try:
+        serve(config, args.host, args.port, args.log_level)
+    except SpoolBusy as error:
+        console.print(f"[red]{error}[/red]")
+        return 1
+    return 0
+
+
+def cmd_api_keys(args: argparse.Namespace) -> int:
+    path = Settings.from_env().api_keys_file
+    if args.action == "create":
+        key_id, key = keys.create(path, args.app)
+        console.print(f"API key {key_id} for {args.app} (shown once; the service stores its hash only):")
+        print(key)
+    elif args.action == "revoke":
+        gone = keys.revoke(path, args.key_id)
+        console.print(f"revoked {gone['id']} of {gone['app']}: refused from the service's next second")
+    else:
+        print(json.dumps(keys.listed(path), indent=2))
+    return 0
+
+
 def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -150,7 +226,10 @@ def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, a stream of events."""
+    """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, the ingest service,
+    and a stream of events posted to it."""
+    from gaming_pipeline.lib import processes
+
     jars.fetch(progress=console.print)
     settings = Settings.from_env()
     dagster_home = processes.prepare_dagster_home(settings.home / "dagster")
@@ -164,32 +243,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "GAMING_PIPELINE_HOME": str(settings.home),
         "GAMING_PIPELINE_QUEUE_URL": path.queue_url,
     }
+    settings.resolved_pii_master_key()  # created once here, before the processes that share it
     started: list[subprocess.Popen] = []
     stop_streaming = threading.Event()
+    # A key of the demo's own, revoked when it stops, as a studio would rotate a client's key.
+    key_id, api_key = keys.create(settings.api_keys_file, "gaming-pipeline demo")
     try:
         ui_port = aws.free_port(prefer=args.ui_port)
+        ingest_port = aws.free_port(prefer=args.ingest_port)
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
         webserver = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port)]
         started.append(processes.start_dagster(webserver, env, logs / "webserver.log"))
         started.append(processes.start_dagster(["dagster-daemon", "run"], env, logs / "daemon.log"))
-        ui = f"http://127.0.0.1:{ui_port}"
-        with console.status("starting the Dagster webserver and daemon"):
+        ingest_server = [
+            "gaming-pipeline",
+            "ingest-server",
+            "--port",
+            str(ingest_port),
+            "--flush-seconds",
+            str(args.flush_seconds),
+        ]
+        started.append(processes.start(ingest_server, env, logs / "ingest.log"))
+        ui, ingest = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{ingest_port}"
+        with console.status("starting the ingest service, the Dagster webserver and daemon"):
+            _wait_for(f"{ingest}/healthz", 60, started[2], logs / "ingest.log")
             _wait_for(f"{ui}/server_info", 180, started[0], logs / "webserver.log")
 
         def stream() -> None:
-            put = _s3_put(settings.landing_bucket)
             events = generator.stream(args.seed, args.rate, None)
-            objects = generator.landing_objects(events, args.seed, flush_seconds=args.flush_seconds)
-            for key, body, _ in objects:
-                put(key, body)
-                if stop_streaming.is_set():
-                    return
+            sender = EventSender(ingest, api_key)
+            _post(
+                (event for event in events if not stop_streaming.is_set()),
+                sender,
+                generator.Totals(),
+                lambda n: None,
+            )
 
         threading.Thread(target=stream, daemon=True).start()
         console.print(
             f"\n[bold]gaming_pipeline demo is up[/bold]\n"
             f"  Dagster UI      {ui}  (assets, sensors, runs)\n"
+            f"  ingest service  {ingest}/v1/events  x-api-key: {api_key}\n"
+            f"                  {ingest}/metrics  {ingest}/healthz\n"
             f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}\n"
             f"  warehouse       {settings.warehouse}\n"
             f"  logs            {logs}\n"
@@ -200,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         while all(process.poll() is None for process in started):
             time.sleep(1)
-        console.print("[red]a Dagster process exited; see the logs above[/red]")
+        console.print(f"[red]a process of the demo exited; see the logs in {logs}[/red]")
         return 1
     except KeyboardInterrupt:
         return 0
@@ -209,6 +305,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print("stopping ...")
         processes.stop(started)
         local.stop()
+        keys.revoke(settings.api_keys_file, key_id)
         console.print("stopped")
 
 
@@ -222,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--ui-port", type=int, default=3000, help="taken if free, else any free port")
     demo.add_argument("--aws-port", type=int, default=4566, help="taken if free, else any free port")
+    demo.add_argument("--ingest-port", type=int, default=8080, help="taken if free, else any free port")
     demo.set_defaults(func=cmd_demo)
 
     local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS endpoint")
@@ -237,7 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=float, default=1.0, help="history: spread over this many past days")
     gen.add_argument("--end", help="history: end of the span, ISO-8601 (default now)")
     gen.add_argument("--seed", type=int, default=7, help="same seed, same events")
-    gen.add_argument("--to", choices=("s3", "dir"), default="s3")
+    gen.add_argument(
+        "--to",
+        choices=("s3", "dir", "http"),
+        default="s3",
+        help="the landing bucket, a folder (--out), or the ingest service (--url, --api-key)",
+    )
+    gen.add_argument("--url", default="http://127.0.0.1:8080", help="with --to http: the ingest service")
+    gen.add_argument("--api-key", help="with --to http (default GAMING_PIPELINE_API_KEY)")
     gen.add_argument("--bucket", help="landing bucket (default GAMING_PIPELINE_LANDING_BUCKET)")
     gen.add_argument("--out", help="with --to dir: folder to write objects into")
     gen.add_argument("--object-events", type=int, default=generator.OBJECT_EVENTS)
@@ -245,6 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--totals", action="store_true", help="print totals of what was generated as JSON")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
+
+    server = commands.add_parser("ingest-server", help="serve POST /v1/events for game clients")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8080)
+    server.add_argument("--flush-seconds", type=float, default=60, help="landing object age limit")
+    server.add_argument("--flush-bytes", type=int, default=5 * 1024 * 1024, help="landing object size limit")
+    server.add_argument(
+        "--spool-max-bytes", type=int, default=1024**3, help="spool size at which requests get 503"
+    )
+    server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413")
+    server.add_argument("--dedup-seconds", type=float, default=600, help="window for repeated event_ids")
+    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    server.set_defaults(func=cmd_ingest_server)
+
+    api_keys = commands.add_parser("api-keys", help="create, revoke or list the ingest service's API keys")
+    api_actions = api_keys.add_subparsers(dest="action", required=True)
+    api_actions.add_parser("create", help="a new key for an app (printed once)").add_argument("app")
+    api_actions.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
+    api_actions.add_parser("list", help="ids, apps and creation times")
+    api_keys.set_defaults(func=cmd_api_keys)
 
     sql = commands.add_parser("sql", help="run a SQL query over the tables by name")
     sql.add_argument("query")
@@ -265,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "to", None) == "dir" and not args.out:
         build_parser().error("--to dir needs --out")
+    if getattr(args, "to", None) == "http" and (args.end or args.days != 1.0):
+        build_parser().error(
+            "--to http sends events as they are made: the service stamps eventTime, so no --days/--end"
+        )
     return args.func(args)
 
 

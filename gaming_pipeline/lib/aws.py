@@ -29,8 +29,8 @@ LOCAL_CREDENTIALS = {
 MAX_RECEIVES = 5
 
 
-def client(service: str):
-    return boto3.client(service, region_name=os.environ.get("AWS_REGION") or None)
+def client(service: str, config=None):
+    return boto3.client(service, region_name=os.environ.get("AWS_REGION") or None, config=config)
 
 
 @dataclass(frozen=True)

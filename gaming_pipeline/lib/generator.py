@@ -9,6 +9,7 @@ events per object, never spanning an hour, keyed `events/YYYY/MM/DD/HH/...` by t
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import time
@@ -123,6 +124,28 @@ class EventFactory:
             "eventTime": int(at),
             "eventParams": params,
         }
+
+
+def player_pii(device_id: str) -> dict[str, str]:
+    """Made-up PII of a device's player, the same every time (drawn from the device id, not
+    the seed's random stream, so landing objects stay byte for byte as they were)."""
+    digest = hashlib.sha256(device_id.encode()).hexdigest()
+    octets = ".".join(str(int(digest[i : i + 2], 16)) for i in (16, 18, 20))
+    return {
+        "email": f"player.{digest[:10]}@example.com",
+        "name": f"Player {digest[10:16]}",
+        "ip_address": f"10.{octets}",
+        "advertising_id": str(uuid.UUID(digest[:32])),
+    }
+
+
+def client_event(event: dict) -> dict:
+    """The event as a game client sends it to the ingest service: no `eventTime` (the
+    service stamps it), and the player's PII on a session start."""
+    sent = {key: value for key, value in event.items() if key != "eventTime"}
+    if event["eventName"] == "gameStart":
+        sent["pii"] = player_pii(event["eventParams"]["device_id"])
+    return sent
 
 
 def history(seed: int, count: int, start: datetime, end: datetime) -> Iterator[dict]:

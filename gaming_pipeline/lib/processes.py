@@ -28,18 +28,23 @@ def prepare_dagster_home(path: Path) -> Path:
     return path
 
 
-def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`dagster-webserver ...` or `dagster-daemon run` on the project's workspace, in its own
-    process group so that stopping it also stops the runs it launched."""
+def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """One of this environment's programs (`gaming-pipeline`, `dagster-daemon`...), its output
+    appended to `log`, in its own process group so that stopping it stops its children."""
     program, *rest = arguments
     with open(log, "ab") as output:
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / program), *rest, "-w", str(WORKSPACE)],
+            [str(Path(sys.executable).parent / program), *rest],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`dagster-webserver ...` or `dagster-daemon run` on the project's workspace."""
+    return start([*arguments, "-w", str(WORKSPACE)], env, log)
 
 
 def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:

@@ -24,6 +24,7 @@ ENV_VARS = (
     "GAMING_PIPELINE_ALERT_WEBHOOK",
     "GAMING_PIPELINE_PII_BUCKET",
     "GAMING_PIPELINE_PII_MASTER_KEY",
+    "GAMING_PIPELINE_API_KEYS",
 )
 
 
@@ -41,6 +42,8 @@ class Settings:
     pii_bucket: str
     # Base64 of 32 bytes. Empty means: a key generated once into pii-master.key under home.
     pii_master_key: str
+    # The ingest service's API keys, hashed (ingest_service/keys.py).
+    api_keys_file: Path
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -55,7 +58,13 @@ class Settings:
             alert_webhook=env.get("GAMING_PIPELINE_ALERT_WEBHOOK", ""),
             pii_bucket=env.get("GAMING_PIPELINE_PII_BUCKET") or DEFAULT_PII_BUCKET,
             pii_master_key=env.get("GAMING_PIPELINE_PII_MASTER_KEY", ""),
+            api_keys_file=Path(env.get("GAMING_PIPELINE_API_KEYS") or home / "api-keys.json").expanduser(),
         )
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the ingest service keeps accepted events until they reach S3."""
+        return self.home / "spool"
 
     def resolved_pii_master_key(self) -> str:
         """The configured master key, or the home's own, created on first use and readable

@@ -1,0 +1,341 @@
+"""The ingest service: `POST /v1/events`, `GET /healthz`, `GET /metrics` (CONTRACT.md section 2).
+
+A request is checked in this order, each with its own answer: the API key (401), the content
+type (415), the size (413), the JSON (400); then each event on its own (202 with a reason for
+every event turned away). Accepted events are stamped, their PII is sealed and taken out,
+and the request's record is fsynced into the spool before the 202 is sent. When the spool
+is full (S3 unreachable for long) the answer is 503 with Retry-After, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from botocore.config import Config
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gaming_pipeline.ingest_service.delivery import Delivery
+from gaming_pipeline.ingest_service.keys import KeyRing
+from gaming_pipeline.ingest_service.schema import BodyNotJson, encode_lines, sort_events, split_body
+from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, SpoolFull
+from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.pii import PiiVault
+
+log = logging.getLogger("gaming_pipeline.ingest_service")
+
+JSON_TYPES = {"application/json"}
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson"}
+RETRY_AFTER_SECONDS = 5
+# A client should not wait on S3: the service gives up on a call quickly and the spool
+# retries the whole segment later.
+S3_CONFIG = Config(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"})
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    spool_dir: Path
+    keys_file: Path
+    landing_bucket: str
+    pii_bucket: str
+    master_key: str
+    flush_bytes: int = 5 * 1024 * 1024
+    flush_seconds: float = 60.0
+    spool_max_bytes: int = 1024**3
+    max_body_bytes: int = 4 * 1024 * 1024
+    dedup_seconds: float = 600.0
+    dedup_max_ids: int = 5_000_000
+    shutdown_flush_seconds: float = 30.0
+
+
+def reason_label(reason: str) -> str:
+    """A rejection reason reduced to a few metric labels (the full text goes to the client)."""
+    if reason.startswith("not JSON"):
+        return "not_json"
+    if "missing required field" in reason:
+        return "missing_field"
+    if "unknown field" in reason:
+        return "unknown_field"
+    if reason.startswith("Expected `"):
+        return "wrong_type" if "got `" in reason else "out_of_range"
+    return "purchase_rule"
+
+
+class Metrics:
+    def __init__(self, spool: Spool):
+        self.registry = registry = CollectorRegistry()
+        self.accepted = Counter(
+            "ingest_events_accepted",
+            "Events accepted, by where they land",
+            ["destination"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "ingest_events_rejected", "Events turned away, by reason", ["reason"], registry=registry
+        )
+        self.requests = Counter(
+            "ingest_requests", "Requests answered, by status", ["status"], registry=registry
+        )
+        self.request_seconds = Histogram(
+            "ingest_request_seconds", "Time to answer POST /v1/events", registry=registry
+        )
+        self.flush_seconds = Histogram(
+            "ingest_flush_seconds",
+            "Time to deliver a spool segment to S3 and the PII vault",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.flush_failures = Counter("ingest_flush_failures", "Failed segment deliveries", registry=registry)
+        self.landing_objects = Counter("ingest_landing_objects", "Landing objects written", registry=registry)
+        Gauge("ingest_spool_bytes", "Bytes accepted and not yet delivered", registry=registry).set_function(
+            lambda: spool.pending_bytes
+        )
+        Gauge(
+            "ingest_spool_segments", "Sealed segments waiting for delivery", registry=registry
+        ).set_function(lambda: len(spool.sealed_segments()))
+
+
+def _answer(status: int, payload: dict, headers: dict | None = None) -> Response:
+    return Response(msgspec.json.encode(payload), status, headers, media_type="application/json")
+
+
+class Service:
+    """The spool, keys, vault and metrics of one running service."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.keys = KeyRing(config.keys_file)
+        s3 = aws.client("s3", S3_CONFIG)
+        self.vault = PiiVault(s3, config.pii_bucket, config.master_key)
+        self.recent = RecentIds(config.dedup_seconds, config.dedup_max_ids)
+        self.spool = Spool(
+            config.spool_dir,
+            self._deliver,
+            config.flush_bytes,
+            config.flush_seconds,
+            config.spool_max_bytes,
+            self.recent,
+        )
+        self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance)
+        self.metrics = Metrics(self.spool)
+
+    def _deliver(self, segment_id: str, records: list[Record]) -> None:
+        started = time.perf_counter()
+        try:
+            delivered = self.delivery(segment_id, records)
+        except Exception:
+            self.metrics.flush_failures.inc()
+            raise
+        seconds = time.perf_counter() - started
+        self.metrics.flush_seconds.observe(seconds)
+        self.metrics.landing_objects.inc(delivered.objects)
+        log.info(
+            "delivered",
+            extra={
+                "segment": segment_id,
+                "objects": delivered.objects,
+                "events": delivered.events,
+                "pii_players": delivered.players,
+                "seconds": round(seconds, 3),
+            },
+        )
+
+    async def _body(self, request: Request) -> bytes | Response:
+        limit = self.config.max_body_bytes
+        too_large = _answer(413, {"error": f"the body is over the limit of {limit:,} bytes"})
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return too_large
+        if request.headers.get("content-encoding", "").lower() != "gzip":
+            return bytes(body)
+        try:
+            inflater = zlib.decompressobj(wbits=31)
+            inflated = inflater.decompress(bytes(body), limit + 1)
+        except zlib.error as error:
+            return _answer(400, {"error": f"the body is not valid gzip: {error}"})
+        if len(inflated) > limit:
+            return too_large
+        return inflated
+
+    async def post_events(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response, outcome = await self._post_events(request)
+        self.metrics.requests.labels(str(response.status_code)).inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - started)
+        log.info(
+            "events",
+            extra={
+                "status": response.status_code,
+                **outcome,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return response
+
+    async def _post_events(self, request: Request) -> tuple[Response, dict]:
+        caller = self.keys.caller(request.headers.get("x-api-key"))
+        if caller is None:
+            return _answer(401, {"error": "missing or unknown API key (header x-api-key)"}), {}
+        outcome: dict = {"app": caller.app, "key_id": caller.key_id}
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in JSON_TYPES | NDJSON_TYPES:
+            accepted = ", ".join(sorted(JSON_TYPES | NDJSON_TYPES))
+            return _answer(
+                415, {"error": f"content type {content_type!r} is not one of: {accepted}"}
+            ), outcome
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body, outcome
+        ndjson = content_type in NDJSON_TYPES
+        try:
+            items = split_body(body, ndjson)
+        except BodyNotJson as error:
+            return _answer(400, {"error": str(error)}), outcome
+        now_ms = time.time_ns() // 1_000_000
+        result = sort_events(items, now_ms, lambda event_id: self.recent.seen(event_id, now_ms))
+        if ndjson and items and result.not_json == len(items):
+            return _answer(400, {"error": "no line of the NDJSON body is JSON"}), outcome
+        if result.accepted:
+            # Remembered before the spool write, so a copy in a concurrent request is a duplicate.
+            self.recent.add(result.client_ids, now_ms)
+            record = Record(
+                now_ms,
+                encode_lines(result.events) if result.events else b"",
+                encode_lines(result.parked) if result.parked else b"",
+                [
+                    (player, event_id, self.vault.seal_pending(player, pii))
+                    for event_id, device_id, pii in result.pii
+                    for player in (self.vault.player_id(device_id),)
+                ],
+                result.client_ids,
+            )
+            try:
+                await asyncio.wrap_future(self.spool.submit(record))
+            except (SpoolFull, OSError) as error:
+                self.recent.forget(result.client_ids)
+                headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                return _answer(
+                    503, {"error": f"cannot take events right now, retry: {error}"}, headers
+                ), outcome
+        self.metrics.accepted.labels("landing").inc(len(result.events))
+        self.metrics.accepted.labels("unknown_game").inc(len(result.parked))
+        for rejected in result.rejected:
+            self.metrics.rejected.labels(reason_label(rejected["reason"])).inc()
+        self.metrics.rejected.labels("duplicate").inc(len(result.duplicates))
+        counts = {
+            "accepted": result.accepted,
+            "rejected": len(result.rejected),
+            "duplicates": len(result.duplicates),
+            "unknown_game": len(result.parked),
+        }
+        payload = {**counts, "errors": result.rejected, "duplicate_events": result.duplicates}
+        return _answer(202, payload), {**outcome, **counts}
+
+    async def healthz(self, request: Request) -> Response:
+        """200 while the largest request allowed would fit in the spool."""
+        spool = self.spool
+        can_accept = spool.can_accept(self.config.max_body_bytes)
+        payload = {
+            "status": "ok" if can_accept else "full",
+            "spool_bytes": spool.pending_bytes,
+            "spool_max_bytes": spool.max_bytes,
+            "segments_waiting": len(spool.sealed_segments()),
+            "delivery": spool.last_failure or "ok",
+            "api_keys": len(self.keys),
+        }
+        return _answer(200 if can_accept else 503, payload)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(config: ServiceConfig) -> Starlette:
+    holder: dict[str, Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        service = holder["service"] = Service(config)
+        service.spool.start()
+        log.info("started", extra={"spool": str(config.spool_dir), "bucket": config.landing_bucket})
+        yield
+        await run_in_threadpool(service.spool.close, config.shutdown_flush_seconds)
+        log.info("stopped", extra={"segments_left": len(service.spool.sealed_segments())})
+
+    def route(name: str):
+        async def endpoint(request: Request) -> Response:
+            return await getattr(holder["service"], name)(request)
+
+        return endpoint
+
+    return Starlette(
+        routes=[
+            Route("/v1/events", route("post_events"), methods=["POST"]),
+            Route("/healthz", route("healthz")),
+            Route("/metrics", route("metrics_text")),
+        ],
+        lifespan=lifespan,
+    )
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line: time, level, message and the record's extra fields.
+    Only counts, ids and names are ever passed as extras: never an event or its PII."""
+
+    # uvicorn's color_message repeats its message with terminal colours.
+    _left_out = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+        "message",
+        "asctime",
+        "color_message",
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in self._left_out})
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def serve(config: ServiceConfig, host: str, port: int, log_level: str = "info") -> None:
+    import uvicorn
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(config.shutdown_flush_seconds),
+    )

@@ -1,0 +1,90 @@
+"""A sealed spool segment becomes landing objects and PII vault records.
+
+The same segment always gives the same objects under the same keys, byte for byte (gzip
+without a timestamp), so a segment delivered twice, after a crash between writing its
+objects and removing it, lands once: the second write replaces the first with the same
+ETag, and ingestion's ledger skips an object it already holds at that ETag.
+
+Keys follow Firehose's layout, by the UTC hour events were received:
+`events/YYYY/MM/DD/HH/ingest-<spool>-<segment>.ndjson.gz`; events of a game the registry
+does not know go under `unknown-games/` instead, which ingestion leaves alone.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gaming_pipeline.ingest_service.spool import Record
+from gaming_pipeline.lib.aws import ensure_bucket
+from gaming_pipeline.lib.pii import PiiVault
+from gaming_pipeline.lib.s3_events import PARKED_PREFIX
+
+EVENTS_PREFIX = "events/"
+# Fast enough to keep up with the spool on one core; landing objects are read once.
+GZIP_LEVEL = 6
+
+
+def landing_objects(spool_id: str, segment_id: str, records: list[Record]) -> list[tuple[str, bytes, int]]:
+    """(key, gzip NDJSON body, events) for each hour and kind of event in the segment."""
+    lines: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+    for record in records:
+        hour = datetime.fromtimestamp(record.received_at_ms / 1000, UTC).strftime("%Y/%m/%d/%H")
+        if record.events:
+            lines[(EVENTS_PREFIX, hour)].append(record.events)
+        if record.parked:
+            lines[(PARKED_PREFIX, hour)].append(record.parked)
+    objects = []
+    for (prefix, hour), chunks in sorted(lines.items()):
+        body = b"".join(chunks)
+        key = f"{prefix}{hour}/ingest-{spool_id}-{segment_id}.ndjson.gz"
+        objects.append((key, gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), body.count(b"\n")))
+    return objects
+
+
+def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]:
+    """Each player's PII records of the segment, opened from their spool sealing."""
+    batches: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        received = datetime.fromtimestamp(record.received_at_ms / 1000, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        for player, event_id, sealed in record.pii:
+            batches[player].append(
+                {"event_id": event_id, "received_at": received, "pii": vault.open_pending(player, sealed)}
+            )
+    return batches
+
+
+@dataclass
+class Delivered:
+    objects: int
+    events: int
+    players: int
+
+
+@dataclass
+class Delivery:
+    """Writes a segment to the landing bucket and its PII to the vault."""
+
+    s3: object
+    landing_bucket: str
+    vault: PiiVault
+    spool_id: str
+    # The vault's bucket is created on first use, not at start: S3 may be down then.
+    vault_ready: bool = False
+
+    def __call__(self, segment_id: str, records: list[Record]) -> Delivered:
+        # PII first: an event in the landing bucket always has its PII in the vault.
+        batches = pii_batches(self.vault, records)
+        if batches and not self.vault_ready:
+            ensure_bucket(self.s3, self.vault.bucket)
+            self.vault_ready = True
+        for player, batch in batches.items():
+            self.vault.store(player, f"ingest-{self.spool_id}-{segment_id}", batch)
+        objects = landing_objects(self.spool_id, segment_id, records)
+        for key, body, _ in objects:
+            self.s3.put_object(Bucket=self.landing_bucket, Key=key, Body=body)
+        return Delivered(len(objects), sum(events for _, _, events in objects), len(batches))

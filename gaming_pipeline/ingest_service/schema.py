@@ -1,0 +1,155 @@
+"""What a game client may send (CONTRACT.md section 2), checked event by event.
+
+Pure functions, no I/O: a request body becomes the events to land, the PII to keep apart
+and a reason for every event turned away, so one bad event never costs the good ones
+beside it. Decoding and validation run in msgspec's C code: the service's hot path.
+
+An event accepted here is one the pipeline's landing parser (lib/events.py) will take: the
+same field names and types, `client_event_time` in a form Spark reads as a timestamp.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from gaming_pipeline.games import GAMES_BY_KEYWORD
+
+PURCHASE = "purchaseEvent"
+# ISO-8601 with a zone, as clients' clocks are anywhere: Spark reads exactly this form.
+ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+INT32 = Meta(ge=-(2**31), le=2**31 - 1)
+Text = Annotated[str, Meta(max_length=256)]
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class EventParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    game_keyword: Annotated[str, Meta(min_length=1, max_length=64)]
+    device_id: Id
+    app_name: Text | None = None
+    scoreAdjustment: Annotated[int, INT32] | None = None
+    platform: Annotated[str, Meta(max_length=32)] | None = None
+    app_version: Annotated[str, Meta(max_length=64)] | None = None
+    client_event_time: Annotated[str, Meta(pattern=ISO_INSTANT)] | None = None
+    amount: Annotated[float, Meta(ge=0)] | None = None
+
+
+class ClientEvent(msgspec.Struct, forbid_unknown_fields=True):
+    eventName: Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+    eventParams: EventParams
+    event_id: Id | None = None
+    # Anything the client says about the event's time goes in client_event_time: like the
+    # seed's Lambda, the service stamps eventTime itself, so a client's value is replaced.
+    eventTime: Any = None
+    pii: dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=1024)]] | None = None
+
+
+class LandingEvent(msgspec.Struct):
+    """One line of a landing object: no `pii`, `eventTime` in epoch milliseconds."""
+
+    event_id: str
+    eventName: str
+    eventTime: int
+    eventParams: EventParams
+
+
+class BodyNotJson(ValueError):
+    """The body as a whole is not JSON (or not one JSON value per line): answered with 400."""
+
+
+@dataclass
+class Sorted:
+    """A request's events sorted out: what lands, what is parked, what is turned away."""
+
+    events: list[LandingEvent] = field(default_factory=list)
+    # Events of games the registry does not know: kept, under their own prefix, until the
+    # game is added (README: unknown games).
+    parked: list[LandingEvent] = field(default_factory=list)
+    # (event_id, device_id, pii) for each accepted event that carried PII.
+    pii: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    # Client event_ids accepted here, for the duplicate window.
+    client_ids: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    # How many of the rejected were not JSON at all (an NDJSON body of only these is a 400).
+    not_json: int = 0
+    duplicates: list[dict] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.events) + len(self.parked)
+
+
+_as_items = msgspec.json.Decoder(list[msgspec.Raw])
+_as_item = msgspec.json.Decoder(msgspec.Raw)
+_as_event = msgspec.json.Decoder(ClientEvent)
+
+
+def split_body(body: bytes, ndjson: bool) -> list[msgspec.Raw | bytes]:
+    """The body's events, still encoded: an array's items, one object, or NDJSON's lines
+    (a line that is not JSON stays as bytes, to be rejected on its own)."""
+    if ndjson:
+        return [line for line in body.split(b"\n") if line.strip()]
+    try:
+        stripped = body.lstrip()
+        if stripped.startswith(b"["):
+            return _as_items.decode(body)
+        return [_as_item.decode(body)]
+    except msgspec.DecodeError as error:
+        raise BodyNotJson(f"the body is not JSON: {error}") from None
+
+
+def _reason(event: ClientEvent) -> str | None:
+    """The rules msgspec's types cannot say: an amount belongs to purchases, and to all."""
+    amount = event.eventParams.amount
+    if event.eventName == PURCHASE and amount is None:
+        return "a purchaseEvent needs eventParams.amount"
+    if event.eventName != PURCHASE and amount is not None:
+        return f"eventParams.amount is for purchaseEvent only, not {event.eventName}"
+    return None
+
+
+def sort_events(
+    items: list[msgspec.Raw | bytes],
+    received_at_ms: int,
+    seen_before,
+) -> Sorted:
+    """Validate and stamp each event. `seen_before(event_id)` says whether a client id was
+    accepted within the duplicate window; ids repeated inside this request count too."""
+    result = Sorted()
+    in_this_request: set[str] = set()
+    for index, item in enumerate(items):
+        try:
+            event = _as_event.decode(item)
+        except msgspec.ValidationError as error:
+            result.rejected.append({"index": index, "reason": str(error)})
+            continue
+        except msgspec.DecodeError as error:
+            result.rejected.append({"index": index, "reason": f"not JSON: {error}"})
+            result.not_json += 1
+            continue
+        reason = _reason(event)
+        if reason:
+            result.rejected.append({"index": index, "event_id": event.event_id, "reason": reason})
+            continue
+        event_id = event.event_id
+        if event_id is not None:
+            if event_id in in_this_request or seen_before(event_id):
+                result.duplicates.append({"index": index, "event_id": event_id})
+                continue
+            in_this_request.add(event_id)
+            result.client_ids.append(event_id)
+        else:
+            event_id = uuid.uuid4().hex
+        landing = LandingEvent(event_id, event.eventName, received_at_ms, event.eventParams)
+        known = event.eventParams.game_keyword in GAMES_BY_KEYWORD
+        (result.events if known else result.parked).append(landing)
+        if event.pii:
+            result.pii.append((event_id, event.eventParams.device_id, event.pii))
+    return result
+
+
+encode_lines = msgspec.json.Encoder().encode_lines

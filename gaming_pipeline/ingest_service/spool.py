@@ -1,0 +1,371 @@
+"""The write-ahead spool: an accepted request is on disk, fsynced, before it is answered.
+
+Requests append framed records (length, CRC-32, msgpack payload) to the open segment; one
+writer thread writes whatever requests are waiting and fsyncs once for all of them (group
+commit), so many small requests share a disk flush. A segment is sealed when it reaches the
+flush size or age, as Firehose's buffer is; a flusher thread delivers each sealed segment
+(to S3 and the PII vault) and only then removes it. Delivery is idempotent: a segment always
+becomes the same objects under the same keys, so delivering it again after a crash (the
+objects written, the segment not yet removed) overwrites them with the same bytes.
+
+After a crash the open segment is cut back to its last whole record (a torn tail was never
+acknowledged: its fsync had not returned) and sealed, and delivery carries on. The client
+event_ids of delivered segments are kept for the duplicate window in small `.ids` files.
+
+Files in the spool folder: `instance` (this spool's id, part of every object key), `lock`,
+`open-<id>.wal`, `sealed-<id>.wal`, `done-<id>.ids`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+import msgspec
+
+log = logging.getLogger("gaming_pipeline.ingest_service")
+
+_FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
+
+
+class Record(msgspec.Struct, array_like=True):
+    """One accepted request (or the accepted part of it)."""
+
+    received_at_ms: int
+    events: bytes  # landing lines, NDJSON
+    parked: bytes  # lines of games the registry does not know, NDJSON
+    pii: list[tuple[str, str, bytes]]  # (player id, event id, PII sealed with the spool key)
+    client_ids: list[str]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(Record).decode
+_ids = msgspec.json.Decoder(list[tuple[str, int]])
+
+
+class SpoolFull(RuntimeError):
+    """The spool holds as much as it may: the client is told to retry (503)."""
+
+
+class SpoolBusy(RuntimeError):
+    """Another process holds this spool."""
+
+
+def frame(record: Record) -> bytes:
+    payload = _encode(record)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(path: Path) -> tuple[list[Record], int]:
+    """The whole records of a segment, and the length they fill: a torn or corrupt tail
+    (a write the crash interrupted) ends the segment."""
+    data = path.read_bytes()
+    records, offset = [], 0
+    while offset + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, offset)
+        start, end = offset + _FRAME.size, offset + _FRAME.size + length
+        if end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        records.append(_decode_record(data[start:end]))
+        offset = end
+    return records, offset
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class RecentIds:
+    """Client event_ids accepted within the window, oldest forgotten first; bounded."""
+
+    def __init__(self, window_seconds: float, max_ids: int):
+        self.window_ms = int(window_seconds * 1000)
+        self.max_ids = max_ids
+        self._expiry: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
+
+    def _forget_expired(self, now_ms: int) -> None:
+        order, expiry = self._order, self._expiry
+        while order and (order[0][0] <= now_ms or len(expiry) > self.max_ids):
+            at, event_id = order.popleft()
+            if expiry.get(event_id) == at:
+                del expiry[event_id]
+
+    def seen(self, event_id: str, now_ms: int) -> bool:
+        expires = self._expiry.get(event_id)
+        return expires is not None and expires > now_ms
+
+    def add(self, event_ids: list[str], accepted_at_ms: int) -> None:
+        expires = accepted_at_ms + self.window_ms
+        for event_id in event_ids:
+            self._expiry[event_id] = expires
+            self._order.append((expires, event_id))
+        self._forget_expired(accepted_at_ms)
+
+    def forget(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            self._expiry.pop(event_id, None)
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+class Spool:
+    """Segments on disk between the HTTP answer and the landing bucket."""
+
+    def __init__(
+        self,
+        directory: Path,
+        deliver: Callable[[str, list[Record]], None],
+        flush_bytes: int,
+        flush_seconds: float,
+        max_bytes: int,
+        recent: RecentIds,
+    ):
+        self.directory = directory
+        self.deliver = deliver
+        self.flush_bytes = flush_bytes
+        self.flush_seconds = flush_seconds
+        self.max_bytes = max_bytes
+        self.recent = recent
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(directory / "lock", "w")  # noqa: SIM115 - held for the spool's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpoolBusy(f"another ingest-server is using the spool {directory}") from None
+        instance_file = directory / "instance"
+        if not instance_file.exists():
+            instance_file.write_text(secrets.token_hex(4))
+        self.instance = instance_file.read_text().strip()
+
+        self._pending: queue.Queue = queue.Queue()
+        self._sealed = threading.Condition()
+        self._stopping = threading.Event()
+        self._open: tuple[str, object] | None = None  # (segment id, file)
+        self._open_since = 0.0
+        self._open_hour = 0
+        self._open_size = 0
+        self._last_id = 0
+        # Bytes accepted and not yet delivered; the request, writer and flusher threads all
+        # change it.
+        self._bytes_lock = threading.Lock()
+        self.pending_bytes = 0
+        self.last_failure: str | None = None
+        self.recover()
+        self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
+        self._flusher = threading.Thread(target=self._flush_loop, name="spool-flusher", daemon=True)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Seal what a crash left open, and remember the ids of what is still held or was
+        delivered within the window."""
+        now_ms = int(time.time() * 1000)
+        for path in sorted(self.directory.glob("open-*.wal")):
+            records, length = read_records(path)
+            if length < path.stat().st_size:
+                log.warning(
+                    "spool segment %s: cut a torn tail of %d bytes", path.name, path.stat().st_size - length
+                )
+                with open(path, "r+b") as segment:
+                    segment.truncate(length)
+                    os.fsync(segment.fileno())
+            if records:
+                path.rename(path.with_name(path.name.replace("open-", "sealed-", 1)))
+            else:
+                path.unlink()
+        _fsync_dir(self.directory)
+        for path in self.sealed_segments():
+            self._count(path.stat().st_size)
+            for record in read_records(path)[0]:
+                self.recent.add(record.client_ids, record.received_at_ms)
+        for path in sorted(self.directory.glob("done-*.ids")):
+            remembered = [
+                (i, at) for i, at in _ids.decode(path.read_bytes()) if at + self.recent.window_ms > now_ms
+            ]
+            if not remembered:
+                path.unlink()
+            for event_id, at in remembered:
+                self.recent.add([event_id], at)
+        names = [p.name for p in self.directory.iterdir() if p.name.endswith((".wal", ".ids"))]
+        self._last_id = max((int(n.split("-")[1].split(".")[0]) for n in names), default=0)
+
+    def _count(self, size: int) -> None:
+        with self._bytes_lock:
+            self.pending_bytes += size
+
+    def start(self) -> Spool:
+        self._writer.start()
+        self._flusher.start()
+        return self
+
+    # -- the request side -------------------------------------------------------------------
+
+    def submit(self, record: Record) -> Future:
+        """Queue a record for the next group commit; the future resolves once it is on disk."""
+        framed = frame(record)
+        if self.pending_bytes + len(framed) > self.max_bytes:
+            raise SpoolFull(f"the spool holds {self.pending_bytes:,} of {self.max_bytes:,} bytes")
+        if self._stopping.is_set():
+            raise SpoolFull("the service is shutting down")
+        self._count(len(framed))
+        done: Future = Future()
+        self._pending.put((framed, record.received_at_ms, done))
+        return done
+
+    def can_accept(self, size: int) -> bool:
+        return self.pending_bytes + size <= self.max_bytes and not self._stopping.is_set()
+
+    def sealed_segments(self) -> list[Path]:
+        return sorted(self.directory.glob("sealed-*.wal"))
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _new_segment_id(self) -> str:
+        # Time-ordered and never reused, so keys made from it are unique for this spool.
+        self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+        return f"{self._last_id:017d}"
+
+    def _write(self, batch: list[tuple[bytes, int, Future]]) -> None:
+        if self._open is None:
+            segment_id = self._new_segment_id()
+            handle = open(self.directory / f"open-{segment_id}.wal", "ab")  # noqa: SIM115
+            _fsync_dir(self.directory)
+            self._open = (segment_id, handle)
+            self._open_since = time.monotonic()
+            self._open_hour = batch[0][1] // 3_600_000
+            self._open_size = 0
+        handle = self._open[1]
+        try:
+            for framed, _, _ in batch:
+                handle.write(framed)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as error:
+            for framed, _, done in batch:
+                self._count(-len(framed))
+                done.set_exception(error)
+            return
+        self._open_size += sum(len(framed) for framed, _, _ in batch)
+        for _, _, done in batch:
+            done.set_result(None)
+
+    def _seal_if_due(self, force: bool = False) -> None:
+        if self._open is None:
+            return
+        hour_changed = int(time.time() * 1000) // 3_600_000 != self._open_hour
+        if not (
+            force
+            or hour_changed
+            or self._open_size >= self.flush_bytes
+            or time.monotonic() - self._open_since >= self.flush_seconds
+        ):
+            return
+        segment_id, handle = self._open
+        handle.close()
+        os.rename(self.directory / f"open-{segment_id}.wal", self.directory / f"sealed-{segment_id}.wal")
+        _fsync_dir(self.directory)
+        self._open = None
+        with self._sealed:
+            self._sealed.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                batch = [self._pending.get(timeout=0.05)]
+            except queue.Empty:
+                batch = []
+            while True:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in batch)
+            batch = [item for item in batch if item is not None]
+            if batch:
+                # Records of another hour start a new segment, so an object never spans hours.
+                if self._open is not None and batch[0][1] // 3_600_000 != self._open_hour:
+                    self._seal_if_due(force=True)
+                self._write(batch)
+            self._seal_if_due(force=stop)
+            if stop:
+                return
+
+    # -- the flusher thread -----------------------------------------------------------------
+
+    def _deliver_one(self, path: Path) -> None:
+        records, _ = read_records(path)
+        segment_id = path.stem.split("-", 1)[1]
+        self.deliver(segment_id, records)
+        ids = [(i, r.received_at_ms) for r in records for i in r.client_ids]
+        if ids:
+            (self.directory / f"done-{segment_id}.ids").write_bytes(msgspec.json.encode(ids))
+        size = path.stat().st_size
+        path.unlink()
+        _fsync_dir(self.directory)
+        self._count(-size)
+
+    def deliver_pending(self) -> int:
+        """Deliver every sealed segment, oldest first; stops at the first failure (raised)."""
+        delivered = 0
+        for path in self.sealed_segments():
+            self._deliver_one(path)
+            delivered += 1
+        return delivered
+
+    def _flush_loop(self) -> None:
+        backoff = 0.5
+        while not (self._stopping.is_set() and not self._writer.is_alive() and not self.sealed_segments()):
+            try:
+                if self.deliver_pending():
+                    self.last_failure = None
+                    backoff = 0.5
+            except Exception as error:  # S3 or the vault unreachable: the spool holds, retry later.
+                self.last_failure = f"{type(error).__name__}: {error}"
+                log.warning("delivery failed, retrying in %.1f s: %s", backoff, self.last_failure)
+                if self._stopping.is_set() and not self._writer.is_alive():
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self._forget_old_ids()
+            with self._sealed:
+                self._sealed.wait(timeout=0.5)
+
+    def _forget_old_ids(self) -> None:
+        cutoff = time.time_ns() // 1000 - self.recent.window_ms * 1000
+        for path in self.directory.glob("done-*.ids"):
+            if int(path.stem.split("-")[1]) < cutoff:
+                path.unlink(missing_ok=True)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self, timeout: float) -> None:
+        """Stop taking records, seal the open segment and deliver what is sealed, for up to
+        `timeout` seconds; what is left stays on disk for the next start."""
+        self._stopping.set()
+        self._pending.put(None)
+        self._writer.join()
+        with self._sealed:
+            self._sealed.notify()
+        self._flusher.join(timeout)
+        if self.sealed_segments():
+            log.warning("stopped with %d segment(s) still in the spool", len(self.sealed_segments()))
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
