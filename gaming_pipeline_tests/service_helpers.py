@@ -1,0 +1,128 @@
+"""The ingest service as tests meet it: a real `gaming-pipeline ingest-server` process on a
+free 127.0.0.1 port, its own home (spool, keys, PII master key), reached over HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from gaming_pipeline.ingest_service import keys
+from gaming_pipeline.ingest_service.client import EventSender
+from gaming_pipeline.lib import aws, processes
+from gaming_pipeline.lib.pii import PiiVault, new_master_key
+
+
+@dataclass
+class IngestService:
+    home: Path
+    bucket: str
+    options: list[str] = field(default_factory=lambda: ["--flush-seconds", "1"])
+    environ: dict[str, str] = field(default_factory=dict)
+    master_key: str = field(default_factory=new_master_key)
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "ingest.log"
+
+    @property
+    def pii_bucket(self) -> str:
+        return f"{self.bucket}-pii"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "GAMING_PIPELINE_HOME": str(self.home),
+            "GAMING_PIPELINE_LANDING_BUCKET": self.bucket,
+            "GAMING_PIPELINE_PII_BUCKET": self.pii_bucket,
+            "GAMING_PIPELINE_PII_MASTER_KEY": self.master_key,
+            **self.environ,
+        }
+
+    def new_key(self, app: str = "test-client") -> tuple[str, str]:
+        return keys.create(self.home / "api-keys.json", app)
+
+    def start(self, same_port: bool = False) -> IngestService:
+        """Start the service; `same_port` brings it back where its clients knew it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port if same_port else aws.free_port()
+        command = ["gaming-pipeline", "ingest-server", "--port", str(self.port), *self.options]
+        self.process = processes.start(command, self.env(), self.log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"ingest-server exited with {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
+                    return self
+            except urllib.error.HTTPError:
+                return self  # answering, if only with 503
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"ingest-server did not answer within 60 s:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, as systemd or Kubernetes would send: the service flushes and stops."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+        # uvicorn stops cleanly, then re-raises the signal it caught, so the code is -SIGTERM.
+        assert self.process.wait(timeout) == -signal.SIGTERM
+        assert '"message": "stopped"' in self.log.read_text().splitlines()[-3]
+
+    def kill(self) -> None:
+        """kill -9: no flush, no goodbye."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def sender(self, key: str) -> EventSender:
+        return EventSender(self.url, key)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def metric(self, name: str) -> float:
+        text = self.get("/metrics")[1].decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    def vault(self) -> PiiVault:
+        return PiiVault(aws.client("s3"), self.pii_bucket, self.master_key)
+
+
+def landed(bucket: str, prefix: str = "") -> dict[str, list[dict]]:
+    """Every landing object under a prefix, by key: its events."""
+    s3 = aws.client("s3")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    objects = {}
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = gzip.decompress(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            objects[obj["Key"]] = [msgspec.json.decode(line) for line in body.splitlines() if line]
+    return objects
+
+
+def wait_until(predicate, seconds: float = 30, what: str = "the condition"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not hold within {seconds:.0f} s")

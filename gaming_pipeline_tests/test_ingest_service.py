@@ -1,0 +1,256 @@
+"""The ingest service as a game client meets it: a real process over HTTP, landing objects in
+the local S3 (CONTRACT.md sections 2 and 3)."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import time
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from gaming_pipeline.cli import main
+from gaming_pipeline.ingest_service import keys
+from gaming_pipeline.lib import aws, generator
+from gaming_pipeline_tests.service_helpers import IngestService, landed, wait_until
+
+
+def event(n: int = 0, **changes) -> dict:
+    base = {
+        "event_id": f"evt-{n}",
+        "eventName": "levelUp",
+        "eventParams": {
+            "game_keyword": "ninja_run",
+            "app_name": "Ninja Run",
+            "platform": "ios",
+            "app_version": "1.2.3",
+            "device_id": f"d-{n % 7}",
+            "client_event_time": "2026-11-23T08:15:02.123Z",
+        },
+    }
+    params = changes.pop("params", {})
+    return {**base, **changes, "eventParams": {**base["eventParams"], **params}}
+
+
+@pytest.fixture
+def service(local_aws, landing, tmp_path):
+    running = IngestService(tmp_path / "home", landing.bucket).start()
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def post(service: IngestService, body: bytes, key: str | None, content_type="application/json", **headers):
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    sent = {"content-type": content_type, **headers}
+    if key is not None:
+        sent["x-api-key"] = key
+    connection.request("POST", "/v1/events", body=body, headers=sent)
+    response = connection.getresponse()
+    answer = response.read()
+    connection.close()
+    return response.status, json.loads(answer) if answer else {}
+
+
+def test_every_answer_of_the_contract(service):
+    _, key = service.new_key()
+    one = msgspec.json.encode(event(1))
+
+    assert post(service, one, None)[0] == 401
+    assert post(service, one, "gpk_not-a-key")[0] == 401
+    status, answer = post(service, one, key, content_type="text/plain")
+    assert status == 415 and "application/json" in answer["error"]
+    status, answer = post(service, b'{"eventName": ', key)
+    assert status == 400 and answer["error"].startswith("the body is not JSON")
+    assert post(service, b"nope\nnot json either\n", key, "application/x-ndjson")[0] == 400
+    huge = msgspec.json.encode([event(n) for n in range(20_000)])
+    assert len(huge) > 4 * 1024 * 1024
+    status, answer = post(service, huge, key)
+    assert status == 413 and "4,194,304" in answer["error"]
+    # A small gzip body that inflates past the limit is refused as well.
+    bomb = gzip.compress(b"[" + b" " * (5 * 1024 * 1024) + b"]")
+    assert post(service, bomb, key, **{"content-encoding": "gzip"})[0] == 413
+
+    assert post(service, one, key) == (
+        202,
+        {
+            "accepted": 1,
+            "rejected": 0,
+            "duplicates": 0,
+            "unknown_game": 0,
+            "errors": [],
+            "duplicate_events": [],
+        },
+    )
+    array = msgspec.json.encode([event(2), event(3)])
+    assert post(service, array, key)[1]["accepted"] == 2
+    ndjson = b"\n".join(msgspec.json.encode(event(n)) for n in (4, 5, 6)) + b"\n"
+    assert post(service, ndjson, key, "application/x-ndjson")[1]["accepted"] == 3
+    gzipped = gzip.compress(msgspec.json.encode(event(7)))
+    assert post(service, gzipped, key, **{"content-encoding": "gzip"})[1]["accepted"] == 1
+
+    status, health = service.get("/healthz")
+    assert status == 200 and json.loads(health)["status"] == "ok"
+    assert service.metric('ingest_events_accepted_total{destination="landing"}') == 7
+    assert service.metric('ingest_requests_total{status="401"}') == 2
+
+
+def test_bad_events_are_turned_away_one_by_one_with_their_reason(service):
+    _, key = service.new_key()
+    batch = [
+        event(10),
+        event(11, params={"device_id": None}),
+        {"eventName": "levelUp", "eventParams": {"game_keyword": "ninja_run"}},
+        event(13, eventName="purchaseEvent"),
+        event(14, params={"amount": 1.99}),
+        event(15, eventName="purchaseEvent", params={"amount": -1}),
+        event(16, params={"scoreAdjustment": "many"}),
+        event(17, params={"client_event_time": "yesterday"}),
+        event(18, params={"favourite_colour": "blue"}),
+        "just a string",
+        event(20, eventName="purchaseEvent", params={"amount": 4.99}),
+        event(21, params={"game_keyword": "not_in_the_registry"}),
+    ]
+    status, answer = post(service, msgspec.json.encode(batch), key)
+    assert status == 202
+    assert (answer["accepted"], answer["rejected"], answer["unknown_game"]) == (3, 9, 1)
+    reasons = {error["index"]: error["reason"] for error in answer["errors"]}
+    assert reasons == {
+        1: "Expected `str`, got `null` - at `$.eventParams.device_id`",
+        2: "Object missing required field `device_id` - at `$.eventParams`",
+        3: "a purchaseEvent needs eventParams.amount",
+        4: "eventParams.amount is for purchaseEvent only, not levelUp",
+        5: "Expected `float` >= 0.0 - at `$.eventParams.amount`",
+        6: "Expected `int | null`, got `str` - at `$.eventParams.scoreAdjustment`",
+        7: reasons[7],
+        8: "Object contains unknown field `favourite_colour` - at `$.eventParams`",
+        9: "Expected `object`, got `str`",
+    }
+    assert "client_event_time" in reasons[7] and "regex" in reasons[7]
+    assert service.metric('ingest_events_rejected_total{reason="purchase_rule"}') == 2
+    assert service.metric('ingest_events_rejected_total{reason="out_of_range"}') == 2
+    assert service.metric('ingest_events_accepted_total{destination="unknown_game"}') == 1
+
+
+def test_a_client_event_id_is_taken_once_within_the_window(service):
+    _, key = service.new_key()
+    assert post(service, msgspec.json.encode([event(1), event(2)]), key)[1]["accepted"] == 2
+    status, answer = post(service, msgspec.json.encode([event(2), event(3), event(3)]), key)
+    assert status == 202
+    assert answer["accepted"] == 1
+    assert answer["duplicate_events"] == [
+        {"index": 0, "event_id": "evt-2"},
+        {"index": 2, "event_id": "evt-3"},
+    ]
+    # Events without an id are each new: the service gives them one.
+    anonymous = {k: v for k, v in event(4).items() if k != "event_id"}
+    assert post(service, msgspec.json.encode([anonymous, anonymous]), key)[1]["accepted"] == 2
+
+    objects = wait_until(lambda: landed(service.bucket), what="landing objects")
+    ids = [e["event_id"] for events in objects.values() for e in events]
+    assert sorted(ids[:3]) == ["evt-1", "evt-2", "evt-3"] and len(ids) == 5 and len(set(ids)) == 5
+
+
+def test_keys_rotate_without_a_restart(service):
+    old_id, old = service.new_key("galaxy-client")
+    assert post(service, msgspec.json.encode(event(1)), old)[0] == 202
+    _, new = service.new_key("galaxy-client")
+    wait_until(lambda: post(service, msgspec.json.encode(event(2)), new)[0] == 202, 5, what="the new key")
+    assert post(service, msgspec.json.encode(event(3)), old)[0] == 202
+    keys.revoke(service.home / "api-keys.json", old_id)
+    wait_until(lambda: post(service, msgspec.json.encode(event(4)), old)[0] == 401, 5, what="the revocation")
+    assert post(service, msgspec.json.encode(event(5)), new)[0] == 202
+    stored = (service.home / "api-keys.json").read_text()
+    assert new not in stored and keys.hashed(new) in stored
+    # The service logs who called by app and key id, never the key.
+    assert "galaxy-client" in service.log.read_text() and new not in service.log.read_text()
+
+
+def test_landing_objects_are_stamped_gzip_ndjson_by_hour_without_pii(service):
+    _, key = service.new_key()
+    before = time.time()
+    sent = [
+        event(1, pii={"email": "someone@example.com"}),
+        event(2, params={"game_keyword": "new_game_2027"}),
+    ]
+    sent.append({k: v for k, v in event(3).items() if k != "event_id"} | {"eventTime": 1})
+    assert post(service, msgspec.json.encode(sent), key)[1]["accepted"] == 3
+    objects = wait_until(
+        lambda: len(landed(service.bucket)) == 2 and landed(service.bucket), what="2 objects"
+    )
+    after = time.time()
+    (events_key,) = [k for k in objects if k.startswith("events/")]
+    (parked_key,) = [k for k in objects if k.startswith("unknown-games/")]
+    hour = datetime.fromtimestamp(before, UTC).strftime("%Y/%m/%d/%H")
+    assert events_key.startswith(f"events/{hour}/ingest-") and events_key.endswith(".ndjson.gz")
+    first, third = objects[events_key]
+    assert first["event_id"] == "evt-1" and "pii" not in first
+    assert before * 1000 - 1 <= first["eventTime"] <= after * 1000
+    # The client's eventTime is replaced by the time of receipt; its own time is kept.
+    assert third["eventTime"] == first["eventTime"] and len(third["event_id"]) == 32
+    assert first["eventParams"]["client_event_time"] == "2026-11-23T08:15:02.123Z"
+    assert [e["eventParams"]["game_keyword"] for e in objects[parked_key]] == ["new_game_2027"]
+
+
+def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(local_aws, landing, tmp_path):
+    dead_endpoint = f"http://127.0.0.1:{aws.free_port()}"
+    cut_off = IngestService(
+        tmp_path / "home",
+        landing.bucket,
+        options=["--flush-seconds", "0.2", "--spool-max-bytes", "20000", "--max-body-bytes", "4000"],
+        environ={"AWS_ENDPOINT_URL": dead_endpoint},
+    ).start()
+    _, key = cut_off.new_key()
+    accepted, statuses, n = [], [], 0
+    while 503 not in statuses:
+        batch = [event(n + i) for i in range(5)]
+        status, answer = post(cut_off, msgspec.json.encode(batch), key)
+        statuses.append(status)
+        if status == 202:
+            accepted += [e["event_id"] for e in batch]
+        n += 5
+        assert n < 2000, "the spool never filled"
+    assert set(statuses) == {202, 503} and statuses[-1] == 503
+    status, health = cut_off.get("/healthz")
+    assert status == 503 and json.loads(health)["status"] == "full"
+    failing = wait_until(lambda: json.loads(cut_off.get("/healthz")[1])["delivery"] != "ok", what="a failure")
+    assert failing
+    cut_off.stop()  # stopping cannot deliver either: the spool keeps it all
+
+    back = IngestService(cut_off.home, landing.bucket, master_key=cut_off.master_key).start()
+    try:
+        objects = wait_until(lambda: landed(landing.bucket), what="the held events")
+        ids = [e["event_id"] for events in objects.values() for e in events]
+        assert sorted(ids) == sorted(accepted)
+        assert back.get("/healthz")[0] == 200
+    finally:
+        back.stop()
+
+
+def test_stopping_flushes_what_is_buffered(local_aws, landing, tmp_path):
+    patient = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
+    _, key = patient.new_key()
+    assert post(patient, msgspec.json.encode([event(n) for n in range(50)]), key)[1]["accepted"] == 50
+    time.sleep(1)
+    assert landed(landing.bucket) == {}
+    patient.stop()
+    (events,) = landed(landing.bucket).values()
+    assert len(events) == 50
+    assert not list((patient.home / "spool").glob("*.wal"))
+
+
+def test_the_generator_posts_as_clients_do_and_their_pii_reaches_only_the_vault(service, capsys):
+    _, key = service.new_key("generator")
+    command = ["generate", "--to", "http", "--url", service.url, "--api-key", key, "--events", "1200"]
+    assert main([*command, "--quiet", "--totals"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 1200
+    service.stop()
+    events = [e for batch in landed(service.bucket).values() for e in batch]
+    assert len(events) == 1200 and len({e["event_id"] for e in events}) == 1200
+    assert not any("pii" in e for e in events)
+    starter = next(e for e in events if e["eventName"] == "gameStart")["eventParams"]["device_id"]
+    held = service.vault().read(starter)
+    assert held and all(r["pii"] == generator.player_pii(starter) for r in held)

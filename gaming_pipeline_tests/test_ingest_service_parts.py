@@ -1,0 +1,108 @@
+"""The ingest service's pure parts: validation, the spool's framing and recovery, landing
+objects made from a segment, the duplicate window."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import msgspec
+import pytest
+
+from gaming_pipeline.ingest_service.delivery import landing_objects
+from gaming_pipeline.ingest_service.schema import BodyNotJson, sort_events, split_body
+from gaming_pipeline.ingest_service.spool import RecentIds, Record, frame, read_records
+from gaming_pipeline.lib.s3_events import LandedObject
+
+HOUR_MS = 3_600_000
+# 2026-11-23 08:00 UTC
+AT = 1_795_420_800_000
+
+
+def client(n: int, **params) -> dict:
+    return {
+        "event_id": f"e{n}",
+        "eventName": "levelUp",
+        "eventParams": {"game_keyword": "ninja_run", "device_id": f"d{n}", **params},
+    }
+
+
+def test_a_body_is_one_object_an_array_or_lines():
+    one = msgspec.json.encode(client(1))
+    assert len(split_body(one, ndjson=False)) == 1
+    assert len(split_body(b"[" + one + b"," + one + b"]", ndjson=False)) == 2
+    assert len(split_body(one + b"\n\n" + one + b"\nnot json\n", ndjson=True)) == 3
+    with pytest.raises(BodyNotJson):
+        split_body(b"[" + one, ndjson=False)
+
+
+def test_events_are_stamped_and_their_pii_taken_out():
+    with_pii = {**client(1), "pii": {"email": "a@b.c"}, "eventTime": 5}
+    sorted_ = sort_events(split_body(msgspec.json.encode([with_pii]), False), AT, lambda _: False)
+    (event,) = sorted_.events
+    assert (event.event_id, event.eventTime) == ("e1", AT)
+    assert b"a@b.c" not in msgspec.json.encode(event) and b"pii" not in msgspec.json.encode(event)
+    assert sorted_.pii == [("e1", "d1", {"email": "a@b.c"})]
+    # Absent optional fields stay absent in the landing line, as the client sent them.
+    assert json.loads(msgspec.json.encode(event))["eventParams"] == {
+        "game_keyword": "ninja_run",
+        "device_id": "d1",
+    }
+
+
+def test_client_event_time_must_be_a_zoned_iso_instant_spark_reads():
+    good = ["2026-11-23T08:15:02Z", "2026-11-23T08:15:02.123456+05:30"]
+    bad = ["2026-11-23 08:15:02", "2026-11-23T08:15:02", "1795420800", "2026-11-23T08:15:02.1234567Z"]
+    items = [msgspec.json.encode(client(n, client_event_time=t)) for n, t in enumerate(good + bad)]
+    result = sort_events(items, AT, lambda _: False)
+    assert len(result.events) == 2
+    assert [r["index"] for r in result.rejected] == [2, 3, 4, 5]
+
+
+def test_duplicates_are_judged_against_the_window_and_the_request_itself():
+    items = [msgspec.json.encode(client(n)) for n in (1, 2, 2, 3)]
+    result = sort_events(items, AT, lambda event_id: event_id == "e3")
+    assert [e.event_id for e in result.events] == ["e1", "e2"]
+    assert result.duplicates == [{"index": 2, "event_id": "e2"}, {"index": 3, "event_id": "e3"}]
+    assert result.client_ids == ["e1", "e2"]
+
+
+def test_recent_ids_expire_and_stay_bounded():
+    recent = RecentIds(window_seconds=60, max_ids=3)
+    recent.add(["a", "b"], AT)
+    assert recent.seen("a", AT + 59_000) and not recent.seen("a", AT + 60_000)
+    recent.forget(["b"])
+    assert not recent.seen("b", AT)
+    fresh = RecentIds(window_seconds=3600, max_ids=2)
+    now = 2**62  # far future: nothing expired by time, only by the bound
+    fresh.add(["x", "y", "z"], now)
+    assert len(fresh) == 2 and not fresh.seen("x", now)
+
+
+def test_a_torn_tail_ends_a_segment_at_its_last_whole_record(tmp_path):
+    records = [Record(AT + n, b'{"n":%d}\n' % n, b"", [], [f"e{n}"]) for n in range(3)]
+    data = b"".join(frame(r) for r in records)
+    segment = tmp_path / "open-1.wal"
+    segment.write_bytes(data[:-5])
+    read, length = read_records(segment)
+    assert read == records[:2] and length == len(frame(records[0])) * 2
+    corrupt = bytearray(data)
+    corrupt[len(frame(records[0])) + 10] ^= 0xFF
+    segment.write_bytes(bytes(corrupt))
+    assert read_records(segment)[0] == records[:1]
+
+
+def test_a_segment_becomes_the_same_objects_every_time_split_by_hour_and_game_knowledge():
+    records = [
+        Record(AT + 1000, b'{"a":1}\n{"a":2}\n', b'{"unknown":1}\n', [], []),
+        Record(AT + HOUR_MS + 5, b'{"a":3}\n', b"", [], []),
+    ]
+    objects = landing_objects("spool1", "0042", records)
+    assert [(key, events) for key, _, events in objects] == [
+        ("events/2026/11/23/08/ingest-spool1-0042.ndjson.gz", 2),
+        ("events/2026/11/23/09/ingest-spool1-0042.ndjson.gz", 1),
+        ("unknown-games/2026/11/23/08/ingest-spool1-0042.ndjson.gz", 1),
+    ]
+    assert gzip.decompress(objects[0][1]) == b'{"a":1}\n{"a":2}\n'
+    assert landing_objects("spool1", "0042", records) == objects
+    assert LandedObject("b", objects[2][0]).parked and not LandedObject("b", objects[0][0]).parked
