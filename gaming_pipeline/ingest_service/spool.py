@@ -242,17 +242,21 @@ class Spool:
         self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
         return f"{self._last_id:017d}"
 
+    def _open_segment(self, hour: int) -> None:
+        segment_id = self._new_segment_id()
+        handle = open(self.directory / f"open-{segment_id}.wal", "ab")  # noqa: SIM115
+        _fsync_dir(self.directory)
+        self._open = (segment_id, handle)
+        self._open_since = time.monotonic()
+        self._open_hour = hour
+        self._open_size = 0
+
     def _write(self, batch: list[tuple[bytes, int, Future]]) -> None:
-        if self._open is None:
-            segment_id = self._new_segment_id()
-            handle = open(self.directory / f"open-{segment_id}.wal", "ab")  # noqa: SIM115
-            _fsync_dir(self.directory)
-            self._open = (segment_id, handle)
-            self._open_since = time.monotonic()
-            self._open_hour = batch[0][1] // 3_600_000
-            self._open_size = 0
-        handle = self._open[1]
+        """Append and fsync a batch; a disk error fails its requests (503), not the thread."""
         try:
+            if self._open is None:
+                self._open_segment(batch[0][1] // 3_600_000)
+            handle = self._open[1]
             for framed, _, _ in batch:
                 handle.write(framed)
             handle.flush()
@@ -261,10 +265,28 @@ class Spool:
             for framed, _, done in batch:
                 self._count(-len(framed))
                 done.set_exception(error)
+            self._abandon_segment()
             return
         self._open_size += sum(len(framed) for framed, _, _ in batch)
         for _, _, done in batch:
             done.set_result(None)
+
+    def _abandon_segment(self) -> None:
+        """After a failed write: cut the open segment back to its acknowledged records and
+        seal it, so nothing is ever appended after a torn record (recovery reads a segment
+        up to its first bad record only)."""
+        if self._open is None:
+            return
+        try:
+            self._open[1].truncate(self._open_size)
+            self._seal_if_due(force=True)
+        except OSError as error:
+            log.error(
+                "spool segment %s could not be sealed (%s): it is delivered after a restart",
+                self._open[0],
+                error,
+            )
+            self._open = None
 
     def _seal_if_due(self, force: bool = False) -> None:
         if self._open is None:
