@@ -73,6 +73,11 @@ def test_every_answer_of_the_contract(service):
     # A small gzip body that inflates past the limit is refused as well.
     bomb = gzip.compress(b"[" + b" " * (5 * 1024 * 1024) + b"]")
     assert post(service, bomb, key, **{"content-encoding": "gzip"})[0] == 413
+    # Two gzip members, or one cut short, would be read in part: refused whole.
+    two_members = gzip.compress(one) + gzip.compress(one)
+    assert post(service, two_members, key, **{"content-encoding": "gzip"})[0] == 400
+    assert post(service, gzip.compress(one)[:-6], key, **{"content-encoding": "gzip"})[0] == 400
+    assert post(service, one, key, **{"content-encoding": "br"})[0] == 415
 
     assert post(service, one, key) == (
         202,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from concurrent.futures import Future
 
 import msgspec
 import pytest
@@ -71,8 +72,12 @@ def test_recent_ids_expire_and_stay_bounded():
     recent = RecentIds(window_seconds=60, max_ids=3)
     recent.add(["a", "b"], AT)
     assert recent.seen("a", AT + 59_000) and not recent.seen("a", AT + 60_000)
-    recent.forget(["b"])
-    assert not recent.seen("b", AT)
+    write = Future()
+    recent.hold(["c", "d"], write)
+    assert recent.seen("c", AT) and recent.writing("c") is write
+    recent.settle(["c"], AT, stored=True)
+    recent.settle(["d"], AT, stored=False)
+    assert recent.seen("c", AT + 1) and recent.writing("c") is None and not recent.seen("d", AT + 1)
     fresh = RecentIds(window_seconds=3600, max_ids=2)
     now = 2**62  # far future: nothing expired by time, only by the bound
     fresh.add(["x", "y", "z"], now)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import zlib
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from starlette.routing import Route
 
 from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.keys import KeyRing
-from gaming_pipeline.ingest_service.schema import BodyNotJson, encode_lines, sort_events, split_body
+from gaming_pipeline.ingest_service.schema import BodyNotJson, Sorted, encode_lines, sort_events, split_body
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, SpoolFull
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.pii import PiiVault
@@ -118,6 +119,28 @@ def _answer(status: int, payload: dict, headers: dict | None = None) -> Response
     return Response(msgspec.json.encode(payload), status, headers, media_type="application/json")
 
 
+def _busy(reason) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return _answer(503, {"error": f"cannot take events right now, retry: {reason}"}, headers)
+
+
+def _succeeded(write: Future) -> bool:
+    return not write.cancelled() and write.exception() is None
+
+
+def _outcome(write: Future) -> asyncio.Future:
+    """Whether a spool write succeeded, awaitable without the power to cancel it."""
+    loop = asyncio.get_running_loop()
+    outcome = loop.create_future()
+
+    def settle(done: Future) -> None:
+        if not outcome.done():
+            outcome.set_result(_succeeded(done))
+
+    write.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
+    return outcome
+
+
 class Service:
     """The spool, keys, vault and metrics of one running service."""
 
@@ -170,8 +193,11 @@ class Service:
             body += chunk
             if len(body) > limit:
                 return too_large
-        if request.headers.get("content-encoding", "").lower() != "gzip":
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "identity":
             return bytes(body)
+        if encoding != "gzip":
+            return _answer(415, {"error": f"content encoding {encoding!r} is not gzip or identity"})
         try:
             inflater = zlib.decompressobj(wbits=31)
             inflated = inflater.decompress(bytes(body), limit + 1)
@@ -179,6 +205,9 @@ class Service:
             return _answer(400, {"error": f"the body is not valid gzip: {error}"})
         if len(inflated) > limit:
             return too_large
+        if not inflater.eof or inflater.unused_data:
+            # Cut short, or several gzip members: taking part of it would lose the rest quietly.
+            return _answer(400, {"error": "the body is not one whole gzip stream"})
         return inflated
 
     async def post_events(self, request: Request) -> Response:
@@ -219,28 +248,29 @@ class Service:
         result = sort_events(items, now_ms, lambda event_id: self.recent.seen(event_id, now_ms))
         if ndjson and items and result.not_json == len(items):
             return _answer(400, {"error": "no line of the NDJSON body is JSON"}), outcome
+        # Copies of events whose first request is still being written wait for its outcome.
+        earlier = [
+            _outcome(write) for d in result.duplicates if (write := self.recent.writing(d["event_id"]))
+        ]
         if result.accepted:
-            # Remembered before the spool write, so a copy in a concurrent request is a duplicate.
-            self.recent.add(result.client_ids, now_ms)
-            record = Record(
-                now_ms,
-                encode_lines(result.events) if result.events else b"",
-                encode_lines(result.parked) if result.parked else b"",
-                [
-                    (player, event_id, self.vault.seal_pending(player, pii))
-                    for event_id, device_id, pii in result.pii
-                    for player in (self.vault.player_id(device_id),)
-                ],
-                result.client_ids,
+            try:
+                written = self.spool.submit(self._record(result, now_ms))
+            except SpoolFull as error:
+                return _busy(error), outcome
+            # Held before any await, so a copy in a concurrent request is known as one.
+            self.recent.hold(result.client_ids, written)
+            loop = asyncio.get_running_loop()
+            written.add_done_callback(
+                lambda write: loop.call_soon_threadsafe(
+                    self.recent.settle, result.client_ids, now_ms, _succeeded(write)
+                )
             )
             try:
-                await asyncio.wrap_future(self.spool.submit(record))
-            except (SpoolFull, OSError) as error:
-                self.recent.forget(result.client_ids)
-                headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-                return _answer(
-                    503, {"error": f"cannot take events right now, retry: {error}"}, headers
-                ), outcome
+                await asyncio.wrap_future(written)
+            except Exception as error:  # the write failed (the disk): nothing was taken
+                return _busy(error), outcome
+        if not all(await asyncio.gather(*earlier)):
+            return _busy("an earlier copy of an event in this request could not be stored"), outcome
         self.metrics.accepted.labels("landing").inc(len(result.events))
         self.metrics.accepted.labels("unknown_game").inc(len(result.parked))
         for rejected in result.rejected:
@@ -254,6 +284,20 @@ class Service:
         }
         payload = {**counts, "errors": result.rejected, "duplicate_events": result.duplicates}
         return _answer(202, payload), {**outcome, **counts}
+
+    def _record(self, result: Sorted, now_ms: int) -> Record:
+        """What the spool keeps of a request: its landing lines, and its PII sealed."""
+        return Record(
+            now_ms,
+            encode_lines(result.events) if result.events else b"",
+            encode_lines(result.parked) if result.parked else b"",
+            [
+                (player, event_id, self.vault.seal_pending(player, pii))
+                for event_id, device_id, pii in result.pii
+                for player in (self.vault.player_id(device_id),)
+            ],
+            result.client_ids,
+        )
 
     async def healthz(self, request: Request) -> Response:
         """200 while the largest request allowed would fit in the spool."""

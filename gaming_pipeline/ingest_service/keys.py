@@ -100,12 +100,15 @@ class KeyRing:
             stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             stamp = None
+        except OSError as error:
+            log.error("API key file %s cannot be read, keeping the keys loaded before: %s", self.path, error)
+            return
         if stamp == self._stamp:
             return
         try:
             entries = _read(self.path)
             self._by_hash = {entry["sha256"]: Caller(entry["app"], entry["id"]) for entry in entries}
-        except (ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:
             # A hand edit gone wrong must not lock every client out: the last good keys stay.
             log.error("API key file %s is unreadable, keeping the keys loaded before: %s", self.path, error)
         self._stamp = stamp

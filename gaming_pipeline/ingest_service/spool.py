@@ -82,6 +82,19 @@ def read_records(path: Path) -> tuple[list[Record], int]:
     return records, offset
 
 
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write a whole file or none of it: a partial file, fsynced, then renamed into place."""
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(partial, path)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -91,13 +104,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 class RecentIds:
-    """Client event_ids accepted within the window, oldest forgotten first; bounded."""
+    """Client event_ids accepted within the window, oldest forgotten first; bounded. An id
+    whose request is still being written is held apart, with the write's future, so that a
+    copy of it arriving meanwhile can wait for the outcome instead of being taken on trust."""
 
     def __init__(self, window_seconds: float, max_ids: int):
         self.window_ms = int(window_seconds * 1000)
         self.max_ids = max_ids
         self._expiry: dict[str, int] = {}
         self._order: deque[tuple[int, str]] = deque()
+        self._writing: dict[str, Future] = {}
 
     def _forget_expired(self, now_ms: int) -> None:
         order, expiry = self._order, self._expiry
@@ -107,8 +123,25 @@ class RecentIds:
                 del expiry[event_id]
 
     def seen(self, event_id: str, now_ms: int) -> bool:
+        if event_id in self._writing:
+            return True
         expires = self._expiry.get(event_id)
         return expires is not None and expires > now_ms
+
+    def writing(self, event_id: str) -> Future | None:
+        """The write of the request that has this id, while it is not settled."""
+        return self._writing.get(event_id)
+
+    def hold(self, event_ids: list[str], write: Future) -> None:
+        for event_id in event_ids:
+            self._writing[event_id] = write
+
+    def settle(self, event_ids: list[str], accepted_at_ms: int, stored: bool) -> None:
+        """The write ended: stored ids are remembered for the window, others let go."""
+        for event_id in event_ids:
+            self._writing.pop(event_id, None)
+        if stored:
+            self.add(event_ids, accepted_at_ms)
 
     def add(self, event_ids: list[str], accepted_at_ms: int) -> None:
         expires = accepted_at_ms + self.window_ms
@@ -116,10 +149,6 @@ class RecentIds:
             self._expiry[event_id] = expires
             self._order.append((expires, event_id))
         self._forget_expired(accepted_at_ms)
-
-    def forget(self, event_ids: list[str]) -> None:
-        for event_id in event_ids:
-            self._expiry.pop(event_id, None)
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -157,7 +186,7 @@ class Spool:
         self._pending: queue.Queue = queue.Queue()
         self._sealed = threading.Condition()
         self._stopping = threading.Event()
-        self._open: tuple[str, object] | None = None  # (segment id, file)
+        self._open: tuple[str, int] | None = None  # (segment id, file descriptor)
         self._open_since = 0.0
         self._open_hour = 0
         self._open_size = 0
@@ -224,13 +253,16 @@ class Spool:
             raise SpoolFull(f"the spool holds {self.pending_bytes:,} of {self.max_bytes:,} bytes")
         if self._stopping.is_set():
             raise SpoolFull("the service is shutting down")
+        if not self._writer.is_alive():
+            raise SpoolFull("the spool writer has stopped: see the service's log")
         self._count(len(framed))
         done: Future = Future()
         self._pending.put((framed, record.received_at_ms, done))
         return done
 
     def can_accept(self, size: int) -> bool:
-        return self.pending_bytes + size <= self.max_bytes and not self._stopping.is_set()
+        writing = self._writer.is_alive() and not self._stopping.is_set()
+        return writing and self.pending_bytes + size <= self.max_bytes
 
     def sealed_segments(self) -> list[Path]:
         return sorted(self.directory.glob("sealed-*.wal"))
@@ -244,31 +276,43 @@ class Spool:
 
     def _open_segment(self, hour: int) -> None:
         segment_id = self._new_segment_id()
-        handle = open(self.directory / f"open-{segment_id}.wal", "ab")  # noqa: SIM115
-        _fsync_dir(self.directory)
-        self._open = (segment_id, handle)
+        # A raw descriptor: no buffer that could write a failed batch's bytes later.
+        descriptor = os.open(
+            self.directory / f"open-{segment_id}.wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        self._open = (segment_id, descriptor)
         self._open_since = time.monotonic()
         self._open_hour = hour
         self._open_size = 0
+        _fsync_dir(self.directory)
 
     def _write(self, batch: list[tuple[bytes, int, Future]]) -> None:
         """Append and fsync a batch; a disk error fails its requests (503), not the thread."""
+        live = []
+        for framed, at, done in batch:
+            # A request cancelled while it waited (its client gone at shutdown) is not written.
+            if done.set_running_or_notify_cancel():
+                live.append((framed, at, done))
+            else:
+                self._count(-len(framed))
+        if not live:
+            return
         try:
             if self._open is None:
-                self._open_segment(batch[0][1] // 3_600_000)
-            handle = self._open[1]
-            for framed, _, _ in batch:
-                handle.write(framed)
-            handle.flush()
-            os.fsync(handle.fileno())
+                self._open_segment(live[0][1] // 3_600_000)
+            descriptor = self._open[1]
+            data = memoryview(b"".join(framed for framed, _, _ in live))
+            while data:
+                data = data[os.write(descriptor, data) :]
+            os.fsync(descriptor)
         except OSError as error:
-            for framed, _, done in batch:
+            for framed, _, done in live:
                 self._count(-len(framed))
                 done.set_exception(error)
             self._abandon_segment()
             return
-        self._open_size += sum(len(framed) for framed, _, _ in batch)
-        for _, _, done in batch:
+        self._open_size += sum(len(framed) for framed, _, _ in live)
+        for _, _, done in live:
             done.set_result(None)
 
     def _abandon_segment(self) -> None:
@@ -278,7 +322,7 @@ class Spool:
         if self._open is None:
             return
         try:
-            self._open[1].truncate(self._open_size)
+            os.ftruncate(self._open[1], self._open_size)
             self._seal_if_due(force=True)
         except OSError as error:
             log.error(
@@ -286,6 +330,7 @@ class Spool:
                 self._open[0],
                 error,
             )
+            os.close(self._open[1])
             self._open = None
 
     def _seal_if_due(self, force: bool = False) -> None:
@@ -299,16 +344,17 @@ class Spool:
             or time.monotonic() - self._open_since >= self.flush_seconds
         ):
             return
-        segment_id, handle = self._open
-        handle.close()
+        segment_id, descriptor = self._open
         os.rename(self.directory / f"open-{segment_id}.wal", self.directory / f"sealed-{segment_id}.wal")
         _fsync_dir(self.directory)
+        os.close(descriptor)
         self._open = None
         with self._sealed:
             self._sealed.notify()
 
     def _write_loop(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             try:
                 batch = [self._pending.get(timeout=0.05)]
             except queue.Empty:
@@ -320,14 +366,19 @@ class Spool:
                     break
             stop = any(item is None for item in batch)
             batch = [item for item in batch if item is not None]
-            if batch:
-                # Records of another hour start a new segment, so an object never spans hours.
-                if self._open is not None and batch[0][1] // 3_600_000 != self._open_hour:
-                    self._seal_if_due(force=True)
-                self._write(batch)
-            self._seal_if_due(force=stop)
-            if stop:
-                return
+            try:
+                if batch:
+                    # Records of another hour start a new segment: an object never spans hours.
+                    if self._open is not None and batch[0][1] // 3_600_000 != self._open_hour:
+                        self._seal_if_due(force=True)
+                    self._write(batch)
+                self._seal_if_due(force=stop)
+            except Exception as error:  # a sealing error must not end the thread every request waits on
+                log.exception("spool writer: %s", error)
+                for framed, _, done in batch:
+                    if not done.done():
+                        self._count(-len(framed))
+                        done.set_exception(error)
 
     # -- the flusher thread -----------------------------------------------------------------
 
@@ -337,11 +388,11 @@ class Spool:
         self.deliver(segment_id, records)
         ids = [(i, r.received_at_ms) for r in records for i in r.client_ids]
         if ids:
-            (self.directory / f"done-{segment_id}.ids").write_bytes(msgspec.json.encode(ids))
+            _write_durably(self.directory / f"done-{segment_id}.ids", msgspec.json.encode(ids))
         size = path.stat().st_size
         path.unlink()
-        _fsync_dir(self.directory)
         self._count(-size)
+        _fsync_dir(self.directory)
 
     def deliver_pending(self) -> int:
         """Deliver every sealed segment, oldest first; stops at the first failure (raised)."""
@@ -363,7 +414,7 @@ class Spool:
                 log.warning("delivery failed, retrying in %.1f s: %s", backoff, self.last_failure)
                 if self._stopping.is_set() and not self._writer.is_alive():
                     return
-                time.sleep(backoff)
+                self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             self._forget_old_ids()
@@ -371,9 +422,10 @@ class Spool:
                 self._sealed.wait(timeout=0.5)
 
     def _forget_old_ids(self) -> None:
-        cutoff = time.time_ns() // 1000 - self.recent.window_ms * 1000
+        # By the time the file was written, which is after its newest event was received.
+        cutoff = time.time() - self.recent.window_ms / 1000
         for path in self.directory.glob("done-*.ids"):
-            if int(path.stem.split("-")[1]) < cutoff:
+            if path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
 
     # -- shutdown ---------------------------------------------------------------------------
