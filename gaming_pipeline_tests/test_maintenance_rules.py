@@ -60,10 +60,11 @@ def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(loca
     s3 = aws.client("s3")
     aws.ensure_bucket(s3, "pii-rules")
     vault = PiiVault(s3, "pii-rules", new_master_key())
-    player = vault.store("d-1", "e-1", {"email": "a@example.com"})
-    vault.store("d-1", "e-2", {"email": "a2@example.com"})
-    vault.store("d-2", "e-3", {"email": "b@example.com"})
-    assert player == vault.player_id("d-1") != vault.player_id("d-2")
+    player = vault.player_id("d-1")
+    vault.store(player, "batch-1", [{"email": "a@example.com"}])
+    vault.store(player, "batch-2", [{"email": "a2@example.com"}])
+    vault.store(vault.player_id("d-2"), "batch-1", [{"email": "b@example.com"}])
+    assert player != vault.player_id("d-2")
     assert "d-1" not in player and len(player) == 64
     # Another master key names the same device differently and cannot read its records.
     stranger = PiiVault(s3, "pii-rules", new_master_key())
