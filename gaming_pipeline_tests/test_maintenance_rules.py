@@ -81,3 +81,14 @@ def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(loca
         vault.read("d-1")
     assert vault.read("d-2") == [{"email": "b@example.com"}]
     assert vault.shred(player) == {"key_shredded": False, "records_deleted": 0}
+    # PII received before the erasure and arriving after it (from a spool) is dropped; PII
+    # the player sends afterwards starts a new key.
+    vault.store(
+        player, "late", [{"received_at": "2000-01-01T00:00:00.000+00:00", "email": "late@example.com"}]
+    )
+    with pytest.raises(PlayerErased):
+        vault.read("d-1")
+    vault.store(
+        player, "back", [{"received_at": "2999-01-01T00:00:00.000+00:00", "email": "back@example.com"}]
+    )
+    assert [r["email"] for r in vault.read("d-1")] == ["back@example.com"]

@@ -21,8 +21,10 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 
+from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -101,34 +103,63 @@ class PiiVault:
     def _records_prefix(self, player_id: str) -> str:
         return f"{self.prefix}/records/{player_id}/"
 
-    def _data_key(self, player_id: str, create: bool) -> bytes:
-        wrapping = self._wrapping_key
+    def _erased_object(self, player_id: str) -> str:
+        return f"{self.prefix}/erased/{player_id}"
+
+    def _data_key(self, player_id: str) -> bytes:
         try:
             wrapped = self.s3.get_object(Bucket=self.bucket, Key=self._key_object(player_id))["Body"].read()
         except self.s3.exceptions.NoSuchKey:
-            if not create:
-                raise PlayerErased(f"no data key for player {player_id}: erased, or never seen") from None
-            key = AESGCM.generate_key(bit_length=256)
+            raise PlayerErased(f"no data key for player {player_id}: erased, or never seen") from None
+        return _open(self._wrapping_key, wrapped, player_id.encode())
+
+    def _new_data_key(self, player_id: str) -> bytes:
+        """A first data key for the player; if another writer made one meanwhile, theirs."""
+        key = AESGCM.generate_key(bit_length=256)
+        try:
             self.s3.put_object(
                 Bucket=self.bucket,
                 Key=self._key_object(player_id),
-                Body=_seal(wrapping, key, player_id.encode()),
+                Body=_seal(self._wrapping_key, key, player_id.encode()),
+                IfNoneMatch="*",
             )
-            return key
-        return _open(wrapping, wrapped, player_id.encode())
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "PreconditionFailed":
+                raise
+            return self._data_key(player_id)
+        return key
+
+    def _erased_at(self, player_id: str) -> str:
+        try:
+            return (
+                self.s3.get_object(Bucket=self.bucket, Key=self._erased_object(player_id))["Body"]
+                .read()
+                .decode()
+            )
+        except self.s3.exceptions.NoSuchKey:
+            return ""
 
     def store(self, player_id: str, batch_id: str, records: list[dict]) -> None:
         """Encrypt a batch of one player's PII records under their data key. Storing the same
-        batch id again replaces it, so a batch delivered twice is held once."""
-        sealed = _seal(
-            self._data_key(player_id, create=True), json.dumps(records).encode(), player_id.encode()
-        )
+        batch id again replaces it, so a batch delivered twice is held once. Records received
+        before the player's erasure (`received_at`, ISO-8601 UTC) that reach the vault after
+        it are dropped, not given a new key."""
+        try:
+            key = self._data_key(player_id)
+        except PlayerErased:
+            erased_at = self._erased_at(player_id)
+            if erased_at:
+                records = [r for r in records if r.get("received_at", "") > erased_at]
+                if not records:
+                    return
+            key = self._new_data_key(player_id)
+        sealed = _seal(key, json.dumps(records).encode(), player_id.encode())
         self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player_id) + batch_id, Body=sealed)
 
     def read(self, device_id: str) -> list[dict]:
         """Every PII record held for a player, decrypted; PlayerErased once they are erased."""
         player = self.player_id(device_id)
-        key = self._data_key(player, create=False)
+        key = self._data_key(player)
         records = []
         for name in self._record_keys(player):
             sealed = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"].read()
@@ -146,7 +177,11 @@ class PiiVault:
 
     def shred(self, player_id: str) -> dict:
         """Erase a player: delete their data key, which makes every copy of their PII
-        unreadable, then their records. Returns what was there to delete."""
+        unreadable, then their records; and note when, so PII received before now that is
+        still on its way (in an ingest spool) is dropped on arrival. Returns what was there
+        to delete."""
+        erased_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.s3.put_object(Bucket=self.bucket, Key=self._erased_object(player_id), Body=erased_at.encode())
         key_object = self._key_object(player_id)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key_object).get("Contents", [])
         had_key = any(obj["Key"] == key_object for obj in listed)
