@@ -12,7 +12,7 @@ import pytest
 
 from gaming_pipeline.ingest_service.delivery import landing_objects
 from gaming_pipeline.ingest_service.schema import BodyNotJson, sort_events, split_body
-from gaming_pipeline.ingest_service.spool import RecentIds, Record, frame, read_records
+from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
 from gaming_pipeline.lib.s3_events import LandedObject
 
 HOUR_MS = 3_600_000
@@ -111,3 +111,18 @@ def test_a_segment_becomes_the_same_objects_every_time_split_by_hour_and_game_kn
     assert gzip.decompress(objects[0][1]) == b'{"a":1}\n{"a":2}\n'
     assert landing_objects("spool1", "0042", records) == objects
     assert LandedObject("b", objects[2][0]).parked and not LandedObject("b", objects[0][0]).parked
+
+
+def test_a_restart_recovers_open_segments_and_survives_a_torn_ids_file(tmp_path):
+    records = [Record(AT + n, b'{"n":%d}\n' % n, b"", [], [f"e{n}"]) for n in range(2)]
+    (tmp_path / "open-00000000000000001.wal").write_bytes(b"".join(frame(r) for r in records) + b"\x07torn")
+    (tmp_path / "done-00000000000000000.ids").write_bytes(b'[["e9", 17')
+    delivered = []
+    recent = RecentIds(window_seconds=10**9, max_ids=100)
+    spool = Spool(
+        tmp_path, lambda segment, got: delivered.append((segment, got)), 1 << 20, 60, 1 << 30, recent
+    )
+    assert [p.name for p in spool.sealed_segments()] == ["sealed-00000000000000001.wal"]
+    assert recent.seen("e1", AT) and not recent.seen("e9", AT)
+    assert spool.deliver_pending() == 1 and delivered == [("00000000000000001", records)]
+    spool.close(timeout=1)

@@ -224,10 +224,15 @@ class Spool:
             self._count(path.stat().st_size)
             for record in read_records(path)[0]:
                 self.recent.add(record.client_ids, record.received_at_ms)
+        for path in self.directory.glob("*.partial"):
+            path.unlink()
         for path in sorted(self.directory.glob("done-*.ids")):
-            remembered = [
-                (i, at) for i, at in _ids.decode(path.read_bytes()) if at + self.recent.window_ms > now_ms
-            ]
+            try:
+                ids = _ids.decode(path.read_bytes())
+            except msgspec.DecodeError:
+                log.warning("spool: %s is unreadable; the duplicate window forgets its ids", path.name)
+                ids = []
+            remembered = [(i, at) for i, at in ids if at + self.recent.window_ms > now_ms]
             if not remembered:
                 path.unlink()
             for event_id, at in remembered:
@@ -434,11 +439,12 @@ class Spool:
         """Stop taking records, seal the open segment and deliver what is sealed, for up to
         `timeout` seconds; what is left stays on disk for the next start."""
         self._stopping.set()
-        self._pending.put(None)
-        self._writer.join()
-        with self._sealed:
-            self._sealed.notify()
-        self._flusher.join(timeout)
+        if self._writer.ident is not None:  # started
+            self._pending.put(None)
+            self._writer.join()
+            with self._sealed:
+                self._sealed.notify()
+            self._flusher.join(timeout)
         if self.sealed_segments():
             log.warning("stopped with %d segment(s) still in the spool", len(self.sealed_segments()))
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
