@@ -125,9 +125,18 @@ def test_a_missing_kpi_table_fails_the_dashboard_with_its_name(spark, landing, w
     assert "materialize" in description
 
 
-def test_page_bytes_reach_an_s3a_warehouse_and_replace_the_last(spark, landing):
+def test_page_bytes_reach_an_s3a_warehouse_and_replace_the_last(landing):
     uri = f"s3a://{landing.bucket}/warehouse/{DASHBOARD_FILE}"
-    write_bytes(spark, uri, b"<p>first</p>")
-    write_bytes(spark, uri, b"<p>second</p>")
+    write_bytes(uri, b"<p>first</p>")
+    write_bytes(uri, b"<p>second</p>")
     body = aws.client("s3").get_object(Bucket=landing.bucket, Key=f"warehouse/{DASHBOARD_FILE}")["Body"]
     assert body.read() == b"<p>second</p>"
+
+
+def test_page_bytes_replace_a_local_file_whole(tmp_path):
+    target = tmp_path / "warehouse" / DASHBOARD_FILE
+    write_bytes(str(target), b"<p>first</p>")
+    write_bytes(f"file://{target}", b"<p>second</p>")
+    assert target.read_bytes() == b"<p>second</p>"
+    # Nothing left beside it: the temporary file it was written through is renamed into place.
+    assert list(target.parent.iterdir()) == [target]

@@ -8,13 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
 from gaming_pipeline.lib.warehouse import (
+    delta_at,
     ensure_table,
     latest_version,
     replace_rows,
@@ -80,16 +79,15 @@ def commits_tagged(spark: SparkSession, marker: dict):
 def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marker: dict) -> TableErasure:
     """Delete every row of one device from an event table, in one commit. Repeating it
     deletes nothing more, so a conflict with a concurrent writer is simply retried."""
-    delta = DeltaTable.forPath(spark, path)
-    device = F.col("eventParams.device_id") == F.lit(device_id)
-    found = delta.toDF().where(device).groupBy("eventDate").count().collect()
+    device = f"eventParams.device_id = {sql_string(device_id)}"
+    found = spark.read.format("delta").load(path).where(device).groupBy("eventDate").count().collect()
     if not found:
         return TableErasure(table, 0, latest_version(spark, path))
     days = sorted(row.eventDate for row in found)
     # Naming the days lets Delta rewrite only those partitions' files.
-    condition = device & F.expr(days_in(days))
+    statement = f"DELETE FROM {delta_at(path)} WHERE {device} AND {days_in(days)}"
     with commits_tagged(spark, marker):
-        retry_on_conflict(lambda: delta.delete(condition))
+        retry_on_conflict(lambda: spark.sql(statement).collect())
     version = version_tagged(spark, path, json.dumps(marker, sort_keys=True), operation="DELETE")
     return TableErasure(table, sum(row["count"] for row in found), version, days)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from py4j.protocol import Py4JJavaError
-from pyspark.errors.exceptions.captured import CapturedException
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -145,7 +145,7 @@ def _content_fault(spark: SparkSession, obj: LandedObject) -> str | None:
     object deleted since it was announced."""
     try:
         spark.read.text(obj.s3a_path).count()
-    except (CapturedException, Py4JJavaError) as exc:
+    except (PySparkException, Py4JJavaError) as exc:
         text = str(exc)
         fault = _CONTENT_FAULT.search(text)
         if fault is None:
@@ -172,7 +172,7 @@ def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[
     """
     try:
         return _counted(classify_lines(_lines(spark, objects)))
-    except (CapturedException, Py4JJavaError):
+    except (PySparkException, Py4JJavaError):
         pass
     faults = {obj: _content_fault(spark, obj) for obj in objects}
     readable = [obj for obj, fault in faults.items() if fault is None]

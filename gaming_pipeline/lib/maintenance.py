@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 
-from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from gaming_pipeline.lib.warehouse import latest_version, retry_on_conflict
+from gaming_pipeline.lib.warehouse import delta_at, latest_version, retry_on_conflict, table_history
 
 # VACUUM keeps a week of old files by default: time travel and RESTORE reach that far back.
 DEFAULT_RETENTION_HOURS = 168
@@ -53,7 +52,7 @@ class Footprint:
 
 def footprint(spark: SparkSession, path: str) -> Footprint:
     """The table's current version and the files and bytes its current snapshot reads."""
-    detail = DeltaTable.forPath(spark, path).detail().first()
+    detail = spark.sql(f"DESCRIBE DETAIL {delta_at(path)}").first()
     return Footprint(latest_version(spark, path), int(detail.numFiles), int(detail.sizeInBytes))
 
 
@@ -123,11 +122,9 @@ def compact(spark: SparkSession, path: str, predicate: str, zorder: bool = False
     device (Z-order) for the weekly pass. Compaction changes no row, so it commits with
     dataChange=false and a reader sees the same rows before, during and after."""
 
-    def optimize() -> None:
-        builder = DeltaTable.forPath(spark, path).optimize().where(predicate)
-        (builder.executeZOrderBy(ZORDER_COLUMN) if zorder else builder.executeCompaction()).collect()
-
-    return measured(spark, path, optimize)
+    ordered = f" ZORDER BY ({ZORDER_COLUMN})" if zorder else ""
+    statement = f"OPTIMIZE {delta_at(path)} WHERE {predicate}{ordered}"
+    return measured(spark, path, lambda: spark.sql(statement).collect())
 
 
 def retention_hours(hours: float, force_reason: str = "") -> float:
@@ -151,10 +148,11 @@ def vacuum(spark: SparkSession, path: str, hours: float) -> dict:
     retention_hours. Delta's own guard against short retentions is lifted only for this call."""
     guard = "spark.databricks.delta.retentionDurationCheck.enabled"
     # The files VACUUM would delete, counted from its dry run.
-    deleted = spark.sql(f"VACUUM delta.`{path}` RETAIN {hours:g} HOURS DRY RUN").count()
+    statement = f"VACUUM {delta_at(path)} RETAIN {hours:g} HOURS"
+    deleted = spark.sql(f"{statement} DRY RUN").count()
     spark.conf.set(guard, str(hours >= DEFAULT_RETENTION_HOURS).lower())
     try:
-        report = measured(spark, path, lambda: DeltaTable.forPath(spark, path).vacuum(hours))
+        report = measured(spark, path, lambda: spark.sql(statement).collect())
     finally:
         spark.conf.set(guard, "true")
     return {**report, "retention_hours": hours, "files_deleted": deleted}
@@ -176,10 +174,7 @@ def _tag(user_metadata: str | None) -> dict:
 def history(spark: SparkSession, path: str, limit: int | None = None) -> list[dict]:
     """The table's commits, newest first: version, time, operation, the run that made it
     and the erasure request it carried out, if any."""
-    table = DeltaTable.forPath(spark, path)
-    rows = (table.history(limit) if limit else table.history()).select(
-        "version", "timestamp", "operation", "userMetadata"
-    )
+    rows = table_history(spark, path, limit).select("version", "timestamp", "operation", "userMetadata")
     return [
         {
             "version": int(row.version),
@@ -242,4 +237,5 @@ def check_rollback(undone: list[dict], run_id: str = "", undo_later_commits: boo
 def restore(spark: SparkSession, path: str, version: int) -> dict:
     """RESTORE the table to a version (version_at finds the one current at a time); the
     restore is itself a new version, so it can be undone the same way."""
-    return measured(spark, path, lambda: DeltaTable.forPath(spark, path).restoreToVersion(version))
+    statement = f"RESTORE TABLE {delta_at(path)} TO VERSION AS OF {int(version)}"
+    return measured(spark, path, lambda: spark.sql(statement).collect())

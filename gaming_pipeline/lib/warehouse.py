@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+# Imported for its side effect too: Spark Connect errors for commit conflicts become the
+# same DeltaConcurrentModificationException the classic client raises.
+import delta.connect.exceptions  # noqa: F401
 from delta.exceptions import DeltaConcurrentModificationException
-from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -40,6 +44,16 @@ def all_tables() -> list[str]:
 
 def table_path(warehouse: str, table: str) -> str:
     return f"{warehouse.rstrip('/')}/{table}"
+
+
+def delta_at(path: str) -> str:
+    """The SQL name of the Delta table at a path.
+
+    Tables are reached through SQL rather than delta-spark's DeltaTable API so that the same
+    code runs on a local session and on a Spark Connect server (whose Delta plugin for the
+    Python API is not published for Spark 4.2).
+    """
+    return "delta.`" + path.replace("`", "``") + "`"
 
 
 def sql_string(value: str) -> str:
@@ -72,6 +86,29 @@ def retry_on_conflict(
     raise AssertionError("unreachable")
 
 
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _ddl_type(data_type: T.DataType) -> str:
+    if isinstance(data_type, T.StructType):
+        return f"struct<{_ddl_fields(data_type, ': ')}>"
+    if isinstance(data_type, T.ArrayType):
+        return f"array<{_ddl_type(data_type.elementType)}>"
+    if isinstance(data_type, T.MapType):
+        return f"map<{_ddl_type(data_type.keyType)}, {_ddl_type(data_type.valueType)}>"
+    return data_type.simpleString()
+
+
+def _ddl_fields(schema: T.StructType, separator: str = " ") -> str:
+    """A schema as SQL column definitions, written here rather than by StructType.toDDL,
+    which needs the calling thread's own active session."""
+    return ", ".join(
+        f"{_quoted(field.name)}{separator}{_ddl_type(field.dataType)}{'' if field.nullable else ' NOT NULL'}"
+        for field in schema.fields
+    )
+
+
 def ensure_table(
     spark: SparkSession,
     path: str,
@@ -79,25 +116,34 @@ def ensure_table(
     partition_by: tuple[str, ...] = (),
     comment: str = "",
 ) -> None:
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-    if partition_by:
-        builder = builder.partitionedBy(*partition_by)
-    if comment:
-        builder = builder.comment(comment)
-    retry_on_conflict(builder.execute)
+    partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
+    described = f" COMMENT {sql_string(comment)}" if comment else ""
+    statement = f"CREATE TABLE IF NOT EXISTS {delta_at(path)} ({_ddl_fields(schema)}) USING delta{partitioned}{described}"
+    retry_on_conflict(lambda: spark.sql(statement))
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    try:
+        spark.sql(f"DESCRIBE DETAIL {delta_at(path)}").collect()
+    except AnalysisException:
+        return False
+    return True
+
+
+def table_history(spark: SparkSession, path: str, limit: int | None = None) -> DataFrame:
+    """The table's commits, newest first (DESCRIBE HISTORY)."""
+    return spark.sql(f"DESCRIBE HISTORY {delta_at(path)}" + (f" LIMIT {int(limit)}" if limit else ""))
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
-    return int(DeltaTable.forPath(spark, path).history(1).first().version)
+    return int(table_history(spark, path, 1).first().version)
 
 
 def version_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> int | None:
     """The newest of the table's recent versions committed with this userMetadata (and
     operation, if given): found by its tag, not as "the latest", since another writer may
     have committed since."""
-    for row in (
-        DeltaTable.forPath(spark, path).history(20).select("version", "operation", "userMetadata").collect()
-    ):
+    for row in table_history(spark, path, 20).select("version", "operation", "userMetadata").collect():
         if row.userMetadata == tag and operation in ("", row.operation):
             return int(row.version)
     return None
@@ -131,18 +177,17 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
 
 def upsert(df: DataFrame, path: str, keys: tuple[str, ...]) -> None:
     condition = " AND ".join(f"t.{key} = s.{key}" for key in keys)
-
-    def commit() -> None:
-        (
-            DeltaTable.forPath(df.sparkSession, path)
-            .alias("t")
-            .merge(df.alias("s"), condition)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
-
-    retry_on_conflict(commit)
+    # A view name of this call's own: concurrent upserts in one session must not swap rows.
+    source = f"upsert_source_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(source)
+    statement = (
+        f"MERGE INTO {delta_at(path)} AS t USING {source} AS s ON {condition} "
+        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+    )
+    try:
+        retry_on_conflict(lambda: df.sparkSession.sql(statement).collect())
+    finally:
+        df.sparkSession.catalog.dropTempView(source)
 
 
 def register_views(spark: SparkSession, warehouse: str) -> list[str]:
@@ -150,7 +195,7 @@ def register_views(spark: SparkSession, warehouse: str) -> list[str]:
     registered = []
     for table in all_tables():
         path = table_path(warehouse, table)
-        if DeltaTable.isDeltaTable(spark, path):
+        if is_delta_table(spark, path):
             spark.read.format("delta").load(path).createOrReplaceTempView(table)
             registered.append(table)
     return registered
@@ -161,7 +206,7 @@ def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
     rows = []
     for table in all_tables():
         path = table_path(warehouse, table)
-        if not DeltaTable.isDeltaTable(spark, path):
+        if not is_delta_table(spark, path):
             continue
         rows.append(
             {

@@ -4,14 +4,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from gaming_pipeline.defs.ingest.assets import SPARK_POOL
+from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import charts
 from gaming_pipeline.lib.files import write_bytes
-from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.lib.warehouse import is_delta_table, table_path
 
 DASHBOARD_FILE = "_dashboards/kpi_dashboard.html"
 # Its own group: the daily refresh job takes the partitioned games and kpis groups whole.
@@ -30,7 +29,7 @@ REFRESH_AFTER_KPIS = (
 def charted_tables(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
     """The KPI tables the dashboard charts, by name; raises a dg.Failure naming those not written yet."""
     paths = {name: table_path(warehouse, name) for name in charts.CHARTS}
-    missing = [name for name, path in paths.items() if not DeltaTable.isDeltaTable(spark, path)]
+    missing = [name for name, path in paths.items() if not is_delta_table(spark, path)]
     if missing:
         raise dg.Failure(
             description=f"The dashboard charts {', '.join(missing)}, which the warehouse does not hold "
@@ -44,7 +43,7 @@ def charted_tables(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
     group_name=DASHBOARD_GROUP,
     kinds={"spark", "html"},
     deps=list(charts.CHARTS),
-    pool=SPARK_POOL,
+    pool=REFRESH_POOL,
     automation_condition=REFRESH_AFTER_KPIS,
 )
 def kpi_dashboard(warehouse: WarehouseResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
@@ -66,7 +65,7 @@ def kpi_dashboard(warehouse: WarehouseResource, pyspark: LazyPySparkResource) ->
     pngs = {name: charts.kpi_chart(name, table, last_day) for name, table in tables.items()}
     page = charts.dashboard_page(pngs, last_day, datetime.now(UTC)).encode()
     uri = table_path(warehouse.root, DASHBOARD_FILE)
-    write_bytes(spark, uri, page)
+    write_bytes(uri, page)
     return dg.MaterializeResult(
         metadata={
             "dagster/uri": uri,

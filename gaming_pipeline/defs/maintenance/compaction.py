@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
-from delta.tables import DeltaTable
 from pydantic import Field
 from pyspark.sql import functions as F
 
@@ -19,7 +18,7 @@ from gaming_pipeline.defs.partitions import days_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import maintenance
-from gaming_pipeline.lib.warehouse import RAW_TABLE, all_tables, latest_version, table_path
+from gaming_pipeline.lib.warehouse import RAW_TABLE, all_tables, is_delta_table, latest_version, table_path
 
 # Maintenance has its own pool (one run at a time) so that it runs beside ingestion.
 MAINTENANCE_POOL = "maintenance"
@@ -48,7 +47,7 @@ def _today() -> date:
 def existing_tables(spark, warehouse: WarehouseResource, tables: list[str], log) -> list[tuple[str, str]]:
     """(table, path) of those of `tables` written so far; the others are logged as skipped."""
     paths = [(table, table_path(warehouse.root, table)) for table in tables]
-    missing = [table for table, path in paths if not DeltaTable.isDeltaTable(spark, path)]
+    missing = [table for table, path in paths if not is_delta_table(spark, path)]
     if missing:
         log.info(f"not written yet, skipped: {missing}")
     return [(table, path) for table, path in paths if table not in missing]
