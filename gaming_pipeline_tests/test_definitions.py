@@ -102,7 +102,12 @@ def test_graph_is_pinned():
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys
     } == expected_checks
     ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
-    assert ingest.op.pool == "spark"
+    assert ingest.op.pool == "ingest"
+    refresh_pools = {
+        repo.assets_defs_by_key[dg.AssetKey(key)].op.pool
+        for key in ("game_galaxy_miners_events", "kpi_events_per_hour", "kpi_dashboard")
+    }
+    assert refresh_pools == {"refresh"}
     assert set(repo.get_top_level_resources()) == {
         "landing",
         "warehouse",

@@ -1,12 +1,13 @@
 """One Delta table per game of the registry, cut from the raw table by day."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
-from gaming_pipeline.defs.ingest.assets import SPARK_POOL
+from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
@@ -16,6 +17,7 @@ from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows,
 
 GAMES_GROUP = "games"
 PARALLEL_WRITES = 4
+ROWS_PER_FILE = 1_000_000
 GAME_BY_KEY = {dg.AssetKey(game.table_name): game for game in GAMES}
 
 
@@ -57,13 +59,14 @@ def game_checks(game: Game) -> list[dg.AssetCheckSpec]:
     can_subset=True,
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=SPARK_POOL,
+    pool=REFRESH_POOL,
 )
 def game_tables(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
 ):
     """The seed's foreachBatch fan-out: the run's days are read from the raw table once and
-    each selected game's rows replace that game's rows for those days."""
+    each selected game's rows replace that game's rows for those days; then every table
+    written is read back, in one Spark job, for its checks."""
     spark = pyspark.spark_session
     days = window_predicate(context)
     raw_path = table_path(warehouse.root, RAW_TABLE)
@@ -77,27 +80,51 @@ def game_tables(
             .collect()
         }
 
-        def write(game: Game) -> dg.MaterializeResult:
+        def write(game: Game) -> int:
             path = table_path(warehouse.root, game.table_name)
             ensure_table(spark, path, RAW_SCHEMA, partition_by=("eventDate",))
-            version = replace_rows(
-                raw.where(F.col("eventParams.game_keyword") == game.keyword),
+            rows_of_game = raw.where(F.col("eventParams.game_keyword") == game.keyword)
+            return replace_rows(
+                # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
+                rows_of_game.coalesce(max(1, rows.get(game.keyword, 0) // ROWS_PER_FILE)),
                 path,
                 days,
                 {"run_id": context.run.run_id, "game": game.keyword},
             )
-            written = spark.read.format("delta").load(path).where(days)
+
+        games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
+        # Each write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+            versions = dict(zip(games, pool.map(write, games), strict=True))
+        context.log.info(f"{len(games)} game table(s) written in {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
+        written = {
+            game.keyword: spark.read.format("delta")
+            .load(table_path(warehouse.root, game.table_name))
+            .where(days)
+            for game in games
+        }
+        null_keys = checks.null_keys_by_table(written, checks.RAW_KEYS)
+        context.log.info(
+            f"{len(games)} game table(s) read back for their checks in {time.monotonic() - started:.1f} s"
+        )
+        for game in games:
             expected_rows = rows.get(game.keyword, 0)
-            no_null_keys = checks.null_keys(written, checks.RAW_KEYS)
-            found_rows = no_null_keys[1]["rows"]
+            found_rows = null_keys[game.keyword][1]["rows"]
             outcomes = {
-                "schema_matches_raw": checks.schema_matches(written.schema, RAW_SCHEMA),
-                "no_null_keys": no_null_keys,
+                "schema_matches_raw": checks.schema_matches(written[game.keyword].schema, RAW_SCHEMA),
+                "no_null_keys": null_keys[game.keyword],
                 "rows_match_raw": (found_rows == expected_rows, {"raw": expected_rows, "table": found_rows}),
             }
-            return dg.MaterializeResult(
+            yield dg.MaterializeResult(
                 asset_key=game.table_name,
-                metadata={"rows": found_rows, "delta_version": version, "days": days, "dagster/uri": path},
+                metadata={
+                    "rows": found_rows,
+                    "delta_version": versions[game],
+                    "days": days,
+                    "dagster/uri": table_path(warehouse.root, game.table_name),
+                },
                 check_results=[
                     dg.AssetCheckResult(
                         asset_key=game.table_name, check_name=name, passed=passed, metadata=details
@@ -107,10 +134,5 @@ def game_tables(
                     in context.selected_asset_check_keys
                 ],
             )
-
-        games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
-        # The writes are small and mostly wait on Delta's log: a few at once keep both cores busy.
-        with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-            yield from pool.map(write, games)
     finally:
         raw.unpersist()

@@ -1,5 +1,6 @@
 """Landing objects in S3 become rows of mobile_events_delta_raw, exactly once."""
 
+import time
 from datetime import datetime
 
 import dagster as dg
@@ -13,8 +14,10 @@ from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
 
 INGEST_GROUP = "ingest"
-# Spark runs share two cores: the instance admits one run of this pool at a time.
-SPARK_POOL = "spark"
+# Spark runs share two cores: the instance admits one run of each pool at a time. Ingestion
+# has a pool of its own so that new events never wait behind a long refresh or backfill.
+INGEST_POOL = "ingest"
+REFRESH_POOL = "refresh"
 
 
 class LandedObjectConfig(dg.Config):
@@ -93,7 +96,7 @@ def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
             ),
         ),
     ],
-    pool=SPARK_POOL,
+    pool=INGEST_POOL,
 )
 def ingest_landed_objects(
     context: dg.AssetExecutionContext,
@@ -107,7 +110,11 @@ def ingest_landed_objects(
     ledger."""
     objects = [obj.landed() for obj in config.objects] or objects_in_bucket(landing)
     context.log.info(f"{len(objects)} landing object(s) requested")
-    result: IngestResult = ingest_objects(pyspark.spark_session, warehouse.root, objects, context.run.run_id)
+    attaching = time.monotonic()
+    spark = pyspark.spark_session
+    # How long a run waits for Spark: seconds for a fresh driver, about one attached to a server.
+    context.log.info(f"Spark session ready in {time.monotonic() - attaching:.1f} s")
+    result: IngestResult = ingest_objects(spark, warehouse.root, objects, context.run.run_id)
     context.log.info(
         f"{result.objects} object(s) ingested ({result.objects_already_ingested} already in the "
         f"ledger): {result.rows_in} lines -> {result.rows_written} rows, "

@@ -10,7 +10,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from gaming_pipeline.defs.games.assets import game_tables
-from gaming_pipeline.defs.ingest.assets import SPARK_POOL
+from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import charts, checks, daily, liveops
@@ -60,7 +60,7 @@ def kpi_asset(
         deps=[RAW_TABLE, *game_tables.keys],
         partitions_def=DAILY,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=SPARK_POOL,
+        pool=REFRESH_POOL,
         freshness_policy=DERIVED_FRESHNESS,
         description=description,
         check_specs=[
