@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 $(INSTALLED): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: setup
 test: setup
 	$(BIN)/ruff check gaming_pipeline gaming_pipeline_tests bench
 	$(BIN)/pytest
+
+# Ours side by side with Structured Streaming, Polars + deltalake and bare Spark; writes
+# bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md (about 30 minutes).
+bench: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/side_by_side.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,7 +14,13 @@ setup(
         "dagster-webserver==1.13.27",
         "dagster-aws==0.29.27",
         "dagster-pyspark==0.29.27",
-        "pyspark==4.2.0",
+        # [connect]: runs attach to a long-lived Spark Connect server (gaming-pipeline
+        # spark-server); its client needs pandas, grpc and zstandard, pinned here.
+        "pyspark[connect]==4.2.0",
+        "pandas==2.3.3",
+        "grpcio-status==1.85.1",
+        "googleapis-common-protos==1.76.0",
+        "zstandard==0.25.0",
         "delta-spark==4.4.0",
         "boto3>=1.40,<2",
         "moto[server]==5.2.5",
@@ -27,6 +33,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9,<10", "ruff==0.17.6"],
+        # make bench: the single-machine peer (Polars + deltalake) and peak-memory sampling.
+        "bench": ["polars==2.1.0", "psutil==7.2.2"],
     },
     entry_points={"console_scripts": ["gaming-pipeline=gaming_pipeline.cli:main"]},
 )

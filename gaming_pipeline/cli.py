@@ -27,12 +27,23 @@ console = Console(stderr=True)
 
 
 def _spark(settings: Settings):
-    from gaming_pipeline.lib.spark import start_session
+    from gaming_pipeline.lib.spark import is_connect_address, start_session
 
     with console.status("starting Spark"):
         spark = start_session(settings)
-    spark.sparkContext.setLogLevel("ERROR")
+    if not is_connect_address(settings.spark_master):
+        spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def cmd_spark_server(args: argparse.Namespace) -> int:
+    """The Spark Connect server in the foreground (it replaces this process)."""
+    from gaming_pipeline.lib.spark import connect_server_command
+
+    command = connect_server_command(Settings.from_env(), args.host, args.port, args.master)
+    console.print(f"Spark Connect server on sc://{args.host}:{args.port} (driver {args.master})")
+    sys.stdout.flush()
+    os.execv(command[0], command)
 
 
 def cmd_fetch_jars(args: argparse.Namespace) -> int:
@@ -253,8 +264,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ingest_port = aws.free_port(prefer=args.ingest_port)
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
+        spark_server = None
+        if not os.environ.get("GAMING_PIPELINE_SPARK_MASTER"):
+            # One long-lived Spark for every run, instead of a JVM started and warmed per run.
+            spark_server, env["GAMING_PIPELINE_SPARK_MASTER"] = processes.start_spark_server(
+                env, logs / "spark-server.log", port=args.spark_port
+            )
+            started.append(spark_server)
         webserver = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port)]
-        started.append(processes.start_dagster(webserver, env, logs / "webserver.log"))
+        webserver_process = processes.start_dagster(webserver, env, logs / "webserver.log")
+        started.append(webserver_process)
         started.append(processes.start_dagster(["dagster-daemon", "run"], env, logs / "daemon.log"))
         ingest_server = [
             "gaming-pipeline",
@@ -264,11 +283,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--flush-seconds",
             str(args.flush_seconds),
         ]
-        started.append(processes.start(ingest_server, env, logs / "ingest.log"))
+        ingest_process = processes.start(ingest_server, env, logs / "ingest.log")
+        started.append(ingest_process)
         ui, ingest = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{ingest_port}"
-        with console.status("starting the ingest service, the Dagster webserver and daemon"):
-            _wait_for(f"{ingest}/healthz", 60, started[2], logs / "ingest.log")
-            _wait_for(f"{ui}/server_info", 180, started[0], logs / "webserver.log")
+        with console.status("starting Spark, the ingest service, the Dagster webserver and daemon"):
+            _wait_for(f"{ingest}/healthz", 60, ingest_process, logs / "ingest.log")
+            _wait_for(f"{ui}/server_info", 180, webserver_process, logs / "webserver.log")
+            if spark_server:
+                processes.wait_for_port(
+                    env["GAMING_PIPELINE_SPARK_MASTER"], 180, spark_server, logs / "spark-server.log"
+                )
 
         def stream() -> None:
             events = generator.stream(args.seed, args.rate, None)
@@ -287,6 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  ingest service  {ingest}/v1/events  x-api-key: {api_key}\n"
             f"                  {ingest}/metrics  {ingest}/healthz\n"
             f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}\n"
+            f"  Spark           {env.get('GAMING_PIPELINE_SPARK_MASTER', settings.spark_master)}\n"
             f"  warehouse       {settings.warehouse}\n"
             f"  logs            {logs}\n"
             f"  streaming {args.rate:g} events/s; query with:\n"
@@ -320,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ui-port", type=int, default=3000, help="taken if free, else any free port")
     demo.add_argument("--aws-port", type=int, default=4566, help="taken if free, else any free port")
     demo.add_argument("--ingest-port", type=int, default=8080, help="taken if free, else any free port")
+    demo.add_argument(
+        "--spark-port", type=int, default=15002, help="Spark Connect; taken if free, else any free port"
+    )
     demo.set_defaults(func=cmd_demo)
 
     local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS endpoint")
@@ -380,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     tables = commands.add_parser("tables", help="list tables: location, Delta version, rows")
     tables.add_argument("--json", action="store_true")
     tables.set_defaults(func=cmd_tables)
+
+    spark_server = commands.add_parser(
+        "spark-server", help="serve a long-lived Spark (Spark Connect) that runs attach to"
+    )
+    spark_server.add_argument("--host", default="127.0.0.1")
+    spark_server.add_argument("--port", type=int, default=15002)
+    spark_server.add_argument("--master", default="local[*]", help="the server's own Spark master")
+    spark_server.set_defaults(func=cmd_spark_server)
 
     fetch = commands.add_parser("fetch-jars", help="fetch the pinned Delta and s3a jars once")
     fetch.set_defaults(func=cmd_fetch_jars)

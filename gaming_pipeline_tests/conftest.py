@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gaming_pipeline.lib import aws
+from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.settings import Settings
 
 
@@ -33,12 +33,37 @@ def session_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(local_aws, session_home):
-    """The one Spark session of the test run (s3a pointed at the local endpoint)."""
+def spark_server(local_aws, session_home, tmp_path_factory):
+    """One Spark Connect server for the test run (s3a pointed at the local endpoint): the
+    daemon's runs attach to it, as the demo's do, instead of starting a JVM each."""
+    log = tmp_path_factory.mktemp("spark-server") / "spark-server.log"
+    server, address = processes.start_spark_server(
+        {**os.environ, "GAMING_PIPELINE_HOME": str(session_home)}, log
+    )
+    try:
+        processes.wait_for_port(address, 180, server, log)
+        yield address
+    finally:
+        processes.stop([server])
+
+
+@pytest.fixture(scope="session")
+def spark(request, local_aws, session_home):
+    """The one Spark session of the test run (s3a pointed at the local endpoint): a driver in
+    this process, or with GAMING_PIPELINE_TEST_SPARK=connect a client of spark_server, to run
+    the in-process tests over Spark Connect too."""
     from gaming_pipeline.lib.spark import start_session
 
-    session = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": str(session_home)}))
-    session.sparkContext.setLogLevel("ERROR")
+    environ = {"GAMING_PIPELINE_HOME": str(session_home)}
+    over_connect = os.environ.get("GAMING_PIPELINE_TEST_SPARK") == "connect"
+    if over_connect:
+        environ["GAMING_PIPELINE_SPARK_MASTER"] = request.getfixturevalue("spark_server")
+        # Resources built with an empty spark_config, and the CLI, find the server too.
+        os.environ["SPARK_REMOTE"] = environ["GAMING_PIPELINE_SPARK_MASTER"]
+        os.environ["GAMING_PIPELINE_SPARK_MASTER"] = environ["GAMING_PIPELINE_SPARK_MASTER"]
+    session = start_session(Settings.from_env(environ))
+    if not over_connect:
+        session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
 

@@ -3,7 +3,9 @@ tables equal to the ones computed in Python from the same events; then a backfil
 3-day range launched as the UI launches it (the GraphQL mutation `launchPartitionBackfill`
 against the real webserver, executed by the real daemon) runs as one single-run backfill
 whose checks all pass and, over days the sensors built already, changes no row. (That a
-range rebuilt from nothing equals the Python figures is test_games_and_kpis' part.)"""
+range rebuilt from nothing equals the Python figures is test_games_and_kpis' part. Every
+run attaches to the session's Spark Connect server, as the demo's runs do;
+test_daemon_end_to_end covers runs that start a Spark driver of their own.)"""
 
 from __future__ import annotations
 
@@ -65,7 +67,9 @@ class Stack:
         return "\n".join(parts)
 
 
-def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(spark, landing, tmp_path):
+def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
+    spark, spark_server, landing, tmp_path
+):
     started = time.monotonic()
     repository = defs().get_repository_def()
     # The assets the sensor-driven refreshes cover, read from the definitions so that every
@@ -78,7 +82,8 @@ def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(spark, 
         processes: list[subprocess.Popen] = []
         stack = Stack(tmp_path, processes, instance)
         try:
-            daemon, env = start_daemon_for(tmp_path, landing.bucket, landing.queue_url)
+            # The runs attach to one long-lived Spark Connect server, as the demo's do.
+            daemon, env = start_daemon_for(tmp_path, landing.bucket, landing.queue_url, spark_server)
             processes.append(daemon)
             assert env["DAGSTER_HOME"] == str(home)
             port = free_port()

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from dagster import DagsterInstance
 
@@ -47,6 +50,32 @@ def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subpr
     return start([*arguments, "-w", str(WORKSPACE)], env, log)
 
 
+def start_spark_server(env: dict[str, str], log: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """`gaming-pipeline spark-server` on 127.0.0.1 (on `port` if free), and the
+    `sc://` address runs attach to; wait_for_port tells when it accepts them."""
+    from gaming_pipeline.lib.aws import free_port
+
+    port = free_port(prefer=port)
+    server = start(["gaming-pipeline", "spark-server", "--port", str(port)], env, log)
+    return server, f"sc://127.0.0.1:{port}"
+
+
+def wait_for_port(address: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
+    """Until something accepts connections at `address` (`scheme://host:port`), or fail with
+    the log to read if the process that should listen there exits first."""
+    location = urlparse(address)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[1:3]} exited with {process.returncode}: see {log}")
+        try:
+            socket.create_connection((location.hostname, location.port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"nothing accepted connections at {address} within {seconds:.0f} s: see {log}")
+
+
 def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
     for process in processes:
         if process.poll() is None:
@@ -59,9 +88,12 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
             process.wait()
 
 
-def start_daemon_for(work: Path, bucket: str, queue_url: str) -> tuple[subprocess.Popen, dict[str, str]]:
+def start_daemon_for(
+    work: Path, bucket: str, queue_url: str, spark_master: str = ""
+) -> tuple[subprocess.Popen, dict[str, str]]:
     """Dagster's daemon, sensors on, on a fresh instance and warehouse under `work`, for the
-    landing bucket and queue given; with the environment it runs in."""
+    landing bucket and queue given, its runs on `spark_master` (a Spark Connect address, say)
+    or the default; with the environment it runs in."""
     env = {
         **os.environ,
         "DAGSTER_HOME": str(prepare_dagster_home(work / "dagster")),
@@ -70,4 +102,6 @@ def start_daemon_for(work: Path, bucket: str, queue_url: str) -> tuple[subproces
         "GAMING_PIPELINE_LANDING_BUCKET": bucket,
         "GAMING_PIPELINE_QUEUE_URL": queue_url,
     }
+    if spark_master:
+        env["GAMING_PIPELINE_SPARK_MASTER"] = spark_master
     return start_dagster(["dagster-daemon", "run"], env, work / "daemon.log"), env

@@ -36,9 +36,26 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
     return conf
 
 
+def is_connect_address(master: str) -> bool:
+    """A Spark Connect server's address (`sc://host:port`) rather than a master URL."""
+    return master.startswith("sc://")
+
+
 def spark_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What a run's session is built with: the address of a Spark Connect server to attach
+    to, or everything a driver of its own needs (jars, Delta, s3a, small-data defaults)."""
+    if is_connect_address(settings.spark_master):
+        # The server was started with driver_config; a client only says where it is.
+        return {"spark.remote": settings.spark_master}
+    return driver_config(settings, environ)
+
+
+def driver_config(
+    settings: Settings, environ: dict[str, str] | None = None, master: str | None = None
+) -> dict[str, str]:
+    """The configuration of a Spark driver: a run's own, or a Spark Connect server's."""
     conf = {
-        "spark.master": settings.spark_master,
+        "spark.master": master or settings.spark_master,
         "spark.app.name": "gaming_pipeline",
         "spark.jars": ",".join(runtime_jars()),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -57,12 +74,32 @@ def spark_config(settings: Settings, environ: dict[str, str] | None = None) -> d
         "spark.sql.warehouse.dir": os.path.join(str(settings.home), "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
     }
-    if settings.spark_master.startswith("local"):
+    if conf["spark.master"].startswith("local"):
         # A local driver serves nobody else: keep its ports on the loopback interface.
         conf["spark.driver.bindAddress"] = "127.0.0.1"
         conf["spark.driver.host"] = "127.0.0.1"
     conf.update(s3a_config(environ))
     return conf
+
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+def connect_server_command(settings: Settings, host: str, port: int, master: str) -> list[str]:
+    """spark-submit of the Spark Connect server that Spark 4 ships, configured as a run's own
+    driver would be. Runs attach to it in a second instead of starting a JVM each and warming
+    it up again."""
+    import pyspark
+
+    conf = {
+        **driver_config(settings, master=master),
+        "spark.app.name": "gaming_pipeline Spark Connect server",
+        "spark.connect.grpc.binding.address": host,
+        "spark.connect.grpc.binding.port": str(port),
+    }
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    options = [part for key, value in conf.items() for part in ("--conf", f"{key}={value}")]
+    return [submit, "--class", CONNECT_SERVER_CLASS, *options, "spark-internal"]
 
 
 def start_session(settings: Settings):

@@ -1,0 +1,419 @@
+"""`make bench`: gaming_pipeline side by side with what users would pick instead, on this
+machine, in one run.
+
+    .venv/bin/python bench/side_by_side.py [--events 250000] [--latency-seconds 180]
+
+1. Throughput and growth: a seeded workload of landing objects (1x, 2x and 4x --events) on
+   the local S3 endpoint, taken to the raw table and the 30 per-game tables by
+   - ours: the ingestion run and the per-game run through Dagster, attached to the
+     long-lived Spark Connect server (`gaming-pipeline spark-server`), as the demo runs them;
+   - the peers of bench/peers.py: plain Structured Streaming with foreachBatch, Polars with
+     deltalake, and the bare Spark parse-and-write floor.
+   Every peer's 31 row counts must equal ours before any figure is written. Peak memory is
+   the largest summed RSS of the processes doing the work, sampled every 0.2 s.
+2. Latency: 2,000 events/s through the HTTP ingest service for --latency-seconds, the Dagster
+   daemon's sensors driving the runs; per event, the seconds from its receipt (eventTime) to
+   the raw-table commit holding it, and to today's kpi_events_per_hour counting it.
+3. Overhead: for the ingestion runs of step 2, the seconds from the sensor's run request to
+   the run's Spark session being ready, and the share of each run spent outside Spark.
+
+Writes bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import psutil
+import recording
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib import aws, generator, processes
+from gaming_pipeline.lib.daily import ALL_GAMES, EVENTS_PER_HOUR
+from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
+
+BENCH = Path(__file__).resolve().parent
+PROJECT = BENCH.parent
+TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]
+SCALES = (1, 2, 4)
+PEERS = ("structured-streaming", "polars", "bare-spark")
+
+
+class PeakMemory:
+    """The largest summed RSS, in MiB, of some processes and all their children."""
+
+    def __init__(self, pids: list[int]):
+        self.pids, self.peak, self._stop = pids, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            # By pid: one watched process may be another's child (the server is this one's).
+            rss: dict[int, int] = {}
+            for pid in self.pids:
+                try:
+                    root = psutil.Process(pid)
+                    for process in [root, *root.children(recursive=True)]:
+                        rss[process.pid] = process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, sum(rss.values()) / 2**20)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def row_counts(warehouse: str) -> dict[str, int]:
+    counts = {}
+    for table in TABLES:
+        try:
+            counts[table] = DeltaTable(table_path(warehouse, table)).count()
+        except TableNotFoundError:
+            counts[table] = 0
+    return counts
+
+
+def load_workload(bucket: str, events: int, seed: int) -> int:
+    """`events` generated events over one day, in gzip NDJSON objects of 5,000 events."""
+    s3 = aws.client("s3")
+    start, end = generator.history_window(1.0, datetime(2026, 11, 20, 12, tzinfo=UTC))
+    objects = generator.landing_objects(generator.history(seed, events, start, end), seed)
+    return generator.write_objects(
+        objects, lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body), generator.Totals()
+    ).objects
+
+
+def ours(address: str, bucket: str, warehouse: str, server_pid: int) -> dict:
+    """The ingestion run, then the per-game run over the days it wrote, through Dagster."""
+    import dagster as dg
+    from dagster_pyspark import LazyPySparkResource
+
+    from gaming_pipeline.defs.games.assets import game_tables
+    from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
+    from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+
+    resources = {
+        "landing": LandingBucketResource(bucket=bucket),
+        "warehouse": WarehouseResource(root=warehouse),
+        "pyspark": LazyPySparkResource(spark_config={"spark.remote": address}),
+    }
+    with dg.DagsterInstance.ephemeral() as instance, PeakMemory([server_pid, os.getpid()]) as memory:
+        started = time.monotonic()
+        ingested = dg.materialize([ingest_landed_objects], resources=resources, instance=instance)
+        days = ingested.asset_materializations_for_node("ingest_landed_objects")[0].metadata["event_dates"]
+        ingest_seconds = time.monotonic() - started
+        fanned = dg.materialize(
+            [game_tables],
+            resources=resources,
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": min(days.value),
+                "dagster/asset_partition_range_end": max(days.value),
+            },
+        )
+        assert ingested.success and fanned.success
+        seconds = time.monotonic() - started
+    return {
+        "seconds": round(seconds, 2),
+        "ingest_seconds": round(ingest_seconds, 2),
+        "fan_out_seconds": round(seconds - ingest_seconds, 2),
+        "peak_rss_mib": round(memory.peak),
+    }
+
+
+def peer(name: str, bucket: str, warehouse: str, work: Path, address: str, server_pid: int) -> dict:
+    arguments = {
+        "structured-streaming": [bucket, warehouse, str(work / "peer-home")],
+        "polars": [bucket, warehouse],
+        "bare-spark": [bucket, warehouse, address],
+    }[name]
+    # A peer's own Spark must not find ours: no Spark Connect variables in its environment.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SPARK_REMOTE", "SPARK_CONNECT"))
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "peers.py"), name, *arguments],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    # The bare-spark floor works on our server: its memory counts there.
+    watched = [process.pid, server_pid] if name == "bare-spark" else [process.pid]
+    with PeakMemory(watched) as memory:
+        out, _ = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"peer {name} failed with exit code {process.returncode}")
+    figures = json.loads(out.strip().splitlines()[-1])
+    return {
+        "seconds": round(figures["seconds"], 2),
+        "startup_seconds": round(figures["startup_seconds"], 2),
+        "peak_rss_mib": round(memory.peak),
+    }
+
+
+def warm_up(address: str, server_pid: int, work: Path) -> float:
+    """One small pass of ours first: the server is long-lived, so its JIT is warm for every
+    run but the first after it starts; that first one is not what users wait on."""
+    bucket = aws.provision("bench-warm-up", queue_name="bench-warm-up").bucket
+    load_workload(bucket, 20_000, seed=99)
+    return ours(address, bucket, str(work / "warm-up"), server_pid)["seconds"]
+
+
+def throughput(base_events: int, address: str, server_pid: int, work: Path) -> list[dict]:
+    results = []
+    for scale in SCALES:
+        events = base_events * scale
+        bucket = aws.provision(f"bench-{scale}x", queue_name=f"bench-{scale}x").bucket
+        objects = load_workload(bucket, events, seed=scale)
+        print(f"{scale}x: {events:,} events in {objects} objects", flush=True)
+        ours_warehouse = str(work / f"ours-{scale}x")
+        figures = {"ours": ours(address, bucket, ours_warehouse, server_pid)}
+        expected = row_counts(ours_warehouse)
+        if expected[RAW_TABLE] != events:
+            raise AssertionError(f"ours wrote {expected[RAW_TABLE]} raw rows of {events} events")
+        for name in PEERS:
+            warehouse = str(work / f"{name}-{scale}x")
+            figures[name] = peer(name, bucket, warehouse, work, address, server_pid)
+            found = row_counts(warehouse)
+            if found != expected:
+                differing = {
+                    table: (expected[table], found[table])
+                    for table in TABLES
+                    if found[table] != expected[table]
+                }
+                raise AssertionError(f"{name} at {scale}x wrote other row counts than ours: {differing}")
+        for side in figures.values():
+            side["events_per_second"] = round(events / side["seconds"])
+        print(f"  {json.dumps(figures)}", flush=True)
+        results.append(
+            {"scale": scale, "events": events, "objects": objects, "row_counts_equal": True, **figures}
+        )
+    return results
+
+
+def quantiles(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {}
+
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+    return {
+        "p50": at(0.5),
+        "p95": at(0.95),
+        "p99": at(0.99),
+        "max": round(values[-1], 1),
+        "events": len(values),
+    }
+
+
+def kpi_total(warehouse: str, days: list[date]) -> int:
+    try:
+        rows = DeltaTable(table_path(warehouse, EVENTS_PER_HOUR)).to_pyarrow_table(
+            filters=[("game_keyword", "=", ALL_GAMES)]
+        )
+    except TableNotFoundError:
+        return 0
+    return sum(
+        events
+        for day, events in zip(rows["eventDate"].to_pylist(), rows["events"].to_pylist(), strict=True)
+        if day in days
+    )
+
+
+def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
+    """Events posted at `rate` for `seconds` through the ingest service, the daemon's sensors
+    taking them on; visibility per event from the tables' own commit times."""
+    from gaming_pipeline.ingest_service import keys
+    from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
+
+    landing = aws.provision("bench-latency", queue_name="bench-latency")
+    daemon, env = processes.start_daemon_for(work / "latency", landing.bucket, landing.queue_url, address)
+    env["GAMING_PIPELINE_API_KEYS"] = str(work / "latency" / "api-keys.json")
+    _, api_key = keys.create(Path(env["GAMING_PIPELINE_API_KEYS"]), "bench")
+    port = aws.free_port()
+    # The demo's flush age (5 s): the embedded default a new user runs.
+    service = processes.start(
+        ["gaming-pipeline", "ingest-server", "--port", str(port), "--flush-seconds", "5"],
+        env,
+        work / "latency" / "ingest.log",
+    )
+    warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
+    polls: list[tuple[float, int]] = []
+    stop_polling = threading.Event()
+    days = [datetime.now(UTC).date(), (datetime.now(UTC) + timedelta(seconds=seconds + 600)).date()]
+
+    def poll_kpis() -> None:
+        while not stop_polling.is_set():
+            polls.append((time.time(), kpi_total(warehouse, days)))
+            time.sleep(1)
+
+    accepted = 0
+
+    def counted(batch: list[dict], answer: dict) -> None:
+        nonlocal accepted
+        accepted += answer["accepted"]
+
+    try:
+        processes.wait_for_port(f"http://127.0.0.1:{port}", 60, service, work / "latency" / "ingest.log")
+        threading.Thread(target=poll_kpis, daemon=True).start()
+        load_started = time.time()
+        events = (generator.client_event(event) for event in generator.stream(11, rate, seconds))
+        send_in_batches(events, EventSender(f"http://127.0.0.1:{port}", api_key), on_batch=counted)
+        load_ended = time.time()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and (not polls or polls[-1][1] < accepted):
+            time.sleep(2)
+    finally:
+        stop_polling.set()
+        processes.stop([service, daemon])
+
+    raw = DeltaTable(table_path(warehouse, RAW_TABLE))
+    committed_at = {entry["version"]: entry["timestamp"] / 1000 for entry in raw.history()}
+    ledger = DeltaTable(table_path(warehouse, LEDGER_TABLE)).to_pyarrow_table(
+        columns=["object", "raw_version"]
+    )
+    version_of = dict(zip(ledger["object"].to_pylist(), ledger["raw_version"].to_pylist(), strict=True))
+    rows = raw.to_pyarrow_table(columns=["eventTime", "_source_object"])
+    received = [moment.replace(tzinfo=UTC).timestamp() for moment in rows["eventTime"].to_pylist()]
+    to_raw = [
+        committed_at[version_of[source]] - at
+        for at, source in zip(received, rows["_source_object"].to_pylist(), strict=True)
+    ]
+    # The n-th event received is counted in the KPIs once a poll sees more than n events.
+    to_kpis, next_poll = [], 0
+    for rank, at in enumerate(sorted(received)):
+        while next_poll < len(polls) and polls[next_poll][1] <= rank:
+            next_poll += 1
+        if next_poll < len(polls):
+            to_kpis.append(polls[next_poll][0] - at)
+    return {
+        "events_per_second_offered": rate,
+        "seconds_of_load": round(load_ended - load_started, 1),
+        "events_accepted": accepted,
+        "raw_rows": len(received),
+        "event_to_raw_seconds": quantiles(to_raw),
+        "event_to_kpi_seconds": quantiles(to_kpis),
+        "kpi_poll_seconds": 1,
+        "runs": run_overheads(Path(env["DAGSTER_HOME"])),
+    }
+
+
+def run_overheads(dagster_home: Path) -> dict:
+    """Per ingestion run: request to Spark session ready, and the share outside Spark."""
+    import dagster as dg
+
+    requested_to_spark, outside_share = [], []
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for record in instance.get_run_records(dg.RunsFilter(job_name="ingest_landed_objects_job")):
+            if record.end_time is None or record.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+                continue
+            logs = instance.all_logs(record.dagster_run.run_id)
+            ready = [
+                entry.timestamp for entry in logs if entry.user_message.startswith("Spark session ready")
+            ]
+            spark_seconds = [
+                entry.asset_materialization.metadata["seconds"].value
+                for entry in logs
+                if entry.is_dagster_event
+                and entry.dagster_event.is_step_materialization
+                and entry.asset_materialization.asset_key.to_user_string() == RAW_TABLE
+            ]
+            if not ready or not spark_seconds:
+                continue
+            requested = record.create_timestamp.timestamp()
+            requested_to_spark.append(ready[0] - requested)
+            outside_share.append(1 - spark_seconds[0] / (record.end_time - requested))
+    return {
+        "ingestion_runs": len(requested_to_spark),
+        "request_to_spark_ready_seconds": quantiles(requested_to_spark),
+        "share_outside_spark": {
+            key: round(value, 2) if key != "events" else value
+            for key, value in quantiles(outside_share).items()
+        },
+    }
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = ("ours", *PEERS)
+    scales = [row["scale"] for row in results["throughput"]]
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    for side in sides:
+        speed.plot(
+            scales, [row[side]["events_per_second"] for row in results["throughput"]], marker="o", label=side
+        )
+        memory.plot(
+            scales, [row[side]["peak_rss_mib"] for row in results["throughput"]], marker="o", label=side
+        )
+    for axis, title in ((speed, "events per second (higher is better)"), (memory, "peak RSS, MiB")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(scales, [f"{scale}x" for scale in scales])
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    speed.legend()
+    figure.suptitle(
+        f"landing objects to the raw + 30 per-game tables, {results['throughput'][0]['events']:,} events = 1x"
+    )
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=250_000, help="events at 1x (default 250,000)")
+    parser.add_argument("--latency-rate", type=float, default=2000)
+    parser.add_argument("--latency-seconds", type=float, default=180)
+    args = parser.parse_args()
+    local = aws.LocalAws().start()
+    os.environ.update(local.environment())
+    work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
+    server, address = processes.start_spark_server(
+        {**os.environ, "GAMING_PIPELINE_HOME": str(work / "home")}, work / "spark-server.log"
+    )
+    try:
+        processes.wait_for_port(address, 180, server, work / "spark-server.log")
+        results = {
+            **recording.context(("dagster", "pyspark", "delta-spark", "deltalake", "polars", "moto")),
+            "spark": f"Spark Connect server, local[*] driver, {address}",
+            "warm_up_seconds": warm_up(address, server.pid, work),
+            "throughput": throughput(args.events, address, server.pid, work),
+            "latency": latency(args.latency_rate, args.latency_seconds, address, work),
+        }
+    finally:
+        processes.stop([server])
+        local.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    out = recording.write("side-by-side", results)
+    plot(results, out.with_suffix(".png"))
+    subprocess.run([sys.executable, str(BENCH / "report.py"), str(out)], check=True)
+
+
+if __name__ == "__main__":
+    main()
