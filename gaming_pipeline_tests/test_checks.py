@@ -3,6 +3,7 @@
 from datetime import date, datetime
 from decimal import Decimal
 
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.lib import checks
@@ -38,6 +39,16 @@ def test_null_keys_are_counted_per_key(spark):
         False,
         {"rows": 3, "null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
     )
+
+
+def test_null_keys_are_counted_per_group_in_one_pass(spark):
+    df = spark.createDataFrame([(DAY, "a"), (None, "a"), (DAY, "b")], "eventDate date, game_keyword string")
+    by_game = checks.null_keys_by(df, checks.KPI_KEYS, F.col("game_keyword"))
+    assert by_game == {
+        "a": (False, {"rows": 2, "null_rows_by_key": {"eventDate": 1, "game_keyword": 0}}),
+        "b": (True, {"rows": 1, "null_rows_by_key": {"eventDate": 0, "game_keyword": 0}}),
+    }
+    assert checks.null_keys(df.limit(0), checks.KPI_KEYS) == checks.no_rows(checks.KPI_KEYS)
 
 
 def test_hourly_counts_that_do_not_add_up_fail(spark):

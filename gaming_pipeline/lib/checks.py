@@ -5,9 +5,7 @@ Each returns (passed, details): details are small, JSON-friendly facts for the U
 
 from __future__ import annotations
 
-from functools import reduce
-
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -29,39 +27,38 @@ def schema_matches(actual: T.StructType, expected: T.StructType) -> tuple[bool, 
     return not differences, {"differences": differences}
 
 
-def null_keys_by_table(tables: dict[str, DataFrame], keys: tuple[str, ...]) -> dict[str, tuple[bool, dict]]:
-    """null_keys of several tables in one Spark job rather than one job per table (the
-    fan-out to 30 game tables would otherwise pay a job's fixed cost 30 times)."""
+def null_keys_by(df: DataFrame, keys: tuple[str, ...], group: Column) -> dict[str, tuple[bool, dict]]:
+    """null_keys for each value of `group`, in one Spark job (the fan-out checks its 30 games
+    this way rather than paying a job's fixed cost 30 times). Groups without rows are absent."""
     # Flags by position: a key such as eventParams.game_keyword is no plain column name.
     flags = [f"null_{position}" for position in range(len(keys))]
-    flagged = [
+    counted = (
         df.select(
-            F.lit(name).alias("table"),
+            group.alias("group"),
             *(F.col(key).isNull().alias(flag) for key, flag in zip(keys, flags, strict=True)),
         )
-        for name, df in tables.items()
-    ]
-    found = {
-        row["table"]: row
-        for row in reduce(DataFrame.unionByName, flagged)
-        .groupBy("table")
+        .groupBy("group")
         .agg(F.count(F.lit(1)).alias("rows"), *(F.count_if(flag).alias(flag) for flag in flags))
         .collect()
+    )
+    return {
+        row["group"]: _null_keys_found(keys, row["rows"], [row[flag] for flag in flags]) for row in counted
     }
-    results = {}
-    for name in tables:
-        row = found.get(name)
-        nulls = {key: row[flag] if row else 0 for key, flag in zip(keys, flags, strict=True)}
-        results[name] = (
-            not any(nulls.values()),
-            {"rows": row["rows"] if row else 0, "null_rows_by_key": nulls},
-        )
-    return results
+
+
+def _null_keys_found(keys: tuple[str, ...], rows: int, nulls: list[int]) -> tuple[bool, dict]:
+    by_key = dict(zip(keys, nulls, strict=True))
+    return not any(nulls), {"rows": rows, "null_rows_by_key": by_key}
 
 
 def null_keys(df: DataFrame, keys: tuple[str, ...]) -> tuple[bool, dict]:
     """Rows lacking each key, and the rows looked at (in the same pass, for the caller's use)."""
-    return null_keys_by_table({"": df}, keys)[""]
+    return null_keys_by(df, keys, F.lit("")).get("", no_rows(keys))
+
+
+def no_rows(keys: tuple[str, ...]) -> tuple[bool, dict]:
+    """null_keys of a table part with no rows at all."""
+    return _null_keys_found(keys, 0, [0] * len(keys))
 
 
 def _by_day_and_game(df: DataFrame, value) -> dict:

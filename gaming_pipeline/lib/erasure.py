@@ -128,4 +128,4 @@ def record_audit(
         path,
         f"request_id = {sql_string(request_id)} AND run_id = {sql_string(run_id)}",
         {"run_id": run_id, ERASURE_TAG: request_id},
-    )
+    ).version

@@ -223,7 +223,7 @@ def ingest_objects(
             table_path(warehouse, QUARANTINE_TABLE),
             in_list("_source_object", uris),
             marker,
-        )
+        ).version
         modified = earlier_modified + [
             row.source_modified_micros
             for row in counts.values()
@@ -231,7 +231,9 @@ def ingest_objects(
         ]
         raw_path = table_path(warehouse, RAW_TABLE)
         result.raw_version = (
-            replace_rows(raw_events(classified, now, run_id), raw_path, rows_of(uris, modified), marker)
+            replace_rows(
+                raw_events(classified, now, run_id), raw_path, rows_of(uris, modified), marker
+            ).version
             if modified
             else latest_version(spark, raw_path)
         )

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 # Imported for its side effect too: Spark Connect errors for commit conflicts become the
 # same DeltaConcurrentModificationException the classic client raises.
@@ -53,7 +53,7 @@ def delta_at(path: str) -> str:
     code runs on a local session and on a Spark Connect server (whose Delta plugin for the
     Python API is not published for Spark 4.2).
     """
-    return "delta.`" + path.replace("`", "``") + "`"
+    return "delta." + _quoted(path)
 
 
 def sql_string(value: str) -> str:
@@ -139,29 +139,43 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return int(table_history(spark, path, 1).first().version)
 
 
+class Commit(NamedTuple):
+    version: int
+    # From the commit's own operation metrics, so nobody has to read the rows back to know.
+    rows_written: int
+
+
+def _commit_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> Commit | None:
+    for row in (
+        table_history(spark, path, 20)
+        .select("version", "operation", "userMetadata", "operationMetrics")
+        .collect()
+    ):
+        if row.userMetadata == tag and operation in ("", row.operation):
+            return Commit(int(row.version), int((row.operationMetrics or {}).get("numOutputRows", 0)))
+    return None
+
+
 def version_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> int | None:
     """The newest of the table's recent versions committed with this userMetadata (and
     operation, if given): found by its tag, not as "the latest", since another writer may
     have committed since."""
-    for row in table_history(spark, path, 20).select("version", "operation", "userMetadata").collect():
-        if row.userMetadata == tag and operation in ("", row.operation):
-            return int(row.version)
-    return None
+    commit = _commit_tagged(spark, path, tag, operation)
+    return None if commit is None else commit.version
 
 
-def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
-    """Replace the rows matching `predicate` with `df` in one commit and return the version
-    holding them.
+def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> Commit:
+    """Replace the rows matching `predicate` with `df` in one commit and return that commit.
 
     This is what makes ingestion exactly-once: re-running the same work replaces its own
     earlier rows instead of adding to them. Every row of `df` must match `predicate`.
-    When there is nothing to remove or add, Delta commits nothing and the version returned
-    is the latest one.
+    When there is nothing to remove or add, Delta commits nothing: the version returned is
+    then the latest one, with no rows written.
     """
     spark = df.sparkSession
     tag = json.dumps(marker, sort_keys=True)
 
-    def commit() -> int:
+    def commit() -> Commit:
         (
             df.write.format("delta")
             .mode("overwrite")
@@ -169,8 +183,7 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> int:
             .option("userMetadata", tag)
             .save(path)
         )
-        tagged = version_tagged(spark, path, tag)
-        return latest_version(spark, path) if tagged is None else tagged
+        return _commit_tagged(spark, path, tag) or Commit(latest_version(spark, path), 0)
 
     return retry_on_conflict(commit)
 

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
@@ -13,7 +14,7 @@ from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
 from gaming_pipeline.lib.events import RAW_SCHEMA
-from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, replace_rows, table_path
+from gaming_pipeline.lib.warehouse import RAW_TABLE, Commit, ensure_table, replace_rows, table_path
 
 GAMES_GROUP = "games"
 PARALLEL_WRITES = 4
@@ -40,8 +41,11 @@ def game_spec(game: Game) -> dg.AssetSpec:
 
 GAME_CHECKS = {
     "schema_matches_raw": "The table has exactly the raw table's columns and types.",
-    "no_null_keys": "No row of the refreshed days lacks eventDate, eventTime, eventName, game or source.",
-    "rows_match_raw": "The refreshed days hold exactly the game's rows of the raw table, read back.",
+    "no_null_keys": "No row written for the refreshed days lacks eventDate, eventTime, eventName, game or source.",
+    "rows_match_raw": (
+        "The commit that refreshed the days wrote exactly the game's rows of the raw table "
+        "(by Delta's own operation metrics)."
+    ),
 }
 
 
@@ -65,74 +69,64 @@ def game_tables(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
 ):
     """The seed's foreachBatch fan-out: the run's days are read from the raw table once and
-    each selected game's rows replace that game's rows for those days; then every table
-    written is read back, in one Spark job, for its checks."""
+    each selected game's rows replace that game's rows for those days, one commit per table.
+    The checks need no second read: keys and row counts come from the rows read once, and
+    each commit's operation metrics say how many rows it wrote."""
     spark = pyspark.spark_session
     days = window_predicate(context)
     raw_path = table_path(warehouse.root, RAW_TABLE)
     ensure_table(spark, raw_path, RAW_SCHEMA, partition_by=("eventDate",))
     raw = spark.read.format("delta").load(raw_path).where(days).persist()
+    game_keyword = F.col("eventParams.game_keyword")
+    paths = {game: table_path(warehouse.root, game.table_name) for game in GAMES}
     try:
-        rows = {
-            row.game_keyword: row.rows
-            for row in raw.groupBy(F.col("eventParams.game_keyword").alias("game_keyword"))
-            .agg(F.count(F.lit(1)).alias("rows"))
-            .collect()
-        }
+        # One job over the cached rows: each game's row count and null keys.
+        null_keys = checks.null_keys_by(raw, checks.RAW_KEYS, game_keyword)
 
-        def write(game: Game) -> int:
-            path = table_path(warehouse.root, game.table_name)
-            ensure_table(spark, path, RAW_SCHEMA, partition_by=("eventDate",))
-            rows_of_game = raw.where(F.col("eventParams.game_keyword") == game.keyword)
-            return replace_rows(
+        def write(game: Game) -> tuple[Commit, T.StructType]:
+            ensure_table(spark, paths[game], RAW_SCHEMA, partition_by=("eventDate",))
+            rows = null_keys.get(game.keyword, checks.no_rows(checks.RAW_KEYS))[1]["rows"]
+            commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
-                rows_of_game.coalesce(max(1, rows.get(game.keyword, 0) // ROWS_PER_FILE)),
-                path,
+                raw.where(game_keyword == game.keyword).coalesce(max(1, rows // ROWS_PER_FILE)),
+                paths[game],
                 days,
                 {"run_id": context.run.run_id, "game": game.keyword},
             )
+            return commit, spark.read.format("delta").load(paths[game]).schema
 
         games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
         # Each write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-            versions = dict(zip(games, pool.map(write, games), strict=True))
+            written = dict(zip(games, pool.map(write, games), strict=True))
         context.log.info(f"{len(games)} game table(s) written in {time.monotonic() - started:.1f} s")
-        started = time.monotonic()
-        written = {
-            game.keyword: spark.read.format("delta")
-            .load(table_path(warehouse.root, game.table_name))
-            .where(days)
-            for game in games
-        }
-        null_keys = checks.null_keys_by_table(written, checks.RAW_KEYS)
-        context.log.info(
-            f"{len(games)} game table(s) read back for their checks in {time.monotonic() - started:.1f} s"
-        )
-        for game in games:
-            expected_rows = rows.get(game.keyword, 0)
-            found_rows = null_keys[game.keyword][1]["rows"]
-            outcomes = {
-                "schema_matches_raw": checks.schema_matches(written[game.keyword].schema, RAW_SCHEMA),
-                "no_null_keys": null_keys[game.keyword],
-                "rows_match_raw": (found_rows == expected_rows, {"raw": expected_rows, "table": found_rows}),
-            }
-            yield dg.MaterializeResult(
-                asset_key=game.table_name,
-                metadata={
-                    "rows": found_rows,
-                    "delta_version": versions[game],
-                    "days": days,
-                    "dagster/uri": table_path(warehouse.root, game.table_name),
-                },
-                check_results=[
-                    dg.AssetCheckResult(
-                        asset_key=game.table_name, check_name=name, passed=passed, metadata=details
-                    )
-                    for name, (passed, details) in outcomes.items()
-                    if dg.AssetCheckKey(dg.AssetKey(game.table_name), name)
-                    in context.selected_asset_check_keys
-                ],
-            )
     finally:
         raw.unpersist()
+    for game, (commit, schema) in written.items():
+        keys = null_keys.get(game.keyword, checks.no_rows(checks.RAW_KEYS))
+        expected_rows = keys[1]["rows"]
+        outcomes = {
+            "schema_matches_raw": checks.schema_matches(schema, RAW_SCHEMA),
+            "no_null_keys": keys,
+            "rows_match_raw": (
+                commit.rows_written == expected_rows,
+                {"raw": expected_rows, "written": commit.rows_written},
+            ),
+        }
+        yield dg.MaterializeResult(
+            asset_key=game.table_name,
+            metadata={
+                "rows": commit.rows_written,
+                "delta_version": commit.version,
+                "days": days,
+                "dagster/uri": paths[game],
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    asset_key=game.table_name, check_name=name, passed=passed, metadata=details
+                )
+                for name, (passed, details) in outcomes.items()
+                if dg.AssetCheckKey(dg.AssetKey(game.table_name), name) in context.selected_asset_check_keys
+            ],
+        )

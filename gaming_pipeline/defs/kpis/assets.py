@@ -82,7 +82,7 @@ def kpi_asset(
         path = table_path(warehouse.root, name)
         try:
             ensure_table(spark, path, result.schema, partition_by=("eventDate",))
-            version = replace_rows(result, path, days, {"run_id": context.run.run_id})
+            version = replace_rows(result, path, days, {"run_id": context.run.run_id}).version
             table = spark.read.format("delta").load(path)
             run = KpiRun(table.where(days), raw.where(days), table, first, end)
             no_null_keys = checks.null_keys(run.written, checks.KPI_KEYS)
