@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,18 +144,12 @@ def main() -> None:
     parser.add_argument("--latency-objects", type=int, default=20)
     parser.add_argument("--every", type=float, default=5.0)
     args = parser.parse_args()
-    local = aws.LocalAws().start()
-    os.environ.update(local.environment())
-    work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
-    try:
+    with recording.workplace() as work:
         results = {
             **recording.context(("dagster", "pyspark", "delta-spark", "moto")),
             "throughput": throughput(args.events, work),
             "latency": latency(args.latency_objects, args.every, work),
         }
-    finally:
-        local.stop()
-        shutil.rmtree(work, ignore_errors=True)
     recording.write("ingest", results)
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+
+from gaming_pipeline.lib import aws
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,6 +28,20 @@ def context(packages: tuple[str, ...]) -> dict:
         },
         "versions": {name: version(name) for name in packages},
     }
+
+
+@contextmanager
+def workplace() -> Iterator[Path]:
+    """A local AWS endpoint in this process's environment and a scratch folder, both gone
+    when the benchmark ends."""
+    local = aws.LocalAws().start()
+    os.environ.update(local.environment())
+    work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
+    try:
+        yield work
+    finally:
+        local.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write(benchmark: str, results: dict) -> Path:

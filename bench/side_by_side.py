@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -277,7 +275,7 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
         accepted += answer["accepted"]
 
     try:
-        processes.wait_for_port(f"http://127.0.0.1:{port}", 60, service, work / "latency" / "ingest.log")
+        processes.wait_until_serving(f"http://127.0.0.1:{port}", 60, service, work / "latency" / "ingest.log")
         threading.Thread(target=poll_kpis, daemon=True).start()
         load_started = time.time()
         events = (generator.client_event(event) for event in generator.stream(11, rate, seconds))
@@ -391,25 +389,21 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2000)
     parser.add_argument("--latency-seconds", type=float, default=180)
     args = parser.parse_args()
-    local = aws.LocalAws().start()
-    os.environ.update(local.environment())
-    work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
-    server, address = processes.start_spark_server(
-        {**os.environ, "GAMING_PIPELINE_HOME": str(work / "home")}, work / "spark-server.log"
-    )
-    try:
-        processes.wait_for_port(address, 180, server, work / "spark-server.log")
-        results = {
-            **recording.context(("dagster", "pyspark", "delta-spark", "deltalake", "polars", "moto")),
-            "spark": f"Spark Connect server, local[*] driver, {address}",
-            "warm_up_seconds": warm_up(address, server.pid, work),
-            "throughput": throughput(args.events, address, server.pid, work),
-            "latency": latency(args.latency_rate, args.latency_seconds, address, work),
-        }
-    finally:
-        processes.stop([server])
-        local.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with recording.workplace() as work:
+        server, address = processes.start_spark_server(
+            {**os.environ, "GAMING_PIPELINE_HOME": str(work / "home")}, work / "spark-server.log"
+        )
+        try:
+            processes.wait_until_serving(address, 180, server, work / "spark-server.log")
+            results = {
+                **recording.context(("dagster", "pyspark", "delta-spark", "deltalake", "polars", "moto")),
+                "spark": f"Spark Connect server, local[*] driver, {address}",
+                "warm_up_seconds": warm_up(address, server.pid, work),
+                "throughput": throughput(args.events, address, server.pid, work),
+                "latency": latency(args.latency_rate, args.latency_seconds, address, work),
+            }
+        finally:
+            processes.stop([server])
     out = recording.write("side-by-side", results)
     plot(results, out.with_suffix(".png"))
     subprocess.run([sys.executable, str(BENCH / "report.py"), str(out)], check=True)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -223,19 +222,6 @@ def cmd_api_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {seconds:.0f} s")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, the ingest service,
     and a stream of events posted to it."""
@@ -287,10 +273,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         started.append(ingest_process)
         ui, ingest = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{ingest_port}"
         with console.status("starting Spark, the ingest service, the Dagster webserver and daemon"):
-            _wait_for(f"{ingest}/healthz", 60, ingest_process, logs / "ingest.log")
-            _wait_for(f"{ui}/server_info", 180, webserver_process, logs / "webserver.log")
+            processes.wait_until_serving(f"{ingest}/healthz", 60, ingest_process, logs / "ingest.log")
+            processes.wait_until_serving(f"{ui}/server_info", 180, webserver_process, logs / "webserver.log")
             if spark_server:
-                processes.wait_for_port(
+                processes.wait_until_serving(
                     env["GAMING_PIPELINE_SPARK_MASTER"], 180, spark_server, logs / "spark-server.log"
                 )
 

@@ -16,15 +16,11 @@ from gaming_pipeline.lib.settings import Settings
 def local_aws():
     """moto's server on a free 127.0.0.1 port, reached over real HTTP by boto3 and s3a."""
     server = aws.LocalAws().start()
-    saved = {key: os.environ.get(key) for key in server.environment()}
-    os.environ.update(server.environment())
-    yield server
+    with pytest.MonkeyPatch.context() as environment:
+        for key, value in server.environment().items():
+            environment.setenv(key, value)
+        yield server
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +37,7 @@ def spark_server(local_aws, session_home, tmp_path_factory):
         {**os.environ, "GAMING_PIPELINE_HOME": str(session_home)}, log
     )
     try:
-        processes.wait_for_port(address, 180, server, log)
+        processes.wait_until_serving(address, 180, server, log)
         yield address
     finally:
         processes.stop([server])
@@ -56,16 +52,18 @@ def spark(request, local_aws, session_home):
 
     environ = {"GAMING_PIPELINE_HOME": str(session_home)}
     over_connect = os.environ.get("GAMING_PIPELINE_TEST_SPARK") == "connect"
-    if over_connect:
-        environ["GAMING_PIPELINE_SPARK_MASTER"] = request.getfixturevalue("spark_server")
-        # Resources built with an empty spark_config, and the CLI, find the server too.
-        os.environ["SPARK_REMOTE"] = environ["GAMING_PIPELINE_SPARK_MASTER"]
-        os.environ["GAMING_PIPELINE_SPARK_MASTER"] = environ["GAMING_PIPELINE_SPARK_MASTER"]
-    session = start_session(Settings.from_env(environ))
-    if not over_connect:
-        session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    with pytest.MonkeyPatch.context() as environment:
+        if over_connect:
+            address = request.getfixturevalue("spark_server")
+            environ["GAMING_PIPELINE_SPARK_MASTER"] = address
+            # Resources built with an empty spark_config, and the CLI, find the server too.
+            environment.setenv("SPARK_REMOTE", address)
+            environment.setenv("GAMING_PIPELINE_SPARK_MASTER", address)
+        session = start_session(Settings.from_env(environ))
+        if not over_connect:
+            session.sparkContext.setLogLevel("ERROR")
+        yield session
+        session.stop()
 
 
 @pytest.fixture

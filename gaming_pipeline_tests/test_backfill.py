@@ -19,14 +19,19 @@ import requests
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 
-from gaming_pipeline.cli import _wait_for
 from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
 from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
 from gaming_pipeline.lib import generator
 from gaming_pipeline.lib.aws import free_port
-from gaming_pipeline.lib.processes import prepare_dagster_home, start_daemon_for, start_dagster, stop
+from gaming_pipeline.lib.processes import (
+    prepare_dagster_home,
+    start_daemon_for,
+    start_dagster,
+    stop,
+    wait_until_serving,
+)
 from gaming_pipeline.lib.warehouse import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history
 from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows
@@ -121,7 +126,9 @@ def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
             # Every partition is built already, so the backfill is a re-run that must change no
             # row. The KPIs are compared with Python's while it starts: whichever snapshot they
             # are read at, right tables equal Python's figures, and the suite saves half a minute.
-            _wait_for(f"http://127.0.0.1:{port}/server_info", 120, webserver, tmp_path / "webserver.log")
+            wait_until_serving(
+                f"http://127.0.0.1:{port}/server_info", 120, webserver, tmp_path / "webserver.log"
+            )
             backfill_id = launch_backfill(port, derived, days)
             assert actual_kpis(spark, warehouse) == expected_kpis(events), stack.diagnosis()
             print(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -60,20 +61,31 @@ def start_spark_server(env: dict[str, str], log: Path, port: int = 0) -> tuple[s
     return server, f"sc://127.0.0.1:{port}"
 
 
-def wait_for_port(address: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
-    """Until something accepts connections at `address` (`scheme://host:port`), or fail with
-    the log to read if the process that should listen there exits first."""
+def _serving(address: str) -> bool:
+    """An HTTP address serves once it answers a GET; any other (`sc://host:port`) once it
+    accepts a connection."""
     location = urlparse(address)
+    try:
+        if location.scheme in ("http", "https"):
+            urllib.request.urlopen(address, timeout=2).close()
+        else:
+            socket.create_connection((location.hostname, location.port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_until_serving(address: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
+    """Until `address` serves, or fail with the log to read if the process that should
+    serve it exits first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[1:3]} exited with {process.returncode}: see {log}")
-        try:
-            socket.create_connection((location.hostname, location.port), timeout=1).close()
+            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}: see {log}")
+        if _serving(address):
             return
-        except OSError:
-            time.sleep(0.25)
-    raise RuntimeError(f"nothing accepted connections at {address} within {seconds:.0f} s: see {log}")
+        time.sleep(0.25)
+    raise RuntimeError(f"{address} did not answer within {seconds:.0f} s: see {log}")
 
 
 def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
