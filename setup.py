@@ -35,6 +35,8 @@ setup(
         "test": ["pytest>=9,<10", "ruff==0.17.6"],
         # make bench: the single-machine peer (Polars + deltalake) and peak-memory sampling.
         "bench": ["polars==2.1.0", "psutil==7.2.2"],
+        # deploy/Dockerfile: run pods use the Postgres instance and the Kubernetes run launcher.
+        "deploy": ["dagster-postgres==0.29.27", "dagster-k8s==0.29.27"],
     },
     entry_points={"console_scripts": ["gaming-pipeline=gaming_pipeline.cli:main"]},
 )
