@@ -14,6 +14,9 @@ setup(
         "dagster-webserver==1.13.27",
         "dagster-aws==0.29.27",
         "dagster-pyspark==0.29.27",
+        # SQLAlchemy 2.1 makes psycopg 3 the default Postgres driver; dagster-postgres 0.29
+        # is built on psycopg2 and fails to connect with it.
+        "sqlalchemy==2.0.58",
         # [connect]: runs attach to a long-lived Spark Connect server (gaming-pipeline
         # spark-server); its client needs pandas, grpc and zstandard, pinned here.
         "pyspark[connect]==4.2.0",
@@ -32,7 +35,8 @@ setup(
         "prometheus-client==0.26.0",
     ],
     extras_require={
-        "test": ["pytest>=9,<10", "ruff==0.17.6"],
+        # dagster-postgres: a test runs the daemon on the production (Postgres) instance config.
+        "test": ["pytest>=9,<10", "ruff==0.17.6", "dagster-postgres==0.29.27"],
         # make bench: the single-machine peer (Polars + deltalake) and peak-memory sampling.
         "bench": ["polars==2.1.0", "psutil==7.2.2"],
         # deploy/Dockerfile: run pods use the Postgres instance and the Kubernetes run launcher.

@@ -1,25 +1,39 @@
 """The real Dagster daemon runs the sensors and launches ingestion runs in their own processes,
-as `make demo` does; the rows reach the raw table without anyone pressing a button."""
+each with a Spark driver of its own; the rows reach the raw table without anyone pressing a
+button. The instance is the production one (deploy/dagster.production.yaml) on a real
+PostgreSQL server; test_backfill runs the daemon on the embedded SQLite instance."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import dagster as dg
+import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from gaming_pipeline.lib.processes import start_daemon_for, stop
+from gaming_pipeline.lib.processes import PRODUCTION_INSTANCE_CONFIG, start_daemon_for, stop
 from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
 from gaming_pipeline_tests.ingest_helpers import load_history
+from gaming_pipeline_tests.postgres_helpers import postgres_server, successful_runs
+
+JOB = "ingest_landed_objects_job"
 
 
-def test_daemon_ingests_landed_objects(landing, tmp_path):
-    daemon, env = start_daemon_for(tmp_path, landing.bucket, landing.queue_url)
+@pytest.fixture
+def postgres(monkeypatch):
+    with postgres_server() as environ:
+        for key, value in environ.items():
+            monkeypatch.setenv(key, value)
+        yield environ
+
+
+def test_daemon_on_postgres_ingests_landed_objects(landing, tmp_path, postgres, monkeypatch):
+    daemon, env = start_daemon_for(
+        tmp_path, landing.bucket, landing.queue_url, instance_config=PRODUCTION_INSTANCE_CONFIG
+    )
     warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
-    saved = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     try:
         totals = load_history(landing.bucket, seed=31, events=2000, days=1.0)
         with dg.DagsterInstance.get() as instance:
@@ -27,7 +41,7 @@ def test_daemon_ingests_landed_objects(landing, tmp_path):
             while time.monotonic() < deadline:
                 assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
                 time.sleep(3)
-                runs = instance.get_runs(dg.RunsFilter(job_name="ingest_landed_objects_job"))
+                runs = instance.get_runs(dg.RunsFilter(job_name=JOB))
                 if runs and all(run.is_finished for run in runs) and raw_rows(warehouse) == totals.events:
                     break
             assert raw_rows(warehouse) == totals.events, (tmp_path / "daemon.log").read_text()[-3000:]
@@ -36,10 +50,9 @@ def test_daemon_ingests_landed_objects(landing, tmp_path):
             assert instance.get_latest_materialization_event(dg.AssetKey(RAW_TABLE)) is not None
     finally:
         stop([daemon])
-        if saved is None:
-            os.environ.pop("DAGSTER_HOME")
-        else:
-            os.environ["DAGSTER_HOME"] = saved
+    # The run history is in Postgres, and nothing fell back to SQLite files.
+    assert successful_runs(postgres, JOB) == len(runs)
+    assert not list((tmp_path / "dagster").rglob("*.db"))
 
 
 def raw_rows(warehouse: str) -> int:

@@ -19,14 +19,16 @@ from dagster import DagsterInstance
 PROJECT = Path(__file__).resolve().parents[2]
 WORKSPACE = PROJECT / "workspace.yaml"
 INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.yaml"
+# The same instance on Postgres (DAGSTER_PG_* from the environment).
+PRODUCTION_INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.production.yaml"
 
 
-def prepare_dagster_home(path: Path) -> Path:
-    """A Dagster home with the project's instance config (SQLite, run queue, Spark pool), its
+def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) -> Path:
+    """A Dagster home with one of the project's instance configs (SQLite by default), its
     storage created here: a webserver and a daemon started together on an empty home would
     both create the SQLite schema and one of them fails on a doubled migration head."""
     path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(INSTANCE_CONFIG, path / "dagster.yaml")
+    shutil.copy(instance_config, path / "dagster.yaml")
     with DagsterInstance.from_config(str(path)):
         pass
     return path
@@ -51,13 +53,17 @@ def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subpr
     return start([*arguments, "-w", str(WORKSPACE)], env, log)
 
 
-def start_spark_server(env: dict[str, str], log: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
-    """`gaming-pipeline spark-server` on 127.0.0.1 (on `port` if free), and the
-    `sc://` address runs attach to; wait_for_port tells when it accepts them."""
+def start_spark_server(
+    env: dict[str, str], log: Path, port: int = 0, master: str = ""
+) -> tuple[subprocess.Popen, str]:
+    """`gaming-pipeline spark-server` on 127.0.0.1 (on `port` if free), its driver on `master`
+    (local by default), and the `sc://` address runs attach to; wait_until_serving tells when
+    it accepts them."""
     from gaming_pipeline.lib.aws import free_port
 
     port = free_port(prefer=port)
-    server = start(["gaming-pipeline", "spark-server", "--port", str(port)], env, log)
+    arguments = ["gaming-pipeline", "spark-server", "--port", str(port)]
+    server = start([*arguments, "--master", master] if master else arguments, env, log)
     return server, f"sc://127.0.0.1:{port}"
 
 
@@ -101,14 +107,18 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
 
 
 def start_daemon_for(
-    work: Path, bucket: str, queue_url: str, spark_master: str = ""
+    work: Path,
+    bucket: str,
+    queue_url: str,
+    spark_master: str = "",
+    instance_config: Path = INSTANCE_CONFIG,
 ) -> tuple[subprocess.Popen, dict[str, str]]:
     """Dagster's daemon, sensors on, on a fresh instance and warehouse under `work`, for the
     landing bucket and queue given, its runs on `spark_master` (a Spark Connect address, say)
     or the default; with the environment it runs in."""
     env = {
         **os.environ,
-        "DAGSTER_HOME": str(prepare_dagster_home(work / "dagster")),
+        "DAGSTER_HOME": str(prepare_dagster_home(work / "dagster", instance_config)),
         "GAMING_PIPELINE_HOME": str(work / "home"),
         "GAMING_PIPELINE_WAREHOUSE": str(work / "warehouse"),
         "GAMING_PIPELINE_LANDING_BUCKET": bucket,
