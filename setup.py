@@ -8,6 +8,8 @@ setup(
     version="0.1.0",
     description="Dagster-orchestrated Delta Lake pipeline for mobile-game analytics",
     packages=find_packages(exclude=["gaming_pipeline_tests*"]),
+    # The Delta log store's Java source: `gaming-pipeline fetch-jars` compiles it.
+    package_data={"gaming_pipeline": ["jvm/*.java"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "dagster==1.13.27",

@@ -47,7 +47,9 @@ def cmd_spark_server(args: argparse.Namespace) -> int:
 
 def cmd_fetch_jars(args: argparse.Namespace) -> int:
     cached = jars.fetch(progress=console.print)
-    console.print(f"{len(cached)} jars for Delta and s3a cached in {jars.cache_dir()}")
+    console.print(
+        f"{len(cached)} jars for Delta, s3a and the DynamoDB log store cached in {jars.cache_dir()}"
+    )
     return 0
 
 

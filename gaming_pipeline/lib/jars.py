@@ -1,4 +1,5 @@
-"""The pinned Maven jars Spark needs beyond what pyspark ships: Delta and s3a.
+"""The pinned Maven jars Spark needs beyond what pyspark ships: Delta and s3a; and our
+DynamoDB log store for Delta, compiled from its source next to them.
 
 They are fetched once, by Spark's own Ivy, into a cache outside the project (shared by every
 clone on the machine); runs then list the cached files in `spark.jars`, so a run never
@@ -10,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pyspark
@@ -23,7 +27,14 @@ PACKAGES = (
     "org.apache.hadoop:hadoop-aws:3.5.0",
 )
 
-_PACKAGES_ID = hashlib.sha256(",".join(PACKAGES).encode()).hexdigest()[:12]
+# Delta's own DynamoDB log store (io.delta:delta-storage-s3-dynamodb) is not served by every
+# Maven mirror; ours is built from this source with the JDK's javac (see its class comment).
+LOG_STORE_SOURCE = Path(__file__).parent.parent / "jvm" / "DynamoDBLogStore.java"
+LOG_STORE_CLASS = "gaming_pipeline.delta.DynamoDBLogStore"
+LOG_STORE_JAR = "gaming-pipeline-delta-logstore.jar"
+
+# A new package pin or a change to the log store's source makes a new cache.
+_PACKAGES_ID = hashlib.sha256(",".join(PACKAGES).encode() + LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
 # Ivy names a resolved jar <group>_<artifact>-<version>.jar; pyspark names its own
 # <artifact>-<version>.jar. The artifact part is what tells a duplicate.
 _IVY_JAR = re.compile(r"^[^_]+_(?P<artifact>.+?)-\d[^-]*(?:-[^-]+)?\.jar$")
@@ -90,6 +101,54 @@ def fetch(progress=print) -> list[str]:
     # A separate interpreter: the JVM that resolves must not be the one a caller keeps.
     subprocess.run([sys.executable, "-c", _FETCH_SCRIPT, ",".join(PACKAGES), str(ivy)], check=True)
     resolved = [path.name for path in (ivy / "jars").glob("*.jar")]
-    shipped = [path.name for path in (Path(pyspark.__file__).parent / "jars").glob("*.jar")]
-    _manifest().write_text("\n".join(select_jars(resolved, shipped)) + "\n")
+    shipped_dir = Path(pyspark.__file__).parent / "jars"
+    shipped = [path.name for path in shipped_dir.glob("*.jar")]
+    selected = select_jars(resolved, shipped)
+    if shutil.which("javac"):
+        _build_log_store(ivy / "jars", shipped_dir)
+        selected.append(LOG_STORE_JAR)
+    else:
+        progress(
+            "javac not found: the DynamoDB log store for several writers "
+            "(GAMING_PIPELINE_DELTA_COMMIT_TABLE) is not built; install a JDK 17 and run "
+            "`make setup` again to use it"
+        )
+    _manifest().write_text("\n".join(selected) + "\n")
     return runtime_jars()
+
+
+def _build_log_store(jars_dir: Path, shipped_dir: Path) -> None:
+    """Compile the log store against the very jars a driver loads, into jars_dir."""
+    classpath = [
+        *jars_dir.glob("io.delta_delta-storage-*.jar"),
+        *jars_dir.glob("software.amazon.awssdk_bundle-*.jar"),
+        *shipped_dir.glob("hadoop-client-api-*.jar"),
+        *shipped_dir.glob("slf4j-api-*.jar"),
+    ]
+    with tempfile.TemporaryDirectory() as classes:
+        subprocess.run(
+            [
+                "javac",
+                "--release",
+                "17",
+                "-d",
+                classes,
+                "-cp",
+                os.pathsep.join(map(str, classpath)),
+                str(LOG_STORE_SOURCE),
+            ],
+            check=True,
+        )
+        with zipfile.ZipFile(jars_dir / LOG_STORE_JAR, "w") as jar:
+            for compiled in Path(classes).rglob("*.class"):
+                jar.write(compiled, compiled.relative_to(classes).as_posix())
+
+
+def require_log_store() -> None:
+    """Fail with the remedy when the DynamoDB log store is configured but was not built."""
+    if not any(Path(jar).name == LOG_STORE_JAR for jar in runtime_jars()):
+        raise JarsMissing(
+            "GAMING_PIPELINE_DELTA_COMMIT_TABLE is set but the DynamoDB log store was not "
+            f"built into {cache_dir()} (no javac then): install a JDK 17, delete that folder "
+            "and run `make setup` again"
+        )

@@ -25,6 +25,7 @@ ENV_VARS = (
     "GAMING_PIPELINE_PII_BUCKET",
     "GAMING_PIPELINE_PII_MASTER_KEY",
     "GAMING_PIPELINE_API_KEYS",
+    "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
 )
 
 
@@ -44,6 +45,9 @@ class Settings:
     pii_master_key: str
     # The ingest service's API keys, hashed (ingest_service/keys.py).
     api_keys_file: Path
+    # A DynamoDB table through which several Spark drivers commit to an s3a warehouse safely
+    # (lib/jars.py builds the log store). Empty means: one driver writes, Delta's default.
+    delta_commit_table: str
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -59,6 +63,7 @@ class Settings:
             pii_bucket=env.get("GAMING_PIPELINE_PII_BUCKET") or DEFAULT_PII_BUCKET,
             pii_master_key=env.get("GAMING_PIPELINE_PII_MASTER_KEY", ""),
             api_keys_file=Path(env.get("GAMING_PIPELINE_API_KEYS") or home / "api-keys.json").expanduser(),
+            delta_commit_table=env.get("GAMING_PIPELINE_DELTA_COMMIT_TABLE", ""),
         )
 
     @property

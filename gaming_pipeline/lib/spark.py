@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
-from gaming_pipeline.lib.jars import runtime_jars
+from gaming_pipeline.lib.jars import LOG_STORE_CLASS, require_log_store, runtime_jars
 from gaming_pipeline.lib.settings import Settings
+
+
+def _aws_endpoint(env: Mapping[str, str], service: str) -> str:
+    """The endpoint boto3 would use for a service: its own variable, else the global one."""
+    return env.get(f"AWS_ENDPOINT_URL_{service}") or env.get("AWS_ENDPOINT_URL") or ""
+
+
+def _aws_region(env: Mapping[str, str]) -> str:
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -16,8 +26,8 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
     credential chain, exactly as boto3 does.
     """
     env = os.environ if environ is None else environ
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = _aws_endpoint(env, "S3")
+    region = _aws_region(env)
     conf = {"spark.hadoop.fs.s3a.endpoint.region": region}
     if endpoint:
         conf.update(
@@ -33,6 +43,24 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
                 "spark.hadoop.fs.s3a.change.detection.mode": "none",
             }
         )
+    return conf
+
+
+def commit_log_config(table: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Delta commits to s3a through the DynamoDB log store, on boto3's endpoint and region.
+
+    S3 alone cannot stop two drivers writing the same commit; a conditional put in the
+    DynamoDB table can (see gaming_pipeline/jvm/DynamoDBLogStore.java).
+    """
+    require_log_store()
+    env = os.environ if environ is None else environ
+    conf = {
+        "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
+        "spark.hadoop.gaming_pipeline.commits.table": table,
+        "spark.hadoop.gaming_pipeline.commits.region": _aws_region(env),
+    }
+    if endpoint := _aws_endpoint(env, "DYNAMODB"):
+        conf["spark.hadoop.gaming_pipeline.commits.endpoint"] = endpoint
     return conf
 
 
@@ -79,6 +107,8 @@ def driver_config(
         conf["spark.driver.bindAddress"] = "127.0.0.1"
         conf["spark.driver.host"] = "127.0.0.1"
     conf.update(s3a_config(environ))
+    if settings.delta_commit_table:
+        conf.update(commit_log_config(settings.delta_commit_table, environ))
     return conf
 
 

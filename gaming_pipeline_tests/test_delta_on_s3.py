@@ -1,0 +1,104 @@
+"""The lake on S3 with several writers: two Spark drivers commit to one s3a table at once,
+through the DynamoDB log store on the local endpoint, and no commit is lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from delta.tables import DeltaTable
+
+from gaming_pipeline.lib import aws, processes
+from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH, wait_for
+
+BATCHES = 6
+WRITERS = (0, 1)
+DEAD_DRIVER = "a driver that died after claiming version 1"
+
+
+def claim_as_a_dead_driver(bucket: str, table: str, commit_table: str) -> None:
+    """What a driver leaves when it dies between winning version 1 and copying it into the log:
+    its actions in a temporary object and an incomplete claim that names it."""
+    temp_path = ".tmp/00000000000000000001.json.dead-driver"
+    commit_info = {
+        "commitInfo": {
+            "timestamp": 1_700_000_000_000,
+            "operation": "WRITE",
+            "operationParameters": {"mode": "Append"},
+            "isBlindAppend": True,
+            "engineInfo": DEAD_DRIVER,
+        }
+    }
+    aws.client("s3").put_object(
+        Bucket=bucket,
+        Key=f"warehouse/concurrent/_delta_log/{temp_path}",
+        Body=json.dumps(commit_info).encode() + b"\n",
+    )
+    aws.client("dynamodb").put_item(
+        TableName=commit_table,
+        Item={
+            "tablePath": {"S": table},
+            "fileName": {"S": "00000000000000000001.json"},
+            "tempPath": {"S": temp_path},
+            "complete": {"S": "false"},
+        },
+    )
+
+
+def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws, spark, tmp_path):
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    table = f"s3a://{bucket}/warehouse/concurrent"
+    commit_table = f"delta-commits-{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "GAMING_PIPELINE_HOME": str(tmp_path / "home"),
+        "GAMING_PIPELINE_SPARK_MASTER": "local[1]",
+        "GAMING_PIPELINE_DELTA_COMMIT_TABLE": commit_table,
+    }
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    logs = [tmp_path / f"writer-{writer}.log" for writer in WRITERS]
+    arguments = ["python", "-m", "gaming_pipeline_tests.delta_writer", table]
+    drivers = [
+        processes.start([*arguments, str(writer), str(BATCHES), str(signals)], env, log)
+        for writer, log in zip(WRITERS, logs, strict=True)
+    ]
+    try:
+        wait_for(signals / "created")
+        claim_as_a_dead_driver(bucket, table, commit_table)
+        (signals / "go").touch()
+        for driver, log in zip(drivers, logs, strict=True):
+            assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        processes.stop(drivers)
+
+    history = DeltaTable.forPath(spark, table).history().collect()
+    commits = 1 + 1 + len(WRITERS) * BATCHES
+    assert sorted(entry.version for entry in history) == list(range(commits))
+    # The dead driver's claim won version 1: the live drivers were refused it, and finished
+    # its copy into the log for it.
+    assert [entry.engineInfo for entry in history if entry.version == 1] == [DEAD_DRIVER]
+    # The live drivers raced each other too: some append was refused at the version it read
+    # towards and committed later, after Delta's conflict check.
+    assert any(entry.version > entry.readVersion + 1 for entry in history if entry.readVersion is not None)
+
+    rows = spark.read.format("delta").load(table).groupBy("writer", "batch").count().collect()
+    assert {(row.writer, row.batch): row["count"] for row in rows} == {
+        (writer, batch): ROWS_PER_BATCH for writer in WRITERS for batch in range(BATCHES)
+    }
+
+    claims = aws.client("dynamodb").query(
+        TableName=commit_table,
+        KeyConditionExpression="tablePath = :table",
+        ExpressionAttributeValues={":table": {"S": table}},
+        ConsistentRead=True,
+    )["Items"]
+    assert sorted(claim["fileName"]["S"] for claim in claims) == [
+        f"{version:020d}.json" for version in range(commits)
+    ]
+    assert {claim["complete"]["S"] for claim in claims} == {"true"}
+    # Settled claims leave no temporary objects behind (a "folder/" key is s3a's marker).
+    listing = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix="warehouse/concurrent/_delta_log/.tmp/")
+    assert [item["Key"] for item in listing.get("Contents", []) if not item["Key"].endswith("/")] == []
