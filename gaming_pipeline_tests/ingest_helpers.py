@@ -8,11 +8,13 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib import aws, generator
 from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.warehouse import table_path
 
 HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 BAD_OBJECT_KEY = "bulk/2026/11/20/hand made+broken.ndjson.gz"
@@ -30,6 +32,19 @@ def load_history(bucket: str, seed: int = 11, events: int = 4000, days: float = 
     return generator.write_objects(
         objects, lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body), generator.Totals()
     )
+
+
+def fingerprints(spark, warehouse: str, tables: list[str]) -> dict[str, tuple]:
+    """Each table's row count and order-free content hash, lineage columns aside (they name
+    the run, not the content): equal fingerprints mean equal tables."""
+    found = {}
+    for table in tables:
+        df = spark.read.format("delta").load(table_path(warehouse, table))
+        df = df.drop(*(c for c in ("_ingested_at", "_ingest_run_id") if c in df.columns))
+        found[table] = df.select(
+            F.count(F.lit(1)), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))
+        ).first()[:]
+    return found
 
 
 def put_bad_object(bucket: str) -> None:

@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import dagster as dg
-from pyspark.sql import functions as F
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.games.assets import game_tables
@@ -30,6 +29,7 @@ from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, charts, generator
 from gaming_pipeline.lib.daily import KPI_TABLES
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline_tests import ingest_helpers
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, resources, run
 
 SEED, EVENTS = 17, 3000
@@ -168,19 +168,10 @@ def actual_kpis(spark, warehouse: str) -> dict:
 
 
 def fingerprints(spark, warehouse: str) -> dict:
-    """Row count and an order-free content hash of every per-game and KPI table, lineage
-    columns aside (they name the run, not the content)."""
-    tables = [game.table_name for game in GAMES] + list(KPI_TABLES)
-    result = {}
-    for table in tables:
-        df = spark.read.format("delta").load(table_path(warehouse, table))
-        drop = [c for c in ("_ingested_at", "_ingest_run_id") if c in df.columns]
-        df = df.drop(*drop)
-        result[table] = (
-            df.count(),
-            df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0],
-        )
-    return result
+    """Every per-game and KPI table's fingerprint."""
+    return ingest_helpers.fingerprints(
+        spark, warehouse, [game.table_name for game in GAMES] + list(KPI_TABLES)
+    )
 
 
 def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED) -> None:

@@ -1,37 +1,41 @@
 """Spark on a cluster: a standalone master and two workers on 127.0.0.1, started with
 pyspark's own spark-class, and a Spark Connect server whose driver runs its tasks there.
-Raw ingestion and the per-game fan-out run on it and write exactly the tables that the
-local session writes from the same landed events."""
+Raw ingestion and the per-game fan-out run on it, into a warehouse on the local S3 endpoint
+with commits claimed in DynamoDB, and write exactly the tables that the local session
+writes into a local folder from the same landed events."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib import processes
+from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.aws import free_port
 from gaming_pipeline.lib.processes import prepare_dagster_home
 from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
-from gaming_pipeline_tests.ingest_helpers import load_history, resources
+from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, resources
 
 WORKERS = 2
 # The fan-out runs the same code for each game: three of them keep the test within the
 # suite's time budget (every table costs a few Delta commits on two cores).
 FANNED_OUT = GAMES[:3]
+TABLES = [RAW_TABLE, *(game.table_name for game in FANNED_OUT)]
+COMMIT_TABLE = f"delta-commits-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module")
 def cluster_address(local_aws, session_home, tmp_path_factory):
-    """A Spark Connect server whose driver's master is a standalone cluster of two workers."""
+    """A Spark Connect server whose driver's master is a standalone cluster of two workers,
+    committing to s3a through the DynamoDB log store."""
     work = tmp_path_factory.mktemp("standalone")
     # Everything on loopback, and executors run this interpreter for any Python they need.
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
@@ -77,7 +81,13 @@ def cluster_address(local_aws, session_home, tmp_path_factory):
                 )
             )
         server, address = processes.start_spark_server(
-            {**env, "GAMING_PIPELINE_HOME": str(session_home)}, work / "server.log", master=master_url
+            {
+                **env,
+                "GAMING_PIPELINE_HOME": str(session_home),
+                "GAMING_PIPELINE_DELTA_COMMIT_TABLE": COMMIT_TABLE,
+            },
+            work / "server.log",
+            master=master_url,
         )
         started.append(server)
         processes.wait_until_serving(address, 180, server, work / "server.log")
@@ -143,26 +153,31 @@ def ingest_and_fan_out_with_the_cli(
         assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
 
 
-def contents(spark, warehouse: str) -> dict:
-    """Each table's rows, lineage aside (it names the run), as an order-free multiset hash."""
-    found = {}
-    for table in [RAW_TABLE, *(game.table_name for game in FANNED_OUT)]:
-        df = spark.read.format("delta").load(table_path(warehouse, table))
-        df = df.drop(*(c for c in ("_ingested_at", "_ingest_run_id") if c in df.columns))
-        found[table] = df.select(
-            F.count(F.lit(1)), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))
-        ).first()[:]
-    return found
+def claimed_versions(warehouse: str, table: str) -> list[int]:
+    """The versions of a table whose commits were claimed in the DynamoDB commit table."""
+    claims = aws.client("dynamodb").query(
+        TableName=COMMIT_TABLE,
+        KeyConditionExpression="tablePath = :table",
+        ExpressionAttributeValues={":table": {"S": table_path(warehouse, table)}},
+        ConsistentRead=True,
+    )["Items"]
+    return sorted(int(claim["fileName"]["S"].removesuffix(".json")) for claim in claims)
 
 
 def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     spark, cluster_address, landing, tmp_path
 ):
     totals = load_history(landing.bucket, seed=41, events=3000, days=2.0)
-    local, cluster = str(tmp_path / "local"), str(tmp_path / "cluster")
+    lake = f"lake-{uuid.uuid4().hex[:10]}"
+    aws.client("s3").create_bucket(Bucket=lake)
+    # The cluster's warehouse is on S3: nothing it writes or reads is a path on the driver.
+    local, cluster = str(tmp_path / "local"), f"s3a://{lake}/warehouse"
     days = ingest_and_fan_out_locally(landing, local)
     ingest_and_fan_out_with_the_cli(landing, cluster, days, cluster_address, tmp_path)
 
-    on_cluster = contents(spark, cluster)
+    on_cluster = fingerprints(spark, cluster, TABLES)
     assert on_cluster[RAW_TABLE][0] == totals.events
-    assert on_cluster == contents(spark, local)
+    assert on_cluster == fingerprints(spark, local, TABLES)
+    for table in TABLES:
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{table_path(cluster, table)}`").collect()
+        assert claimed_versions(cluster, table) == sorted(entry.version for entry in history), table

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import boto3
@@ -27,6 +28,18 @@ LOCAL_CREDENTIALS = {
 # A message the sensor cannot understand is retried this often, then parked on the
 # dead-letter queue for a person to look at.
 MAX_RECEIVES = 5
+
+
+def endpoint(service: str, environ: Mapping[str, str] | None = None) -> str:
+    """The endpoint boto3 uses for a service (its own AWS_ENDPOINT_URL_<SERVICE>, else
+    AWS_ENDPOINT_URL), for the JVM and delta-rs clients that follow it; "" means AWS itself."""
+    env = os.environ if environ is None else environ
+    return env.get(f"AWS_ENDPOINT_URL_{service}") or env.get("AWS_ENDPOINT_URL") or ""
+
+
+def region(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def client(service: str, config=None):

@@ -6,9 +6,9 @@ which needs no JVM, so a sensor tick stays light.
 
 from __future__ import annotations
 
-import os
-
 from pyspark.sql import types as T
+
+from gaming_pipeline.lib import aws
 
 LEDGER_SCHEMA = T.StructType(
     [
@@ -30,12 +30,10 @@ LEDGER_SCHEMA = T.StructType(
 
 def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """The URI and storage options delta-rs needs for a warehouse path Spark reads as s3a."""
-    env = os.environ if environ is None else environ
     if not path.startswith("s3a://"):
         return path, {}
-    options = {"AWS_REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
+    options = {"AWS_REGION": aws.region(environ)}
+    if endpoint := aws.endpoint("S3", environ):
         options.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"})
     return "s3://" + path.removeprefix("s3a://"), options
 

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from urllib.parse import urlparse
 
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.jars import LOG_STORE_CLASS, require_log_store, runtime_jars
 from gaming_pipeline.lib.settings import Settings
-
-
-def _aws_endpoint(env: Mapping[str, str], service: str) -> str:
-    """The endpoint boto3 would use for a service: its own variable, else the global one."""
-    return env.get(f"AWS_ENDPOINT_URL_{service}") or env.get("AWS_ENDPOINT_URL") or ""
-
-
-def _aws_region(env: Mapping[str, str]) -> str:
-    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -26,8 +17,8 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
     credential chain, exactly as boto3 does.
     """
     env = os.environ if environ is None else environ
-    endpoint = _aws_endpoint(env, "S3")
-    region = _aws_region(env)
+    endpoint = aws.endpoint("S3", env)
+    region = aws.region(env)
     conf = {"spark.hadoop.fs.s3a.endpoint.region": region}
     if endpoint:
         conf.update(
@@ -57,9 +48,9 @@ def commit_log_config(table: str, environ: dict[str, str] | None = None) -> dict
     conf = {
         "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
         "spark.hadoop.gaming_pipeline.commits.table": table,
-        "spark.hadoop.gaming_pipeline.commits.region": _aws_region(env),
+        "spark.hadoop.gaming_pipeline.commits.region": aws.region(env),
     }
-    if endpoint := _aws_endpoint(env, "DYNAMODB"):
+    if endpoint := aws.endpoint("DYNAMODB", env):
         conf["spark.hadoop.gaming_pipeline.commits.endpoint"] = endpoint
     return conf
 
