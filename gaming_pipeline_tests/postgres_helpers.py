@@ -71,27 +71,25 @@ def postgres_server() -> Iterator[dict[str, str]]:
     )
     port = free_port()
     log = data / "postgres.log"
-    with open(log, "ab") as output:
-        server = subprocess.Popen(
-            [
-                *as_server_user,
-                str(binaries() / "postgres"),
-                "-D",
-                str(cluster),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-k",
-                str(data),
-                # A test cluster: losing it in a machine crash costs nothing.
-                "-c",
-                "fsync=off",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = processes.start(
+        [
+            *as_server_user,
+            str(binaries() / "postgres"),
+            "-D",
+            str(cluster),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(data),
+            # A test cluster: losing it in a machine crash costs nothing.
+            "-c",
+            "fsync=off",
+        ],
+        dict(os.environ),
+        log,
+    )
     try:
         processes.wait_until_serving(f"postgresql://127.0.0.1:{port}", 60, server, log)
         # CREATE DATABASE cannot run in a transaction, and psycopg2's `with` opens one.

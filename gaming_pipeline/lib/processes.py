@@ -35,12 +35,14 @@ def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) ->
 
 
 def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """One of this environment's programs (`gaming-pipeline`, `dagster-daemon`...), its output
-    appended to `log`, in its own process group so that stopping it stops its children."""
+    """A program (one of this environment's, such as `gaming-pipeline` or `dagster-daemon`,
+    before any on PATH), its output appended to `log`, in its own process group so that
+    stopping it stops its children."""
     program, *rest = arguments
+    ours = Path(sys.executable).parent / program
     with open(log, "ab") as output:
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / program), *rest],
+            [str(ours) if ours.exists() else program, *rest],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -78,14 +78,16 @@ def game_tables(
     ensure_table(spark, raw_path, RAW_SCHEMA, partition_by=("eventDate",))
     raw = spark.read.format("delta").load(raw_path).where(days).persist()
     game_keyword = F.col("eventParams.game_keyword")
-    paths = {game: table_path(warehouse.root, game.table_name) for game in GAMES}
+    games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
+    paths = {game: table_path(warehouse.root, game.table_name) for game in games}
     try:
         # One job over the cached rows: each game's row count and null keys.
-        null_keys = checks.null_keys_by(raw, checks.RAW_KEYS, game_keyword)
+        keys_found = checks.null_keys_by(raw, checks.RAW_KEYS, game_keyword)
+        null_keys = {game: keys_found.get(game.keyword, checks.no_rows(checks.RAW_KEYS)) for game in games}
 
         def write(game: Game) -> tuple[Commit, T.StructType]:
             ensure_table(spark, paths[game], RAW_SCHEMA, partition_by=("eventDate",))
-            rows = null_keys.get(game.keyword, checks.no_rows(checks.RAW_KEYS))[1]["rows"]
+            rows = null_keys[game][1]["rows"]
             commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
                 raw.where(game_keyword == game.keyword).coalesce(max(1, rows // ROWS_PER_FILE)),
@@ -95,7 +97,6 @@ def game_tables(
             )
             return commit, spark.read.format("delta").load(paths[game]).schema
 
-        games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
         # Each write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
@@ -104,11 +105,10 @@ def game_tables(
     finally:
         raw.unpersist()
     for game, (commit, schema) in written.items():
-        keys = null_keys.get(game.keyword, checks.no_rows(checks.RAW_KEYS))
-        expected_rows = keys[1]["rows"]
+        expected_rows = null_keys[game][1]["rows"]
         outcomes = {
             "schema_matches_raw": checks.schema_matches(schema, RAW_SCHEMA),
-            "no_null_keys": keys,
+            "no_null_keys": null_keys[game],
             "rows_match_raw": (
                 commit.rows_written == expected_rows,
                 {"raw": expected_rows, "written": commit.rows_written},
