@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 import uuid
+from pathlib import Path
 
 from delta.tables import DeltaTable
 
 from gaming_pipeline.lib import aws, processes
-from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH, wait_for
+from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
 
-BATCHES = 6
+BATCHES = 4
 WRITERS = (0, 1)
 DEAD_DRIVER = "a driver that died after claiming version 1"
 
@@ -46,6 +49,16 @@ def claim_as_a_dead_driver(bucket: str, table: str, commit_table: str) -> None:
     )
 
 
+def wait_for(signal: Path, drivers: list[subprocess.Popen], logs: list[Path], seconds: float = 240) -> None:
+    """Until a driver makes `signal`; a driver that exits first fails the test with its log."""
+    deadline = time.monotonic() + seconds
+    while not signal.exists():
+        for driver, log in zip(drivers, logs, strict=True):
+            assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {signal.name} within {seconds:.0f} s"
+        time.sleep(0.1)
+
+
 def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws, spark, tmp_path):
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
     aws.client("s3").create_bucket(Bucket=bucket)
@@ -66,8 +79,11 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
         for writer, log in zip(WRITERS, logs, strict=True)
     ]
     try:
-        wait_for(signals / "created")
+        wait_for(signals / "created", drivers, logs)
         claim_as_a_dead_driver(bucket, table, commit_table)
+        (signals / "claimed").touch()
+        for writer in WRITERS:
+            wait_for(signals / f"ready-{writer}", drivers, logs)
         (signals / "go").touch()
         for driver, log in zip(drivers, logs, strict=True):
             assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -77,12 +93,14 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
     history = DeltaTable.forPath(spark, table).history().collect()
     commits = 1 + 1 + len(WRITERS) * BATCHES
     assert sorted(entry.version for entry in history) == list(range(commits))
-    # The dead driver's claim won version 1: the live drivers were refused it, and finished
+    # The dead driver's claim won version 1: the live drivers, reading the table, finished
     # its copy into the log for it.
     assert [entry.engineInfo for entry in history if entry.version == 1] == [DEAD_DRIVER]
-    # The live drivers raced each other too: some append was refused at the version it read
-    # towards and committed later, after Delta's conflict check.
-    assert any(entry.version > entry.readVersion + 1 for entry in history if entry.readVersion is not None)
+    batches = {entry.version: int(entry.userMetadata.split()[-1]) for entry in history if entry.userMetadata}
+    assert sorted(batches.values()) == sorted(list(range(BATCHES)) * len(WRITERS))
+    # The live drivers raced: some append was refused the version after the one it read,
+    # and committed later, after Delta's conflict check.
+    assert any(entry.version > entry.readVersion + 1 for entry in history if entry.version in batches)
 
     rows = spark.read.format("delta").load(table).groupBy("writer", "batch").count().collect()
     assert {(row.writer, row.batch): row["count"] for row in rows} == {
