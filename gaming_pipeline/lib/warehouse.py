@@ -125,7 +125,11 @@ def ensure_table(
 def is_delta_table(spark: SparkSession, path: str) -> bool:
     try:
         spark.sql(f"DESCRIBE DETAIL {delta_at(path)}").collect()
-    except AnalysisException:
+    except AnalysisException as error:
+        # Only "no Delta table there" means absent: a table Spark cannot read (a broken log,
+        # no access) must fail loudly rather than be skipped as missing.
+        if error.getCondition() != "DELTA_MISSING_DELTA_TABLE":
+            raise
         return False
     return True
 
