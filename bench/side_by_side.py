@@ -402,6 +402,16 @@ def plot(results: dict, out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
+def close_connect_client() -> None:
+    """Close this process's Spark Connect client (ours() runs in it) while the server still
+    answers: at exit, an open client sends the server a cleanup call and, the server gone,
+    retries it for minutes before the process can end."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    if session := ConnectSession.getActiveSession():
+        session.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=250_000, help="events at 1x (default 250,000)")
@@ -422,6 +432,7 @@ def main() -> None:
                 "latency": latency(args.latency_rate, args.latency_seconds, address, work),
             }
         finally:
+            close_connect_client()
             processes.stop([server])
     out = recording.write("side-by-side", results)
     plot(results, out.with_suffix(".png"))
