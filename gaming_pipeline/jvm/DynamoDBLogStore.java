@@ -133,9 +133,10 @@ public class DynamoDBLogStore extends HadoopFileSystemLogStore {
         long version = Long.parseLong(commit.group(1));
         if (version > 0) {
             requirePrevious(fs, tablePath, qualified.getParent(), version - 1);
-        } else if (getClaim(tablePath, qualified.getName()).isPresent()) {
-            // No 0.json, yet version 0 was claimed: the table was deleted and made again
-            // within a day. Its old claims would refuse every commit as a conflict.
+        } else if (getClaim(tablePath, qualified.getName()).filter(Claim::complete).isPresent()) {
+            // No 0.json, yet version 0 was settled: the table was deleted and made again
+            // within a day, and its old claims would refuse every commit as a conflict. (An
+            // unsettled claim is another driver creating the table: the put below refuses us.)
             throw new FileSystemException(
                 "the Delta table " + tablePath + " was deleted but its commits are still claimed in "
                     + "DynamoDB table " + table + ": delete the items whose tablePath is "
