@@ -58,7 +58,6 @@ def test_a_local_driver_listens_on_loopback_only(monkeypatch):
 
 
 def test_a_commit_table_puts_s3a_commits_through_dynamodb(monkeypatch):
-    monkeypatch.setattr("gaming_pipeline.lib.jars.runtime_jars", lambda: [f"/jars/{LOG_STORE_JAR}"])
     monkeypatch.setattr("gaming_pipeline.lib.spark.runtime_jars", lambda: [f"/jars/{LOG_STORE_JAR}"])
     settings = Settings.from_env({"GAMING_PIPELINE_DELTA_COMMIT_TABLE": "delta_commits"})
     conf = spark_config(
@@ -82,7 +81,6 @@ def test_a_commit_table_puts_s3a_commits_through_dynamodb(monkeypatch):
 
 
 def test_a_commit_table_without_the_built_log_store_says_how_to_build_it(monkeypatch):
-    monkeypatch.setattr("gaming_pipeline.lib.jars.runtime_jars", lambda: ["/jars/delta.jar"])
     monkeypatch.setattr("gaming_pipeline.lib.spark.runtime_jars", lambda: ["/jars/delta.jar"])
     settings = Settings.from_env({"GAMING_PIPELINE_DELTA_COMMIT_TABLE": "delta_commits"})
     with pytest.raises(JarsMissing, match="install a JDK 17"):

@@ -144,9 +144,10 @@ def _build_log_store(jars_dir: Path, shipped_dir: Path) -> None:
                 jar.write(compiled, compiled.relative_to(classes).as_posix())
 
 
-def require_log_store() -> None:
-    """Fail with the remedy when the DynamoDB log store is configured but was not built."""
-    if not any(Path(jar).name == LOG_STORE_JAR for jar in runtime_jars()):
+def require_log_store(jars: list[str]) -> None:
+    """Fail with the remedy when the DynamoDB log store is configured but is not among the
+    cached `jars` (runtime_jars()): it was not built."""
+    if not any(Path(jar).name == LOG_STORE_JAR for jar in jars):
         raise JarsMissing(
             "GAMING_PIPELINE_DELTA_COMMIT_TABLE is set but the DynamoDB log store was not "
             f"built into {cache_dir()} (no javac then): install a JDK 17, delete that folder "

@@ -16,9 +16,8 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
     With no endpoint set, s3a keeps its defaults and talks to AWS with the usual
     credential chain, exactly as boto3 does.
     """
-    env = os.environ if environ is None else environ
-    endpoint = aws.endpoint("S3", env)
-    region = aws.region(env)
+    endpoint = aws.endpoint("S3", environ)
+    region = aws.region(environ)
     conf = {"spark.hadoop.fs.s3a.endpoint.region": region}
     if endpoint:
         conf.update(
@@ -37,20 +36,19 @@ def s3a_config(environ: dict[str, str] | None = None) -> dict[str, str]:
     return conf
 
 
-def commit_log_config(table: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+def commit_log_config(table: str, jars: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
     """Delta commits to s3a through the DynamoDB log store, on boto3's endpoint and region.
 
     S3 alone cannot stop two drivers writing the same commit; a conditional put in the
     DynamoDB table can (see gaming_pipeline/jvm/DynamoDBLogStore.java).
     """
-    require_log_store()
-    env = os.environ if environ is None else environ
+    require_log_store(jars)
     conf = {
         "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
         "spark.hadoop.gaming_pipeline.commits.table": table,
-        "spark.hadoop.gaming_pipeline.commits.region": aws.region(env),
+        "spark.hadoop.gaming_pipeline.commits.region": aws.region(environ),
     }
-    if endpoint := aws.endpoint("DYNAMODB", env):
+    if endpoint := aws.endpoint("DYNAMODB", environ):
         conf["spark.hadoop.gaming_pipeline.commits.endpoint"] = endpoint
     return conf
 
@@ -73,10 +71,11 @@ def driver_config(
     settings: Settings, environ: dict[str, str] | None = None, master: str | None = None
 ) -> dict[str, str]:
     """The configuration of a Spark driver: a run's own, or a Spark Connect server's."""
+    jars = runtime_jars()
     conf = {
         "spark.master": master or settings.spark_master,
         "spark.app.name": "gaming_pipeline",
-        "spark.jars": ",".join(runtime_jars()),
+        "spark.jars": ",".join(jars),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         # eventDate and the hourly KPI windows are UTC days and hours, whatever the host says.
@@ -99,7 +98,7 @@ def driver_config(
         conf["spark.driver.host"] = "127.0.0.1"
     conf.update(s3a_config(environ))
     if settings.delta_commit_table:
-        conf.update(commit_log_config(settings.delta_commit_table, environ))
+        conf.update(commit_log_config(settings.delta_commit_table, jars, environ))
     return conf
 
 
