@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from delta.tables import DeltaTable
 
 from gaming_pipeline.lib import aws, processes
 from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
+from gaming_pipeline_tests.service_helpers import wait_until
 
 BATCHES = 4
 WRITERS = (0, 1)
@@ -49,14 +49,31 @@ def claim_as_a_dead_driver(bucket: str, table: str, commit_table: str) -> None:
     )
 
 
-def wait_for(signal: Path, drivers: list[subprocess.Popen], logs: list[Path], seconds: float = 240) -> None:
+def commit_claims(commit_table: str, table: str) -> dict[str, str]:
+    """A Delta table's claims in the DynamoDB commit table: commit file name -> complete."""
+    claims = aws.client("dynamodb").query(
+        TableName=commit_table,
+        KeyConditionExpression="tablePath = :table",
+        ExpressionAttributeValues={":table": {"S": table}},
+        ConsistentRead=True,
+    )["Items"]
+    return {claim["fileName"]["S"]: claim["complete"]["S"] for claim in claims}
+
+
+def settled_claims(versions) -> dict[str, str]:
+    """What commit_claims holds once every one of `versions` is committed."""
+    return {f"{version:020d}.json": "true" for version in versions}
+
+
+def wait_for(signal: Path, drivers: list[subprocess.Popen], logs: list[Path]) -> None:
     """Until a driver makes `signal`; a driver that exits first fails the test with its log."""
-    deadline = time.monotonic() + seconds
-    while not signal.exists():
+
+    def signalled() -> bool:
         for driver, log in zip(drivers, logs, strict=True):
             assert driver.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"no {signal.name} within {seconds:.0f} s"
-        time.sleep(0.1)
+        return signal.exists()
+
+    wait_until(signalled, 240, what=f"the drivers' signal {signal.name}")
 
 
 def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws, spark, tmp_path):
@@ -107,16 +124,7 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
         (writer, batch): ROWS_PER_BATCH for writer in WRITERS for batch in range(BATCHES)
     }
 
-    claims = aws.client("dynamodb").query(
-        TableName=commit_table,
-        KeyConditionExpression="tablePath = :table",
-        ExpressionAttributeValues={":table": {"S": table}},
-        ConsistentRead=True,
-    )["Items"]
-    assert sorted(claim["fileName"]["S"] for claim in claims) == [
-        f"{version:020d}.json" for version in range(commits)
-    ]
-    assert {claim["complete"]["S"] for claim in claims} == {"true"}
+    assert commit_claims(commit_table, table) == settled_claims(range(commits))
     # Settled claims leave no temporary objects behind (a "folder/" key is s3a's marker).
     listing = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix="warehouse/concurrent/_delta_log/.tmp/")
     assert [item["Key"] for item in listing.get("Contents", []) if not item["Key"].endswith("/")] == []

@@ -21,8 +21,9 @@ from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.aws import free_port
 from gaming_pipeline.lib.processes import prepare_dagster_home
-from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline.lib.warehouse import RAW_TABLE, table_history, table_path
 from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, resources
+from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
 
 WORKERS = 2
 # The fan-out runs the same code for each game: three of them keep the test within the
@@ -153,17 +154,6 @@ def ingest_and_fan_out_with_the_cli(
         assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
 
 
-def claimed_versions(warehouse: str, table: str) -> list[int]:
-    """The versions of a table whose commits were claimed in the DynamoDB commit table."""
-    claims = aws.client("dynamodb").query(
-        TableName=COMMIT_TABLE,
-        KeyConditionExpression="tablePath = :table",
-        ExpressionAttributeValues={":table": {"S": table_path(warehouse, table)}},
-        ConsistentRead=True,
-    )["Items"]
-    return sorted(int(claim["fileName"]["S"].removesuffix(".json")) for claim in claims)
-
-
 def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     spark, cluster_address, landing, tmp_path
 ):
@@ -179,5 +169,6 @@ def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     assert on_cluster[RAW_TABLE][0] == totals.events
     assert on_cluster == fingerprints(spark, local, TABLES)
     for table in TABLES:
-        history = spark.sql(f"DESCRIBE HISTORY delta.`{table_path(cluster, table)}`").collect()
-        assert claimed_versions(cluster, table) == sorted(entry.version for entry in history), table
+        path = table_path(cluster, table)
+        versions = [entry.version for entry in table_history(spark, path).collect()]
+        assert commit_claims(COMMIT_TABLE, path) == settled_claims(versions), table
