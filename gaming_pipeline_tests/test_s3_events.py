@@ -4,15 +4,17 @@ import pytest
 
 from gaming_pipeline.lib.s3_events import LandedObject, NotAnS3Event, parse_message
 
+pytestmark = pytest.mark.unit
 
-def s3_event(*keys: str, event_name: str = "ObjectCreated:Put") -> dict:
+
+def s3_event(*keys, event_name: str = "ObjectCreated:Put", **object_fields) -> dict:
     return {
         "Records": [
             {
                 "eventName": event_name,
                 "s3": {
                     "bucket": {"name": "landing"},
-                    "object": {"key": key, "size": 42, "eTag": "abc123"},
+                    "object": {"key": key, "size": 42, "eTag": "abc123", **object_fields},
                 },
             }
             for key in keys
@@ -71,3 +73,48 @@ def test_other_event_types_are_skipped():
 def test_garbage_is_refused_with_a_reason(body, why):
     with pytest.raises(NotAnS3Event, match=why):
         parse_message(body)
+
+
+@pytest.mark.parametrize(
+    "record, why",
+    [
+        ({"size": "abc"}, "size is not a byte count"),
+        ({"size": -1}, "size is not a byte count"),
+        ({"size": True}, "size is not a byte count"),
+        ({"size": 4.5}, "size is not a byte count"),
+        ({"key": 17}, "key is not a string"),
+        ({"key": ""}, "key is not a string"),
+        ({"key": ["a"]}, "key is not a string"),
+        ({"eTag": 12}, "eTag is not a string"),
+    ],
+)
+def test_a_malformed_record_refuses_the_whole_message(record, why):
+    body = s3_event("events/a.ndjson.gz", **record)
+    with pytest.raises(NotAnS3Event, match=why):
+        parse_message(json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    "bucket, why", [(None, "bucket name is not a name"), (5, "bucket name is not a name"), ("", "not a name")]
+)
+def test_a_record_with_no_bucket_name_is_refused(bucket, why):
+    body = s3_event("events/a.ndjson.gz")
+    body["Records"][0]["s3"]["bucket"]["name"] = bucket
+    with pytest.raises(NotAnS3Event, match=why):
+        parse_message(json.dumps(body))
+
+
+@pytest.mark.parametrize("record", ["a string", 7, None, ["list"]])
+def test_a_record_that_is_not_an_object_is_refused(record):
+    with pytest.raises(NotAnS3Event, match="record is not a JSON object"):
+        parse_message(json.dumps({"Records": [s3_event("k")["Records"][0], record]}))
+
+
+def test_an_sns_envelope_whose_message_is_not_text_is_refused():
+    with pytest.raises(NotAnS3Event, match="not JSON"):
+        parse_message(json.dumps({"Type": "Notification", "Message": s3_event("k")}))
+
+
+def test_a_record_without_size_or_etag_is_still_an_object():
+    body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}]}
+    assert parse_message(json.dumps(body)) == [LandedObject("b", "k", "", 0)]

@@ -57,22 +57,34 @@ def parse_message(body: str) -> list[LandedObject]:
     records = doc.get("Records")
     if not isinstance(records, list):
         raise NotAnS3Event("message has no S3 'Records' list")
-    objects = []
-    for record in records:
-        if not isinstance(record, dict) or not str(record.get("eventName", "")).startswith("ObjectCreated"):
-            continue
-        try:
-            bucket = record["s3"]["bucket"]["name"]
-            obj = record["s3"]["object"]
-            key = unquote_plus(obj["key"])
-        except (KeyError, TypeError) as exc:
-            raise NotAnS3Event(f"S3 record lacks bucket or object key: {exc!r}") from exc
-        objects.append(
-            LandedObject(
-                bucket=bucket,
-                key=key,
-                etag=str(obj.get("eTag") or obj.get("etag") or "").strip('"'),
-                size=int(obj.get("size") or 0),
-            )
-        )
-    return objects
+    return [_created_object(record) for record in records if _is_object_created(record)]
+
+
+def _is_object_created(record: object) -> bool:
+    if not isinstance(record, dict):
+        raise NotAnS3Event(f"S3 record is not a JSON object: {record!r:.100}")
+    return str(record.get("eventName", "")).startswith("ObjectCreated")
+
+
+def _created_object(record: dict) -> LandedObject:
+    """The object one ObjectCreated record announces. Every field is checked for its type
+    here, so that a malformed record is refused as a whole rather than failing later, far
+    from its message."""
+    try:
+        bucket = record["s3"]["bucket"]["name"]
+        obj = record["s3"]["object"]
+        key = obj["key"]
+    except (KeyError, TypeError) as exc:
+        raise NotAnS3Event(f"S3 record lacks bucket or object key: {exc!r}") from exc
+    etag = obj.get("eTag", obj.get("etag")) or ""
+    size = obj.get("size") or 0
+    if not (isinstance(bucket, str) and bucket):
+        raise NotAnS3Event(f"S3 record's bucket name is not a name: {bucket!r:.100}")
+    if not (isinstance(key, str) and key):
+        raise NotAnS3Event(f"S3 record's object key is not a string: {key!r:.100}")
+    if not isinstance(etag, str):
+        raise NotAnS3Event(f"S3 record's eTag is not a string: {etag!r:.100}")
+    # bool is an int to Python, never to S3.
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise NotAnS3Event(f"S3 record's object size is not a byte count: {size!r:.100}")
+    return LandedObject(bucket=bucket, key=unquote_plus(key), etag=etag.strip('"'), size=size)

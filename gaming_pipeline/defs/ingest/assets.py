@@ -109,6 +109,14 @@ def ingest_landed_objects(
     their rows to the raw table and their bad lines to quarantine, then record them in the
     ledger."""
     objects = [obj.landed() for obj in config.objects] or objects_in_bucket(landing)
+    foreign = sorted({obj.bucket for obj in objects} - {landing.bucket})
+    if foreign:
+        # Only the landing bucket's objects are ingested: a run must not become a way to
+        # copy any readable bucket into the tables.
+        raise dg.Failure(
+            f"objects outside the landing bucket {landing.bucket} requested (buckets {foreign}): "
+            "nothing ingested"
+        )
     context.log.info(f"{len(objects)} landing object(s) requested")
     attaching = time.monotonic()
     spark = pyspark.spark_session

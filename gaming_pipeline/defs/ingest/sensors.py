@@ -17,7 +17,7 @@ from gaming_pipeline.defs.ingest.assets import ingest_job, objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import object_uri
 from gaming_pipeline.lib.ledger import ingested_objects
-from gaming_pipeline.lib.s3_events import LandedObject, NotAnS3Event, parse_message
+from gaming_pipeline.lib.s3_events import LandedObject, parse_message
 from gaming_pipeline.lib.warehouse import LEDGER_TABLE, table_path
 
 # A run of this many objects is minutes of Firehose output: large enough to amortise a
@@ -121,11 +121,21 @@ def landing_queue_sensor(
             break
         for message in messages:
             try:
-                announced.extend(parse_message(message["Body"]))
-            except NotAnS3Event as exc:
-                # Left on the queue: after a few receives SQS moves it to the dead-letter queue.
-                context.log.warning(f"message {message['MessageId']} is not an S3 event: {exc}")
+                objects = parse_message(message["Body"])
+            except Exception as exc:
+                # One bad message must not hold back the good ones received with it: it is
+                # left on the queue alone, and after a few receives SQS moves it to the
+                # dead-letter queue.
+                context.log.warning(f"message {message.get('MessageId')} left for the dead-letter queue: {exc!r}")
                 continue
+            for obj in objects:
+                if obj.bucket == landing.bucket:
+                    announced.append(obj)
+                else:
+                    context.log.warning(
+                        f"message {message.get('MessageId')} announces s3://{obj.bucket}/{obj.key}, "
+                        f"outside the landing bucket {landing.bucket}: dropped"
+                    )
             handled.append(message)
 
     new = not_yet_ingested(announced, warehouse, context.instance)
