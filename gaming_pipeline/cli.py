@@ -224,11 +224,37 @@ def cmd_api_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# What ends a program run from a terminal: Ctrl-C, the terminal closed, `kill`.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+
+def _interrupt(signum, frame):
+    """Any stop signal as a Ctrl-C: the same orderly stop."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _on_stop_signals(handler) -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
+def _tell(message: str) -> None:
+    """A line for the terminal, which may be gone (closed: SIGHUP) while stopping."""
+    try:
+        console.print(message)
+    except OSError:
+        pass
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, the ingest service,
     and a stream of events posted to it."""
     from gaming_pipeline.lib import processes
 
+    # A demo killed outright (kill -9, a crash) could not stop its processes: they would hold
+    # its ports and home and keep launching runs.
+    if left := processes.stop_orphans():
+        console.print(f"stopped {len(left)} processes a previous demo left running")
     jars.fetch(progress=console.print)
     settings = Settings.from_env()
     dagster_home = processes.prepare_dagster_home(settings.home / "dagster")
@@ -244,9 +270,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     settings.resolved_pii_master_key()  # created once here, before the processes that share it
     started: list[subprocess.Popen] = []
+
+    def stop_now(signum, frame) -> None:
+        processes.signal_groups(started, signal.SIGKILL)
+        processes.stop_descendants(timeout=0)
+
     stop_streaming = threading.Event()
     # A key of the demo's own, revoked when it stops, as a studio would rotate a client's key.
     key_id, api_key = keys.create(settings.api_keys_file, "gaming-pipeline demo")
+    _on_stop_signals(_interrupt)
     try:
         ui_port = aws.free_port(prefer=args.ui_port)
         ingest_port = aws.free_port(prefer=args.ingest_port)
@@ -314,12 +346,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # Another signal while stopping (a second Ctrl-C, impatient) hurries the stop on
+        # instead of abandoning it halfway.
+        _on_stop_signals(stop_now)
         stop_streaming.set()
-        console.print("stopping ...")
+        _tell("stopping ...")
         processes.stop(started)
+        processes.stop_descendants()
         local.stop()
         keys.revoke(settings.api_keys_file, key_id)
-        console.print("stopped")
+        _tell("stopped")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ as the demo, the end-to-end tests and the benchmarks do."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -37,16 +38,21 @@ def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) ->
 def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """A program (one of this environment's, such as `gaming-pipeline` or `dagster-daemon`,
     before any on PATH), its output appended to `log`, in its own process group so that
-    stopping it stops its children."""
+    stopping it stops its children. It carries this process's identity in its environment
+    (stop_orphans finds it by that if this process dies without stopping it) and, on Linux,
+    gets SIGTERM when the thread that started it exits, even by SIGKILL: start it from the
+    main thread."""
     program, *rest = arguments
     ours = Path(sys.executable).parent / program
+    owner = identity(os.getpid())
     with open(log, "ab") as output:
         return subprocess.Popen(
             [str(ours) if ours.exists() else program, *rest],
-            env=env,
+            env={**env, OWNER_VARIABLE: owner} if owner else env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_terminate_with(os.getpid()) if _prctl else None,
         )
 
 
@@ -96,16 +102,143 @@ def wait_until_serving(address: str, seconds: float, process: subprocess.Popen, 
     raise RuntimeError(f"{address} did not answer within {seconds:.0f} s: see {log}")
 
 
-def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+def signal_groups(processes: list[subprocess.Popen], signum: int) -> None:
+    """`signum` to each process's group: the process and whatever it started."""
     for process in processes:
         try:
-            process.wait(timeout=timeout)
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:  # the whole group has exited already
+            pass
+
+
+def stop(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Stop the processes with their groups: SIGTERM, and SIGKILL to any group still there
+    after `timeout` seconds. Their children get the time to stop too, not only them."""
+    deadline = time.monotonic() + timeout
+    signal_groups(processes, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=max(0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            break
+    while time.monotonic() < deadline and any(_group_alive(process.pid) for process in processes):
+        time.sleep(0.1)
+    signal_groups(processes, signal.SIGKILL)
+    for process in processes:
+        process.wait()
+
+
+def stop_orphans(timeout: float = 10) -> list[int]:
+    """Stop what start() launched for a process that then died without stopping it (kill -9,
+    a crash) and that is still running, children included; their pids. A new demo clears
+    them before it takes the same ports and home."""
+    orphans = [
+        pid for pid, owner in _marked().items() if identity(_pid_of(owner)) != owner and pid != os.getpid()
+    ]
+    return _terminate(orphans, timeout)
+
+
+def stop_descendants(timeout: float = 10) -> list[int]:
+    """Stop whatever start() launched from this process, and their children, still running
+    (one started as an interrupt came, one that left its group); their pids."""
+    mine = identity(os.getpid())
+    return _terminate([pid for pid, owner in _marked().items() if owner == mine], timeout)
+
+
+# The variable, in the environment of what start() launches, naming the process that
+# launched it; their children inherit it, so it marks every process the launch led to.
+OWNER_VARIABLE = "GAMING_PIPELINE_OWNER"
+PROC = Path("/proc")
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from its third field (state) on; empty if there is no such process."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def identity(pid: int) -> str:
+    """`pid@start-time`, which a later process reusing the pid does not share; empty where
+    there is no /proc or no such process."""
+    stat = _stat(pid)
+    return f"{pid}@{stat[19]}" if stat and stat[0] != "Z" else ""
+
+
+def _pid_of(owner: str) -> int:
+    return int(owner.partition("@")[0])
+
+
+def _marked() -> dict[int, str]:
+    """Each running process start() launched, or launched by one of those: its owner."""
+    prefix = f"{OWNER_VARIABLE}=".encode()
+    marked = {}
+    for entry in PROC.iterdir() if PROC.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        for variable in environ.split(b"\0"):
+            if variable.startswith(prefix) and identity(int(entry.name)):
+                marked[int(entry.name)] = variable[len(prefix) :].decode()
+    return marked
+
+
+def _terminate(pids: list[int], timeout: float) -> list[int]:
+    """SIGTERM, and SIGKILL to those still running after `timeout` seconds (each checked to
+    be the same process still, not a later one with its pid)."""
+    identities = {pid: identity(pid) for pid in pids}
+
+    def running() -> list[int]:
+        return [pid for pid, known in identities.items() if known and identity(pid) == known]
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in running():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and running():
+            time.sleep(0.1)
+    return pids
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _load_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+# Looked up once here: what runs in a child between fork and exec must not import or load.
+_prctl = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with(parent: int):
+    """What a child runs before exec: SIGTERM to it when its parent exits, and exit now if
+    the parent exited already, before the request could take."""
+
+    terminate = int(signal.SIGTERM)
+
+    def request() -> None:
+        _prctl(PR_SET_PDEATHSIG, terminate)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return request
 
 
 def start_daemon_for(
