@@ -17,7 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gaming_pipeline.ingest_service.spool import Record
+from cryptography.exceptions import InvalidTag
+
+from gaming_pipeline.ingest_service.spool import Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
 from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX
@@ -45,16 +47,21 @@ def landing_objects(spool_id: str, segment_id: str, records: list[Record]) -> li
 
 
 def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]:
-    """Each player's PII records of the segment, opened from their spool sealing."""
+    """Each player's PII records of the segment, opened from their spool sealing. A sealing
+    that does not open was made under another master key, or altered: SegmentUnreadable."""
     batches: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         received = datetime.fromtimestamp(record.received_at_ms / 1000, UTC).isoformat(
             timespec="milliseconds"
         )
         for player, event_id, sealed in record.pii:
-            batches[player].append(
-                {"event_id": event_id, "received_at": received, "pii": vault.open_pending(player, sealed)}
-            )
+            try:
+                pii = vault.open_pending(player, sealed)
+            except InvalidTag:
+                raise SegmentUnreadable(
+                    f"the PII of event {event_id} does not open with the current master key"
+                ) from None
+            batches[player].append({"event_id": event_id, "received_at": received, "pii": pii})
     return batches
 
 

@@ -8,12 +8,29 @@ flush size or age, as Firehose's buffer is; a flusher thread delivers each seale
 becomes the same objects under the same keys, so delivering it again after a crash (the
 objects written, the segment not yet removed) overwrites them with the same bytes.
 
+A request is acknowledged only once its bytes are fsynced in a live segment whose name is
+durable too (the folder fsynced after the segment was made or renamed). Every step of the
+writer changes the spool's state only after it succeeded on disk; after a failure the open
+segment is cut back to its acknowledged bytes, or, if that fails, retired: never appended to
+again, and sealed from its name once the disk lets it. Until the spool is consistent again it
+refuses records (503) and retries; a segment once renamed to sealed is never written to.
+
 After a crash the open segment is cut back to its last whole record (a torn tail was never
 acknowledged: its fsync had not returned) and sealed, and delivery carries on. The client
 event_ids of delivered segments are kept for the duplicate window in small `.ids` files.
 
-Files in the spool folder: `instance` (this spool's id, part of every object key), `lock`,
-`open-<id>.wal`, `sealed-<id>.wal`, `done-<id>.ids`.
+A segment that can never be delivered (its records do not decode, its PII does not open with
+the current master key) is parked apart with its reason, and delivery goes on with the rest;
+a segment that fails for a reason that may pass (S3 unreachable) is retried, oldest first.
+
+Files in the spool folder:
+- `instance`: this spool's id, part of every object key; `lock`: held by the running service.
+- `open-<id>.wal`: the segment being written (at most one, and after a disk error, retired
+  ones waiting to be sealed).
+- `sealed-<id>.wal`: whole records waiting for delivery, removed once delivered.
+- `parked-<id>.wal` and `parked-<id>.reason`: a segment delivery gave up on, and why; kept
+  for an operator, never delivered or counted as waiting.
+- `done-<id>.ids`: client event_ids of a delivered segment, for the duplicate window.
 """
 
 from __future__ import annotations
@@ -30,6 +47,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import suppress
 from pathlib import Path
 
 import msgspec
@@ -62,6 +80,11 @@ class SpoolBusy(RuntimeError):
     """Another process holds this spool."""
 
 
+class SegmentUnreadable(ValueError):
+    """A segment that can never be delivered as it is (corrupt, another format, PII sealed
+    under another master key): it is parked, not retried."""
+
+
 def frame(record: Record) -> bytes:
     payload = _encode(record)
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
@@ -69,7 +92,8 @@ def frame(record: Record) -> bytes:
 
 def read_records(path: Path) -> tuple[list[Record], int]:
     """The whole records of a segment, and the length they fill: a torn or corrupt tail
-    (a write the crash interrupted) ends the segment."""
+    (a write the crash interrupted) ends the segment. A whole record (its CRC right) that is
+    not a Record is another format: SegmentUnreadable."""
     data = path.read_bytes()
     records, offset = [], 0
     while offset + _FRAME.size <= len(data):
@@ -77,9 +101,22 @@ def read_records(path: Path) -> tuple[list[Record], int]:
         start, end = offset + _FRAME.size, offset + _FRAME.size + length
         if end > len(data) or zlib.crc32(data[start:end]) != crc:
             break
-        records.append(_decode_record(data[start:end]))
+        try:
+            records.append(_decode_record(data[start:end]))
+        except msgspec.DecodeError as error:
+            raise SegmentUnreadable(f"the record at byte {offset:,} does not decode: {error}") from None
         offset = end
     return records, offset
+
+
+def read_sealed(path: Path) -> list[Record]:
+    """The records of a sealed segment, which holds whole records only: any other byte is
+    corruption, and delivering the records before it would drop the ones after it."""
+    records, length = read_records(path)
+    size = path.stat().st_size
+    if length != size:
+        raise SegmentUnreadable(f"bytes {length:,} to {size:,} of the segment are not whole records")
+    return records
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -93,6 +130,15 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.close(descriptor)
     os.replace(partial, path)
     _fsync_dir(path.parent)
+
+
+def _truncate_durably(path: Path, size: int) -> None:
+    descriptor = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(descriptor, size)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -184,12 +230,20 @@ class Spool:
         self.instance = instance_file.read_text().strip()
 
         self._pending: queue.Queue = queue.Queue()
-        self._sealed = threading.Condition()
+        # Set when a segment is sealed; an Event, so that one sealed while the flusher is busy
+        # is not missed (shutdown would wait for the flusher's poll).
+        self._sealed = threading.Event()
         self._stopping = threading.Event()
         self._open: tuple[str, int] | None = None  # (segment id, file descriptor)
         self._open_since = 0.0
         self._open_hour = 0
-        self._open_size = 0
+        self._open_size = 0  # bytes of the open segment that are acknowledged (fsynced)
+        # Segments closed for writing whose rename to sealed is still owed: (id, acknowledged bytes).
+        self._retired: list[tuple[str, int]] = []
+        self._folder_unsynced = False  # a segment was made or renamed since the folder's last fsync
+        # Why the spool refuses records until the writer has made the disk consistent again.
+        self.fault: str | None = None
+        self._close_deadline = 0.0
         self._last_id = 0
         # Bytes accepted and not yet delivered; the request, writer and flusher threads all
         # change it.
@@ -207,7 +261,11 @@ class Spool:
         delivered within the window."""
         now_ms = int(time.time() * 1000)
         for path in sorted(self.directory.glob("open-*.wal")):
-            records, length = read_records(path)
+            try:
+                records, length = read_records(path)
+            except SegmentUnreadable as error:
+                self._park(path, str(error))
+                continue
             if length < path.stat().st_size:
                 log.warning(
                     "spool segment %s: cut a torn tail of %d bytes", path.name, path.stat().st_size - length
@@ -221,8 +279,13 @@ class Spool:
                 path.unlink()
         _fsync_dir(self.directory)
         for path in self.sealed_segments():
+            try:
+                records = read_sealed(path)
+            except SegmentUnreadable as error:
+                self._park(path, str(error))
+                continue
             self._count(path.stat().st_size)
-            for record in read_records(path)[0]:
+            for record in records:
                 self.recent.add(record.client_ids, record.received_at_ms)
         for path in self.directory.glob("*.partial"):
             path.unlink()
@@ -260,17 +323,23 @@ class Spool:
             raise SpoolFull("the service is shutting down")
         if not self._writer.is_alive():
             raise SpoolFull("the spool writer has stopped: see the service's log")
+        if self.fault is not None:
+            raise SpoolFull(f"the spool is recovering from a disk error: {self.fault}")
         self._count(len(framed))
         done: Future = Future()
         self._pending.put((framed, record.received_at_ms, done))
         return done
 
     def can_accept(self, size: int) -> bool:
-        writing = self._writer.is_alive() and not self._stopping.is_set()
+        writing = self._writer.is_alive() and not self._stopping.is_set() and self.fault is None
         return writing and self.pending_bytes + size <= self.max_bytes
 
     def sealed_segments(self) -> list[Path]:
         return sorted(self.directory.glob("sealed-*.wal"))
+
+    def parked_segments(self) -> list[Path]:
+        """Segments delivery gave up on, each with a `.reason` file beside it."""
+        return sorted(self.directory.glob("parked-*.wal"))
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -289,10 +358,17 @@ class Spool:
         self._open_since = time.monotonic()
         self._open_hour = hour
         self._open_size = 0
-        _fsync_dir(self.directory)
+        self._folder_unsynced = True
+
+    def _sync_folder(self) -> None:
+        """Make the folder's names durable; nothing is acknowledged while they may not be."""
+        if self._folder_unsynced:
+            _fsync_dir(self.directory)
+            self._folder_unsynced = False
 
     def _write(self, batch: list[tuple[bytes, int, Future]]) -> None:
-        """Append and fsync a batch; a disk error fails its requests (503), not the thread."""
+        """Append and fsync a batch, then acknowledge it; an OSError is raised to the loop,
+        which fails the batch's requests (503) and puts the spool right."""
         live = []
         for framed, at, done in batch:
             # A request cancelled while it waited (its client gone at shutdown) is not written.
@@ -302,60 +378,86 @@ class Spool:
                 self._count(-len(framed))
         if not live:
             return
-        try:
-            if self._open is None:
-                self._open_segment(live[0][1] // 3_600_000)
-            descriptor = self._open[1]
-            data = memoryview(b"".join(framed for framed, _, _ in live))
-            while data:
-                data = data[os.write(descriptor, data) :]
-            os.fsync(descriptor)
-        except OSError as error:
-            for framed, _, done in live:
-                self._count(-len(framed))
-                done.set_exception(error)
-            self._abandon_segment()
-            return
+        if self._open is None:
+            self._open_segment(live[0][1] // 3_600_000)
+        descriptor = self._open[1]
+        data = memoryview(b"".join(framed for framed, _, _ in live))
+        while data:
+            data = data[os.write(descriptor, data) :]
+        os.fsync(descriptor)
+        self._sync_folder()
         self._open_size += sum(len(framed) for framed, _, _ in live)
         for _, _, done in live:
             done.set_result(None)
 
-    def _abandon_segment(self) -> None:
-        """After a failed write: cut the open segment back to its acknowledged records and
-        seal it, so nothing is ever appended after a torn record (recovery reads a segment
-        up to its first bad record only)."""
-        if self._open is None:
-            return
-        try:
-            os.ftruncate(self._open[1], self._open_size)
-            self._seal_if_due(force=True)
-        except OSError as error:
-            log.error(
-                "spool segment %s could not be sealed (%s): it is delivered after a restart",
-                self._open[0],
-                error,
-            )
-            os.close(self._open[1])
-            self._open = None
+    def _retire_open(self) -> None:
+        """Close the open segment for good: whatever happens next, nothing is appended to it,
+        and it is sealed from its name (now, or once the disk lets it)."""
+        segment_id, descriptor = self._open
+        self._open = None
+        self._retired.append((segment_id, self._open_size))
+        with suppress(OSError):  # its acknowledged bytes are fsynced already
+            os.close(descriptor)
+
+    def _seal_retired(self) -> None:
+        """Cut each retired segment to its acknowledged bytes and rename it to sealed (an
+        empty one is removed), then make the names durable."""
+        while self._retired:
+            segment_id, size = self._retired[0]
+            path, sealed = (self.directory / f"{state}-{segment_id}.wal" for state in ("open", "sealed"))
+            if size == 0:
+                path.unlink(missing_ok=True)
+            elif not sealed.exists():  # a rename reported failed may have happened all the same
+                if path.stat().st_size != size:
+                    _truncate_durably(path, size)
+                os.rename(path, sealed)
+            self._retired.pop(0)
+            self._folder_unsynced = True
+        self._sync_folder()
+        self._sealed.set()
+
+    def _seal(self) -> None:
+        self._retire_open()
+        self._seal_retired()
 
     def _seal_if_due(self, force: bool = False) -> None:
         if self._open is None:
             return
         hour_changed = int(time.time() * 1000) // 3_600_000 != self._open_hour
-        if not (
+        if (
             force
             or hour_changed
             or self._open_size >= self.flush_bytes
             or time.monotonic() - self._open_since >= self.flush_seconds
         ):
+            self._seal()
+
+    def _repair(self) -> None:
+        """Bring the disk back to the spool's state after a failed step: the open segment holds
+        its acknowledged bytes and no more (or is retired if it cannot be cut back), retired
+        segments are sealed, the folder's names are durable. Raises OSError while it cannot."""
+        if self._open is not None:
+            descriptor = self._open[1]
+            try:
+                os.ftruncate(descriptor, self._open_size)
+                os.fsync(descriptor)
+            except OSError as error:
+                log.error("spool segment %s cannot be cut back (%s): it is retired", self._open[0], error)
+                self._retire_open()
+        self._seal_retired()
+
+    def _restore(self) -> None:
+        """Repair, and refuse records for as long as repairing fails."""
+        try:
+            self._repair()
+        except OSError as error:
+            if self.fault is None:
+                log.error("spool: refusing events until the disk recovers: %s", error)
+            self.fault = f"{type(error).__name__}: {error}"
             return
-        segment_id, descriptor = self._open
-        os.rename(self.directory / f"open-{segment_id}.wal", self.directory / f"sealed-{segment_id}.wal")
-        _fsync_dir(self.directory)
-        os.close(descriptor)
-        self._open = None
-        with self._sealed:
-            self._sealed.notify()
+        if self.fault is not None:
+            log.warning("spool: consistent again, taking events")
+            self.fault = None
 
     def _write_loop(self) -> None:
         stop = False
@@ -371,24 +473,31 @@ class Spool:
                     break
             stop = any(item is None for item in batch)
             batch = [item for item in batch if item is not None]
+            if self.fault is not None:
+                self._restore()
             try:
                 if batch:
                     # Records of another hour start a new segment: an object never spans hours.
                     if self._open is not None and batch[0][1] // 3_600_000 != self._open_hour:
-                        self._seal_if_due(force=True)
+                        self._seal()
                     self._write(batch)
                 self._seal_if_due(force=stop)
-            except Exception as error:  # a sealing error must not end the thread every request waits on
-                log.exception("spool writer: %s", error)
+            except Exception as error:  # the thread every request waits on must not end
+                log.warning("spool writer: %s: %s", type(error).__name__, error)
                 for framed, _, done in batch:
                     if not done.done():
                         self._count(-len(framed))
                         done.set_exception(error)
+                self._restore()
+        # Stopping: a retired segment left unsealed is sealed by the next start's recovery.
+        while self.fault is not None and time.monotonic() < self._close_deadline:
+            time.sleep(0.1)
+            self._restore()
 
     # -- the flusher thread -----------------------------------------------------------------
 
     def _deliver_one(self, path: Path) -> None:
-        records, _ = read_records(path)
+        records = read_sealed(path)
         segment_id = path.stem.split("-", 1)[1]
         self.deliver(segment_id, records)
         ids = [(i, r.received_at_ms) for r in records for i in r.client_ids]
@@ -400,16 +509,34 @@ class Spool:
         _fsync_dir(self.directory)
 
     def deliver_pending(self) -> int:
-        """Deliver every sealed segment, oldest first; stops at the first failure (raised)."""
+        """Deliver every sealed segment, oldest first, parking those that can never be
+        delivered; stops at the first other failure (raised: S3 may be back later)."""
         delivered = 0
         for path in self.sealed_segments():
-            self._deliver_one(path)
+            try:
+                self._deliver_one(path)
+            except SegmentUnreadable as error:
+                size = path.stat().st_size
+                self._park(path, str(error))
+                self._count(-size)
+                continue
             delivered += 1
         return delivered
+
+    def _park(self, path: Path, reason: str) -> None:
+        """Set a segment apart with its reason, durably; it is kept for an operator."""
+        segment_id = path.stem.split("-", 1)[1]
+        _write_durably(self.directory / f"parked-{segment_id}.reason", reason.encode() + b"\n")
+        os.rename(path, self.directory / f"parked-{segment_id}.wal")
+        _fsync_dir(self.directory)
+        log.error(
+            "spool segment %s cannot be delivered, parked as parked-%s.wal: %s", path.name, segment_id, reason
+        )
 
     def _flush_loop(self) -> None:
         backoff = 0.5
         while not (self._stopping.is_set() and not self._writer.is_alive() and not self.sealed_segments()):
+            self._sealed.clear()
             try:
                 if self.deliver_pending():
                     self.last_failure = None
@@ -423,7 +550,7 @@ class Spool:
                 backoff = min(backoff * 2, 30.0)
                 continue
             self._forget_old_ids()
-            with self._sealed:
+            if not (self._stopping.is_set() and not self._writer.is_alive()):
                 self._sealed.wait(timeout=0.5)
 
     def _forget_old_ids(self) -> None:
@@ -438,14 +565,19 @@ class Spool:
     def close(self, timeout: float) -> None:
         """Stop taking records, seal the open segment and deliver what is sealed, for up to
         `timeout` seconds; what is left stays on disk for the next start."""
+        self._close_deadline = time.monotonic() + timeout
         self._stopping.set()
         if self._writer.ident is not None:  # started
             self._pending.put(None)
             self._writer.join()
-            with self._sealed:
-                self._sealed.notify()
+            self._sealed.set()
             self._flusher.join(timeout)
-        if self.sealed_segments():
-            log.warning("stopped with %d segment(s) still in the spool", len(self.sealed_segments()))
+        left = len(self.sealed_segments()) + len(list(self.directory.glob("open-*.wal")))
+        if left:
+            log.warning("stopped with %d segment(s) still in the spool", left)
+        if self.parked_segments():
+            log.error(
+                "%d segment(s) are parked in the spool: see their .reason files", len(self.parked_segments())
+            )
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
