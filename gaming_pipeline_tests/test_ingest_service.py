@@ -220,9 +220,8 @@ def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(
         assert n < 2000, "the spool never filled"
     assert set(statuses) == {202, 503} and statuses[-1] == 503
     status, health = cut_off.get("/healthz")
-    assert status == 503 and json.loads(health)["status"] == "full"
-    failing = wait_until(lambda: json.loads(cut_off.get("/healthz")[1])["delivery"] != "ok", what="a failure")
-    assert failing
+    assert (status, json.loads(health)) == (503, {"status": "full"})
+    wait_until(lambda: cut_off.metric("ingest_delivery_failing") == 1, what="a failure")
     cut_off.stop()  # stopping cannot deliver either: the spool keeps it all
 
     back = IngestService(cut_off.home, landing.bucket, master_key=cut_off.master_key).start()

@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -63,6 +63,9 @@ class ServiceConfig:
     flush_seconds: float = 60.0
     spool_max_bytes: int = 1024**3
     max_body_bytes: int = 4 * 1024 * 1024
+    # A body of millions of tiny items is within max_body_bytes, but checking each and
+    # answering a reason for each would hold the event loop for seconds.
+    max_events_per_request: int = 10_000
     dedup_seconds: float = 600.0
     dedup_max_ids: int = 5_000_000
     shutdown_flush_seconds: float = 30.0
@@ -82,7 +85,7 @@ def reason_label(reason: str) -> str:
 
 
 class Metrics:
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, keys: KeyRing):
         self.registry = registry = CollectorRegistry()
         self.accepted = Counter(
             "ingest_events_accepted",
@@ -113,6 +116,17 @@ class Metrics:
         Gauge(
             "ingest_spool_segments", "Sealed segments waiting for delivery", registry=registry
         ).set_function(lambda: len(spool.sealed_segments()))
+        Gauge("ingest_spool_max_bytes", "Spool size at which requests get 503", registry=registry).set(
+            spool.max_bytes
+        )
+        Gauge(
+            "ingest_delivery_failing",
+            "1 while the last delivery to S3 failed (the spool retries; the log says why)",
+            registry=registry,
+        ).set_function(lambda: spool.last_failure is not None)
+        Gauge("ingest_api_keys", "API keys the service knows", registry=registry).set_function(
+            lambda: len(keys)
+        )
 
 
 def _answer(status: int, payload: dict, headers: dict | None = None) -> Response:
@@ -159,7 +173,7 @@ class Service:
             self.recent,
         )
         self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance)
-        self.metrics = Metrics(self.spool)
+        self.metrics = Metrics(self.spool, self.keys)
 
     def _deliver(self, segment_id: str, records: list[Record]) -> None:
         started = time.perf_counter()
@@ -211,8 +225,17 @@ class Service:
         return inflated
 
     async def post_events(self, request: Request) -> Response:
+        """Every request is answered and counted: a fault of the service's own is a 500,
+        logged with its traceback; client input never gets there (it is a 4xx or a reason)."""
         started = time.perf_counter()
-        response, outcome = await self._post_events(request)
+        try:
+            response, outcome = await self._post_events(request)
+        except ClientDisconnect:
+            # Nobody reads this answer; it is counted under its own label all the same.
+            response, outcome = _answer(499, {"error": "the client went away"}), {}
+        except Exception:
+            log.exception("request failed")
+            response, outcome = _answer(500, {"error": "the service failed, retry"}), {}
         self.metrics.requests.labels(str(response.status_code)).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - started)
         log.info(
@@ -244,6 +267,9 @@ class Service:
             items = split_body(body, ndjson)
         except BodyNotJson as error:
             return _answer(400, {"error": str(error)}), outcome
+        if len(items) > self.config.max_events_per_request:
+            limit = self.config.max_events_per_request
+            return _answer(413, {"error": f"the body has over {limit:,} events"}), outcome
         now_ms = time.time_ns() // 1_000_000
         result = sort_events(items, now_ms, lambda event_id: self.recent.seen(event_id, now_ms))
         if ndjson and items and result.not_json == len(items):
@@ -300,18 +326,10 @@ class Service:
         )
 
     async def healthz(self, request: Request) -> Response:
-        """200 while the largest request allowed would fit in the spool."""
-        spool = self.spool
-        can_accept = spool.can_accept(self.config.max_body_bytes)
-        payload = {
-            "status": "ok" if can_accept else "full",
-            "spool_bytes": spool.pending_bytes,
-            "spool_max_bytes": spool.max_bytes,
-            "segments_waiting": len(spool.sealed_segments()),
-            "delivery": spool.last_failure or "ok",
-            "api_keys": len(self.keys),
-        }
-        return _answer(200 if can_accept else 503, payload)
+        """200 while the largest request allowed would fit in the spool. The probe is public:
+        it says only ok or full; the spool's and delivery's details are in /metrics."""
+        can_accept = self.spool.can_accept(self.config.max_body_bytes)
+        return _answer(200 if can_accept else 503, {"status": "ok" if can_accept else "full"})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

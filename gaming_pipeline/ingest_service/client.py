@@ -1,5 +1,5 @@
 """A small client of the ingest service, as a game's backend or SDK would use it: events go
-in batches, and a batch the service did not answer (503, a dropped connection, a restart)
+in batches, and a batch the service did not answer (a 5xx, a dropped connection, a restart)
 is sent again as it was. Events carry their own `event_id`, so a batch the service took
 before the connection dropped is not taken twice."""
 
@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-RETRY_STATUSES = {502, 503, 504}
+# A 5xx is the service's fault or a passing state (busy, restarting): the batch is sent again
+# as it was; its event_ids keep a batch the service did take from being taken twice.
+RETRY_STATUSES = {500, 502, 503, 504}
 
 
 class EventsRefused(RuntimeError):

@@ -57,6 +57,9 @@ class LandingEvent(msgspec.Struct):
     eventParams: EventParams
 
 
+NESTED_TOO_DEEP = "the JSON is nested deeper than the decoder's limit"
+
+
 class BodyNotJson(ValueError):
     """The body as a whole is not JSON (or not one JSON value per line): answered with 400."""
 
@@ -100,6 +103,18 @@ def split_body(body: bytes, ndjson: bool) -> list[msgspec.Raw | bytes]:
         return [_as_item.decode(body)]
     except msgspec.DecodeError as error:
         raise BodyNotJson(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise BodyNotJson(NESTED_TOO_DEEP) from None
+
+
+def _not_json(error: Exception) -> str:
+    """Why an event could not be read. msgspec checks UTF-8 only in the strings it decodes,
+    and nests by recursion: invalid text and runaway nesting surface as Python errors."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not JSON: a string is not UTF-8: {error.reason} at byte {error.start} of the string"
+    if isinstance(error, RecursionError):
+        return f"not JSON: {NESTED_TOO_DEEP}"
+    return f"not JSON: {error}"
 
 
 def _reason(event: ClientEvent) -> str | None:
@@ -127,8 +142,8 @@ def sort_events(
         except msgspec.ValidationError as error:
             result.rejected.append({"index": index, "reason": str(error)})
             continue
-        except msgspec.DecodeError as error:
-            result.rejected.append({"index": index, "reason": f"not JSON: {error}"})
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+            result.rejected.append({"index": index, "reason": _not_json(error)})
             result.not_json += 1
             continue
         reason = _reason(event)

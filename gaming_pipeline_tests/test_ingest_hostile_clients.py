@@ -1,0 +1,200 @@
+"""The ingest service against clients that send what they should not: malformed, hostile or
+endless input gets a 4xx (or 503 while it cannot take more), never any other 5xx, and every
+answer is counted (CONTRACT.md section 2)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import msgspec
+import pytest
+
+from gaming_pipeline.ingest_service.client import EventSender
+from gaming_pipeline_tests.service_helpers import IngestService
+from gaming_pipeline_tests.test_ingest_service import event, post
+
+pytestmark = pytest.mark.e2e
+
+FUZZ_SEED = 16
+
+
+@pytest.fixture
+def service(local_aws, landing, tmp_path):
+    running = IngestService(tmp_path / "home", landing.bucket).start()
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def with_raw(field: str, raw: bytes, params: bool = True) -> bytes:
+    """A valid event whose `field` (in eventParams, or at the top) holds `raw` as written."""
+    valid = event(1, eventName="purchaseEvent", params={"amount": 1.5})
+    holder = valid["eventParams"] if params else valid
+    holder[field] = "__RAW__"
+    return msgspec.json.encode(valid).replace(b'"__RAW__"', raw)
+
+
+def hostile_bodies(rng: random.Random) -> list[tuple[bytes, str, dict]]:
+    """(body, content type, extra headers): each a way a client gets input wrong."""
+    good = msgspec.json.encode(event(1))
+    weird_values = [
+        nested(1_000),
+        nested(100_000),
+        b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+        b'"\xff"',
+        b'"ok\xc3"',
+        b'"\xed\xa0\x80"',  # a surrogate encoded as UTF-8: not UTF-8
+        b'"\\ud800"',
+        b'"\\udfff"',
+        b'"\\ud800\\u0041"',
+        b'"a\\u0000b"',
+        b"1e400",
+        b"-1e400",
+        b"1" * 5_000,
+        b"-" + b"9" * 400,
+        b"NaN",
+        b"Infinity",
+        b"-Infinity",
+        b"null",
+        b"true",
+        b"[]",
+        b"{}",
+        b'{"\xff":1}',
+        b'"' + b"x" * 100_000 + b'"',
+    ]
+    fields = ["amount", "scoreAdjustment", "client_event_time", "device_id", "game_keyword"]
+    bodies: list[bytes] = []
+    for value in weird_values:
+        bodies.append(with_raw(rng.choice(fields), value))
+        bodies.append(with_raw("eventTime", value, params=False))
+        bodies.append(with_raw("pii", b'{"email":' + value + b"}", params=False))
+        bodies.append(value)
+    bodies += [
+        b"",
+        b"\xef\xbb\xbf" + good,
+        b'{"\xff\xfe": 1}',
+        good.replace(b'"levelUp"', b'"level\xffUp"'),
+        good.replace(b'"eventParams"', b'"event\x80Params"'),
+    ]
+    # Good events cut short, with bytes flipped or random bytes put in.
+    for _ in range(60):
+        mutated = bytearray(msgspec.json.encode([event(2), event(3)]))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(mutated))
+            choice = rng.random()
+            if choice < 0.4:
+                mutated[at] = rng.randrange(256)
+            elif choice < 0.7:
+                mutated[at:at] = rng.randbytes(rng.randint(1, 8))
+            else:
+                del mutated[at:]
+                break
+        bodies.append(bytes(mutated))
+    bodies += [rng.randbytes(rng.randint(1, 3_000)) for _ in range(40)]
+
+    requests = [(body, "application/json", {}) for body in bodies]
+    requests += [(b"\n".join([good, body, good]), "application/x-ndjson", {}) for body in bodies[:80]]
+    gzip_header = {"content-encoding": "gzip"}
+    requests += [(gzip.compress(body), "application/json", gzip_header) for body in bodies[:40]]
+    requests += [
+        (gzip.compress(nested(1_000_000)), "application/json", gzip_header),
+        (gzip.compress(b"[" + b"0," * 2_000_000 + b"0]"), "application/json", gzip_header),
+        (gzip.compress(good) * 3, "application/json", gzip_header),
+        (b"not gzip at all", "application/json", gzip_header),
+        (rng.randbytes(500), "application/json", gzip_header),
+        (good, "application/json; charset=latin-1", {}),
+        (good, "application/json", {"content-encoding": "gzip, gzip"}),
+    ]
+    return requests
+
+
+def test_no_client_input_gets_a_5xx_and_every_request_is_counted(service):
+    _, key = service.new_key()
+    requests = hostile_bodies(random.Random(FUZZ_SEED))
+    statuses = {}
+    for body, content_type, headers in requests:
+        status, _ = post(service, body, key, content_type, **headers)
+        statuses.setdefault(status, []).append(body[:80])
+    server_faults = {status: bodies for status, bodies in statuses.items() if status >= 500}
+    assert server_faults == {}
+    assert service.metric("ingest_requests_total") == len(requests)
+    assert service.process.poll() is None
+
+
+def test_the_body_nested_beyond_reason_or_not_utf8_is_a_400_and_an_event_a_rejection(service):
+    _, key = service.new_key()
+    status, answer = post(service, nested(1_000), key)
+    assert status == 400 and "nested" in answer["error"]
+    lines = [
+        msgspec.json.encode(event(1)),
+        with_raw("eventTime", nested(1_000), params=False),
+        with_raw("device_id", b'"\xff"'),
+    ]
+    ndjson = b"\n".join(lines)
+    status, answer = post(service, ndjson, key, "application/x-ndjson")
+    assert status == 202 and answer["accepted"] == 1
+    reasons = [error["reason"] for error in answer["errors"]]
+    assert "nested" in reasons[0] and "not UTF-8" in reasons[1]
+    # In an array too, the good event beside the bad one is taken.
+    array = b"[" + msgspec.json.encode(event(2)) + b"," + with_raw("app_name", b'"\xff"') + b"]"
+    status, answer = post(service, array, key)
+    assert (status, answer["accepted"], answer["rejected"]) == (202, 1, 1)
+    assert service.metric("ingest_requests_total") == 3
+    assert service.metric('ingest_events_rejected_total{reason="not_json"}') == 3
+
+
+class FailingOnce(BaseHTTPRequestHandler):
+    """Answers the first POST with a 500 (a fault of the service), the next with a 202."""
+
+    statuses = [500, 202]
+    bodies: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802 (the standard library's name)
+        self.bodies.append(self.rfile.read(int(self.headers["content-length"])))
+        status = self.statuses[min(len(self.bodies), len(self.statuses)) - 1]
+        answer = json.dumps({"accepted": 1} if status == 202 else {"error": "boom"}).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_client_sends_a_batch_again_after_a_500():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FailingOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sender = EventSender(f"http://127.0.0.1:{server.server_port}", "gpk_x", give_up_after=10)
+        assert sender.send([event(1)]) == {"accepted": 1}
+        assert sender.retries == 1 and FailingOnce.bodies[0] == FailingOnce.bodies[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthz_tells_a_stranger_only_its_status_and_metrics_the_details(service):
+    status, body = service.get("/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert service.metric("ingest_delivery_failing") == 0
+    assert service.metric("ingest_spool_max_bytes") == 1024**3
+    assert service.metric("ingest_api_keys") == 0
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
