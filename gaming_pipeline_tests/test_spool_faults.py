@@ -110,7 +110,7 @@ class Run:
 
     def finish(self) -> None:
         """Close, start again (which seals what the first run left open) and deliver all."""
-        self.running.close(timeout=5)
+        self.close()
         again = self.spool()
         again.deliver_pending()
         again.close(timeout=1)
@@ -118,6 +118,11 @@ class Run:
         assert set(self.acknowledged) <= set(self.delivered), "an acknowledged record was lost"
         assert set(self.delivered) <= set(self.acknowledged) | set(self.failed)
         assert not list(self.directory.glob("*.wal")) and again.pending_bytes == 0
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.running.close(timeout=5)
+            self.running = None
 
     def start(self) -> Spool:
         self.running = self.spool().start()
@@ -127,6 +132,13 @@ class Run:
         spool = self.start()
         for n in range(records):
             self.submit(spool, n)
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = Run(tmp_path)
+    yield run
+    run.close()  # if the test failed before it did
 
 
 STEPS = [
@@ -148,10 +160,9 @@ def _name(fault: Fault) -> str:
 
 @pytest.mark.parametrize("times", [1, 3])
 @pytest.mark.parametrize("step", STEPS, ids=_name)
-def test_a_fault_at_any_step_never_loses_an_acknowledged_record(tmp_path, monkeypatch, step, times):
+def test_a_fault_at_any_step_never_loses_an_acknowledged_record(run, monkeypatch, step, times):
     step.times = times
     inject(monkeypatch, step)
-    run = Run(tmp_path)
     run.run(records=9)
     assert step.calls >= step.nth, "the fault was never reached"
     monkeypatch.undo()
@@ -161,11 +172,10 @@ def test_a_fault_at_any_step_never_loses_an_acknowledged_record(tmp_path, monkey
 
 @pytest.mark.parametrize("times", [1, 3])
 def test_a_segment_that_cannot_be_cut_back_after_a_torn_write_is_sealed_without_the_tail(
-    tmp_path, monkeypatch, times
+    run, monkeypatch, times
 ):
     torn, cut = Fault("write", 2, after=True), Fault("ftruncate", 1, times)
     inject(monkeypatch, torn, cut)
-    run = Run(tmp_path)
     run.run(records=6)
     assert cut.calls >= 1 and run.failed == ["e001"]
     monkeypatch.undo()
@@ -173,12 +183,11 @@ def test_a_segment_that_cannot_be_cut_back_after_a_torn_write_is_sealed_without_
     assert "e001" not in run.delivered
 
 
-def test_the_spool_refuses_records_while_the_folder_cannot_be_synced_after_a_seal(tmp_path, monkeypatch):
+def test_the_spool_refuses_records_while_the_folder_cannot_be_synced_after_a_seal(run, monkeypatch):
     """The issue's case: the folder's fsync fails after the rename to sealed (no descriptor
     left to open it); the spool must neither append to the renamed file nor take records."""
     folder_sync = Fault("open", 3, times=None)  # 1, 2: the first segment and its folder fsync
     inject(monkeypatch, folder_sync)
-    run = Run(tmp_path)
     spool = run.start()
     run.submit(spool, 0)
     run.submit(spool, 1)  # fills the segment: sealing it fails after the rename
