@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test unit bench clean
 
 $(INSTALLED): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check gaming_pipeline gaming_pipeline_tests bench
 	$(BIN)/pytest
+
+# The fast tier: pure logic only (no Spark, no processes), well under a minute.
+unit: $(INSTALLED)
+	$(BIN)/pytest -m unit
 
 # Ours side by side with Structured Streaming, Polars + deltalake and bare Spark; writes
 # bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md (about 30 minutes).

@@ -76,3 +76,20 @@ def landing(local_aws):
 @pytest.fixture
 def warehouse(tmp_path) -> str:
     return str(tmp_path / "warehouse")
+
+
+# What a test needs decides its tier, so a new test is tiered without anyone remembering to.
+SPARK_FIXTURES = {"spark", "spark_server"}
+PROCESS_FIXTURES = {"local_aws"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        needs = set(item.fixturenames)
+        if needs & SPARK_FIXTURES:
+            item.add_marker(pytest.mark.spark)
+        if needs & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if not any(item.get_closest_marker(name) for name in ("spark", "e2e")):
+            item.add_marker(pytest.mark.unit)

@@ -91,6 +91,7 @@ def test_sql_reports_a_bad_query_clearly(spark, pipeline_env, capsys):
         main(["sql", "select * from no_such_table"])
 
 
+@pytest.mark.e2e
 def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["GAMING_PIPELINE_LANDING_BUCKET"] = "cli-landing"
