@@ -152,6 +152,22 @@ def test_the_body_nested_beyond_reason_or_not_utf8_is_a_400_and_an_event_a_rejec
     assert service.metric('ingest_events_rejected_total{reason="not_json"}') == 3
 
 
+def test_events_that_would_break_a_kpi_or_land_in_quarantine_are_turned_away(service):
+    _, key = service.new_key()
+    batch = [
+        event(1, eventName="purchaseEvent", params={"amount": 1e17}),
+        event(2, params={"client_event_time": "2026-99-99T99:99:99Z"}),
+        event(3, params={"client_event_time": "1970-01-01T00:00:00Z"}),
+        event(4, eventName="purchaseEvent", params={"amount": 999_999.99}),
+    ]
+    status, answer = post(service, msgspec.json.encode(batch), key)
+    assert (status, answer["accepted"], answer["rejected"]) == (202, 1, 3)
+    reasons = [error["reason"] for error in answer["errors"]]
+    assert "<= 1000000.0" in reasons[0] and "amount" in reasons[0]
+    assert "not a calendar time" in reasons[1] and "outside 2000-2099" in reasons[2]
+    assert service.metric('ingest_events_rejected_total{reason="out_of_range"}') == 3
+
+
 class FailingOnce(BaseHTTPRequestHandler):
     """Answers the first POST with a 500 (a fault of the service), the next with a 202."""
 

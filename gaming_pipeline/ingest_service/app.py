@@ -79,8 +79,10 @@ def reason_label(reason: str) -> str:
         return "missing_field"
     if "unknown field" in reason:
         return "unknown_field"
-    if reason.startswith("Expected `"):
-        return "wrong_type" if "got `" in reason else "out_of_range"
+    if reason.startswith("Expected `") and "got `" in reason:
+        return "wrong_type"
+    if reason.startswith(("Expected `", "eventParams.client_event_time")) or "out of range" in reason:
+        return "out_of_range"
     return "purchase_rule"
 
 

@@ -4,14 +4,24 @@ Pure functions, no I/O: a request body becomes the events to land, the PII to ke
 and a reason for every event turned away, so one bad event never costs the good ones
 beside it. Decoding and validation run in msgspec's C code: the service's hot path.
 
-An event accepted here is one the pipeline's landing parser (lib/events.py) will take: the
-same field names and types, `client_event_time` in a form Spark reads as a timestamp.
+An event accepted here is one the pipeline's landing parser (lib/events.py) will take and
+no KPI can fail on: the same field names and types, and these limits at the door:
+- `amount` (purchases only): a finite number from 0 to MAX_AMOUNT (1,000,000.00). The KPIs
+  sum amounts as decimal(18,2) (lib/daily.py), rounded to the cent; at this cap a game's day
+  would need 10 billion purchases to overflow it.
+- `client_event_time`: ISO-8601 with a zone, as Spark reads it, naming a real calendar
+  instant (no month 13, no 24:00, no second 60), with an offset Java accepts (at most
+  18:00), between 2000-01-01 and 2100-01-01 UTC: the landing rule's span for eventTime.
+- `scoreAdjustment`: an int32. Strings: valid UTF-8 (msgspec refuses lone surrogates);
+  limited lengths. JSON has no NaN or Infinity, and a number past a float's range is out of
+  range, so no value is infinite.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -22,6 +32,11 @@ from gaming_pipeline.games import GAMES_BY_KEYWORD
 PURCHASE = "purchaseEvent"
 # ISO-8601 with a zone, as clients' clocks are anywhere: Spark reads exactly this form.
 ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+EARLIEST_CLIENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_CLIENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+# java.time.ZoneOffset's range: Spark fails on an offset beyond it.
+MAX_UTC_OFFSET = timedelta(hours=18)
+MAX_AMOUNT = 1_000_000.0
 INT32 = Meta(ge=-(2**31), le=2**31 - 1)
 Text = Annotated[str, Meta(max_length=256)]
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -35,7 +50,7 @@ class EventParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     platform: Annotated[str, Meta(max_length=32)] | None = None
     app_version: Annotated[str, Meta(max_length=64)] | None = None
     client_event_time: Annotated[str, Meta(pattern=ISO_INSTANT)] | None = None
-    amount: Annotated[float, Meta(ge=0)] | None = None
+    amount: Annotated[float, Meta(ge=0, le=MAX_AMOUNT)] | None = None
 
 
 class ClientEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,13 +132,29 @@ def _not_json(error: Exception) -> str:
     return f"not JSON: {error}"
 
 
+def client_time_reason(text: str) -> str | None:
+    """Why a `client_event_time` of the ISO_INSTANT form is not an instant the pipeline keeps."""
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError as error:
+        return f"eventParams.client_event_time is not a calendar time: {error}"
+    if abs(instant.utcoffset()) > MAX_UTC_OFFSET:
+        return "eventParams.client_event_time has a UTC offset beyond 18:00"
+    if not EARLIEST_CLIENT_TIME <= instant < LATEST_CLIENT_TIME:
+        return "eventParams.client_event_time is outside 2000-2099 (UTC)"
+    return None
+
+
 def _reason(event: ClientEvent) -> str | None:
-    """The rules msgspec's types cannot say: an amount belongs to purchases, and to all."""
-    amount = event.eventParams.amount
-    if event.eventName == PURCHASE and amount is None:
+    """The rules msgspec's types cannot say: an amount belongs to purchases, and to all;
+    a client's time is a real instant within the pipeline's span."""
+    params = event.eventParams
+    if event.eventName == PURCHASE and params.amount is None:
         return "a purchaseEvent needs eventParams.amount"
-    if event.eventName != PURCHASE and amount is not None:
+    if event.eventName != PURCHASE and params.amount is not None:
         return f"eventParams.amount is for purchaseEvent only, not {event.eventName}"
+    if params.client_event_time is not None:
+        return client_time_reason(params.client_event_time)
     return None
 
 
