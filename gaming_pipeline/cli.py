@@ -239,10 +239,11 @@ def _on_stop_signals(handler) -> None:
 
 
 def _tell(message: str) -> None:
-    """A line for the terminal, which may be gone (closed: SIGHUP) while stopping."""
+    """A line for the terminal, which may be gone while stopping: closed (SIGHUP), or the
+    reader of a pipe ended by the same Ctrl-C (`make demo | tee`), on which rich exits."""
     try:
         console.print(message)
-    except OSError:
+    except (OSError, SystemExit):
         pass
 
 

@@ -5,6 +5,7 @@ from the kernel, and the next demo clears whatever is left before it starts)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gaming_pipeline import cli
 from gaming_pipeline.lib import processes
 from gaming_pipeline_tests.service_helpers import wait_until
 
@@ -21,32 +23,48 @@ pytestmark = pytest.mark.e2e
 PROC = Path("/proc")
 # No Spark Connect server of its own (the slowest start): runs would find nothing there.
 NO_SPARK_SERVER = {"GAMING_PIPELINE_SPARK_MASTER": "sc://127.0.0.1:9"}
+# A process that starts a shell command (argv[1]) with processes.start, the command's
+# output (a pid) in the file argv[2], and waits.
+OWNER = """
+import sys, time
+from pathlib import Path
+from gaming_pipeline.lib import processes
+processes.start(["sh", "-c", sys.argv[1]], {}, Path(sys.argv[2]))
+time.sleep(600)
+"""
 
 
 class Demo:
-    """`gaming-pipeline demo` as a user runs it, on its own home and on free ports."""
+    """`gaming-pipeline demo` as a user runs it, on its own home and on free ports, its output
+    read from a pipe."""
 
     def __init__(self, home: Path, environ: dict[str, str] | None = None):
         self.home = home
-        self.log = home.parent / f"{home.name}-demo-{time.monotonic_ns()}.log"
+        self.output = b""
         inherited = {
             key: value
             for key, value in os.environ.items()
             if not key.startswith(("GAMING_PIPELINE_", "AWS_", "DAGSTER_", "SPARK_REMOTE"))
         }
         ports = [f"--{name}-port=0" for name in ("ui", "aws", "ingest", "spark")]
-        with open(self.log, "wb") as output:
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "gaming-pipeline"), "demo", "--rate", "2", *ports],
-                env={**inherited, "GAMING_PIPELINE_HOME": str(home), **(environ or {})},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gaming-pipeline"), "demo", "--rate", "2", *ports],
+            env={**inherited, "GAMING_PIPELINE_HOME": str(home), **(environ or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def said(self) -> str:
+        """What it printed so far."""
+        pipe = self.process.stdout
+        while not pipe.closed and select.select([pipe], [], [], 0)[0] and (chunk := os.read(pipe.fileno(), 65536)):
+            self.output += chunk
+        return self.output.decode(errors="replace")
 
     def wait_until_up(self) -> None:
         def up() -> bool:
-            assert self.process.poll() is None, f"the demo exited: {self.log.read_text()}"
-            return "demo is up" in self.log.read_text()
+            assert self.process.poll() is None, f"the demo exited: {self.said()}"
+            return "demo is up" in self.said()
 
         wait_until(up, 300, "the demo coming up")
 
@@ -60,15 +78,15 @@ class Demo:
                 environ = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
             except OSError:
                 continue
-            if marker in environ.split(b"\0") and (identity := processes.identity(int(entry.name))):
-                found.add(identity)
+            if marker in environ.split(b"\0") and (running := identity(int(entry.name))):
+                found.add(running)
         return found
 
     def kill_everything(self) -> None:
         """Whatever of the demo still runs, so that a failed test leaves nothing behind."""
-        for identity in self.processes():
+        for running in self.processes():
             try:
-                os.kill(int(identity.partition("@")[0]), signal.SIGKILL)
+                os.kill(int(running.partition("@")[0]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.process.wait()
@@ -87,51 +105,88 @@ def demos(tmp_path):
         demo.kill_everything()
 
 
+def identity(pid: int) -> str:
+    """`pid@start-time` of a running process (a later one given the same pid differs), or
+    empty: the test's own reading of /proc, to judge the code rather than trust it."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return ""
+    return "" if stat[0] == "Z" else f"{pid}@{stat[19]}"
+
+
 def still_running(identities: set[str]) -> set[str]:
-    return {identity for identity in identities if processes.identity(int(identity.partition("@")[0])) == identity}
+    return {known for known in identities if identity(int(known.partition("@")[0])) == known}
 
 
-@pytest.mark.parametrize(
-    "signum, environ",
-    [
-        # The full demo once, with the Spark Connect server that was the one left behind.
-        (signal.SIGTERM, {}),
-        (signal.SIGHUP, NO_SPARK_SERVER),
-        (signal.SIGINT, NO_SPARK_SERVER),
-    ],
-    ids=["SIGTERM", "SIGHUP", "SIGINT"],
-)
-def test_a_stop_signal_stops_every_process_of_the_demo(demos, signum, environ):
-    demo = demos(environ)
+def test_kill_stops_every_process_of_the_demo(demos):
+    """The full demo, with the Spark Connect server that `kill` used to leave behind."""
+    demo = demos()
     demo.wait_until_up()
     running = demo.processes()
-    # The demo, the ingest service, the Dagster webserver and daemon (and their code
-    # servers), and the Spark Connect server unless told to use another.
-    assert len(running) >= (5 if environ else 6), running
+    # The demo, the Spark Connect server, the ingest service, the Dagster webserver and
+    # daemon, and the code server of either.
+    assert len(running) >= 6, running
 
-    demo.process.send_signal(signum)
-    demo.process.wait(timeout=60)
+    demo.process.send_signal(signal.SIGTERM)
+    demo.process.wait(timeout=90)
 
-    assert demo.process.returncode == 0, demo.log.read_text()
-    assert still_running(running) == set(), demo.log.read_text()
+    assert still_running(running) == set(), demo.said()
     assert demo.processes() == set()
+    assert demo.process.returncode == 0, demo.said()
 
 
-def test_a_demo_killed_outright_leaves_nothing_for_the_next_one(demos):
-    first = demos()
-    first.wait_until_up()
-    running = first.processes()
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+def test_every_stop_signal_is_a_ctrl_c(signum):
+    """Ctrl-C, the terminal closed and `kill` take the same orderly stop (the one the
+    demo above goes through on SIGTERM)."""
+    kept = {each: signal.getsignal(each) for each in cli.STOP_SIGNALS}
+    try:
+        cli._on_stop_signals(cli._interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+    finally:
+        for each, handler in kept.items():
+            signal.signal(each, handler)
 
-    first.process.kill()
-    first.process.wait()
-    # Its children got SIGTERM from the kernel as it died, and stop as they would on
-    # Ctrl-C; anything they had started that outlived them, the next demo stops.
-    second = demos(NO_SPARK_SERVER)
-    second.wait_until_up()
 
-    assert still_running(running) == set(), second.log.read_text()
-    second.process.send_signal(signal.SIGTERM)
-    assert second.process.wait(timeout=60) == 0
+def test_stopping_goes_on_when_nobody_reads_the_output(tmp_path):
+    """The terminal closed, or `make demo | tee` where the same Ctrl-C ended tee: the
+    demo's lines while stopping go nowhere, and the stop goes on."""
+    went_on = tmp_path / "went-on"
+    tell = "import sys\nfrom gaming_pipeline.cli import _tell\n_tell('stopping ...')\nopen(sys.argv[1], 'w')"
+    telling = subprocess.Popen([sys.executable, "-c", tell, str(went_on)], stderr=subprocess.PIPE)
+    telling.stderr.close()
+
+    assert telling.wait(timeout=60) == 0
+    assert went_on.exists()
+
+
+def test_a_demo_killed_outright_leaves_nothing_running(demos):
+    demo = demos(NO_SPARK_SERVER)
+    demo.wait_until_up()
+    running = demo.processes()
+
+    demo.process.kill()
+    demo.process.wait()
+
+    # Its children got SIGTERM from the kernel as it died, and stop as they do on Ctrl-C.
+    wait_until(lambda: not still_running(running), 60, "the demo's processes stopping")
+
+
+def test_a_child_stops_when_its_owner_is_killed_outright(tmp_path):
+    """Even through exec, as the Spark Connect server's python, shell and java are one
+    process in turn."""
+    pids = tmp_path / "pids"
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, "echo $$; exec sleep 600", str(pids)])
+    try:
+        child = int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the child"))
+        the_child = identity(child)
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_until(lambda: not still_running({the_child}), 10, "the child stopping")
 
 
 def test_orphans_are_those_whose_owner_died(tmp_path):
@@ -139,30 +194,19 @@ def test_orphans_are_those_whose_owner_died(tmp_path):
     sweep a demo does on start stops it once the process that launched the tree is gone,
     and not before."""
     pids = tmp_path / "pids"
-    owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\n"
-            "from pathlib import Path\n"
-            "from gaming_pipeline.lib import processes\n"
-            "child = processes.start(['sh', '-c', 'sleep 600 & echo $!; wait'], {}, Path(sys.argv[1]))\n"
-            "time.sleep(600)\n",
-            str(pids),
-        ]
-    )
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, "sleep 600 & echo $!; wait", str(pids)])
     grandchild = 0
     try:
         grandchild = int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the grandchild"))
-        identity = processes.identity(grandchild)
+        the_grandchild = identity(grandchild)
         assert grandchild not in processes.stop_orphans(), "its owner is alive"
 
         owner.kill()
         owner.wait()
-        assert still_running({identity}) == {identity}, "the grandchild outlives its parent"
+        assert still_running({the_grandchild}) == {the_grandchild}, "the grandchild outlives its parent"
         assert grandchild in processes.stop_orphans()
-        assert still_running({identity}) == set()
+        assert still_running({the_grandchild}) == set()
     finally:
         owner.kill()
-        if grandchild and processes.identity(grandchild):
+        if grandchild and identity(grandchild):
             os.kill(grandchild, signal.SIGKILL)
