@@ -30,7 +30,7 @@ def purchase(**params) -> dict:
 
 def verdicts(*events: dict) -> list[str | None]:
     """Per event: None if accepted, else its reason."""
-    result = sort_events([msgspec.json.encode(e) for e in events], AT, lambda _: False)
+    result = sort_events([msgspec.json.encode(e) for e in events], AT, lambda _: False, "app")
     reasons = {r["index"]: r["reason"] for r in result.rejected}
     return [reasons.get(index) for index in range(len(events))]
 
@@ -47,7 +47,7 @@ def test_an_amount_past_a_float_or_not_a_number_is_refused():
     body = b"\n".join(
         msgspec.json.encode(purchase()).replace(b"4.99", literal) for literal in (b"1e400", b"NaN", b"Infinity")
     )
-    result = sort_events(split_body(body, ndjson=True), AT, lambda _: False)
+    result = sort_events(split_body(body, ndjson=True), AT, lambda _: False, "app")
     reasons = [r["reason"] for r in result.rejected]
     assert reasons[0] == "Number out of range - at `$.eventParams.amount`"
     assert all(reason.startswith("not JSON") for reason in reasons[1:]) and not result.events
@@ -86,7 +86,7 @@ def test_text_must_be_utf8_and_nesting_bounded_and_both_are_reasons_not_errors()
     bad_text = good.replace(b'"d1"', b'"d\xff1"')
     deep = good[:-1] + b',"eventTime":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
     lone_surrogate = good.replace(b'"d1"', b'"\\udc00"')
-    result = sort_events(split_body(b"\n".join([good, bad_text, deep, lone_surrogate]), True), AT, lambda _: False)
+    result = sort_events(split_body(b"\n".join([good, bad_text, deep, lone_surrogate]), True), AT, lambda _: False, "app")
     reasons = [r["reason"] for r in result.rejected]
     assert len(result.events) == 1 and result.not_json == 3
     assert "not UTF-8" in reasons[0] and "nested" in reasons[1] and "surrogate" in reasons[2]

@@ -159,6 +159,18 @@ def test_a_client_event_id_is_taken_once_within_the_window(service):
     assert sorted(ids[:3]) == ["evt-1", "evt-2", "evt-3"] and len(ids) == 5 and len(set(ids)) == 5
 
 
+def test_the_duplicate_window_is_per_app(service):
+    _, galaxy = service.new_key("galaxy-client")
+    _, ninja = service.new_key("ninja-client")
+    purchase = msgspec.json.encode(event(1, eventName="purchaseEvent", params={"amount": 0.99}))
+    assert post(service, purchase, galaxy)[1]["accepted"] == 1
+    assert post(service, purchase, ninja)[1]["accepted"] == 1
+    assert post(service, purchase, ninja)[1]["duplicates"] == 1
+    # A second key of the same app shares its window.
+    _, galaxy_again = service.new_key("galaxy-client")
+    assert post(service, purchase, galaxy_again)[1]["duplicates"] == 1
+
+
 def test_keys_rotate_without_a_restart(service):
     old_id, old = service.new_key("galaxy-client")
     assert post(service, msgspec.json.encode(event(1)), old)[0] == 202

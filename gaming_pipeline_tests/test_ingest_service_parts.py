@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gaming_pipeline.ingest_service.delivery import landing_objects
-from gaming_pipeline.ingest_service.schema import BodyNotJson, sort_events, split_body
+from gaming_pipeline.ingest_service.schema import BodyNotJson, sort_events, split_body, window_key
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
 from gaming_pipeline.lib.s3_events import LandedObject
 
@@ -39,7 +39,7 @@ def test_a_body_is_one_object_an_array_or_lines():
 
 def test_events_are_stamped_and_their_pii_taken_out():
     with_pii = {**client(1), "pii": {"email": "a@b.c"}, "eventTime": 5}
-    sorted_ = sort_events(split_body(msgspec.json.encode([with_pii]), False), AT, lambda _: False)
+    sorted_ = sort_events(split_body(msgspec.json.encode([with_pii]), False), AT, lambda _: False, "app")
     (event,) = sorted_.events
     assert (event.event_id, event.eventTime) == ("e1", AT)
     assert b"a@b.c" not in msgspec.json.encode(event) and b"pii" not in msgspec.json.encode(event)
@@ -55,17 +55,27 @@ def test_client_event_time_must_be_a_zoned_iso_instant_spark_reads():
     good = ["2026-11-23T08:15:02Z", "2026-11-23T08:15:02.123456+05:30"]
     bad = ["2026-11-23 08:15:02", "2026-11-23T08:15:02", "1795420800", "2026-11-23T08:15:02.1234567Z"]
     items = [msgspec.json.encode(client(n, client_event_time=t)) for n, t in enumerate(good + bad)]
-    result = sort_events(items, AT, lambda _: False)
+    result = sort_events(items, AT, lambda _: False, "app")
     assert len(result.events) == 2
     assert [r["index"] for r in result.rejected] == [2, 3, 4, 5]
 
 
 def test_duplicates_are_judged_against_the_window_and_the_request_itself():
     items = [msgspec.json.encode(client(n)) for n in (1, 2, 2, 3)]
-    result = sort_events(items, AT, lambda event_id: event_id == "e3")
+    result = sort_events(items, AT, lambda key: key == window_key("app", "e3"), "app")
     assert [e.event_id for e in result.events] == ["e1", "e2"]
     assert result.duplicates == [{"index": 2, "event_id": "e2"}, {"index": 3, "event_id": "e3"}]
-    assert result.client_ids == ["e1", "e2"]
+    assert result.client_ids == [window_key("app", "e1"), window_key("app", "e2")]
+    # Another app's e3 is its own: the window is per app.
+    other = sort_events(items[3:], AT, lambda key: key == window_key("app", "e3"), "other-app")
+    assert [e.event_id for e in other.events] == ["e3"] and not other.duplicates
+
+
+def test_window_keys_are_per_app_and_of_one_size_whatever_the_id():
+    assert window_key("a", "e1") != window_key("b", "e1")
+    # The separator keeps an app and an id from running into each other.
+    assert window_key("ab", "c") != window_key("a", "bc")
+    assert len(window_key("a", "x" * 128)) == len(window_key("a", "x")) == 32
 
 
 def test_recent_ids_expire_and_stay_bounded():

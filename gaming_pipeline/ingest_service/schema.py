@@ -19,6 +19,7 @@ no KPI can fail on: the same field names and types, and these limits at the door
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,7 +90,7 @@ class Sorted:
     parked: list[LandingEvent] = field(default_factory=list)
     # (event_id, device_id, pii) for each accepted event that carried PII.
     pii: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    # Client event_ids accepted here, for the duplicate window.
+    # The window keys (window_key) of the client event_ids accepted here.
     client_ids: list[str] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     # How many of the rejected were not JSON at all (an NDJSON body of only these is a 400).
@@ -158,13 +159,23 @@ def _reason(event: ClientEvent) -> str | None:
     return None
 
 
+def window_key(app: str, event_id: str) -> str:
+    """A client event_id as the duplicate window knows it: scoped to the app that sent it (two
+    apps may well choose the same ids), and of a fixed size whatever the id's length, so the
+    window's memory per id is bounded (about 185 bytes, ServiceConfig.dedup_max_ids)."""
+    scoped = f"{app}\x00{event_id}".encode()
+    return hashlib.blake2b(scoped, digest_size=16).hexdigest()
+
+
 def sort_events(
     items: list[msgspec.Raw | bytes],
     received_at_ms: int,
     seen_before,
+    app: str,
 ) -> Sorted:
-    """Validate and stamp each event. `seen_before(event_id)` says whether a client id was
-    accepted within the duplicate window; ids repeated inside this request count too."""
+    """Validate and stamp each event of `app`. `seen_before(key)` says whether a client id's
+    window_key was accepted within the duplicate window; ids repeated inside this request
+    count too."""
     result = Sorted()
     in_this_request: set[str] = set()
     for index, item in enumerate(items):
@@ -183,11 +194,12 @@ def sort_events(
             continue
         event_id = event.event_id
         if event_id is not None:
-            if event_id in in_this_request or seen_before(event_id):
+            key = window_key(app, event_id)
+            if key in in_this_request or seen_before(key):
                 result.duplicates.append({"index": index, "event_id": event_id})
                 continue
-            in_this_request.add(event_id)
-            result.client_ids.append(event_id)
+            in_this_request.add(key)
+            result.client_ids.append(key)
         else:
             event_id = uuid.uuid4().hex
         landing = LandingEvent(event_id, event.eventName, received_at_ms, event.eventParams)
