@@ -3,7 +3,8 @@
 Each object's rows are written with `replaceWhere` on their source object, so running the
 same objects again (SQS redelivery, a retried or killed run, the reconciler) replaces rows
 instead of adding them, whatever batches the objects arrive in. The ledger is written last;
-a run killed before it is simply repeated.
+a run killed before it is simply repeated, and finds the rows it left by the intent it noted
+before writing them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gaming_pipeline.lib.events import (
     raw_events,
     source_object,
 )
-from gaming_pipeline.lib.ledger import LEDGER_SCHEMA
+from gaming_pipeline.lib.ledger import INTENT_SCHEMA, INTENT_TABLE, LEDGER_SCHEMA
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import (
     LEDGER_TABLE,
@@ -88,14 +89,22 @@ def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
         LEDGER_SCHEMA,
         comment="One row per landing object ingested: ETag, run, versions, row counts.",
     )
+    ensure_table(
+        spark,
+        table_path(warehouse, INTENT_TABLE),
+        INTENT_SCHEMA,
+        comment="Last-modified times of landing objects whose raw rows a run began to write.",
+    )
 
 
 def pending(
     spark: SparkSession, warehouse: str, objects: list[LandedObject]
 ) -> tuple[list[LandedObject], list[int]]:
     """The objects the ledger does not hold at the same ETag, and the last-modified times
-    (epoch microseconds) of earlier versions of them: an object overwritten since it was
-    ingested is ingested again, and its earlier rows must be found to be replaced."""
+    (epoch microseconds) of every version of them whose rows may be in the raw table: the
+    one the ledger holds, and any a run noted before writing (a run killed after its raw
+    write left rows the ledger does not know of). An object overwritten since is ingested
+    again, and all those rows must be found to be replaced, whatever the timing."""
     ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
     uris = [object_uri(obj) for obj in objects]
     done = {
@@ -109,12 +118,31 @@ def pending(
         for obj in objects
         if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)].etag != obj.etag)
     ]
-    earlier = [
-        done[object_uri(obj)].modified
-        for obj in todo
-        if object_uri(obj) in done and done[object_uri(obj)].modified is not None
-    ]
-    return todo, earlier
+    todo_uris = [object_uri(obj) for obj in todo]
+    earlier = {
+        done[uri].modified for uri in todo_uris if uri in done and done[uri].modified is not None
+    }
+    if todo:
+        intents = spark.read.format("delta").load(table_path(warehouse, INTENT_TABLE))
+        earlier.update(
+            row.modified
+            for row in intents.where(F.col("object").isin(todo_uris))
+            .select(F.unix_micros("source_modified_at").alias("modified"))
+            .distinct()
+            .collect()
+        )
+    return todo, sorted(earlier)
+
+
+def note_intent(spark: SparkSession, warehouse: str, modified: dict[str, int], run_id: str) -> None:
+    """Record, before any raw row of theirs is written, the objects' last-modified times
+    (object URI -> epoch microseconds), for `pending` to find if this run dies midway."""
+    now = datetime.now(UTC)
+    rows = [(uri, _micros_datetime(micros), run_id, now) for uri, micros in sorted(modified.items())]
+    # A blind append: it conflicts with no other writer and reads nothing first.
+    spark.createDataFrame(rows, INTENT_SCHEMA).write.format("delta").mode("append").save(
+        table_path(warehouse, INTENT_TABLE)
+    )
 
 
 def _micros_literal(micros: int) -> str:
@@ -132,8 +160,18 @@ def rows_of(uris: list[str], modified_micros: list[int]) -> str:
     )
 
 
+# Spark hands every path to Hadoop's globber, which reads these as patterns: a key holding
+# them could name other objects, or none. Escaped, each is read as the character it is.
+_GLOB_METACHARACTERS = re.compile(r"([\\\[\]{}*?])")
+
+
+def literal_path(obj: LandedObject) -> str:
+    """The object's s3a path for Spark to read: its key literally, never as a glob."""
+    return _GLOB_METACHARACTERS.sub(r"\\\1", obj.s3a_path)
+
+
 def _lines(spark: SparkSession, objects: list[LandedObject]) -> DataFrame:
-    return spark.read.text([obj.s3a_path for obj in objects]).select(
+    return spark.read.text([literal_path(obj) for obj in objects]).select(
         "value",
         source_object(F.col("_metadata.file_path")).alias("_source_object"),
         F.col("_metadata.file_modification_time").alias("_source_modified_at"),
@@ -144,7 +182,7 @@ def _content_fault(spark: SparkSession, obj: LandedObject) -> str | None:
     """Why this one object cannot be read (None if it can): a corrupt gzip, say, or an
     object deleted since it was announced."""
     try:
-        spark.read.text(obj.s3a_path).count()
+        spark.read.text(literal_path(obj)).count()
     except (PySparkException, Py4JJavaError) as exc:
         text = str(exc)
         fault = _CONTENT_FAULT.search(text)
@@ -224,12 +262,15 @@ def ingest_objects(
             in_list("_source_object", uris),
             marker,
         ).version
-        modified = earlier_modified + [
-            row.source_modified_micros
-            for row in counts.values()
+        writing = {
+            uri: row.source_modified_micros
+            for uri, row in counts.items()
             if row.source_modified_micros is not None and row.rows_written
-        ]
+        }
+        modified = earlier_modified + list(writing.values())
         raw_path = table_path(warehouse, RAW_TABLE)
+        if writing:
+            note_intent(spark, warehouse, writing, run_id)
         result.raw_version = (
             replace_rows(
                 raw_events(classified, now, run_id), raw_path, rows_of(uris, modified), marker

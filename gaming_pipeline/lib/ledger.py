@@ -28,6 +28,20 @@ LEDGER_SCHEMA = T.StructType(
 )
 
 
+# Before a run writes an object's raw rows it notes the object's last-modified time here
+# (a blind append, no ledger read-modify-write): a run killed after that write leaves rows
+# the ledger does not know of, and the next run must find them to replace them.
+INTENT_TABLE = "ingest_intents"
+INTENT_SCHEMA = T.StructType(
+    [
+        T.StructField("object", T.StringType(), False),
+        T.StructField("source_modified_at", T.TimestampType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+
+
 def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """The URI and storage options delta-rs needs for a warehouse path Spark reads as s3a."""
     if not path.startswith("s3a://"):
