@@ -4,11 +4,13 @@ answer is counted (CONTRACT.md section 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import random
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
@@ -207,10 +209,123 @@ def test_healthz_tells_a_stranger_only_its_status_and_metrics_the_details(servic
     assert service.metric("ingest_api_keys") == 0
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
-        connection.sendall(data)
-        answer = b""
+# Short limits, so that the tests wait seconds, not the defaults' minutes.
+LIMITS = {"header": 2.0, "body": 2.0, "keep_alive": 1.0, "connections": 40}
+LIMIT_OPTIONS = [
+    "--header-timeout",
+    str(LIMITS["header"]),
+    "--body-timeout",
+    str(LIMITS["body"]),
+    "--keep-alive",
+    str(LIMITS["keep_alive"]),
+    "--max-connections",
+    str(LIMITS["connections"]),
+]
+
+
+@pytest.fixture
+def guarded(local_aws, landing, tmp_path):
+    running = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "1", *LIMIT_OPTIONS])
+    running.start()
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def connect(service: IngestService, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", service.port), timeout=timeout)
+
+
+def answer_of(connection: socket.socket) -> tuple[bytes, float]:
+    """All the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    answer = b""
+    with connection:
         while chunk := connection.recv(65536):
             answer += chunk
-        return answer
+    return answer, time.monotonic() - started
+
+
+def head(key: str, length: int, **headers: str) -> bytes:
+    lines = [
+        "POST /v1/events HTTP/1.1",
+        "host: 127.0.0.1",
+        f"x-api-key: {key}",
+        "content-type: application/json",
+        f"content-length: {length}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_request_head_too_slow_is_408(guarded):
+    connection = connect(guarded)
+    connection.sendall(b"POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+    answer, seconds = answer_of(connection)
+    assert answer.startswith(b"HTTP/1.1 408 ") and LIMITS["header"] <= seconds < LIMITS["header"] + 2
+    assert guarded.metric('ingest_requests_total{status="408"}') == 1
+
+
+def test_a_body_too_slow_is_408_and_closed(guarded):
+    _, key = guarded.new_key()
+    connection = connect(guarded)
+    connection.sendall(head(key, 1000) + b'[{"eventName"')
+    answer, seconds = answer_of(connection)
+    assert answer.startswith(b"HTTP/1.1 408 ") and LIMITS["body"] <= seconds < LIMITS["body"] + 2
+    assert b"did not arrive" in answer
+    assert guarded.metric('ingest_requests_total{status="408"}') == 1
+
+
+def test_a_body_trickling_on_after_the_answer_is_cut_off(guarded):
+    # No key: answered 401 at once; the body it declared comes a byte at a time, for ever.
+    connection = connect(guarded)
+    connection.sendall(head("gpk_not-a-key", 10_000_000))
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        while time.monotonic() - started < 3 * LIMITS["body"]:
+            connection.sendall(b" ")
+            time.sleep(0.2)
+    seconds = time.monotonic() - started
+    assert answer_of(connection)[0].startswith(b"HTTP/1.1 401 ")
+    assert seconds < LIMITS["body"] + 1
+
+
+def test_an_idle_connection_is_closed(guarded):
+    answer, seconds = answer_of(connect(guarded))
+    assert answer == b"" and seconds < LIMITS["keep_alive"] + 2
+
+
+def test_a_head_over_the_size_limit_is_431_whole_or_in_pieces(guarded):
+    _, key = guarded.new_key()
+    oversized = head(key, 2, padding="x" * 64 * 1024) + b"[]"
+    for piece in (len(oversized), 4096):
+        connection = connect(guarded)
+        with contextlib.suppress(OSError):  # the server may close while this is still sending
+            for at in range(0, len(oversized), piece):
+                connection.sendall(oversized[at : at + piece])
+                time.sleep(0.01)
+        answer, seconds = answer_of(connection)
+        assert answer.startswith(b"HTTP/1.1 431 ") and seconds < 2
+    # A malformed head is still a 400.
+    connection = connect(guarded)
+    connection.sendall(b"POST /v1/events HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert answer_of(connection)[0].startswith(b"HTTP/1.1 400 ")
+    assert guarded.metric('ingest_requests_total{status="431"}') == 2
+
+
+def test_connections_over_the_cap_get_503_and_a_client_is_served_beside_slow_ones(guarded):
+    _, key = guarded.new_key()
+    slow = [connect(guarded) for _ in range(30)]
+    for connection in slow:
+        connection.sendall(b"POST /v1/events HTTP/1.1\r\n")
+    started = time.monotonic()
+    status, answer = post(guarded, msgspec.json.encode(event(1)), key)
+    assert (status, answer["accepted"]) == (202, 1) and time.monotonic() - started < 1
+    more = [connect(guarded) for _ in range(LIMITS["connections"] + 5 - len(slow))]
+    refused = [answer_of(connection) for connection in more[-5:]]
+    assert all(answer.startswith(b"HTTP/1.1 503 ") and seconds < 1 for answer, seconds in refused)
+    # The slow ones end with their 408 within the head timeout; then a client is served again.
+    assert all(answer_of(connection)[0].startswith(b"HTTP/1.1 408 ") for connection in slow)
+    for connection in more[:-5]:
+        connection.close()
+    assert post(guarded, msgspec.json.encode(event(2)), key)[0] == 202

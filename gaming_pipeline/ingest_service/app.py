@@ -10,8 +10,11 @@ is full (S3 unreachable for long) the answer is 503 with Retry-After, and nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import resource
+import sys
 import time
 import zlib
 from concurrent.futures import Future
@@ -19,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
 import msgspec
 from botocore.config import Config
 from prometheus_client import (
@@ -34,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.keys import KeyRing
@@ -79,6 +84,34 @@ class ServiceConfig:
     # Past 2,500 events/s with client ids, the window is shorter than dedup_seconds.
     dedup_max_ids: int = 1_500_000
     shutdown_flush_seconds: float = 30.0
+    # What a client that never finishes may hold (CONTRACT.md section 2: 408, 431, 503).
+    # The request line and headers over this size are answered 431.
+    max_header_bytes: int = 16 * 1024
+    # From a request's first byte to its last header: later is 408.
+    header_timeout_seconds: float = 10.0
+    # To read the whole body: later is 408 (4 MiB at 1 Mbit/s takes 34 s).
+    body_timeout_seconds: float = 60.0
+    # A connection idle that long, new or between requests, is closed.
+    keep_alive_seconds: float = 5.0
+    # Connections over this are answered 503 at once and closed; fewer still if the file
+    # descriptor limit is low (connection_cap), so that the spool never runs out of them.
+    max_connections: int = 1000
+
+
+# Descriptors kept for the spool, S3 connections, logs and the interpreter itself.
+RESERVED_DESCRIPTORS = 64
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, or fewer if the process may not open that many descriptors beside its own.
+    The soft limit is raised to the hard one first, as systemd and shells often set 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - RESERVED_DESCRIPTORS))
 
 
 def reason_label(reason: str) -> str:
@@ -215,10 +248,16 @@ class Service:
         if declared.isdigit() and int(declared) > limit:
             return too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return too_large
+        seconds = self.config.body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        return too_large
+        except TimeoutError:
+            error = {"error": f"the body did not arrive within {seconds:g} s"}
+            return _answer(408, error, {"connection": "close"})
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "identity":
             return bytes(body)
@@ -357,7 +396,8 @@ def create_app(config: ServiceConfig) -> Starlette:
         service = holder["service"] = Service(config)
         service.spool.start()
         log.info("started", extra={"spool": str(config.spool_dir), "bucket": config.landing_bucket})
-        yield
+        # The app's state, which uvicorn hands its protocols too: they count their refusals.
+        yield {"service": service}
         await run_in_threadpool(service.spool.close, config.shutdown_flush_seconds)
         log.info("stopped", extra={"segments_left": len(service.spool.sealed_segments())})
 
@@ -401,16 +441,129 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the limits it lacks, so that connections that never finish
+    cannot hold the service (CONTRACT.md section 2):
+    - over `max_connections` open, a new one is answered 503 and closed at once (uvicorn's
+      limit_concurrency counts only at a request's head, while idle ones hold descriptors);
+    - a new connection that sends nothing is closed after the keep-alive timeout, as an idle
+      kept-alive one is;
+    - a request head (line and headers) must arrive within `header_timeout`: else 408;
+    - a head over `h11_max_incomplete_event_size` is 431 (uvicorn answers h11's own size
+      error 400, and h11 checks only a head that has not arrived whole);
+    - a body still coming after the answer (a 401 or 413 not read) is drained for at most
+      `body_timeout`, then the connection is closed.
+    The body's own read timeout is the app's (Service._body), which answers 408.
+    Each refusal is counted in the service's ingest_requests metric."""
+
+    def __init__(self, *args, max_connections: int, header_timeout: float, body_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.deadline: asyncio.TimerHandle | None = None
+        self.draining = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.refuse(503, "too many connections, retry", [(b"retry-after", b"%d" % RETRY_AFTER_SECONDS)])
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            if self.head_too_large(data):
+                self.refuse(431, "the request head is over the size limit")
+                return
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(self.header_timeout, self.head_too_slow)
+        super().data_received(data)
+        self.fit_deadline()
+
+    def head_too_large(self, data: bytes) -> bool:
+        """h11 checks its size limit only while a head is incomplete, so a whole head of any
+        size that arrives in one read would pass."""
+        limit = self.config.h11_max_incomplete_event_size
+        pending = self.conn.trailing_data[0] + data
+        return len(pending) > limit and b"\r\n\r\n" not in pending[: limit + 4]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.fit_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_deadline()
+        super().connection_lost(exc)
+
+    def fit_deadline(self) -> None:
+        """The timer that fits where the request is: the head's while it is partly here, the
+        drain's while a body comes after the answer, none otherwise."""
+        theirs, ours = self.conn.their_state, self.conn.our_state
+        if theirs is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE):
+            if not self.draining:
+                self.cancel_deadline()
+                self.draining = True
+                self.deadline = self.loop.call_later(self.body_timeout, self.transport.close)
+        elif theirs is not h11.IDLE:
+            self.cancel_deadline()
+
+    def cancel_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline, self.draining = None, False
+
+    def head_too_slow(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing():
+            self.refuse(408, f"the request head did not arrive within {self.header_timeout:g} s")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this in its `except h11.RemoteProtocolError`: h11's hint on the error
+        # tells a head over the size limit (431) from a malformed one (400).
+        status = getattr(sys.exception(), "error_status_hint", 400)
+        self.refuse(status, msg)
+
+    def refuse(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer `status` with a short text and close the connection."""
+        self.cancel_deadline()
+        service = self.app_state.get("service")
+        if service is not None:
+            service.metrics.requests.labels(str(status)).inc()
+        head = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"), *(headers or [])]
+        try:
+            for event in (
+                h11.Response(status_code=status, headers=head, reason=STATUS_PHRASES[status]),
+                h11.Data(data=message.encode()),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:
+            pass  # an answer had begun already: closing is all that is left
+        self.transport.close()
+
+
 def serve(config: ServiceConfig, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    protocol = functools.partial(
+        GuardedH11Protocol,
+        max_connections=connection_cap(config.max_connections),
+        header_timeout=config.header_timeout_seconds,
+        body_timeout=config.body_timeout_seconds,
+    )
     uvicorn.run(
         create_app(config),
         host=host,
         port=port,
+        http=protocol,  # type: ignore[arg-type]  (a protocol factory: uvicorn only calls it)
+        h11_max_incomplete_event_size=config.max_header_bytes,
+        timeout_keep_alive=config.keep_alive_seconds,  # type: ignore[arg-type]  (a float works)
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(config.shutdown_flush_seconds),
