@@ -180,13 +180,17 @@ def test_a_child_stops_when_its_owner_is_killed_outright(tmp_path):
     process in turn."""
     pids = tmp_path / "pids"
     owner = subprocess.Popen([sys.executable, "-c", OWNER, "echo $$; exec sleep 600", str(pids)])
+    child = 0
     try:
         child = int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the child"))
         the_child = identity(child)
-    finally:
         owner.kill()
         owner.wait()
-    wait_until(lambda: not still_running({the_child}), 10, "the child stopping")
+        wait_until(lambda: not still_running({the_child}), 10, "the child stopping")
+    finally:
+        owner.kill()
+        if child and identity(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_orphans_are_those_whose_owner_died(tmp_path):
