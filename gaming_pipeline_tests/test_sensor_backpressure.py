@@ -1,12 +1,18 @@
-"""The queue sensor neither piles up runs nor requests objects an unfinished run already took."""
+"""The queue sensor neither piles up runs nor requests objects an unfinished run already took;
+the reconciler asks again, later each time, for objects whose runs failed."""
 
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor, landing_queue_sensor
-from gaming_pipeline_tests.ingest_helpers import evaluate, load_history
+from gaming_pipeline.defs.ingest.sensors import FAILING_AFTER, build_reconcile_sensor, landing_queue_sensor
+from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.warehouse import RAW_TABLE
+from gaming_pipeline_tests.ingest_helpers import evaluate, land, load_history, resources
+
+pytestmark = pytest.mark.e2e
 
 
 def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, request: dg.RunRequest) -> None:
@@ -32,3 +38,57 @@ def test_while_a_run_waits_new_objects_stay_on_the_queue(landing, warehouse):
         instance.delete_run(instance.get_runs()[0].run_id)
         (request,) = evaluate(landing_queue_sensor, landing, warehouse, instance)
         assert request.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
+
+
+def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
+    """A run of the request that ended in failure, as the daemon records one."""
+    run = instance.add_run(
+        DagsterRun(
+            job_name="ingest_landed_objects_job",
+            run_config=request.run_config,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/run_key": request.run_key},
+        )
+    )
+    instance.report_run_failed(run)
+
+
+def reconcile(sensor: dg.SensorDefinition, landing, warehouse, instance, cursor=None) -> dg.SensorResult:
+    with dg.build_sensor_context(
+        instance=instance, resources=resources(landing, warehouse), cursor=cursor
+    ) as context:
+        return sensor(context)
+
+
+def test_a_failed_batch_is_requested_again_after_a_backoff_and_shown_while_it_keeps_failing(
+    landing, warehouse
+):
+    obj = land(landing.bucket, "events/fails.ndjson.gz", [{"eventName": "e"}])
+    patient = build_reconcile_sensor(grace_seconds=0)
+    eager = build_reconcile_sensor(grace_seconds=0, retry_backoff_seconds=0)
+    with dg.instance_for_test() as instance:
+        (first,) = evaluate(patient, landing, warehouse, instance)
+        fail(instance, first)
+        # Within the backoff nothing is asked for; past it, the same objects under a new key:
+        # the failed run's key would never run again.
+        assert evaluate(patient, landing, warehouse, instance) == []
+        keys = [first.run_key]
+        for _ in range(FAILING_AFTER - 1):
+            (again,) = evaluate(eager, landing, warehouse, instance)
+            assert again.run_config == first.run_config
+            assert again.run_key not in keys
+            keys.append(again.run_key)
+            fail(instance, again)
+
+        result = reconcile(eager, landing, warehouse, instance)
+        (observation,) = result.asset_events
+        assert observation.asset_key == dg.AssetKey(RAW_TABLE)
+        assert observation.metadata["failing_objects"].value == 1
+        assert f"| `s3://{landing.bucket}/{obj.key}` | {FAILING_AFTER} |" in observation.metadata["failing"].value
+        assert result.cursor == "1"
+
+        # Once no object keeps failing, that is reported once too.
+        aws.client("s3").delete_object(Bucket=landing.bucket, Key=obj.key)
+        (cleared,) = reconcile(eager, landing, warehouse, instance, cursor=result.cursor).asset_events
+        assert cleared.metadata["failing_objects"].value == 0
+        assert reconcile(eager, landing, warehouse, instance, cursor="0").asset_events == []

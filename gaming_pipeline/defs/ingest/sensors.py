@@ -4,11 +4,14 @@ The queue sensor follows S3's notifications (S3 -> SNS -> SQS) for low latency; 
 reconciling sensor lists the bucket now and then and catches any object a notification
 missed. Both are light: they never start Spark, and they read the ledger with delta-rs.
 Requesting an object twice is harmless: ingestion skips what the ledger holds and replaces,
-never appends, an object's rows.
+never appends, an object's rows. An object whose run failed is asked for again by the
+reconciler, later after each failure, and one that keeps failing is shown on the raw table.
 """
 
 import hashlib
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -18,7 +21,7 @@ from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResou
 from gaming_pipeline.lib.ingest import object_uri
 from gaming_pipeline.lib.ledger import ingested_objects
 from gaming_pipeline.lib.s3_events import LandedObject, parse_message
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, table_path
+from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
 
 # A run of this many objects is minutes of Firehose output: large enough to amortise a
 # Spark job, small enough to retry cheaply.
@@ -26,23 +29,60 @@ MAX_OBJECTS_PER_RUN = 500
 # Sensor ticks must stay well under Dagster's 60 s limit.
 TICK_BUDGET_SECONDS = 20
 RECONCILE_GRACE_SECONDS = 120
+# After its n-th failed run an object waits base * 2**(n-1) seconds, at most the cap, before
+# the reconciler asks for it again: a passing fault heals soon, a lasting one costs little.
+RETRY_BACKOFF_SECONDS = 120
+MAX_RETRY_BACKOFF_SECONDS = 6 * 3600
+# Failed runs read per reconcile tick to count failures: recent enough to keep the tick light.
+FAILED_RUNS_LOOKBACK = 50
+# Failed this many times, an object is listed on the raw table's page in the UI.
+FAILING_AFTER = 3
 
 
 WAITING = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED]
 IN_FLIGHT = [*WAITING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
-    """Objects that ingestion runs not yet finished were asked to take."""
-    runs = instance.get_runs(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT))
-    return {
+def requested_objects(run: dg.DagsterRun) -> list[LandedObject]:
+    """The objects an ingestion run was asked to take."""
+    return [
         LandedObject(**obj)
-        for run in runs
         for obj in run.run_config.get("ops", {})
         .get("ingest_landed_objects", {})
         .get("config", {})
         .get("objects", [])
-    }
+    ]
+
+
+def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
+    """Objects that ingestion runs not yet finished were asked to take."""
+    runs = instance.get_runs(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT))
+    return {obj for run in runs for obj in requested_objects(run)}
+
+
+@dataclass(frozen=True)
+class Failures:
+    count: int
+    # Epoch seconds: when the latest failed run that held the object ended.
+    last_failed_at: float
+
+    def retry_due(self, now: float, backoff_seconds: float = RETRY_BACKOFF_SECONDS) -> bool:
+        wait = min(backoff_seconds * 2 ** (self.count - 1), MAX_RETRY_BACKOFF_SECONDS)
+        return now >= self.last_failed_at + wait
+
+
+def failures(instance: dg.DagsterInstance, lookback: int = FAILED_RUNS_LOOKBACK) -> dict[LandedObject, Failures]:
+    """Per object, the recent failed ingestion runs that held it."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.FAILURE]), limit=lookback
+    )
+    found: dict[LandedObject, Failures] = {}
+    for record in records:
+        ended = record.end_time or record.update_timestamp.timestamp()
+        for obj in requested_objects(record.dagster_run):
+            earlier = found.get(obj, Failures(0, ended))
+            found[obj] = Failures(earlier.count + 1, max(earlier.last_failed_at, ended))
+    return found
 
 
 def not_yet_ingested(
@@ -59,14 +99,23 @@ def not_yet_ingested(
     )
 
 
-def run_requests(objects: list[LandedObject], origin: str) -> list[dg.RunRequest]:
+def _attempt(obj: LandedObject, failed: Mapping[LandedObject, int]) -> str:
+    return f"\t{failed[obj]}" if failed.get(obj) else ""
+
+
+def run_requests(
+    objects: list[LandedObject], origin: str, failed: Mapping[LandedObject, int] | None = None
+) -> list[dg.RunRequest]:
     """One run per batch, keyed by the batch's objects and ETags: the same batch asked for
-    again (a repeated tick or message) is the same run_key, which Dagster runs only once."""
+    again (a repeated tick or message) is the same run_key, which Dagster runs only once.
+    An object's failed runs so far (`failed`) are part of the key, so a batch asked for again
+    after a failure is a new run rather than the failed one's key, never to run again."""
+    failed = failed or {}
     requests = []
     for start in range(0, len(objects), MAX_OBJECTS_PER_RUN):
         batch = objects[start : start + MAX_OBJECTS_PER_RUN]
         digest = hashlib.sha256(
-            "\n".join(f"{object_uri(obj)}\t{obj.etag}" for obj in batch).encode()
+            "\n".join(f"{object_uri(obj)}\t{obj.etag}{_attempt(obj, failed)}" for obj in batch).encode()
         ).hexdigest()[:24]
         requests.append(
             dg.RunRequest(
@@ -156,8 +205,31 @@ def landing_queue_sensor(
     return dg.SensorResult(run_requests=requests)
 
 
+def failing_objects_observation(failing: dict[LandedObject, Failures]) -> dg.AssetObservation:
+    """An observation on the raw table: its page in the UI lists the objects that keep
+    failing, and plots how many there are over time."""
+    rows = "\n".join(
+        f"| `{object_uri(obj)}` | {failed.count} | {datetime.fromtimestamp(failed.last_failed_at, UTC):%Y-%m-%d %H:%M:%S} |"
+        for obj, failed in sorted(failing.items(), key=lambda item: -item[1].count)
+    )
+    return dg.AssetObservation(
+        asset_key=RAW_TABLE,
+        description=f"landing objects whose ingestion failed {FAILING_AFTER} times or more",
+        metadata={
+            "failing_objects": len(failing),
+            "failing": dg.MetadataValue.md(
+                "| object | failed runs | last failure (UTC) |\n| --- | --- | --- |\n" + rows
+                if failing
+                else "none"
+            ),
+        },
+    )
+
+
 def build_reconcile_sensor(
-    grace_seconds: float = RECONCILE_GRACE_SECONDS, minimum_interval_seconds: int = 300
+    grace_seconds: float = RECONCILE_GRACE_SECONDS,
+    minimum_interval_seconds: int = 300,
+    retry_backoff_seconds: float = RETRY_BACKOFF_SECONDS,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_reconcile_sensor",
@@ -166,7 +238,10 @@ def build_reconcile_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Lists the landing bucket and requests ingestion of any object the ledger lacks "
-            f"{grace_seconds:.0f} s after it landed: the safety net for lost notifications."
+            f"{grace_seconds:.0f} s after it landed: the safety net for lost notifications. "
+            "Objects whose run failed are requested again after a backoff that doubles with "
+            f"each failure; those failed {FAILING_AFTER} times or more are listed on "
+            f"{RAW_TABLE} as an observation."
         ),
     )
     def landing_reconcile_sensor(
@@ -178,11 +253,35 @@ def build_reconcile_sensor(
         cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
         listed = objects_in_bucket(landing, landed_before=cutoff)
         missing = not_yet_ingested(listed, warehouse, context.instance)
-        requests = run_requests(missing, origin="reconcile")
+        recent = failures(context.instance)
+        failed = {obj: recent[obj] for obj in missing if obj in recent}
+        now = time.time()
+        due = [obj for obj in missing if obj not in failed or failed[obj].retry_due(now, retry_backoff_seconds)]
+        requests = run_requests(due, origin="reconcile", failed={obj: f.count for obj, f in failed.items()})
+
+        failing = {obj: found for obj, found in failed.items() if found.count >= FAILING_AFTER}
+        # Reported while any object keeps failing, and once more when none does any longer.
+        reported = bool(failing) or context.cursor not in (None, "", "0")
+        events = [failing_objects_observation(failing)] if reported else []
+        if failing:
+            context.log.warning(
+                f"{len(failing)} landing object(s) failed ingestion {FAILING_AFTER} times or more: "
+                + ", ".join(object_uri(obj) for obj in sorted(failing)[:10])
+            )
+        waiting = len(missing) - len(due)
         if not requests:
-            return dg.SensorResult(skip_reason=f"all {len(listed)} object(s) are in the ledger")
-        context.log.warning(f"{len(missing)} landed object(s) missing from the ledger")
-        return dg.SensorResult(run_requests=requests)
+            return dg.SensorResult(
+                skip_reason=f"all {len(listed)} object(s) are in the ledger"
+                if not missing
+                else f"{waiting} object(s) wait to be retried after failed runs",
+                asset_events=events,
+                cursor=str(len(failing)),
+            )
+        context.log.warning(
+            f"{len(missing)} landed object(s) missing from the ledger"
+            + (f", {waiting} of them waiting to be retried after failed runs" if waiting else "")
+        )
+        return dg.SensorResult(run_requests=requests, asset_events=events, cursor=str(len(failing)))
 
     return landing_reconcile_sensor
 
