@@ -197,6 +197,12 @@ def cmd_ingest_server(args: argparse.Namespace) -> int:
         spool_max_bytes=args.spool_max_bytes,
         max_body_bytes=args.max_body_bytes,
         dedup_seconds=args.dedup_seconds,
+        max_events_per_request=args.max_events_per_request,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout_seconds=args.header_timeout,
+        body_timeout_seconds=args.body_timeout,
+        keep_alive_seconds=args.keep_alive,
+        max_connections=args.max_connections,
     )
     if not keys.listed(config.keys_file):
         console.print(
@@ -414,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413")
     server.add_argument("--dedup-seconds", type=float, default=600, help="window for repeated event_ids")
+    server.add_argument("--max-events-per-request", type=int, default=10_000, help="more events get 413")
+    server.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="larger request heads get 431")
+    server.add_argument("--header-timeout", type=float, default=10, help="seconds for a request head, else 408")
+    server.add_argument("--body-timeout", type=float, default=60, help="seconds for a request body, else 408")
+    server.add_argument("--keep-alive", type=float, default=5, help="seconds an idle connection is kept open")
+    server.add_argument(
+        "--max-connections", type=int, default=1000, help="more get 503 (fewer if the open-file limit is low)"
+    )
     server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     server.set_defaults(func=cmd_ingest_server)
 

@@ -246,6 +246,24 @@ def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(
         back.stop()
 
 
+def test_an_unreadable_segment_is_parked_counted_and_the_rest_delivered(local_aws, landing, tmp_path):
+    home = tmp_path / "home"
+    (home / "spool").mkdir(parents=True)
+    # What a spool of another format (or a bad disk) leaves: a sealed segment nothing can read.
+    (home / "spool" / "sealed-00000000000000001.wal").write_bytes(b"\x05\x00\x00\x00garbage")
+    service = IngestService(home, landing.bucket).start()
+    try:
+        sender = service.sender(service.new_key()[1])
+        assert sender.send([event(1), event(2)])["accepted"] == 2
+        objects = wait_until(lambda: landed(landing.bucket), what="the new events")
+        assert sorted(e["event_id"] for events in objects.values() for e in events) == ["evt-1", "evt-2"]
+        assert service.metric("ingest_spool_parked_segments") == 1
+        assert (home / "spool" / "parked-00000000000000001.reason").read_text()
+        assert service.get("/healthz")[0] == 200
+    finally:
+        service.stop()
+
+
 def test_stopping_flushes_what_is_buffered(local_aws, landing, tmp_path):
     patient = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
     _, key = patient.new_key()

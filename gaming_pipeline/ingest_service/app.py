@@ -172,6 +172,16 @@ class Metrics:
         Gauge("ingest_api_keys", "API keys the service knows", registry=registry).set_function(
             lambda: len(keys)
         )
+        Gauge(
+            "ingest_spool_parked_segments",
+            "Spool segments set apart as undeliverable (see parked-*.reason in the spool)",
+            registry=registry,
+        ).set_function(lambda: len(spool.parked_segments()))
+        Gauge(
+            "ingest_spool_fault",
+            "1 while a disk error keeps the spool from taking records (503; the log says why)",
+            registry=registry,
+        ).set_function(lambda: spool.fault is not None)
 
 
 def _answer(status: int, payload: dict, headers: dict | None = None) -> Response:
@@ -380,9 +390,10 @@ class Service:
 
     async def healthz(self, request: Request) -> Response:
         """200 while the largest request allowed would fit in the spool. The probe is public:
-        it says only ok or full; the spool's and delivery's details are in /metrics."""
-        can_accept = self.spool.can_accept(self.config.max_body_bytes)
-        return _answer(200 if can_accept else 503, {"status": "ok" if can_accept else "full"})
+        it says only ok, full or disk_error; the spool's and delivery's details are in /metrics."""
+        if self.spool.can_accept(self.config.max_body_bytes):
+            return _answer(200, {"status": "ok"})
+        return _answer(503, {"status": "full" if self.spool.fault is None else "disk_error"})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
