@@ -19,8 +19,7 @@ from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
-from gaming_pipeline_tests.ingest_helpers import resources
-from gaming_pipeline_tests.test_games_and_kpis import ingest_everything, refresh
+from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
 GAME = GAMES[0]
 FIRST_DAY = datetime(2026, 11, 12, tzinfo=UTC)

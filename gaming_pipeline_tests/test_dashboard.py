@@ -19,9 +19,8 @@ from gaming_pipeline.defs.kpis.assets import (
 from gaming_pipeline.lib import aws, charts, generator
 from gaming_pipeline.lib.files import write_bytes
 from gaming_pipeline.lib.warehouse import table_path
-from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history, resources
+from gaming_pipeline_tests.ingest_helpers import HISTORY_END, ingest_everything, load_history, resources
 from gaming_pipeline_tests.test_charts import colored_pixels
-from gaming_pipeline_tests.test_games_and_kpis import ingest_everything
 
 HISTORY_DAYS = 8.0
 CHARTED_KPIS = [kpi_events_per_hour, kpi_bookings_per_hour, kpi_daily_active_users]

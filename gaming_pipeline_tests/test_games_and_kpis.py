@@ -12,37 +12,17 @@ from decimal import ROUND_HALF_UP, Decimal
 import dagster as dg
 
 from gaming_pipeline.cli import main
-from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.games.sensors import consecutive, raw_days_sensor
-from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
-from gaming_pipeline.defs.kpis.assets import (
-    kpi_bookings_per_hour,
-    kpi_daily_active_users,
-    kpi_daily_revenue,
-    kpi_events_per_hour,
-    kpi_retention,
-    kpi_revenue_by_platform,
-    kpi_sessions,
-)
+from gaming_pipeline.defs.kpis.assets import kpi_retention
 from gaming_pipeline.defs.partitions import DAILY
 from gaming_pipeline.games import ALL_GAMES, GAMES
-from gaming_pipeline.lib import aws, charts, generator
+from gaming_pipeline.lib import aws, generator
 from gaming_pipeline.lib.daily import KPI_TABLES
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests import ingest_helpers
-from gaming_pipeline_tests.ingest_helpers import HISTORY_END, resources, run
+from gaming_pipeline_tests.ingest_helpers import HISTORY_END, ingest_everything, refresh
 
 SEED, EVENTS = 17, 3000
-DERIVED = [
-    game_tables,
-    kpi_events_per_hour,
-    kpi_bookings_per_hour,
-    kpi_daily_active_users,
-    kpi_daily_revenue,
-    kpi_revenue_by_platform,
-    kpi_sessions,
-    kpi_retention,
-]
 SESSION_GAP = 30 * 60
 
 
@@ -172,35 +152,6 @@ def fingerprints(spark, warehouse: str) -> dict:
     return ingest_helpers.fingerprints(
         spark, warehouse, [game.table_name for game in GAMES] + list(KPI_TABLES)
     )
-
-
-def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED) -> None:
-    result = dg.materialize(
-        assets,
-        resources=resources(landing, warehouse),
-        instance=instance,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
-    )
-    assert result.success
-    evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == sum(len(asset.check_keys) for asset in assets)
-    assert {e.check_name: e.metadata for e in evaluations if not e.passed} == {}
-    for materialization in result.get_asset_materialization_events():
-        chart = charts.CHARTS.get(materialization.asset_key.to_user_string())
-        if chart:
-            markdown = materialization.materialization.metadata["chart"].value
-            assert markdown.startswith(f"![{chart.title}](data:image/png;base64,")
-
-
-def ingest_everything(landing, warehouse, instance) -> None:
-    for request in _evaluate_reconcile(landing, warehouse, instance):
-        run(request, landing, warehouse, instance)
-
-
-def _evaluate_reconcile(landing, warehouse, instance):
-    from gaming_pipeline_tests.ingest_helpers import evaluate
-
-    return evaluate(build_reconcile_sensor(grace_seconds=0), landing, warehouse, instance)
 
 
 class DaysSensor:
