@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
@@ -22,6 +23,8 @@ from gaming_pipeline_tests.ingest_helpers import (
     put_bad_object,
     run,
 )
+
+pytestmark = pytest.mark.spark
 
 
 def tap(landing: aws.LandingPath) -> str:

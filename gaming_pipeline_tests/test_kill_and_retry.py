@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -32,6 +33,8 @@ spark = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": home}))
 ingest_objects(spark, warehouse, [LandedObject(*obj) for obj in objects], "doomed-run")
 """
 LINEAGE = ("_ingested_at", "_ingest_run_id", "_quarantined_at")
+
+pytestmark = pytest.mark.spark
 
 
 def content(spark, warehouse: str, table: str):
