@@ -105,32 +105,29 @@ def pending(
     one the ledger holds, and any a run noted before writing (a run killed after its raw
     write left rows the ledger does not know of). An object overwritten since is ingested
     again, and all those rows must be found to be replaced, whatever the timing."""
-    ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
     uris = [object_uri(obj) for obj in objects]
-    done = {
-        row.object: row
-        for row in ledger.where(F.col("object").isin(uris))
-        .select("object", "etag", F.unix_micros("source_modified_at").alias("modified"))
+    modified = F.unix_micros("source_modified_at").alias("modified")
+    ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
+    intents = spark.read.format("delta").load(table_path(warehouse, INTENT_TABLE))
+    # One Spark job for both tables: this is paid by every run, new objects or not.
+    found = (
+        ledger.select("object", "etag", modified, F.lit(True).alias("ingested"))
+        .unionByName(
+            intents.select("object", F.lit(None).cast("string"), modified, F.lit(False)).toDF(
+                "object", "etag", "modified", "ingested"
+            )
+        )
+        .where(F.col("object").isin(uris))
         .collect()
-    }
+    )
+    done = {row.object: row for row in found if row.ingested}
     todo = [
         obj
         for obj in objects
         if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)].etag != obj.etag)
     ]
-    todo_uris = [object_uri(obj) for obj in todo]
-    earlier = {
-        done[uri].modified for uri in todo_uris if uri in done and done[uri].modified is not None
-    }
-    if todo:
-        intents = spark.read.format("delta").load(table_path(warehouse, INTENT_TABLE))
-        earlier.update(
-            row.modified
-            for row in intents.where(F.col("object").isin(todo_uris))
-            .select(F.unix_micros("source_modified_at").alias("modified"))
-            .distinct()
-            .collect()
-        )
+    todo_uris = {object_uri(obj) for obj in todo}
+    earlier = {row.modified for row in found if row.object in todo_uris and row.modified is not None}
     return todo, sorted(earlier)
 
 
