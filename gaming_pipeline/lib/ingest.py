@@ -29,9 +29,10 @@ from gaming_pipeline.lib.events import (
     raw_events,
     source_object,
 )
-from gaming_pipeline.lib.ledger import INTENT_SCHEMA, INTENT_TABLE, LEDGER_SCHEMA
+from gaming_pipeline.lib.ledger import INTENT_SCHEMA, LEDGER_SCHEMA
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import (
+    INTENT_TABLE,
     LEDGER_TABLE,
     QUARANTINE_TABLE,
     RAW_TABLE,

@@ -28,10 +28,9 @@ LEDGER_SCHEMA = T.StructType(
 )
 
 
-# Before a run writes an object's raw rows it notes the object's last-modified time here
-# (a blind append, no ledger read-modify-write): a run killed after that write leaves rows
-# the ledger does not know of, and the next run must find them to replace them.
-INTENT_TABLE = "ingest_intents"
+# Before a run writes an object's raw rows it notes the object's last-modified time in the
+# intents table (a blind append, no ledger read-modify-write): a run killed after that write
+# leaves rows the ledger does not know of, and the next run must find them to replace them.
 INTENT_SCHEMA = T.StructType(
     [
         T.StructField("object", T.StringType(), False),

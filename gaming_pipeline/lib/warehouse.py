@@ -26,6 +26,8 @@ from gaming_pipeline.lib.daily import KPI_TABLES
 RAW_TABLE = "mobile_events_delta_raw"
 QUARANTINE_TABLE = "quarantine_events"
 LEDGER_TABLE = "ingest_ledger"
+# Last-modified times of objects whose raw rows a run began to write (lib/ingest.py).
+INTENT_TABLE = "ingest_intents"
 # One row per GDPR erasure run (lib/erasure.py).
 AUDIT_TABLE = "gdpr_erasure_audit"
 
@@ -38,6 +40,7 @@ def all_tables() -> list[str]:
         *KPI_TABLES,
         QUARANTINE_TABLE,
         LEDGER_TABLE,
+        INTENT_TABLE,
         AUDIT_TABLE,
     ]
 

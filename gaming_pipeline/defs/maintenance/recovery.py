@@ -14,11 +14,18 @@ from pydantic import Field
 from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL, existing_tables
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
-from gaming_pipeline.lib.warehouse import AUDIT_TABLE, LEDGER_TABLE, RAW_TABLE, all_tables, table_path
+from gaming_pipeline.lib.warehouse import (
+    AUDIT_TABLE,
+    INTENT_TABLE,
+    LEDGER_TABLE,
+    RAW_TABLE,
+    all_tables,
+    table_path,
+)
 
 # The ledger keeps saying which objects were taken in, so a rollback does not make the
 # reconciler ingest the same bad objects again; the audit is never rolled back.
-RESTORABLE = [table for table in all_tables() if table not in (LEDGER_TABLE, AUDIT_TABLE)]
+RESTORABLE = [table for table in all_tables() if table not in (LEDGER_TABLE, INTENT_TABLE, AUDIT_TABLE)]
 
 
 class RollbackConfig(dg.Config):
