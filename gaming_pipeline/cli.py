@@ -421,8 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413")
     server.add_argument("--dedup-seconds", type=float, default=600, help="window for repeated event_ids")
     server.add_argument("--max-events-per-request", type=int, default=10_000, help="more events get 413")
-    server.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="larger request heads get 431")
-    server.add_argument("--header-timeout", type=float, default=10, help="seconds for a request head, else 408")
+    server.add_argument(
+        "--max-header-bytes", type=int, default=16 * 1024, help="larger request heads get 431"
+    )
+    server.add_argument(
+        "--header-timeout", type=float, default=10, help="seconds for a request head, else 408"
+    )
     server.add_argument("--body-timeout", type=float, default=60, help="seconds for a request body, else 408")
     server.add_argument("--keep-alive", type=float, default=5, help="seconds an idle connection is kept open")
     server.add_argument(

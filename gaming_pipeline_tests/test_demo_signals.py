@@ -57,7 +57,11 @@ class Demo:
     def said(self) -> str:
         """What it printed so far."""
         pipe = self.process.stdout
-        while not pipe.closed and select.select([pipe], [], [], 0)[0] and (chunk := os.read(pipe.fileno(), 65536)):
+        while (
+            not pipe.closed
+            and select.select([pipe], [], [], 0)[0]
+            and (chunk := os.read(pipe.fileno(), 65536))
+        ):
             self.output += chunk
         return self.output.decode(errors="replace")
 

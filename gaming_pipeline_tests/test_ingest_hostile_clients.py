@@ -225,7 +225,9 @@ LIMIT_OPTIONS = [
 
 @pytest.fixture
 def guarded(local_aws, landing, tmp_path):
-    running = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "1", *LIMIT_OPTIONS])
+    running = IngestService(
+        tmp_path / "home", landing.bucket, options=["--flush-seconds", "1", *LIMIT_OPTIONS]
+    )
     running.start()
     yield running
     if running.process.poll() is None:

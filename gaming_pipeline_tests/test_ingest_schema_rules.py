@@ -45,7 +45,8 @@ def test_an_amount_is_from_zero_to_the_cap():
 
 def test_an_amount_past_a_float_or_not_a_number_is_refused():
     body = b"\n".join(
-        msgspec.json.encode(purchase()).replace(b"4.99", literal) for literal in (b"1e400", b"NaN", b"Infinity")
+        msgspec.json.encode(purchase()).replace(b"4.99", literal)
+        for literal in (b"1e400", b"NaN", b"Infinity")
     )
     result = sort_events(split_body(body, ndjson=True), AT, lambda _: False, "app")
     reasons = [r["reason"] for r in result.rejected]
@@ -55,7 +56,12 @@ def test_an_amount_past_a_float_or_not_a_number_is_refused():
 
 @pytest.mark.parametrize(
     "text",
-    ["2026-11-23T08:15:02Z", "2026-11-23T08:15:02.1+05:30", "2000-01-01T00:00:00Z", "2028-02-29T23:59:59-18:00"],
+    [
+        "2026-11-23T08:15:02Z",
+        "2026-11-23T08:15:02.1+05:30",
+        "2000-01-01T00:00:00Z",
+        "2028-02-29T23:59:59-18:00",
+    ],
 )
 def test_a_real_instant_in_the_span_is_a_client_time(text):
     assert client_time_reason(text) is None
@@ -86,7 +92,9 @@ def test_text_must_be_utf8_and_nesting_bounded_and_both_are_reasons_not_errors()
     bad_text = good.replace(b'"d1"', b'"d\xff1"')
     deep = good[:-1] + b',"eventTime":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
     lone_surrogate = good.replace(b'"d1"', b'"\\udc00"')
-    result = sort_events(split_body(b"\n".join([good, bad_text, deep, lone_surrogate]), True), AT, lambda _: False, "app")
+    result = sort_events(
+        split_body(b"\n".join([good, bad_text, deep, lone_surrogate]), True), AT, lambda _: False, "app"
+    )
     reasons = [r["reason"] for r in result.rejected]
     assert len(result.events) == 1 and result.not_json == 3
     assert "not UTF-8" in reasons[0] and "nested" in reasons[1] and "surrogate" in reasons[2]

@@ -64,5 +64,7 @@ def test_an_object_overwritten_between_a_killed_run_and_its_retry_keeps_only_its
     ingest_objects(spark, warehouse, [second], "retry-run")
 
     raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
-    assert sorted(raw.select("eventDate", "_ingest_run_id").distinct().collect()) == [(CLOSED[1], "retry-run")]
+    assert sorted(raw.select("eventDate", "_ingest_run_id").distinct().collect()) == [
+        (CLOSED[1], "retry-run")
+    ]
     assert raw.count() == 2

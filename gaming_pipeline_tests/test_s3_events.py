@@ -116,5 +116,9 @@ def test_an_sns_envelope_whose_message_is_not_text_is_refused():
 
 
 def test_a_record_without_size_or_etag_is_still_an_object():
-    body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}]}
+    body = {
+        "Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}
+        ]
+    }
     assert parse_message(json.dumps(body)) == [LandedObject("b", "k", "", 0)]

@@ -84,7 +84,10 @@ def test_a_failed_batch_is_requested_again_after_a_backoff_and_shown_while_it_ke
         (observation,) = result.asset_events
         assert observation.asset_key == dg.AssetKey(RAW_TABLE)
         assert observation.metadata["failing_objects"].value == 1
-        assert f"| `s3://{landing.bucket}/{obj.key}` | {FAILING_AFTER} |" in observation.metadata["failing"].value
+        assert (
+            f"| `s3://{landing.bucket}/{obj.key}` | {FAILING_AFTER} |"
+            in observation.metadata["failing"].value
+        )
         assert result.cursor == "1"
 
         # Once no object keeps failing, that is reported once too.

@@ -71,7 +71,9 @@ class Failures:
         return now >= self.last_failed_at + wait
 
 
-def failures(instance: dg.DagsterInstance, lookback: int = FAILED_RUNS_LOOKBACK) -> dict[LandedObject, Failures]:
+def failures(
+    instance: dg.DagsterInstance, lookback: int = FAILED_RUNS_LOOKBACK
+) -> dict[LandedObject, Failures]:
     """Per object, the recent failed ingestion runs that held it."""
     records = instance.get_run_records(
         dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.FAILURE]), limit=lookback
@@ -175,7 +177,9 @@ def landing_queue_sensor(
                 # One bad message must not hold back the good ones received with it: it is
                 # left on the queue alone, and after a few receives SQS moves it to the
                 # dead-letter queue.
-                context.log.warning(f"message {message.get('MessageId')} left for the dead-letter queue: {exc!r}")
+                context.log.warning(
+                    f"message {message.get('MessageId')} left for the dead-letter queue: {exc!r}"
+                )
                 continue
             for obj in objects:
                 if obj.bucket == landing.bucket:
@@ -256,7 +260,9 @@ def build_reconcile_sensor(
         recent = failures(context.instance)
         failed = {obj: recent[obj] for obj in missing if obj in recent}
         now = time.time()
-        due = [obj for obj in missing if obj not in failed or failed[obj].retry_due(now, retry_backoff_seconds)]
+        due = [
+            obj for obj in missing if obj not in failed or failed[obj].retry_due(now, retry_backoff_seconds)
+        ]
         requests = run_requests(due, origin="reconcile", failed={obj: f.count for obj, f in failed.items()})
 
         failing = {obj: found for obj, found in failed.items() if found.count >= FAILING_AFTER}
