@@ -89,6 +89,9 @@ def pytest_collection_modifyitems(items):
         needs = set(item.fixturenames)
         if needs & SPARK_FIXTURES:
             item.add_marker(pytest.mark.spark)
+            # Under `pytest -n 2 --dist loadgroup` (make test) one worker holds the session's
+            # Spark and runs every Spark test; the other runs the rest beside it.
+            item.add_marker(pytest.mark.xdist_group("spark"))
         if needs & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.e2e)
         if not any(item.get_closest_marker(name) for name in ("spark", "e2e")):
