@@ -25,6 +25,7 @@ def test_graph_is_pinned():
         "mobile_events_delta_raw",
         "quarantine_events",
         "ingest_ledger",
+        "ingest_intents",
         *game_tables,
         *kpis,
         "kpi_dashboard",

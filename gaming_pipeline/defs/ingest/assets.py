@@ -11,7 +11,7 @@ from pydantic import Field
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.warehouse import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
 
 INGEST_GROUP = "ingest"
 # Spark runs share two cores: the instance admits one run of each pool at a time. Ingestion
@@ -95,6 +95,18 @@ def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
                 "is never ingested twice."
             ),
         ),
+        dg.AssetSpec(
+            INTENT_TABLE,
+            group_name=INGEST_GROUP,
+            kinds={"spark", "delta"},
+            description=(
+                "Bookkeeping, not for analysis: the last-modified time of each landing object "
+                "version whose rows a run began to write, noted before the write. A run killed "
+                "between its write and the ledger leaves rows the ledger does not know; the "
+                "retry finds and replaces them through this table, even if the object was "
+                "overwritten meanwhile."
+            ),
+        ),
     ],
     pool=INGEST_POOL,
 )
@@ -162,6 +174,7 @@ def ingest_landed_objects(
         asset_key=LEDGER_TABLE,
         metadata={"objects": result.objects, **_table_metadata(warehouse, LEDGER_TABLE)},
     )
+    yield dg.MaterializeResult(asset_key=INTENT_TABLE, metadata=_table_metadata(warehouse, INTENT_TABLE))
 
 
 ingest_job = dg.define_asset_job(
