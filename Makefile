@@ -21,8 +21,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check gaming_pipeline gaming_pipeline_tests bench
-	# Two workers: one runs the Spark tests on the session's Spark, the other the rest.
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest
 
 # The fast tier: pure logic only (no Spark, no processes), well under a minute.
 unit: $(INSTALLED)

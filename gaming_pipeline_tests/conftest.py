@@ -10,6 +10,7 @@ import pytest
 
 from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.settings import Settings
+from gaming_pipeline_tests.service_helpers import IngestService
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,15 @@ def landing(local_aws):
 
 
 @pytest.fixture
+def service(local_aws, landing, tmp_path):
+    """The real ingest service on the test's landing bucket, stopped after the test."""
+    running = IngestService(tmp_path / "home", landing.bucket).start()
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+@pytest.fixture
 def warehouse(tmp_path) -> str:
     return str(tmp_path / "warehouse")
 
@@ -89,9 +99,6 @@ def pytest_collection_modifyitems(items):
         needs = set(item.fixturenames)
         if needs & SPARK_FIXTURES:
             item.add_marker(pytest.mark.spark)
-            # Under `pytest -n 2 --dist loadgroup` (make test) one worker holds the session's
-            # Spark and runs every Spark test; the other runs the rest beside it.
-            item.add_marker(pytest.mark.xdist_group("spark"))
         if needs & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.e2e)
         if not any(item.get_closest_marker(name) for name in ("spark", "e2e")):

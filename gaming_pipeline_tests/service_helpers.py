@@ -4,6 +4,8 @@ free 127.0.0.1 port, its own home (spool, keys, PII master key), reached over HT
 from __future__ import annotations
 
 import gzip
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +90,18 @@ class IngestService:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
+    def post(self, body: bytes, key: str | None, content_type="application/json", **headers):
+        """One raw POST /v1/events: (status, answer)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        sent = {"content-type": content_type, **headers}
+        if key is not None:
+            sent["x-api-key"] = key
+        connection.request("POST", "/v1/events", body=body, headers=sent)
+        response = connection.getresponse()
+        answer = response.read()
+        connection.close()
+        return response.status, json.loads(answer) if answer else {}
+
     def sender(self, key: str) -> EventSender:
         return EventSender(self.url, key)
 
@@ -104,6 +118,25 @@ class IngestService:
 
     def vault(self) -> PiiVault:
         return PiiVault(aws.client("s3"), self.pii_bucket, self.master_key)
+
+
+def event(n: int = 0, **changes) -> dict:
+    """Client event number n, valid as a client sends it, with `changes` (and `params`, the
+    eventParams to change)."""
+    base = {
+        "event_id": f"evt-{n}",
+        "eventName": "levelUp",
+        "eventParams": {
+            "game_keyword": "ninja_run",
+            "app_name": "Ninja Run",
+            "platform": "ios",
+            "app_version": "1.2.3",
+            "device_id": f"d-{n % 7}",
+            "client_event_time": "2026-11-23T08:15:02.123Z",
+        },
+    }
+    params = changes.pop("params", {})
+    return {**base, **changes, "eventParams": {**base["eventParams"], **params}}
 
 
 def landed(bucket: str, prefix: str = "") -> dict[str, list[dict]]:

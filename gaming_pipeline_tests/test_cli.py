@@ -79,7 +79,7 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
 
     assert main(["tables", "--json"]) == 0
     tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
-    assert set(tables) == {"mobile_events_delta_raw", "quarantine_events", "ingest_ledger"}
+    assert set(tables) == {"mobile_events_delta_raw", "quarantine_events", "ingest_ledger", "ingest_intents"}
     assert tables["mobile_events_delta_raw"]["rows"] == 800
     assert tables["mobile_events_delta_raw"]["location"] == f"{warehouse}/mobile_events_delta_raw"
     assert tables["mobile_events_delta_raw"]["version"] >= 1

@@ -34,6 +34,18 @@ time.sleep(600)
 """
 
 
+def start_owner(script: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A process that start()s `sh -c script` (which writes a pid to the file returned) and
+    then lives on, as the demo does."""
+    pids = tmp_path / "pids"
+    return subprocess.Popen([sys.executable, "-c", OWNER, script, str(pids)]), pids
+
+
+def launched(pids: Path) -> int:
+    """The pid the owner's script wrote."""
+    return int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the launched process"))
+
+
 class Demo:
     """`gaming-pipeline demo` as a user runs it, on its own home and on free ports, its output
     read from a pipe."""
@@ -182,11 +194,10 @@ def test_a_demo_killed_outright_leaves_nothing_running(demos):
 def test_a_child_stops_when_its_owner_is_killed_outright(tmp_path):
     """Even through exec, as the Spark Connect server's python, shell and java are one
     process in turn."""
-    pids = tmp_path / "pids"
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, "echo $$; exec sleep 600", str(pids)])
+    owner, pids = start_owner("echo $$; exec sleep 600", tmp_path)
     child = 0
     try:
-        child = int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the child"))
+        child = launched(pids)
         the_child = identity(child)
         owner.kill()
         owner.wait()
@@ -201,11 +212,10 @@ def test_orphans_are_those_whose_owner_died(tmp_path):
     """A grandchild outlives its parent's SIGTERM (a run a daemon had launched, say): the
     sweep a demo does on start stops it once the process that launched the tree is gone,
     and not before."""
-    pids = tmp_path / "pids"
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, "sleep 600 & echo $!; wait", str(pids)])
+    owner, pids = start_owner("sleep 600 & echo $!; wait", tmp_path)
     grandchild = 0
     try:
-        grandchild = int(wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the grandchild"))
+        grandchild = launched(pids)
         the_grandchild = identity(grandchild)
         assert grandchild not in processes.stop_orphans(), "its owner is alive"
 

@@ -17,20 +17,11 @@ import msgspec
 import pytest
 
 from gaming_pipeline.ingest_service.client import EventSender
-from gaming_pipeline_tests.service_helpers import IngestService
-from gaming_pipeline_tests.test_ingest_service import event, post
+from gaming_pipeline_tests.service_helpers import IngestService, event
 
 pytestmark = pytest.mark.e2e
 
 FUZZ_SEED = 16
-
-
-@pytest.fixture
-def service(local_aws, landing, tmp_path):
-    running = IngestService(tmp_path / "home", landing.bucket).start()
-    yield running
-    if running.process.poll() is None:
-        running.stop()
 
 
 def nested(depth: int) -> bytes:
@@ -124,7 +115,7 @@ def test_no_client_input_gets_a_5xx_and_every_request_is_counted(service):
     requests = hostile_bodies(random.Random(FUZZ_SEED))
     statuses = {}
     for body, content_type, headers in requests:
-        status, _ = post(service, body, key, content_type, **headers)
+        status, _ = service.post(body, key, content_type, **headers)
         statuses.setdefault(status, []).append(body[:80])
     server_faults = {status: bodies for status, bodies in statuses.items() if status >= 500}
     assert server_faults == {}
@@ -134,7 +125,7 @@ def test_no_client_input_gets_a_5xx_and_every_request_is_counted(service):
 
 def test_the_body_nested_beyond_reason_or_not_utf8_is_a_400_and_an_event_a_rejection(service):
     _, key = service.new_key()
-    status, answer = post(service, nested(1_000), key)
+    status, answer = service.post(nested(1_000), key)
     assert status == 400 and "nested" in answer["error"]
     lines = [
         msgspec.json.encode(event(1)),
@@ -142,13 +133,13 @@ def test_the_body_nested_beyond_reason_or_not_utf8_is_a_400_and_an_event_a_rejec
         with_raw("device_id", b'"\xff"'),
     ]
     ndjson = b"\n".join(lines)
-    status, answer = post(service, ndjson, key, "application/x-ndjson")
+    status, answer = service.post(ndjson, key, "application/x-ndjson")
     assert status == 202 and answer["accepted"] == 1
     reasons = [error["reason"] for error in answer["errors"]]
     assert "nested" in reasons[0] and "not UTF-8" in reasons[1]
     # In an array too, the good event beside the bad one is taken.
     array = b"[" + msgspec.json.encode(event(2)) + b"," + with_raw("app_name", b'"\xff"') + b"]"
-    status, answer = post(service, array, key)
+    status, answer = service.post(array, key)
     assert (status, answer["accepted"], answer["rejected"]) == (202, 1, 1)
     assert service.metric("ingest_requests_total") == 3
     assert service.metric('ingest_events_rejected_total{reason="not_json"}') == 3
@@ -162,7 +153,7 @@ def test_events_that_would_break_a_kpi_or_land_in_quarantine_are_turned_away(ser
         event(3, params={"client_event_time": "1970-01-01T00:00:00Z"}),
         event(4, eventName="purchaseEvent", params={"amount": 999_999.99}),
     ]
-    status, answer = post(service, msgspec.json.encode(batch), key)
+    status, answer = service.post(msgspec.json.encode(batch), key)
     assert (status, answer["accepted"], answer["rejected"]) == (202, 1, 3)
     reasons = [error["reason"] for error in answer["errors"]]
     assert "<= 1000000.0" in reasons[0] and "amount" in reasons[0]
@@ -321,7 +312,7 @@ def test_connections_over_the_cap_get_503_and_a_client_is_served_beside_slow_one
     for connection in slow:
         connection.sendall(b"POST /v1/events HTTP/1.1\r\n")
     started = time.monotonic()
-    status, answer = post(guarded, msgspec.json.encode(event(1)), key)
+    status, answer = guarded.post(msgspec.json.encode(event(1)), key)
     assert (status, answer["accepted"]) == (202, 1) and time.monotonic() - started < 1
     more = [connect(guarded) for _ in range(LIMITS["connections"] + 5 - len(slow))]
     refused = [answer_of(connection) for connection in more[-5:]]
@@ -330,4 +321,4 @@ def test_connections_over_the_cap_get_503_and_a_client_is_served_beside_slow_one
     assert all(answer_of(connection)[0].startswith(b"HTTP/1.1 408 ") for connection in slow)
     for connection in more[:-5]:
         connection.close()
-    assert post(guarded, msgspec.json.encode(event(2)), key)[0] == 202
+    assert guarded.post(msgspec.json.encode(event(2)), key)[0] == 202

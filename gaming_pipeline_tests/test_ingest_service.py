@@ -4,82 +4,43 @@ the local S3 (CONTRACT.md sections 2 and 3)."""
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import time
 from datetime import UTC, datetime
 
 import msgspec
-import pytest
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.lib import aws, generator
-from gaming_pipeline_tests.service_helpers import IngestService, landed, wait_until
-
-
-def event(n: int = 0, **changes) -> dict:
-    base = {
-        "event_id": f"evt-{n}",
-        "eventName": "levelUp",
-        "eventParams": {
-            "game_keyword": "ninja_run",
-            "app_name": "Ninja Run",
-            "platform": "ios",
-            "app_version": "1.2.3",
-            "device_id": f"d-{n % 7}",
-            "client_event_time": "2026-11-23T08:15:02.123Z",
-        },
-    }
-    params = changes.pop("params", {})
-    return {**base, **changes, "eventParams": {**base["eventParams"], **params}}
-
-
-@pytest.fixture
-def service(local_aws, landing, tmp_path):
-    running = IngestService(tmp_path / "home", landing.bucket).start()
-    yield running
-    if running.process.poll() is None:
-        running.stop()
-
-
-def post(service: IngestService, body: bytes, key: str | None, content_type="application/json", **headers):
-    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
-    sent = {"content-type": content_type, **headers}
-    if key is not None:
-        sent["x-api-key"] = key
-    connection.request("POST", "/v1/events", body=body, headers=sent)
-    response = connection.getresponse()
-    answer = response.read()
-    connection.close()
-    return response.status, json.loads(answer) if answer else {}
+from gaming_pipeline_tests.service_helpers import IngestService, event, landed, wait_until
 
 
 def test_every_answer_of_the_contract(service):
     _, key = service.new_key()
     one = msgspec.json.encode(event(1))
 
-    assert post(service, one, None)[0] == 401
-    assert post(service, one, "gpk_not-a-key")[0] == 401
-    status, answer = post(service, one, key, content_type="text/plain")
+    assert service.post(one, None)[0] == 401
+    assert service.post(one, "gpk_not-a-key")[0] == 401
+    status, answer = service.post(one, key, content_type="text/plain")
     assert status == 415 and "application/json" in answer["error"]
-    status, answer = post(service, b'{"eventName": ', key)
+    status, answer = service.post(b'{"eventName": ', key)
     assert status == 400 and answer["error"].startswith("the body is not JSON")
-    assert post(service, b"nope\nnot json either\n", key, "application/x-ndjson")[0] == 400
+    assert service.post(b"nope\nnot json either\n", key, "application/x-ndjson")[0] == 400
     huge = msgspec.json.encode([event(n) for n in range(20_000)])
     assert len(huge) > 4 * 1024 * 1024
-    status, answer = post(service, huge, key)
+    status, answer = service.post(huge, key)
     assert status == 413 and "4,194,304" in answer["error"]
     # A small gzip body that inflates past the limit is refused as well.
     bomb = gzip.compress(b"[" + b" " * (5 * 1024 * 1024) + b"]")
-    assert post(service, bomb, key, **{"content-encoding": "gzip"})[0] == 413
+    assert service.post(bomb, key, **{"content-encoding": "gzip"})[0] == 413
     # Two gzip members, or one cut short, would be read in part: refused whole.
     two_members = gzip.compress(one) + gzip.compress(one)
-    assert post(service, two_members, key, **{"content-encoding": "gzip"})[0] == 400
-    assert post(service, gzip.compress(one)[:-6], key, **{"content-encoding": "gzip"})[0] == 400
-    assert post(service, one, key, **{"content-encoding": "br"})[0] == 415
+    assert service.post(two_members, key, **{"content-encoding": "gzip"})[0] == 400
+    assert service.post(gzip.compress(one)[:-6], key, **{"content-encoding": "gzip"})[0] == 400
+    assert service.post(one, key, **{"content-encoding": "br"})[0] == 415
 
-    assert post(service, one, key) == (
+    assert service.post(one, key) == (
         202,
         {
             "accepted": 1,
@@ -91,11 +52,11 @@ def test_every_answer_of_the_contract(service):
         },
     )
     array = msgspec.json.encode([event(2), event(3)])
-    assert post(service, array, key)[1]["accepted"] == 2
+    assert service.post(array, key)[1]["accepted"] == 2
     ndjson = b"\n".join(msgspec.json.encode(event(n)) for n in (4, 5, 6)) + b"\n"
-    assert post(service, ndjson, key, "application/x-ndjson")[1]["accepted"] == 3
+    assert service.post(ndjson, key, "application/x-ndjson")[1]["accepted"] == 3
     gzipped = gzip.compress(msgspec.json.encode(event(7)))
-    assert post(service, gzipped, key, **{"content-encoding": "gzip"})[1]["accepted"] == 1
+    assert service.post(gzipped, key, **{"content-encoding": "gzip"})[1]["accepted"] == 1
 
     status, health = service.get("/healthz")
     assert status == 200 and json.loads(health)["status"] == "ok"
@@ -119,7 +80,7 @@ def test_bad_events_are_turned_away_one_by_one_with_their_reason(service):
         event(20, eventName="purchaseEvent", params={"amount": 4.99}),
         event(21, params={"game_keyword": "not_in_the_registry"}),
     ]
-    status, answer = post(service, msgspec.json.encode(batch), key)
+    status, answer = service.post(msgspec.json.encode(batch), key)
     assert status == 202
     assert (answer["accepted"], answer["rejected"], answer["unknown_game"]) == (3, 9, 1)
     reasons = {error["index"]: error["reason"] for error in answer["errors"]}
@@ -142,8 +103,8 @@ def test_bad_events_are_turned_away_one_by_one_with_their_reason(service):
 
 def test_a_client_event_id_is_taken_once_within_the_window(service):
     _, key = service.new_key()
-    assert post(service, msgspec.json.encode([event(1), event(2)]), key)[1]["accepted"] == 2
-    status, answer = post(service, msgspec.json.encode([event(2), event(3), event(3)]), key)
+    assert service.post(msgspec.json.encode([event(1), event(2)]), key)[1]["accepted"] == 2
+    status, answer = service.post(msgspec.json.encode([event(2), event(3), event(3)]), key)
     assert status == 202
     assert answer["accepted"] == 1
     assert answer["duplicate_events"] == [
@@ -152,7 +113,7 @@ def test_a_client_event_id_is_taken_once_within_the_window(service):
     ]
     # Events without an id are each new: the service gives them one.
     anonymous = {k: v for k, v in event(4).items() if k != "event_id"}
-    assert post(service, msgspec.json.encode([anonymous, anonymous]), key)[1]["accepted"] == 2
+    assert service.post(msgspec.json.encode([anonymous, anonymous]), key)[1]["accepted"] == 2
 
     objects = wait_until(lambda: landed(service.bucket), what="landing objects")
     ids = [e["event_id"] for events in objects.values() for e in events]
@@ -163,23 +124,23 @@ def test_the_duplicate_window_is_per_app(service):
     _, galaxy = service.new_key("galaxy-client")
     _, ninja = service.new_key("ninja-client")
     purchase = msgspec.json.encode(event(1, eventName="purchaseEvent", params={"amount": 0.99}))
-    assert post(service, purchase, galaxy)[1]["accepted"] == 1
-    assert post(service, purchase, ninja)[1]["accepted"] == 1
-    assert post(service, purchase, ninja)[1]["duplicates"] == 1
+    assert service.post(purchase, galaxy)[1]["accepted"] == 1
+    assert service.post(purchase, ninja)[1]["accepted"] == 1
+    assert service.post(purchase, ninja)[1]["duplicates"] == 1
     # A second key of the same app shares its window.
     _, galaxy_again = service.new_key("galaxy-client")
-    assert post(service, purchase, galaxy_again)[1]["duplicates"] == 1
+    assert service.post(purchase, galaxy_again)[1]["duplicates"] == 1
 
 
 def test_keys_rotate_without_a_restart(service):
     old_id, old = service.new_key("galaxy-client")
-    assert post(service, msgspec.json.encode(event(1)), old)[0] == 202
+    assert service.post(msgspec.json.encode(event(1)), old)[0] == 202
     _, new = service.new_key("galaxy-client")
-    wait_until(lambda: post(service, msgspec.json.encode(event(2)), new)[0] == 202, 5, what="the new key")
-    assert post(service, msgspec.json.encode(event(3)), old)[0] == 202
+    wait_until(lambda: service.post(msgspec.json.encode(event(2)), new)[0] == 202, 5, what="the new key")
+    assert service.post(msgspec.json.encode(event(3)), old)[0] == 202
     keys.revoke(service.home / "api-keys.json", old_id)
-    wait_until(lambda: post(service, msgspec.json.encode(event(4)), old)[0] == 401, 5, what="the revocation")
-    assert post(service, msgspec.json.encode(event(5)), new)[0] == 202
+    wait_until(lambda: service.post(msgspec.json.encode(event(4)), old)[0] == 401, 5, what="the revocation")
+    assert service.post(msgspec.json.encode(event(5)), new)[0] == 202
     stored = (service.home / "api-keys.json").read_text()
     assert new not in stored and keys.hashed(new) in stored
     # The service logs who called by app and key id, never the key.
@@ -194,7 +155,7 @@ def test_landing_objects_are_stamped_gzip_ndjson_by_hour_without_pii(service):
         event(2, params={"game_keyword": "new_game_2027"}),
     ]
     sent.append({k: v for k, v in event(3).items() if k != "event_id"} | {"eventTime": 1})
-    assert post(service, msgspec.json.encode(sent), key)[1]["accepted"] == 3
+    assert service.post(msgspec.json.encode(sent), key)[1]["accepted"] == 3
     objects = wait_until(
         lambda: len(landed(service.bucket)) == 2 and landed(service.bucket), what="2 objects"
     )
@@ -224,7 +185,7 @@ def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(
     accepted, statuses, n = [], [], 0
     while 503 not in statuses:
         batch = [event(n + i) for i in range(5)]
-        status, answer = post(cut_off, msgspec.json.encode(batch), key)
+        status, answer = cut_off.post(msgspec.json.encode(batch), key)
         statuses.append(status)
         if status == 202:
             accepted += [e["event_id"] for e in batch]
@@ -267,7 +228,7 @@ def test_an_unreadable_segment_is_parked_counted_and_the_rest_delivered(local_aw
 def test_stopping_flushes_what_is_buffered(local_aws, landing, tmp_path):
     patient = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
     _, key = patient.new_key()
-    assert post(patient, msgspec.json.encode([event(n) for n in range(50)]), key)[1]["accepted"] == 50
+    assert patient.post(msgspec.json.encode([event(n) for n in range(50)]), key)[1]["accepted"] == 50
     time.sleep(1)
     assert landed(landing.bucket) == {}
     patient.stop()
