@@ -2,10 +2,10 @@
 
 Random events, many of them at or past the edges of what clients may send (huge and tiny
 amounts, impossible calendar times, extreme offsets, odd text), go through the real
-service; the objects it lands are ingested, and today's per-game and KPI tables are
-rebuilt from them with every check. The service may turn any event away, with a reason;
+service; the objects it lands are ingested, and today's KPI tables are rebuilt from them
+with every check. The service may turn any event away, with a reason;
 what it accepts must all be in the raw table, none of it in quarantine, and every run
-must succeed. Reproducible: the seed is fixed, and a failure prints the events.
+must succeed. Reproducible: the seed is fixed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import random
 
 import dagster as dg
 
+from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.warehouse import QUARANTINE_TABLE, RAW_TABLE, table_path
 from gaming_pipeline_tests.ingest_helpers import DERIVED, evaluate_reconcile, refresh, run
@@ -113,4 +114,6 @@ def test_every_accepted_event_is_a_raw_row_and_every_table_builds(
 
     # The service stamps eventTime on receipt: today, or yesterday too just after midnight.
     days = sorted(row.eventDate.isoformat() for row in raw.select("eventDate").distinct().collect())
-    refresh(landing, warehouse, instance, days[0], days[-1], DERIVED)
+    # The KPIs are where a value can break a job (casts, sums, times); the per-game tables
+    # copy the raw rows as they are and are left to test_games_and_kpis, to save CI minutes.
+    refresh(landing, warehouse, instance, days[0], days[-1], [a for a in DERIVED if a is not game_tables])
