@@ -93,8 +93,13 @@ def load(url: str, key: str, payloads: list[bytes], clients: int, seconds: float
 
 
 def spool_bytes(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/healthz") as response:
-        return msgspec.json.decode(response.read())["spool_bytes"]
+    """Bytes accepted and not yet delivered, from the service's /metrics (the public /healthz
+    says only its status)."""
+    with urllib.request.urlopen(f"{url}/metrics") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("ingest_spool_bytes "):
+                return int(float(line.split()[1]))
+    raise RuntimeError("the service's /metrics has no ingest_spool_bytes")
 
 
 def cpu_seconds(pid: int) -> float:
