@@ -257,7 +257,8 @@ def build_reconcile_sensor(
         cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
         listed = objects_in_bucket(landing, landed_before=cutoff)
         missing = not_yet_ingested(listed, warehouse, context.instance)
-        recent = failures(context.instance)
+        # Failed runs matter only for objects still missing: a tick with none reads no run.
+        recent = failures(context.instance) if missing else {}
         failed = {obj: recent[obj] for obj in missing if obj in recent}
         now = time.time()
         due = [
