@@ -4,16 +4,20 @@ A variable that is set reaches Dagster as an EnvVar, so the UI shows where a val
 from without showing the value; one that is unset falls back to its embedded default.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import requests
 from dagster_pyspark import LazyPySparkResource
 
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.spark import spark_config
+
+if TYPE_CHECKING:
+    from gaming_pipeline.lib.pii import PiiVault
 
 
 def _from_env(variable: str, default: str):
@@ -49,6 +53,9 @@ class AlertWebhookResource(dg.ConfigurableResource):
     timeout_seconds: float = 10
 
     def post(self, message: dict) -> None:
+        # Only the alerts sensor posts: the runs that load this module skip importing requests.
+        import requests
+
         response = requests.post(self.url, json=message, timeout=self.timeout_seconds)
         response.raise_for_status()
 
@@ -61,6 +68,9 @@ class PiiVaultResource(dg.ConfigurableResource):
     master_key: str = ""
 
     def vault(self) -> PiiVault:
+        # Only the erasure runs open the vault: the others skip loading cryptography.
+        from gaming_pipeline.lib.pii import PiiVault
+
         s3 = aws.client("s3")
         aws.ensure_bucket(s3, self.bucket)
         master_key = self.master_key or Settings.from_env().resolved_pii_master_key()

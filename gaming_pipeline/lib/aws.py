@@ -13,7 +13,6 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import boto3
 from botocore.exceptions import ClientError
 
 from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME
@@ -43,6 +42,10 @@ def region(environ: Mapping[str, str] | None = None) -> str:
 
 
 def client(service: str, config=None):
+    # Here, not at the top: boto3 takes a tenth of a second to import, and most runs load this
+    # module (for its endpoint and region helpers) without calling AWS.
+    import boto3
+
     return boto3.client(service, region_name=os.environ.get("AWS_REGION") or None, config=config)
 
 

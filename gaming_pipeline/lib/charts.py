@@ -14,12 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-import numpy
-from matplotlib import dates as mdates
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, StrMethodFormatter
-from PIL import Image
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -135,6 +129,15 @@ def render_chart(
     spec: ChartSpec, points: list[tuple[datetime, float]], first_day: date, last_day: date
 ) -> bytes:
     """The PNG of `points` (period start in UTC, value) drawn as `spec` says, over whole days."""
+    # Here, not at the top: matplotlib, Pillow and numpy take half a second to import, and
+    # only a run that draws a chart needs them, not every run that loads the code location.
+    import numpy
+    from matplotlib import dates as mdates
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+    from PIL import Image
+
     figure = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
     period = spec.period

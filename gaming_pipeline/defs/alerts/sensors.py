@@ -8,7 +8,6 @@ dropped while the chat service is down.
 import time
 
 import dagster as dg
-import requests
 
 from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START
 from gaming_pipeline.defs.resources import AlertWebhookResource
@@ -90,6 +89,9 @@ def _stale_tables(context: dg.SensorEvaluationContext, now: float) -> dict[str, 
 def alerts_sensor(
     context: dg.SensorEvaluationContext, alert_webhook: AlertWebhookResource
 ) -> dg.SensorResult:
+    # Only this sensor's ticks need requests: runs, which load this module too, skip importing it.
+    import requests
+
     state = AlertState.from_cursor(context.cursor)
     finished = sorted(
         (
