@@ -2,6 +2,10 @@
 machine, in one run.
 
     .venv/bin/python bench/side_by_side.py [--events 250000] [--latency-seconds 180]
+        [--day-base 250000] [--day-scales 1 4 8] [--idle-minutes 10]
+        [--only STEP ... | --skip STEP ...] [--results FILE] [--benchmarks-md FILE]
+
+Steps (all by default): throughput, latency, day-growth, idle-cost.
 
 1. Throughput and growth: a seeded workload of landing objects (1x, 2x and 4x --events) on
    the local S3 endpoint, taken to the raw table and the 30 per-game tables by
@@ -16,8 +20,15 @@ machine, in one run.
    the raw-table commit holding it, and to today's kpi_events_per_hour counting it.
 3. Overhead: for the ingestion runs of step 2, the seconds from the sensor's run request to
    the run's Spark session being ready, and the share of each run spent outside Spark.
+4. Day growth (bench/day_growth.py): one fixed 5,000-event object landed into today's day
+   already holding 1x, 4x and 8x --day-base events; the seconds from landing to the raw,
+   per-game and KPI tables holding it, through the daemon's sensors.
+5. Idle cost (bench/idle_cost.py): the CPU share of the whole demo stack at 50 events/s
+   through the HTTP service over --idle-minutes.
 
-Writes bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md.
+Writes bench/results/side-by-side-<date>.json (and .png with the throughput step), and
+BENCHMARKS.md. Steps run alone (--only, --skip) add their figures to the newest results
+file, keeping its other steps' figures, so BENCHMARKS.md still shows every step.
 """
 
 from __future__ import annotations
@@ -29,9 +40,13 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, date, datetime, timedelta
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import day_growth
+import idle_cost
 import psutil
 import recording
 from deltalake import DeltaTable
@@ -39,7 +54,6 @@ from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, generator, processes
-from gaming_pipeline.lib.daily import ALL_GAMES, EVENTS_PER_HOUR
 from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
 
 BENCH = Path(__file__).resolve().parent
@@ -47,6 +61,7 @@ PROJECT = BENCH.parent
 TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]
 SCALES = (1, 2, 4)
 PEERS = ("structured-streaming", "polars", "bare-spark")
+STEPS = ("throughput", "latency", "day-growth", "idle-cost")
 
 
 class PeakMemory:
@@ -227,37 +242,11 @@ def quantiles(values: list[float], digits: int = 1) -> dict:
     }
 
 
-def kpi_total(warehouse: str, days: list[date]) -> int:
-    try:
-        rows = DeltaTable(table_path(warehouse, EVENTS_PER_HOUR)).to_pyarrow_table(
-            filters=[("game_keyword", "=", ALL_GAMES)]
-        )
-    except TableNotFoundError:
-        return 0
-    return sum(
-        events
-        for day, events in zip(rows["eventDate"].to_pylist(), rows["events"].to_pylist(), strict=True)
-        if day in days
-    )
-
-
 def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
     """Events posted at `rate` for `seconds` through the ingest service, the daemon's sensors
     taking them on; visibility per event from the tables' own commit times."""
-    from gaming_pipeline.ingest_service import keys
-    from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
-
     landing = aws.provision("bench-latency", queue_name="bench-latency")
     daemon, env = processes.start_daemon_for(work / "latency", landing.bucket, landing.queue_url, address)
-    env["GAMING_PIPELINE_API_KEYS"] = str(work / "latency" / "api-keys.json")
-    _, api_key = keys.create(Path(env["GAMING_PIPELINE_API_KEYS"]), "bench")
-    port = aws.free_port()
-    # The demo's flush age (5 s): the embedded default a new user runs.
-    service = processes.start(
-        ["gaming-pipeline", "ingest-server", "--port", str(port), "--flush-seconds", "5"],
-        env,
-        work / "latency" / "ingest.log",
-    )
     warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
     polls: list[tuple[float, int]] = []
     stop_polling = threading.Event()
@@ -265,30 +254,22 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
 
     def poll_kpis() -> None:
         while not stop_polling.is_set():
-            polls.append((time.time(), kpi_total(warehouse, days)))
+            polls.append((time.time(), recording.kpi_total(warehouse, days)))
             time.sleep(1)
 
-    accepted = 0
-
-    def counted(batch: list[dict], answer: dict) -> None:
-        nonlocal accepted
-        accepted += answer["accepted"]
-
+    service = None
     try:
-        processes.wait_until_serving(
-            f"http://127.0.0.1:{port}/healthz", 60, service, work / "latency" / "ingest.log"
-        )
+        service, url, api_key = recording.start_ingest_service(env, work / "latency")
         threading.Thread(target=poll_kpis, daemon=True).start()
         load_started = time.time()
-        events = (generator.client_event(event) for event in generator.stream(11, rate, seconds))
-        send_in_batches(events, EventSender(f"http://127.0.0.1:{port}", api_key), on_batch=counted)
+        accepted = recording.post_events(url, api_key, rate, seconds, seed=11)
         load_ended = time.time()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and (not polls or polls[-1][1] < accepted):
             time.sleep(2)
     finally:
         stop_polling.set()
-        processes.stop([service, daemon])
+        processes.stop([process for process in (service, daemon) if process])
 
     raw = DeltaTable(table_path(warehouse, RAW_TABLE))
     committed_at = {entry["version"]: entry["timestamp"] / 1000 for entry in raw.history()}
@@ -412,31 +393,101 @@ def close_connect_client() -> None:
         session.stop()
 
 
+def attempt(measure: Callable[[], dict]) -> dict:
+    """A step's figures or, if it failed, why: a late step failing (a pre-fill that never
+    settles, rows counted twice) must not lose the figures of the steps before it."""
+    try:
+        return measure()
+    except Exception as error:
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def step_key(step: str) -> str:
+    """A step's key in the results file."""
+    return step.replace("-", "_")
+
+
+def results_file(steps: list[str]) -> Path:
+    """Where this run's figures go: a new file for the day when every step runs; else the
+    newest results file, whose other steps' figures are kept."""
+    today = recording.RESULTS / f"side-by-side-{datetime.now(UTC):%Y-%m-%d}.json"
+    if len(steps) == len(STEPS):
+        return today
+    return max(recording.RESULTS.glob("side-by-side-*.json"), default=today)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=250_000, help="events at 1x (default 250,000)")
     parser.add_argument("--latency-rate", type=float, default=2000)
     parser.add_argument("--latency-seconds", type=float, default=180)
+    parser.add_argument(
+        "--day-base",
+        type=int,
+        default=day_growth.DAY_BASE,
+        help="day growth: events in the day at 1x (default 250,000; smaller for a quick trial)",
+    )
+    parser.add_argument("--day-scales", type=int, nargs="+", default=list(day_growth.SCALES))
+    parser.add_argument("--idle-minutes", type=float, default=idle_cost.MINUTES)
+    parser.add_argument("--idle-rate", type=float, default=idle_cost.RATE)
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--only", nargs="+", choices=STEPS, help="run these steps alone")
+    chosen.add_argument("--skip", nargs="+", choices=STEPS, default=[], help="run all steps but these")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="results file to write (default: see above); figures of steps not run are kept from it",
+    )
+    parser.add_argument("--benchmarks-md", type=Path, default=PROJECT / "BENCHMARKS.md")
     args = parser.parse_args()
+    steps = args.only or [step for step in STEPS if step not in args.skip]
+    out = args.results or results_file(steps)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    # Which run measured each step: a file may hold steps of several runs (a file written
+    # before this was recorded holds one run's, under its top-level date).
+    measured = {
+        **{
+            key: {"date": results["date"], "commit": results.get("commit", "unrecorded")}
+            for key in map(step_key, STEPS)
+            if key in results
+        },
+        **results.get("measured", {}),
+    }
     with recording.workplace() as work:
         server, address = processes.start_spark_server(
             {**os.environ, "GAMING_PIPELINE_HOME": str(work / "home")}, work / "spark-server.log"
         )
         try:
             processes.wait_until_serving(address, 180, server, work / "spark-server.log")
-            results = {
-                **recording.context(("dagster", "pyspark", "delta-spark", "deltalake", "polars", "moto")),
-                "spark": f"Spark Connect server, local[*] driver, {address}",
-                "warm_up_seconds": warm_up(address, server.pid, work),
-                "throughput": throughput(args.events, address, server.pid, work),
-                "latency": latency(args.latency_rate, args.latency_seconds, address, work),
-            }
+            context = recording.context(("dagster", "pyspark", "delta-spark", "deltalake", "polars", "moto"))
+            results.update(context, spark=f"Spark Connect server, local[*] driver, {address}")
+            if "throughput" in steps:
+                results["warm_up_seconds"] = warm_up(address, server.pid, work)
+                results["throughput"] = throughput(args.events, address, server.pid, work)
+            if "latency" in steps:
+                results["latency"] = latency(args.latency_rate, args.latency_seconds, address, work)
+            if "day-growth" in steps:
+                results["day_growth"] = attempt(
+                    lambda: day_growth.run(args.day_base, args.day_scales, address, work)
+                )
+            if "idle-cost" in steps:
+                results["idle_cost"] = attempt(
+                    lambda: idle_cost.run(args.idle_rate, args.idle_minutes, address, server.pid, work)
+                )
+            measured.update(
+                {step_key(step): {"date": context["date"], "commit": context["commit"]} for step in steps}
+            )
+            results["measured"] = measured
         finally:
             close_connect_client()
             processes.stop([server])
-    out = recording.write("side-by-side", results)
-    plot(results, out.with_suffix(".png"))
-    subprocess.run([sys.executable, str(BENCH / "report.py"), str(out)], check=True)
+    recording.write("side-by-side", results, out)
+    if "throughput" in steps:
+        plot(results, out.with_suffix(".png"))
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), str(out), "--out", str(args.benchmarks_md)], check=True
+    )
 
 
 if __name__ == "__main__":
