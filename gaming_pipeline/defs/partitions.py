@@ -27,3 +27,10 @@ def days_predicate(first: date, end: date) -> str:
 
 def window_predicate(context: dg.AssetExecutionContext) -> str:
     return days_predicate(*run_days(context))
+
+
+# What a writer of the raw table records for the refresh sensor (defs/refresh/sensors.py):
+# the days whose new events are in the activity tables already, so only their KPIs wait...
+EVENT_DATES = "event_dates"
+# ...and the days whose rows counted before changed, to rebuild from the raw table.
+REBUILD_DATES = "rebuild_dates"

@@ -7,7 +7,7 @@ beside it. Decoding and validation run in msgspec's C code: the service's hot pa
 An event accepted here is one the pipeline's landing parser (lib/events.py) will take and
 no KPI can fail on: the same field names and types, and these limits at the door:
 - `amount` (purchases only): a finite number from 0 to MAX_AMOUNT (1,000,000.00). The KPIs
-  sum amounts as decimal(18,2) (lib/daily.py), rounded to the cent; at this cap a game's day
+  sum amounts as decimal(18,2) (lib/kpis.py), rounded to the cent; at this cap a game's day
   would need 10 billion purchases to overflow it.
 - `client_event_time`: ISO-8601 with a zone, as Spark reads it, naming a real calendar
   instant (no month 13, no 24:00, no second 60), with an offset Java accepts (at most

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from gaming_pipeline.games import ALL_GAMES
-from gaming_pipeline.lib import daily
+from gaming_pipeline.lib import kpis
 
 WIDTH_PX, HEIGHT_PX, DPI = 900, 300, 100
 # ConciseDateFormatter's labels where a larger unit starts (a new day reads "20 Nov", not "Nov-20").
@@ -55,7 +55,7 @@ class ChartSpec:
 
 
 CHARTS: dict[str, ChartSpec] = {
-    daily.EVENTS_PER_HOUR: ChartSpec(
+    kpis.EVENTS_PER_HOUR: ChartSpec(
         title="Events per hour",
         value_column="events",
         value_label="events",
@@ -66,7 +66,7 @@ CHARTS: dict[str, ChartSpec] = {
         caption="Events received per hour over the last two days, all games together. A sudden "
         "drop is the first sign of a service or client problem.",
     ),
-    daily.BOOKINGS_PER_HOUR: ChartSpec(
+    kpis.BOOKINGS_PER_HOUR: ChartSpec(
         title="Bookings per hour",
         value_column="bookings",
         value_label="bookings (sum of purchases)",
@@ -77,7 +77,7 @@ CHARTS: dict[str, ChartSpec] = {
         caption="Sum of purchase amounts per hour over the last two days, all games together. An "
         "hour with play but no purchase shows 0.",
     ),
-    daily.DAILY_ACTIVE_USERS: ChartSpec(
+    kpis.DAILY_ACTIVE_USERS: ChartSpec(
         title="Daily active users",
         value_column="dau",
         value_label="distinct devices",

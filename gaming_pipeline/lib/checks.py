@@ -10,7 +10,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.games import ALL_GAMES
-from gaming_pipeline.lib.daily import DEVICE, MONEY, PURCHASE
 
 RAW_KEYS = ("eventDate", "eventTime", "eventName", "eventParams.game_keyword", "_source_object")
 KPI_KEYS = ("eventDate", "game_keyword")
@@ -61,46 +60,47 @@ def no_rows(keys: tuple[str, ...]) -> tuple[bool, dict]:
     return _null_keys_found(keys, 0, [0] * len(keys))
 
 
-def _by_day_and_game(df: DataFrame, value) -> dict:
+def by_day_and_game(df: DataFrame, value) -> dict:
     return {
         (row.eventDate.isoformat(), row.game_keyword): row.value
         for row in df.groupBy("eventDate", "game_keyword").agg(value.alias("value")).collect()
     }
 
 
-def _compare(kpi: dict, raw: dict) -> tuple[bool, dict]:
+def compare(found: dict, expected: dict) -> tuple[bool, dict]:
+    """Figures by (day, game) against what they should be, the first mismatches named."""
     mismatches = {
-        f"{day} {game}": {"kpi": str(kpi.get((day, game))), "raw": str(raw.get((day, game)))}
-        for day, game in sorted(set(kpi) | set(raw))
-        if kpi.get((day, game)) != raw.get((day, game))
+        f"{day} {game}": {"found": str(found.get((day, game))), "expected": str(expected.get((day, game)))}
+        for day, game in sorted(set(found) | set(expected))
+        if found.get((day, game)) != expected.get((day, game))
     }
     return not mismatches, {
-        "checked": len(set(kpi) | set(raw)),
+        "checked": len(set(found) | set(expected)),
         "mismatches": dict(list(mismatches.items())[:20]),
     }
 
 
-def _raw_by_game_and_all(events: DataFrame) -> DataFrame:
-    per_game = events.withColumn("game_keyword", F.col("eventParams.game_keyword"))
-    return per_game.unionByName(events.withColumn("game_keyword", F.lit(ALL_GAMES)))
+def _with_all_games(players: DataFrame) -> DataFrame:
+    """Activity rows per game, and the same rows again as all games'."""
+    return players.unionByName(players.withColumn("game_keyword", F.lit(ALL_GAMES)))
 
 
-def hours_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
-    """The hourly event counts of each day and game add up to the raw events of that day."""
-    return _compare(
-        _by_day_and_game(kpi, F.sum("events")),
-        _by_day_and_game(_raw_by_game_and_all(events), F.count(F.lit(1))),
+def hours_add_up_to_days(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+    """The hourly event counts of each day and game (from the hourly activity) add up to
+    the events of that day's players (from the players' activity)."""
+    return compare(
+        by_day_and_game(kpi, F.sum("events")), by_day_and_game(_with_all_games(players), F.sum("events"))
     )
 
 
-def bookings_add_up_to_days(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
-    """The bookings of each day and game (over its hours or platforms) add up to that day's
-    raw purchases."""
-    purchases = _raw_by_game_and_all(events.where(F.col("eventName") == PURCHASE))
-    return _compare(
-        {key: value for key, value in _by_day_and_game(kpi, F.sum("bookings")).items() if value},
-        _by_day_and_game(purchases, F.sum(F.col("eventParams.amount").cast(MONEY))),
-    )
+def bookings_add_up_to_days(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+    """The bookings of each day and game (over its hours or platforms) add up to what that
+    day's players spent."""
+
+    def booked(df: DataFrame) -> dict:
+        return {key: value for key, value in by_day_and_game(df, F.sum("bookings")).items() if value}
+
+    return compare(booked(kpi), booked(_with_all_games(players)))
 
 
 def all_games_dau_is_bounded(kpi: DataFrame) -> tuple[bool, dict]:
@@ -122,20 +122,20 @@ def all_games_dau_is_bounded(kpi: DataFrame) -> tuple[bool, dict]:
     return not outside, {"days_out_of_bounds": outside}
 
 
-def _devices_by_day_and_game(events: DataFrame) -> dict:
-    return _by_day_and_game(_raw_by_game_and_all(events), F.count_distinct(DEVICE))
+def _devices_by_day_and_game(players: DataFrame) -> dict:
+    return by_day_and_game(_with_all_games(players), F.count_distinct("device_id"))
 
 
-def sessions_cover_players(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
-    """Each day's players are its distinct raw devices, and no day has fewer sessions than players."""
-    passed, details = _compare(_by_day_and_game(kpi, F.sum("players")), _devices_by_day_and_game(events))
+def sessions_cover_players(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+    """Each day's players are its active devices, and no day has fewer sessions than players."""
+    passed, details = compare(by_day_and_game(kpi, F.sum("players")), _devices_by_day_and_game(players))
     fewer = kpi.where(F.col("sessions") < F.col("players")).count()
     return passed and not fewer, {**details, "rows_with_fewer_sessions_than_players": fewer}
 
 
-def cohorts_are_bounded(kpi: DataFrame, events: DataFrame) -> tuple[bool, dict]:
-    """A cohort is at most its day's distinct devices, and its returns at most the cohort."""
-    devices = _devices_by_day_and_game(events)
+def cohorts_are_bounded(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+    """A cohort is at most its day's active devices, and its returns at most the cohort."""
+    devices = _devices_by_day_and_game(players)
     outside = [
         f"{row.eventDate} {row.game_keyword}"
         for row in kpi.collect()

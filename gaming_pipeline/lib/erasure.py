@@ -4,15 +4,16 @@ what was erased that holds no PII (the player is named by their pseudonymous id 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
 from gaming_pipeline.lib.warehouse import (
+    commits_tagged,
     delta_at,
     ensure_table,
     latest_version,
@@ -64,22 +65,15 @@ class TableErasure:
     days: list[date] = field(default_factory=list)
 
 
-@contextmanager
-def commits_tagged(spark: SparkSession, marker: dict):
-    """Tag this session's Delta commits (DELETE and MERGE take no per-call metadata) so the
-    table history says which erasure made them."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, json.dumps(marker, sort_keys=True))
-    try:
-        yield
-    finally:
-        spark.conf.unset(key)
+# Where a table other than the event tables keeps the device id.
+DEVICE_COLUMNS = {PLAYER_DAYS: "device_id"}
 
 
 def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marker: dict) -> TableErasure:
-    """Delete every row of one device from an event table, in one commit. Repeating it
-    deletes nothing more, so a conflict with a concurrent writer is simply retried."""
-    device = f"eventParams.device_id = {sql_string(device_id)}"
+    """Delete every row of one device from a table partitioned by day (an event table, or
+    one of DEVICE_COLUMNS), in one commit. Repeating it deletes nothing more, so a conflict
+    with a concurrent writer is simply retried."""
+    device = f"{DEVICE_COLUMNS.get(table, DEVICE)} = {sql_string(device_id)}"
     found = spark.read.format("delta").load(path).where(device).groupBy("eventDate").count().collect()
     if not found:
         return TableErasure(table, 0, latest_version(spark, path))

@@ -19,6 +19,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from gaming_pipeline.lib.derived import add_batch
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -30,6 +31,7 @@ from gaming_pipeline.lib.events import (
     source_object,
 )
 from gaming_pipeline.lib.ledger import INTENT_SCHEMA, LEDGER_SCHEMA
+from gaming_pipeline.lib.maintenance import days_changed
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import (
     INTENT_TABLE,
@@ -63,6 +65,10 @@ class IngestResult:
     raw_version: int | None = None
     quarantine_version: int | None = None
     event_dates: list[date] = field(default_factory=list)
+    # Per table, the rows the batch added to each day of the per-game and activity tables...
+    added: dict[str, dict[date, int]] = field(default_factory=dict)
+    # ...or, when the batch replaced rows written before, the days to rebuild from raw.
+    rebuild_dates: list[date] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -269,13 +275,20 @@ def ingest_objects(
         raw_path = table_path(warehouse, RAW_TABLE)
         if writing:
             note_intent(spark, warehouse, writing, run_id)
+        rows = raw_events(classified, now, run_id)
         result.raw_version = (
-            replace_rows(
-                raw_events(classified, now, run_id), raw_path, rows_of(uris, modified), marker
-            ).version
+            replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
             if modified
             else latest_version(spark, raw_path)
         )
+        if earlier_modified:
+            # Rows of an earlier version of these objects may be in the derived tables too:
+            # the days this commit changed are rebuilt, which is exact whatever they hold.
+            changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
+            result.rebuild_dates = sorted(set(result.event_dates) | (changed or set()))
+        elif writing:
+            # Before the ledger: a run killed after this is retried as a replacement.
+            result.added = add_batch(spark, warehouse, rows, run_id)
     finally:
         classified.unpersist()
 
@@ -307,6 +320,7 @@ def ingest_objects(
         spark.createDataFrame(ledger_rows, LEDGER_SCHEMA),
         table_path(warehouse, LEDGER_TABLE),
         keys=("object",),
+        marker={"run_id": run_id},
     )
     result.seconds = time.monotonic() - started
     return result

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 # Imported for its side effect too: Spark Connect errors for commit conflicts become the
@@ -21,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.daily import KPI_TABLES
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES
 
 RAW_TABLE = "mobile_events_delta_raw"
 QUARANTINE_TABLE = "quarantine_events"
@@ -37,6 +38,7 @@ def all_tables() -> list[str]:
     return [
         RAW_TABLE,
         *(game.table_name for game in GAMES),
+        *ACTIVITY_TABLES,
         *KPI_TABLES,
         QUARANTINE_TABLE,
         LEDGER_TABLE,
@@ -118,10 +120,17 @@ def ensure_table(
     schema: T.StructType,
     partition_by: tuple[str, ...] = (),
     comment: str = "",
+    properties: dict[str, str] | None = None,
 ) -> None:
     partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
     described = f" COMMENT {sql_string(comment)}" if comment else ""
-    statement = f"CREATE TABLE IF NOT EXISTS {delta_at(path)} ({_ddl_fields(schema)}) USING delta{partitioned}{described}"
+    settings = ", ".join(
+        f"{sql_string(key)} = {sql_string(value)}" for key, value in (properties or {}).items()
+    )
+    statement = (
+        f"CREATE TABLE IF NOT EXISTS {delta_at(path)} ({_ddl_fields(schema)}) USING delta"
+        f"{partitioned}{described}{f' TBLPROPERTIES ({settings})' if settings else ''}"
+    )
     retry_on_conflict(lambda: spark.sql(statement))
 
 
@@ -195,19 +204,46 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> Comm
     return retry_on_conflict(commit)
 
 
-def upsert(df: DataFrame, path: str, keys: tuple[str, ...]) -> None:
-    condition = " AND ".join(f"t.{key} = s.{key}" for key in keys)
-    # A view name of this call's own: concurrent upserts in one session must not swap rows.
-    source = f"upsert_source_{uuid.uuid4().hex}"
+@contextmanager
+def commits_tagged(spark: SparkSession, marker: dict):
+    """Tag this session's Delta commits (DELETE and MERGE take no per-call metadata) so the
+    table history says which run made them."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, json.dumps(marker, sort_keys=True))
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)
+
+
+def merge_into(
+    df: DataFrame, path: str, keys: tuple[str, ...], updates: dict[str, str], marker: dict, scope: str = ""
+) -> None:
+    """MERGE `df` into the table on `keys`: a matched row gets `updates` (column -> SQL over
+    the table's row `t` and the new row `s`), an unmatched one is inserted. `scope`, a
+    predicate on `t`, lets Delta read only the partitions the rows can match.
+
+    A conflict with a concurrent writer is retried: the losing commit changed nothing, so
+    even an update that adds to a row is applied once."""
+    condition = " AND ".join([f"t.{key} = s.{key}" for key in keys] + ([scope] if scope else []))
+    assignments = ", ".join(f"{column} = {value}" for column, value in updates.items())
+    # A view name of this call's own: concurrent merges in one session must not swap rows.
+    source = f"merge_source_{uuid.uuid4().hex}"
     df.createOrReplaceTempView(source)
     statement = (
         f"MERGE INTO {delta_at(path)} AS t USING {source} AS s ON {condition} "
-        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        f"WHEN MATCHED THEN UPDATE SET {assignments} WHEN NOT MATCHED THEN INSERT *"
     )
     try:
-        retry_on_conflict(lambda: df.sparkSession.sql(statement).collect())
+        with commits_tagged(df.sparkSession, marker):
+            retry_on_conflict(lambda: df.sparkSession.sql(statement).collect())
     finally:
         df.sparkSession.catalog.dropTempView(source)
+
+
+def upsert(df: DataFrame, path: str, keys: tuple[str, ...], marker: dict) -> None:
+    """Insert the rows, or replace the table's rows with the same keys."""
+    merge_into(df, path, keys, {column: f"s.{_quoted(column)}" for column in df.columns}, marker)
 
 
 def register_views(spark: SparkSession, warehouse: str) -> list[str]:

@@ -9,7 +9,7 @@ import time
 
 import dagster as dg
 
-from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START
+from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.lib.alerts import Alert, AlertState, check_alert, run_failure_alert, stale_alert
 from gaming_pipeline.lib.warehouse import RAW_TABLE
@@ -59,7 +59,9 @@ def _stale_tables(context: dg.SensorEvaluationContext, now: float) -> dict[str, 
     stale = {}
     for node in graph.asset_nodes:
         policy = node.freshness_policy
-        if policy is None or dg.AssetKey(RAW_TABLE) not in node.parent_keys:
+        # Every table with a freshness policy follows the raw table, directly or through the
+        # activity tables.
+        if policy is None:
             continue
         latest = context.instance.get_latest_materialization_event(node.key)
         waiting = context.instance.fetch_materializations(

@@ -1,4 +1,5 @@
-"""One Delta table per game of the registry, cut from the raw table by day."""
+"""One Delta table per game of the registry. Ingestion appends each batch's rows to them;
+materializing days here rebuilds those days from the raw table."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -8,16 +9,16 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
+from gaming_pipeline.defs.ingest.assets import INGEST_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
+from gaming_pipeline.lib.derived import PARALLEL_WRITES, ensure_game_table
 from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.warehouse import RAW_TABLE, Commit, ensure_table, replace_rows, table_path
 
 GAMES_GROUP = "games"
-PARALLEL_WRITES = 4
 ROWS_PER_FILE = 1_000_000
 GAME_BY_KEY = {dg.AssetKey(game.table_name): game for game in GAMES}
 
@@ -34,7 +35,8 @@ def game_spec(game: Game) -> dg.AssetSpec:
         description=(
             f"Every event of {game.app_name} (`eventParams.game_keyword = '{game.keyword}'`), "
             "with the same columns as mobile_events_delta_raw and partitioned by `eventDate`. "
-            "Refreshed for each day that new events arrive for, late ones included."
+            "Each ingested batch's rows are appended to it, late ones on their own day; "
+            "materializing a day rebuilds that day from the raw table."
         ),
     )
 
@@ -63,13 +65,15 @@ def game_checks(game: Game) -> list[dg.AssetCheckSpec]:
     can_subset=True,
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=REFRESH_POOL,
+    # The tables ingestion appends to: one writer at a time, so a rebuild never misses a
+    # batch nor holds one twice.
+    pool=INGEST_POOL,
 )
 def game_tables(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
 ):
-    """The seed's foreachBatch fan-out: the run's days are read from the raw table once and
-    each selected game's rows replace that game's rows for those days, one commit per table.
+    """The run's days are read from the raw table once and each selected game's rows
+    replace that game's rows for those days, one commit per table.
     The checks need no second read: keys and row counts come from the rows read once, and
     each commit's operation metrics say how many rows it wrote."""
     spark = pyspark.spark_session
@@ -86,7 +90,7 @@ def game_tables(
         null_keys = {game: keys_found.get(game.keyword, checks.no_rows(checks.RAW_KEYS)) for game in games}
 
         def write(game: Game) -> tuple[Commit, T.StructType]:
-            ensure_table(spark, paths[game], RAW_SCHEMA, partition_by=("eventDate",))
+            ensure_game_table(spark, warehouse.root, game)
             rows = null_keys[game][1]["rows"]
             commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
@@ -97,7 +101,6 @@ def game_tables(
             )
             return commit, spark.read.format("delta").load(paths[game]).schema
 
-        # Each write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
             written = dict(zip(games, pool.map(write, games), strict=True))

@@ -8,14 +8,17 @@ from dagster_aws.s3.sensor import get_objects
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
 
 INGEST_GROUP = "ingest"
-# Spark runs share two cores: the instance admits one run of each pool at a time. Ingestion
-# has a pool of its own so that new events never wait behind a long refresh or backfill.
+# Spark runs share two cores: the instance admits one run of each pool at a time. The `ingest`
+# pool holds every run that writes the raw table's followers (the per-game and activity
+# tables): ingestion, which adds each batch to them, and their rebuilds, which must not
+# interleave with it. KPI refreshes read the activity tables and run beside them.
 INGEST_POOL = "ingest"
 REFRESH_POOL = "refresh"
 
@@ -158,7 +161,8 @@ def ingest_landed_objects(
             **counts,
             **_table_metadata(warehouse, RAW_TABLE),
             "delta_version": result.raw_version,
-            "event_dates": [day.isoformat() for day in result.event_dates],
+            EVENT_DATES: [day.isoformat() for day in result.event_dates],
+            REBUILD_DATES: [day.isoformat() for day in result.rebuild_dates],
             "rows_per_second": round(result.rows_in / result.seconds) if result.seconds else 0,
         },
     )
@@ -175,6 +179,16 @@ def ingest_landed_objects(
         metadata={"objects": result.objects, **_table_metadata(warehouse, LEDGER_TABLE)},
     )
     yield dg.MaterializeResult(asset_key=INTENT_TABLE, metadata=_table_metadata(warehouse, INTENT_TABLE))
+    # The batch's days of the per-game and activity tables are fresh now: the UI shows them
+    # materialized by this run, as a rebuild of those days would.
+    for table, days in result.added.items():
+        for day, rows in sorted(days.items()):
+            if DAILY.has_partition_key(day.isoformat()):
+                yield dg.AssetMaterialization(
+                    asset_key=table,
+                    partition=day.isoformat(),
+                    metadata={"rows_added": rows, **_table_metadata(warehouse, table)},
+                )
 
 
 ingest_job = dg.define_asset_job(

@@ -1,7 +1,7 @@
 """Putting tables right: rollback by Delta time travel, and GDPR erasure of a player.
 
-Both end by recording the raw table's changed days, as an ingestion does, so the days
-sensor rebuilds the per-game and KPI partitions of exactly those days.
+Both end by recording the raw table's changed days as days to rebuild, so the refresh
+sensor rebuilds the per-game, activity and KPI partitions of exactly those days.
 """
 
 import uuid
@@ -12,6 +12,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL, existing_tables
+from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.warehouse import (
@@ -25,6 +26,8 @@ from gaming_pipeline.lib.warehouse import (
 
 # The ledger keeps saying which objects were taken in, so a rollback does not make the
 # reconciler ingest the same bad objects again; the audit is never rolled back.
+# Every table holding a device id.
+PLAYER_TABLES = [*EVENT_TABLES, *erasure.DEVICE_COLUMNS]
 RESTORABLE = [table for table in all_tables() if table not in (LEDGER_TABLE, INTENT_TABLE, AUDIT_TABLE)]
 
 
@@ -108,8 +111,7 @@ def restore_tables(
             **report,
         }
         if table == RAW_TABLE:
-            # The days sensor reads these, as after an ingestion.
-            metadata["event_dates"] = metadata["days"]
+            metadata[REBUILD_DATES] = metadata["days"]
         yield dg.AssetMaterialization(asset_key=table, metadata=metadata)
 
 
@@ -147,8 +149,8 @@ def erase_player(
     pii_vault: PiiVaultResource,
     pyspark: LazyPySparkResource,
 ):
-    """Delete a player's rows from the raw and per-game tables, shred their PII key and
-    write the audit record; the KPI days they played on are then rebuilt without them.
+    """Delete a player's rows from the raw, per-game and player-activity tables, shred their
+    PII key and write the audit record; the days they played on are then rebuilt without them.
     Older table versions keep the rows until VACUUM's retention has passed."""
     if not config.device_id.strip() or not config.requested_by.strip():
         raise dg.Failure("an erasure needs `device_id` and `requested_by`")
@@ -159,7 +161,7 @@ def erase_player(
     marker = {"run_id": context.run.run_id, erasure.ERASURE_TAG: request_id}
     erased = [
         erasure.erase_rows(spark, path, table, config.device_id, marker)
-        for table, path in existing_tables(spark, warehouse, EVENT_TABLES, context.log)
+        for table, path in existing_tables(spark, warehouse, PLAYER_TABLES, context.log)
     ]
     shredded = vault.shred(player)
     erased_at = datetime.now(UTC)
@@ -184,7 +186,7 @@ def erase_player(
             "erasure_request": request_id,
             "player_id": player,
             "rows_deleted": sum(summary.values()),
-            "event_dates": [day.isoformat() for day in raw_days],
+            REBUILD_DATES: [day.isoformat() for day in raw_days],
         },
     )
     yield dg.AssetMaterialization(

@@ -1,0 +1,149 @@
+"""Keeps each day's KPI partitions in step with the raw table, and rebuilds days when rows
+already counted have changed.
+
+Each ingestion run adds its batch to the per-game and activity tables itself and records the
+days it added events to (`event_dates`); this sensor then asks for those days' KPIs, which
+read only the activity tables. A day's events also decide the retention of the cohorts 1
+and 7 days before it, and, by moving a player's first day, of any later cohort: those
+cohorts' retention refreshes too. When rows counted before
+changed (an object written again, a rollback, an erasure), the writer records the days to
+rebuild (`rebuild_dates`) and the sensor asks for a rebuild of everything derived from them.
+
+Why a sensor rather than an AutomationCondition: the raw table is one unpartitioned asset fed
+by object-driven runs, so Dagster cannot tell which days a run touched; the days are in the
+run's metadata, and only they are refreshed, however late they are.
+
+Consecutive days go in one run (a partition range, as a single-run backfill would), and a
+day already waiting in a run that will cover it is not asked for again: while runs are in
+flight, new batches coalesce into the next run.
+"""
+
+from datetime import date, timedelta
+
+import dagster as dg
+
+from gaming_pipeline.defs.games.assets import GAMES_GROUP
+from gaming_pipeline.defs.ingest.sensors import WAITING
+from gaming_pipeline.defs.kpis.activity import ACTIVITY_GROUP
+from gaming_pipeline.defs.kpis.assets import KPI_GROUP
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, RETENTION, RETURN_DAYS
+from gaming_pipeline.lib.warehouse import RAW_TABLE
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+refresh_days_job = dg.define_asset_job(
+    "refresh_days_job",
+    selection=dg.AssetSelection.groups(GAMES_GROUP, ACTIVITY_GROUP, KPI_GROUP),
+    partitions_def=DAILY,
+    description=(
+        "Rebuild the chosen days of the per-game, activity and KPI tables from the raw table "
+        "(all of them), or refresh their KPIs from the activity tables (the KPI assets alone)."
+    ),
+)
+KPI_KEYS = [dg.AssetKey(table) for table in KPI_TABLES]
+DERIVED_KEYS = [dg.AssetKey(t) for t in (*(game.table_name for game in GAMES), *ACTIVITY_TABLES, *KPI_TABLES)]
+
+
+def consecutive(days: set[date]) -> list[tuple[date, date]]:
+    """Days as runs of consecutive days, (first, last) each."""
+    runs: list[tuple[date, date]] = []
+    for day in sorted(days):
+        if runs and day - runs[-1][1] == timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def days_of(run: dg.DagsterRun) -> set[date]:
+    """The days a refresh run covers: its partition, or its range."""
+    if "dagster/partition" in run.tags:
+        return {date.fromisoformat(run.tags["dagster/partition"])}
+    if RANGE_START in run.tags:
+        first, last = date.fromisoformat(run.tags[RANGE_START]), date.fromisoformat(run.tags[RANGE_END])
+        return {first + timedelta(days=n) for n in range((last - first).days + 1)}
+    return set()
+
+
+def refresh_request(first: date, last: date, run_key: str, **kwargs) -> dg.RunRequest:
+    if first == last:
+        return dg.RunRequest(partition_key=first.isoformat(), run_key=run_key, **kwargs)
+    tags = {RANGE_START: first.isoformat(), RANGE_END: last.isoformat(), **kwargs.pop("tags", {})}
+    return dg.RunRequest(run_key=run_key, tags=tags, **kwargs)
+
+
+def cohorts_changed_by(days: set[date]) -> set[date]:
+    """The retention cohorts events on `days` can change: those 1 and 7 days before (the
+    events are their returns), and every later one up to today (a player's first day can
+    move to or from it)."""
+    if not days:
+        return set()
+    today = date.fromisoformat(DAILY.get_last_partition_key())
+    later = {min(days) + timedelta(days=n) for n in range(1, (today - min(days)).days + 1)}
+    return {day - timedelta(days=n) for day in days for n in RETURN_DAYS} | later
+
+
+def covers(run: dg.DagsterRun, keys: set[dg.AssetKey]) -> set[date]:
+    """The days a waiting refresh run will bring `keys` up to date on."""
+    return days_of(run) if run.asset_selection is None or keys <= run.asset_selection else set()
+
+
+@dg.sensor(
+    job=refresh_days_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After each ingestion, requests the KPIs of the days the new events belong to; after "
+        "a change to rows already counted, a rebuild of the changed days."
+    ),
+)
+def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(RAW_TABLE),
+            after_storage_id=int(context.cursor) if context.cursor else None,
+        ),
+        limit=200,
+        ascending=True,
+    ).records
+    if not records:
+        return dg.SensorResult(skip_reason="no new ingestion since the last tick")
+    asked: dict[str, set[date]] = {EVENT_DATES: set(), REBUILD_DATES: set()}
+    for record in records:
+        for key, days in asked.items():
+            found = record.asset_materialization.metadata.get(key)
+            days.update(date.fromisoformat(day) for day in (found.value if found else []))
+    outside = sorted(
+        day for day in set().union(*asked.values()) if not DAILY.has_partition_key(day.isoformat())
+    )
+    if outside:
+        context.log.warning(f"events on days outside the partitions ({DAILY.start:%Y-%m-%d} on): {outside}")
+    # A refresh still waiting to start reads the tables as they are then: asking again for
+    # what it covers would only repeat the same work.
+    waiting = context.instance.get_runs(dg.RunsFilter(job_name=refresh_days_job.name, statuses=WAITING))
+
+    def wanted(days: set[date], keys: set[dg.AssetKey], *served: set[date]) -> set[date]:
+        covered = set().union(*(covers(run, keys) for run in waiting), *served)
+        return {day for day in days if DAILY.has_partition_key(day.isoformat())} - covered
+
+    rebuild = wanted(asked[REBUILD_DATES], set(DERIVED_KEYS))
+    refresh = wanted(asked[EVENT_DATES], set(KPI_KEYS), rebuild)
+    changed = asked[REBUILD_DATES] | asked[EVENT_DATES]
+    cohorts = wanted(cohorts_changed_by(changed), {dg.AssetKey(RETENTION)}, changed)
+    last = records[-1].storage_id
+    requests = (
+        [refresh_request(first, end, f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
+        + [
+            refresh_request(first, end, f"{first}:{end}:{last}:kpis", asset_selection=KPI_KEYS)
+            for first, end in consecutive(refresh)
+        ]
+        + [
+            refresh_request(
+                first, end, f"{first}:{end}:{last}:{RETENTION}", asset_selection=[dg.AssetKey(RETENTION)]
+            )
+            for first, end in consecutive(cohorts)
+        ]
+    )
+    return dg.SensorResult(run_requests=requests, cursor=str(last))

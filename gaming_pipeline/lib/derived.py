@@ -1,0 +1,108 @@
+"""The tables kept from the raw table's rows: one per game, and the two activity tables the
+KPIs are read from (lib/kpis.py). They follow the raw table in two ways:
+
+- a batch of new events is added to them, in the ingestion run that wrote it to the raw
+  table: its rows appended to each game's table, its activity sums merged into the activity
+  tables. The cost follows the batch, not the day it lands in;
+- days are rebuilt from the raw table (a backfill, a repair): the per-game rows and the
+  activity rows of those days are replaced.
+
+A batch is added only once: only a batch of objects never written before is added (the
+ingestion's intents tell), and it is added before the ledger records it. Anything else (an
+object written again, a run killed midway and retried, a rollback, an erasure) rebuilds its
+days instead, which is exact whatever the tables held.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from gaming_pipeline.games import GAMES, Game
+from gaming_pipeline.lib import kpis
+from gaming_pipeline.lib.events import RAW_SCHEMA
+from gaming_pipeline.lib.maintenance import days_in
+from gaming_pipeline.lib.warehouse import ensure_table, merge_into, replace_rows, table_path
+
+GAME_BY_KEYWORD = {game.keyword: game for game in GAMES}
+# Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
+PARALLEL_WRITES = 4
+# Batches merge into today's activity rows all day: deletion vectors make a merge rewrite
+# only the rows it changes, and auto compaction folds the small files merges leave, in the
+# writing run itself, so no other writer of these tables ever conflicts with it.
+ACTIVITY_PROPERTIES = {"delta.enableDeletionVectors": "true", "delta.autoOptimize.autoCompact": "true"}
+
+
+def ensure_game_table(spark: SparkSession, warehouse: str, game: Game) -> str:
+    path = table_path(warehouse, game.table_name)
+    ensure_table(
+        spark,
+        path,
+        RAW_SCHEMA,
+        partition_by=("eventDate",),
+        comment=f"Every event of {game.app_name}, as in the raw table.",
+    )
+    return path
+
+
+def ensure_activity_table(spark: SparkSession, warehouse: str, table: str) -> str:
+    path = table_path(warehouse, table)
+    ensure_table(
+        spark,
+        path,
+        kpis.SCHEMAS[table],
+        partition_by=("eventDate",),
+        comment="Event sums the KPI tables are computed from.",
+        properties=ACTIVITY_PROPERTIES,
+    )
+    return path
+
+
+def add_batch(
+    spark: SparkSession, warehouse: str, rows: DataFrame, run_id: str
+) -> dict[str, dict[date, int]]:
+    """Add a batch of raw rows, from objects never written before, to the per-game and
+    activity tables. Returns, per table written, the rows added on each day."""
+    counted = rows.groupBy(F.col(kpis.GAME).alias("game"), "eventDate").count().collect()
+    added: dict[str, dict[date, int]] = defaultdict(dict)
+    for row in counted:
+        if row.game in GAME_BY_KEYWORD:
+            added[GAME_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
+    days = sorted({row.eventDate for row in counted})
+    if not days:
+        return {}
+    marker = {"run_id": run_id}
+    tag = json.dumps(marker, sort_keys=True)
+
+    def append(game: Game) -> None:
+        path = ensure_game_table(spark, warehouse, game)
+        # A blind append: it conflicts with no compaction, and one file per game and batch.
+        rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1).write.format("delta").mode("append").option(
+            "userMetadata", tag
+        ).save(path)
+
+    games = [game for game in GAMES if game.table_name in added]
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        list(pool.map(append, games))
+    for table, activity in ((kpis.GAME_HOURS, kpis.game_hours), (kpis.PLAYER_DAYS, kpis.player_days)):
+        path = ensure_activity_table(spark, warehouse, table)
+        merge_into(
+            activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
+        )
+        added[table] = {day: sum(r["count"] for r in counted if r.eventDate == day) for day in days}
+    return dict(added)
+
+
+def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: str, run_id: str) -> dict:
+    """Replace the activity tables' rows of `days` (a predicate) with sums of `raw`'s rows
+    of those days; returns each table's commit."""
+    commits = {}
+    for table, activity in ((kpis.GAME_HOURS, kpis.game_hours), (kpis.PLAYER_DAYS, kpis.player_days)):
+        path = ensure_activity_table(spark, warehouse, table)
+        commits[table] = replace_rows(activity(raw.where(days)), path, days, {"run_id": run_id})
+    return commits

@@ -1,0 +1,381 @@
+"""The KPI tables and the two activity tables they are computed from, as pure transforms.
+
+Raw events are summed once into two small activity tables, and every KPI is read from them:
+- `activity_game_hours`: per hour, game and platform, the events, purchases and bookings.
+  Sums add up, so a batch of new events is added to it as it is.
+- `activity_player_days`: per day, game and player, the events, purchases, bookings and the
+  player's sessions as (first, last) spans. A batch's spans merge into the day's (two
+  sessions closer than the session gap become one), so distinct players and sessions stay
+  exact without reading the day's events again.
+A rebuild computes both from the raw table with the same transforms, so the rows a run of
+batches leaves are the rows a rebuild writes.
+
+Every KPI has one row per game and one for all games together (`game_keyword` =
+`all_games`), so a dashboard can show a portfolio line beside each game's. Numbers are
+exact: distinct counts are exact, money is summed as decimal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import NamedTuple
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from gaming_pipeline.games import ALL_GAMES
+
+GAME_HOURS = "activity_game_hours"
+PLAYER_DAYS = "activity_player_days"
+ACTIVITY_TABLES = (GAME_HOURS, PLAYER_DAYS)
+
+EVENTS_PER_HOUR = "kpi_events_per_hour"
+BOOKINGS_PER_HOUR = "kpi_bookings_per_hour"
+DAILY_ACTIVE_USERS = "kpi_daily_active_users"
+DAILY_REVENUE = "kpi_daily_revenue"
+REVENUE_BY_PLATFORM = "kpi_revenue_by_platform"
+SESSIONS = "kpi_sessions"
+RETENTION = "kpi_retention"
+KPI_TABLES = (
+    EVENTS_PER_HOUR,
+    BOOKINGS_PER_HOUR,
+    DAILY_ACTIVE_USERS,
+    DAILY_REVENUE,
+    REVENUE_BY_PLATFORM,
+    SESSIONS,
+    RETENTION,
+)
+PURCHASE = "purchaseEvent"
+# An amount as a client sends it, to the cent; BOOKINGS holds any sum of them.
+MONEY = "decimal(18,2)"
+BOOKINGS = "decimal(28,2)"
+PER_USER = "decimal(18,4)"
+SECONDS = "decimal(24,6)"
+SHARE = "decimal(5,4)"
+# A pause longer than this ends a session: the common mobile-analytics convention.
+SESSION_GAP_MICROS = 30 * 60 * 1_000_000
+RETURN_DAYS = (1, 7)
+GAME = "eventParams.game_keyword"
+DEVICE = "eventParams.device_id"
+
+
+_DATE, _TIME, _TEXT, _COUNT = T.DateType(), T.TimestampType(), T.StringType(), T.LongType()
+_BOOKINGS = T.DecimalType(28, 2)
+_SPAN = T.StructType([T.StructField("first_at", _TIME), T.StructField("last_at", _TIME)])
+SPAN = _SPAN.simpleString()
+_HOUR = [("eventDate", _DATE), ("window_start", _TIME), ("window_end", _TIME), ("game_keyword", _TEXT)]
+_DAY = [("eventDate", _DATE), ("game_keyword", _TEXT)]
+
+
+def _columns(*columns: tuple[str, T.DataType]) -> T.StructType:
+    return T.StructType([T.StructField(name, data_type) for name, data_type in columns])
+
+
+# Each table's columns, declared once: the tables are created with these, and every
+# transform's rows are cast to them, so a table's schema never depends on a transform.
+SCHEMAS: dict[str, T.StructType] = {
+    GAME_HOURS: _columns(
+        *_HOUR, ("platform", _TEXT), ("events", _COUNT), ("purchases", _COUNT), ("bookings", _BOOKINGS)
+    ),
+    PLAYER_DAYS: _columns(
+        *_DAY,
+        ("device_id", _TEXT),
+        ("events", _COUNT),
+        ("purchases", _COUNT),
+        ("bookings", _BOOKINGS),
+        ("sessions", T.ArrayType(_SPAN)),
+    ),
+    EVENTS_PER_HOUR: _columns(*_HOUR, ("events", _COUNT)),
+    BOOKINGS_PER_HOUR: _columns(*_HOUR, ("bookings", _BOOKINGS), ("purchases", _COUNT)),
+    DAILY_ACTIVE_USERS: _columns(*_DAY, ("dau", _COUNT)),
+    DAILY_REVENUE: _columns(
+        *_DAY,
+        ("dau", _COUNT),
+        ("paying_users", _COUNT),
+        ("bookings", _BOOKINGS),
+        ("arpdau", T.DecimalType(18, 4)),
+    ),
+    REVENUE_BY_PLATFORM: _columns(
+        ("eventDate", _DATE),
+        ("platform", _TEXT),
+        ("game_keyword", _TEXT),
+        ("bookings", _BOOKINGS),
+        ("purchases", _COUNT),
+    ),
+    SESSIONS: _columns(
+        *_DAY,
+        ("sessions", _COUNT),
+        ("players", _COUNT),
+        ("session_seconds", T.DecimalType(24, 6)),
+        ("avg_session_seconds", T.DecimalType(18, 2)),
+    ),
+    RETENTION: _columns(
+        *_DAY,
+        ("new_players", _COUNT),
+        ("retained_d1", _COUNT),
+        ("retained_d7", _COUNT),
+        ("d1_retention", T.DecimalType(5, 4)),
+        ("d7_retention", T.DecimalType(5, 4)),
+    ),
+}
+# The activity tables' keys: a batch's row with the same key is added to the table's row.
+KEYS = {
+    GAME_HOURS: ("eventDate", "window_start", "game_keyword", "platform"),
+    PLAYER_DAYS: ("eventDate", "game_keyword", "device_id"),
+}
+
+
+def merged_sessions(existing: str, added: str) -> str:
+    """SQL for two lists of session spans of one player, game and day as one: sorted by
+    start, a span that starts within the session gap of the one before joins it. Spans are
+    whole sessions of their own events, so this gives the sessions of all the events."""
+    last = "element_at(merged, -1)"
+    return (
+        f"aggregate(array_sort(concat({existing}, {added})), CAST(array() AS array<{SPAN}>), "
+        f"(merged, span) -> CASE WHEN size(merged) > 0 AND "
+        f"unix_micros(span.first_at) - unix_micros({last}.last_at) <= {SESSION_GAP_MICROS} "
+        f"THEN concat(slice(merged, 1, size(merged) - 1), array(named_struct('first_at', {last}.first_at, "
+        f"'last_at', greatest({last}.last_at, span.last_at)))) "
+        "ELSE concat(merged, array(span)) END)"
+    )
+
+
+# How a batch's activity row is added to the table's row of the same key.
+ADDED = {
+    GAME_HOURS: {
+        "events": "t.events + s.events",
+        "purchases": "t.purchases + s.purchases",
+        "bookings": f"CAST(t.bookings + s.bookings AS {BOOKINGS})",
+    },
+    PLAYER_DAYS: {
+        "events": "t.events + s.events",
+        "purchases": "t.purchases + s.purchases",
+        "bookings": f"CAST(t.bookings + s.bookings AS {BOOKINGS})",
+        "sessions": merged_sessions("t.sessions", "s.sessions"),
+    },
+}
+
+
+def conformed(df: DataFrame, table: str) -> DataFrame:
+    """The rows with exactly the table's declared columns, in order and type."""
+    return df.select(*(F.col(field.name).cast(field.dataType) for field in SCHEMAS[table].fields))
+
+
+def _purchase_sums() -> tuple[Column, Column]:
+    purchase = F.col("eventName") == PURCHASE
+    bookings = F.coalesce(F.sum(F.when(purchase, F.col("eventParams.amount").cast(MONEY))), F.lit(0))
+    return F.count_if(purchase).alias("purchases"), bookings.cast(BOOKINGS).alias("bookings")
+
+
+def game_hours(events: DataFrame) -> DataFrame:
+    """Raw events summed per hour (the seed's `window("eventTime", "60 minute")`, flattened to
+    columns SQL users can use), game and platform."""
+    window = F.window("eventTime", "60 minutes")
+    return conformed(
+        events.groupBy(
+            "eventDate",
+            window.start.alias("window_start"),
+            window.end.alias("window_end"),
+            F.col(GAME).alias("game_keyword"),
+            F.col("eventParams.platform").alias("platform"),
+        ).agg(F.count(F.lit(1)).alias("events"), *_purchase_sums()),
+        GAME_HOURS,
+    )
+
+
+def player_days(events: DataFrame) -> DataFrame:
+    """Raw events summed per day, game and player, with the player's sessions: events with
+    no pause over 30 minutes make one session, cut at midnight UTC."""
+    in_order = Window.partitionBy("eventDate", "game_keyword", "device_id").orderBy("at")
+    starts = F.coalesce(F.col("at") - F.lag("at").over(in_order) > SESSION_GAP_MICROS, F.lit(True))
+    sessions = (
+        events.select(
+            "eventDate",
+            "eventName",
+            "eventTime",
+            "eventParams",
+            F.col(GAME).alias("game_keyword"),
+            F.col(DEVICE).alias("device_id"),
+            F.unix_micros("eventTime").alias("at"),
+        )
+        .withColumn(
+            "session", F.sum(starts.cast("int")).over(in_order.rowsBetween(Window.unboundedPreceding, 0))
+        )
+        .groupBy("eventDate", "game_keyword", "device_id", "session")
+        .agg(
+            F.count(F.lit(1)).alias("events"),
+            *_purchase_sums(),
+            F.struct(F.min("eventTime").alias("first_at"), F.max("eventTime").alias("last_at")).alias("span"),
+        )
+    )
+    return conformed(
+        sessions.groupBy("eventDate", "game_keyword", "device_id").agg(
+            F.sum("events").alias("events"),
+            F.sum("purchases").alias("purchases"),
+            F.sum("bookings").alias("bookings"),
+            F.array_sort(F.collect_list("span")).alias("sessions"),
+        ),
+        PLAYER_DAYS,
+    )
+
+
+def for_each_game_and_all(
+    rows: DataFrame, keys: list[Column | str], aggregate: Callable[[DataFrame, list[Column | str]], DataFrame]
+) -> DataFrame:
+    """`aggregate` grouped by `keys` per game, plus the same over all games together."""
+    per_game = aggregate(rows, [*keys, F.col("game_keyword")])
+    all_games = aggregate(rows, [*keys, F.lit(ALL_GAMES).alias("game_keyword")])
+    return per_game.unionByName(all_games)
+
+
+HOUR = ["eventDate", "window_start", "window_end"]
+
+
+def _summed(*columns: str) -> Callable[[DataFrame, list[Column]], DataFrame]:
+    return lambda df, keys: df.groupBy(*keys).agg(*(F.sum(column).alias(column) for column in columns))
+
+
+def events_per_hour(hours: DataFrame) -> DataFrame:
+    return conformed(for_each_game_and_all(hours, HOUR, _summed("events")), EVENTS_PER_HOUR)
+
+
+def bookings_per_hour(hours: DataFrame) -> DataFrame:
+    """Purchase amounts summed per hour; an hour with events but no purchase books 0, so a
+    drop to nothing is visible instead of a missing row."""
+    return conformed(for_each_game_and_all(hours, HOUR, _summed("bookings", "purchases")), BOOKINGS_PER_HOUR)
+
+
+def revenue_by_platform(hours: DataFrame) -> DataFrame:
+    """Per day and platform (ios, android): bookings and purchases."""
+    return conformed(
+        for_each_game_and_all(
+            hours, [F.col("eventDate"), F.col("platform")], _summed("bookings", "purchases")
+        ),
+        REVENUE_BY_PLATFORM,
+    )
+
+
+def daily_active_users(players: DataFrame) -> DataFrame:
+    return conformed(
+        for_each_game_and_all(
+            players,
+            [F.col("eventDate")],
+            lambda df, keys: df.groupBy(*keys).agg(F.count_distinct("device_id").alias("dau")),
+        ),
+        DAILY_ACTIVE_USERS,
+    )
+
+
+def daily_revenue(players: DataFrame) -> DataFrame:
+    """Per day: active users, paying users (distinct devices with a purchase), bookings and
+    ARPDAU (bookings per daily active user, to 4 decimals)."""
+
+    def aggregate(df: DataFrame, keys: list[Column]) -> DataFrame:
+        return (
+            df.groupBy(*keys)
+            .agg(
+                F.count_distinct("device_id").alias("dau"),
+                F.count_distinct(F.when(F.col("purchases") > 0, F.col("device_id"))).alias("paying_users"),
+                F.sum("bookings").alias("bookings"),
+            )
+            .withColumn("arpdau", (F.col("bookings") / F.col("dau")).cast(PER_USER))
+        )
+
+    return conformed(for_each_game_and_all(players, [F.col("eventDate")], aggregate), DAILY_REVENUE)
+
+
+def sessions(players: DataFrame) -> DataFrame:
+    """Sessions per day: `sessions`, `players` (devices with a session), `session_seconds`
+    (first to last event of each session, summed, exact to the microsecond) and
+    `avg_session_seconds`. Sessions are cut at midnight UTC, so each day stands alone."""
+    micros = F.aggregate(
+        "sessions",
+        F.lit(0).cast("bigint"),
+        lambda total, span: total + F.unix_micros(span["last_at"]) - F.unix_micros(span["first_at"]),
+    )
+
+    def aggregate(df: DataFrame, keys: list[Column]) -> DataFrame:
+        return (
+            df.groupBy(*keys)
+            .agg(
+                F.sum(F.size("sessions")).alias("sessions"),
+                F.count_distinct("device_id").alias("players"),
+                (F.sum(micros).cast(SECONDS) / 1_000_000).cast(SECONDS).alias("session_seconds"),
+            )
+            .withColumn("avg_session_seconds", (F.col("session_seconds") / F.col("sessions")).cast(MONEY))
+        )
+
+    return conformed(for_each_game_and_all(players, [F.col("eventDate")], aggregate), SESSIONS)
+
+
+def retention_source(first_cohort: date, end_cohort: date) -> str:
+    """The days retention of cohorts [first_cohort, end_cohort) needs: every day before
+    them (to tell new players) and the return days after them."""
+    return f"eventDate < DATE'{end_cohort + timedelta(days=max(RETURN_DAYS)):%Y-%m-%d}'"
+
+
+def retention(players: DataFrame, first_cohort: date, end_cohort: date) -> DataFrame:
+    """Day-1 and day-7 retention of new players. A day's cohort (`eventDate`) is the devices
+    first seen in a game that day (`new_players`; for all games, first seen in any game);
+    `retained_d1` / `retained_d7` count those that play again exactly 1 / 7 days later, and
+    `d1_retention` / `d7_retention` are the shares. A return day with no events at all yet
+    shows null, not 0. `players` must hold every day `retention_source` names."""
+    played = players.select("eventDate", "game_keyword", F.col("device_id").alias("device"))
+    played = played.unionByName(played.withColumn("game_keyword", F.lit(ALL_GAMES)).distinct())
+    cohorts = (
+        played.groupBy("game_keyword", "device")
+        .agg(F.min("eventDate").alias("eventDate"))
+        .where(F.col("eventDate").between(F.lit(first_cohort), F.lit(end_cohort - timedelta(days=1))))
+    )
+    returns = played.select("game_keyword", "device", F.col("eventDate").alias("back_on"))
+    came_back = {n: F.max(F.col("back_on") == F.date_add("eventDate", n)) for n in RETURN_DAYS}
+    per_device = (
+        cohorts.join(returns, ["game_keyword", "device"])
+        .groupBy("eventDate", "game_keyword", "device")
+        .agg(*(came_back[n].alias(f"d{n}") for n in RETURN_DAYS))
+    )
+    days_with_events = {
+        n: players.select(F.date_sub("eventDate", n).alias("eventDate")).distinct() for n in RETURN_DAYS
+    }
+    result = per_device.groupBy("eventDate", "game_keyword").agg(
+        F.count(F.lit(1)).alias("new_players"),
+        *(F.count_if(f"d{n}").alias(f"retained_d{n}") for n in RETURN_DAYS),
+    )
+    for n in RETURN_DAYS:
+        measured = days_with_events[n].withColumn(f"has_d{n}", F.lit(True))
+        retained = F.when(F.col(f"has_d{n}"), F.col(f"retained_d{n}"))
+        result = (
+            result.join(measured, "eventDate", "left")
+            .withColumn(f"retained_d{n}", retained)
+            .withColumn(f"d{n}_retention", (F.col(f"retained_d{n}") / F.col("new_players")).cast(SHARE))
+            .drop(f"has_d{n}")
+        )
+    return conformed(result, RETENTION)
+
+
+class Activity(NamedTuple):
+    """The two activity tables, as a KPI transform reads them."""
+
+    hours: DataFrame
+    players: DataFrame
+
+
+# Each KPI from the activity tables, for cohort or event days [first, end).
+Transform = Callable[[Activity, date, date], DataFrame]
+
+
+def _days(rows: DataFrame, first: date, end: date) -> DataFrame:
+    return rows.where(F.col("eventDate").between(F.lit(first), F.lit(end - timedelta(days=1))))
+
+
+TRANSFORMS: dict[str, Transform] = {
+    EVENTS_PER_HOUR: lambda a, first, end: events_per_hour(_days(a.hours, first, end)),
+    BOOKINGS_PER_HOUR: lambda a, first, end: bookings_per_hour(_days(a.hours, first, end)),
+    REVENUE_BY_PLATFORM: lambda a, first, end: revenue_by_platform(_days(a.hours, first, end)),
+    DAILY_ACTIVE_USERS: lambda a, first, end: daily_active_users(_days(a.players, first, end)),
+    DAILY_REVENUE: lambda a, first, end: daily_revenue(_days(a.players, first, end)),
+    SESSIONS: lambda a, first, end: sessions(_days(a.players, first, end)),
+    RETENTION: lambda a, first, end: retention(a.players.where(retention_source(first, end)), first, end),
+}
