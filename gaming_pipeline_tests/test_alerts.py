@@ -14,11 +14,12 @@ import pytest
 
 from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.alerts.sensors import alerts_sensor
-from gaming_pipeline.defs.kpis.assets import kpi_bookings_per_hour
+from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
+from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR
 from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
 GAME = GAMES[0]
@@ -26,6 +27,9 @@ FIRST_DAY = datetime(2026, 11, 12, tzinfo=UTC)
 DROP_DAY = FIRST_DAY + timedelta(days=8)
 DROP_HOUR = DROP_DAY.replace(hour=14)
 PURCHASES_PER_HOUR = 6
+
+
+BOOKINGS = dg.AssetKey(BOOKINGS_PER_HOUR)
 
 
 class Receiver:
@@ -110,7 +114,7 @@ def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, lan
             land(landing.bucket, FIRST_DAY + timedelta(days=n), purchases(FIRST_DAY + timedelta(days=n)))
         ingest_everything(landing, warehouse, instance)
         week = (FIRST_DAY.date().isoformat(), (DROP_DAY - timedelta(days=1)).date().isoformat())
-        refresh(landing, warehouse, instance, *week, [kpi_bookings_per_hour])
+        refresh(landing, warehouse, instance, *week, [kpi_tables], [BOOKINGS])
         sensor.tick()
         assert receiver.received == [], "a steady week is quiet"
 
@@ -118,7 +122,8 @@ def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, lan
         ingest_everything(landing, warehouse, instance)
         day = DROP_DAY.date().isoformat()
         result = dg.materialize(
-            [kpi_bookings_per_hour],
+            [kpi_tables],
+            selection=[BOOKINGS],
             resources=resources(landing, warehouse),
             instance=instance,
             partition_key=day,
@@ -141,7 +146,8 @@ def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, lan
 
         # The same drop seen again by a second refresh of its day is the same incident.
         dg.materialize(
-            [kpi_bookings_per_hour],
+            [kpi_tables],
+            selection=[BOOKINGS],
             resources=resources(landing, warehouse),
             instance=instance,
             partition_key=day,

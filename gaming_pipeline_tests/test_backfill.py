@@ -20,9 +20,9 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 
 from gaming_pipeline.definitions import defs
-from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
 from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
+from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
 from gaming_pipeline.lib import generator
 from gaming_pipeline.lib.aws import free_port
 from gaming_pipeline.lib.processes import (
@@ -34,8 +34,8 @@ from gaming_pipeline.lib.processes import (
 )
 from gaming_pipeline.lib.warehouse import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history
+from gaming_pipeline_tests.kpi_helpers import actual_kpis, expected_kpis, fingerprints
 from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows
-from gaming_pipeline_tests.test_games_and_kpis import actual_kpis, expected_kpis, fingerprints
 
 BACKFILL_UNFINISHED = {BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING}
 LOGS = ("daemon.log", "webserver.log")

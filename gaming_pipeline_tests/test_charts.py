@@ -11,7 +11,7 @@ from decimal import Decimal
 import numpy
 from PIL import Image
 
-from gaming_pipeline.lib import charts, daily
+from gaming_pipeline.lib import charts, kpis
 
 LAST_DAY = date(2026, 11, 20)
 HOURLY_SCHEMA = "eventDate date, window_start timestamp, window_end timestamp, game_keyword string"
@@ -54,7 +54,7 @@ def test_hourly_points_are_the_all_games_rows_of_the_days_shown_in_utc(spark):
             (LAST_DAY + timedelta(days=1), 0, "all_games", 99),
         ],
     )
-    spec = charts.CHARTS[daily.EVENTS_PER_HOUR]
+    spec = charts.CHARTS[kpis.EVENTS_PER_HOUR]
     assert charts.chart_points(spec, table, yesterday, LAST_DAY) == [
         (hour(yesterday, 23), 20.0),
         (hour(LAST_DAY, 9), 30.0),
@@ -66,7 +66,7 @@ def test_daily_points_start_at_midnight_utc(spark):
         [(LAST_DAY, "all_games", 12), (LAST_DAY, "ninja_run", 5)],
         "eventDate date, game_keyword string, dau long",
     )
-    spec = charts.CHARTS[daily.DAILY_ACTIVE_USERS]
+    spec = charts.CHARTS[kpis.DAILY_ACTIVE_USERS]
     assert charts.chart_points(spec, table, LAST_DAY - timedelta(days=29), LAST_DAY) == [
         (hour(LAST_DAY, 0), 12.0)
     ]
@@ -75,15 +75,15 @@ def test_daily_points_start_at_midnight_utc(spark):
 def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
     hours = [(day, at) for day in (LAST_DAY - timedelta(days=1), LAST_DAY) for at in range(24)]
     tables = {
-        daily.EVENTS_PER_HOUR: hourly_table(
+        kpis.EVENTS_PER_HOUR: hourly_table(
             spark, "events long", [(day, at, "all_games", 100 + 10 * at) for day, at in hours]
         ),
-        daily.BOOKINGS_PER_HOUR: hourly_table(
+        kpis.BOOKINGS_PER_HOUR: hourly_table(
             spark,
             "bookings decimal(18,2), purchases long",
             [(day, at, "all_games", Decimal("4.99") * at, at) for day, at in hours],
         ),
-        daily.DAILY_ACTIVE_USERS: spark.createDataFrame(
+        kpis.DAILY_ACTIVE_USERS: spark.createDataFrame(
             [(LAST_DAY - timedelta(days=n), "all_games", 1000 + 7 * n) for n in range(30)],
             "eventDate date, game_keyword string, dau long",
         ),
@@ -99,7 +99,7 @@ def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
 
 
 def test_a_chart_without_rows_draws_no_series():
-    spec = charts.CHARTS[daily.BOOKINGS_PER_HOUR]
+    spec = charts.CHARTS[kpis.BOOKINGS_PER_HOUR]
     png = charts.render_chart(spec, [], LAST_DAY - timedelta(days=1), LAST_DAY)
     assert colored_pixels(Image.open(io.BytesIO(png))) == 0
 
@@ -108,7 +108,7 @@ def test_tables_without_a_chart_get_none(spark):
     table = spark.createDataFrame(
         [(LAST_DAY, "all_games", 3)], "eventDate date, game_keyword string, dau long"
     )
-    assert charts.kpi_chart(daily.DAILY_REVENUE, table, LAST_DAY) is None
+    assert charts.kpi_chart(kpis.DAILY_REVENUE, table, LAST_DAY) is None
 
 
 def test_latest_day_is_the_last_all_games_day(spark):

@@ -6,13 +6,18 @@ from decimal import Decimal
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from gaming_pipeline.lib import checks
+from gaming_pipeline.lib import checks, kpis
 from gaming_pipeline.lib.events import EVENT_PARAMS
 
 DAY = date(2026, 11, 23)
 EVENTS_SCHEMA = (
     f"eventName string, eventTime timestamp, eventDate date, eventParams {EVENT_PARAMS.simpleString()}"
 )
+
+
+def activity(spark, *rows):
+    """The players' activity of raw events (eventName, game, amount), one device at 08:00."""
+    return kpis.player_days(raw(spark, *rows))
 
 
 def raw(spark, *rows):
@@ -52,7 +57,7 @@ def test_null_keys_are_counted_per_group_in_one_pass(spark):
 
 
 def test_hourly_counts_that_do_not_add_up_fail(spark):
-    events = raw(spark, ("gameStart", "g", None), ("levelUp", "g", None))
+    events = activity(spark, ("gameStart", "g", None), ("levelUp", "g", None))
     kpi = spark.createDataFrame(
         [(DAY, "g", 2), (DAY, "all_games", 1)], "eventDate date, game_keyword string, events long"
     )
@@ -61,7 +66,7 @@ def test_hourly_counts_that_do_not_add_up_fail(spark):
 
 
 def test_bookings_that_do_not_add_up_fail(spark):
-    events = raw(spark, ("purchaseEvent", "g", 4.99), ("purchaseEvent", "g", 0.99))
+    events = activity(spark, ("purchaseEvent", "g", 4.99), ("purchaseEvent", "g", 0.99))
     good = spark.createDataFrame(
         [(DAY, "g", Decimal("5.98")), (DAY, "all_games", Decimal("5.98"))],
         "eventDate date, game_keyword string, bookings decimal(18,2)",

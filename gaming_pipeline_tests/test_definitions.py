@@ -20,6 +20,7 @@ def test_graph_is_pinned():
         "kpi_sessions",
         "kpi_retention",
     }
+    activity = {"activity_game_hours", "activity_player_days"}
     assert len(game_tables) == 30
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
         "mobile_events_delta_raw",
@@ -27,6 +28,7 @@ def test_graph_is_pinned():
         "ingest_ledger",
         "ingest_intents",
         *game_tables,
+        *activity,
         *kpis,
         "kpi_dashboard",
         "gdpr_erasure_audit",
@@ -70,11 +72,14 @@ def test_graph_is_pinned():
     ):
         for node in repo.get_job(job).nodes:
             assert node.name in maintenance_ops and node.definition.pool == "maintenance", (job, node.name)
-    for name in game_tables | kpis:
+    for name in game_tables | activity | kpis:
         node = repo.asset_graph.get(dg.AssetKey(name))
         assert node.partitions_def == DAILY, name
         assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
-        assert dg.AssetKey("mobile_events_delta_raw") in node.parent_keys, name
+        # The per-game and activity tables follow the raw table; the KPIs, the activity.
+        source = activity if name in kpis else {"mobile_events_delta_raw"}
+        assert {key.to_user_string() for key in node.parent_keys} <= source, name
+        assert node.parent_keys, name
         assert node.freshness_policy == DERIVED_FRESHNESS, name
     assert repo.assets_defs_by_key[dg.AssetKey("game_galaxy_miners_events")].can_subset
     expected_checks = {
@@ -83,32 +88,46 @@ def test_graph_is_pinned():
         for name in ("schema_matches_raw", "no_null_keys", "rows_match_raw")
     } | {
         ("kpi_events_per_hour", "no_null_keys"),
-        ("kpi_events_per_hour", "hours_add_up_to_raw"),
+        ("kpi_events_per_hour", "hours_add_up_to_activity"),
         ("kpi_events_per_hour", "volume_holds_up"),
         ("kpi_bookings_per_hour", "no_null_keys"),
-        ("kpi_bookings_per_hour", "bookings_add_up_to_raw"),
+        ("kpi_bookings_per_hour", "bookings_add_up_to_activity"),
         ("kpi_bookings_per_hour", "bookings_hold_up"),
         ("kpi_daily_active_users", "no_null_keys"),
         ("kpi_daily_active_users", "all_games_within_bounds"),
         ("kpi_daily_revenue", "no_null_keys"),
-        ("kpi_daily_revenue", "bookings_add_up_to_raw"),
+        ("kpi_daily_revenue", "bookings_add_up_to_activity"),
         ("kpi_revenue_by_platform", "no_null_keys"),
-        ("kpi_revenue_by_platform", "bookings_add_up_to_raw"),
+        ("kpi_revenue_by_platform", "bookings_add_up_to_activity"),
         ("kpi_sessions", "no_null_keys"),
-        ("kpi_sessions", "players_match_raw"),
+        ("kpi_sessions", "players_match_activity"),
         ("kpi_retention", "no_null_keys"),
-        ("kpi_retention", "cohorts_within_raw"),
+        ("kpi_retention", "cohorts_within_activity"),
+        ("activity_game_hours", "events_match_raw"),
+        ("activity_player_days", "events_match_raw"),
     }
     assert {
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys
     } == expected_checks
-    ingest = repo.assets_defs_by_key[dg.AssetKey("mobile_events_delta_raw")]
-    assert ingest.op.pool == "ingest"
-    refresh_pools = {
-        repo.assets_defs_by_key[dg.AssetKey(key)].op.pool
-        for key in ("game_galaxy_miners_events", "kpi_events_per_hour", "kpi_dashboard")
+    # The raw table's followers are written by one run at a time, ingestion or rebuild;
+    # KPIs, read from the activity tables, refresh beside them.
+    pools = {
+        key: repo.assets_defs_by_key[dg.AssetKey(key)].op.pool
+        for key in (
+            "mobile_events_delta_raw",
+            "game_galaxy_miners_events",
+            "activity_player_days",
+            "kpi_events_per_hour",
+            "kpi_dashboard",
+        )
     }
-    assert refresh_pools == {"refresh"}
+    assert pools == {
+        "mobile_events_delta_raw": "ingest",
+        "game_galaxy_miners_events": "ingest",
+        "activity_player_days": "ingest",
+        "kpi_events_per_hour": "refresh",
+        "kpi_dashboard": "refresh",
+    }
     assert set(repo.get_top_level_resources()) == {
         "landing",
         "warehouse",

@@ -15,13 +15,15 @@ from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.games.assets import game_tables
-from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor
-from gaming_pipeline.defs.kpis.assets import kpi_daily_active_users
+from gaming_pipeline.defs.kpis.activity import activity_tables
+from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.maintenance.recovery import erase_player_job, rollback_job
+from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import maintenance
 from gaming_pipeline.lib.ingest import ingest_objects
+from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased, new_master_key
 from gaming_pipeline.lib.warehouse import AUDIT_TABLE, RAW_TABLE, latest_version, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
@@ -83,8 +85,12 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
 
         def build_derived() -> None:
             assert dg.materialize(
-                [game_tables, kpi_daily_active_users],
-                selection=[dg.AssetKey(GAME.table_name), kpi_daily_active_users.key],
+                [game_tables, activity_tables, kpi_tables],
+                selection=[
+                    dg.AssetKey(GAME.table_name),
+                    *activity_tables.keys,
+                    dg.AssetKey(DAILY_ACTIVE_USERS),
+                ],
                 resources=resources,
                 instance=instance,
                 tags=derived_range,
@@ -112,6 +118,9 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             assert device_rows(spark, path, OTHER) == 10
         assert independent_device_rows(raw, PLAYER) == (0, raw_rows - 20)
         assert independent_device_rows(game_path, PLAYER)[0] == 0
+        players = spark.read.format("delta").load(table_path(warehouse, PLAYER_DAYS))
+        assert players.where(F.col("device_id") == PLAYER).count() == 0
+        assert players.where(F.col("device_id") == OTHER).count() == 2
         # Older versions still hold the rows until VACUUM's retention has passed.
         assert device_rows(spark, raw, PLAYER, version_before) == 20
 
@@ -122,9 +131,11 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
         assert audit.player_id == vault.player_id(PLAYER)
         assert audit.requested_by == "dpo@studio.example"
+        # Ten events a day on two days: one activity row a day.
         assert {entry.table: entry.rows_deleted for entry in audit.tables} == {
             RAW_TABLE: 20,
             GAME.table_name: 20,
+            PLAYER_DAYS: 2,
         }
         assert sorted(next(e.days for e in audit.tables if e.table == RAW_TABLE)) == CLOSED
         assert audit.pii_key_shredded and audit.pii_records_deleted == 1

@@ -1,4 +1,5 @@
-"""The per-game and KPI transforms on tiny DataFrames."""
+"""The activity and KPI transforms on tiny DataFrames: raw events summed into the activity
+tables, and the KPIs read from those."""
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -8,7 +9,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from gaming_pipeline.lib import daily
+from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.events import EVENT_PARAMS
 
 
@@ -47,13 +48,13 @@ def test_events_per_hour_per_game_and_all_games(spark):
         Row(eventDate=DAY, window_start=H8, window_end=H9, game_keyword="all_games", events=3),
         Row(eventDate=DAY, window_start=H9, window_end=H10, game_keyword="all_games", events=2),
     ]
-    assertDataFrameEqual(daily.events_per_hour(events(spark, *SAMPLE)), expected)
+    assertDataFrameEqual(kpis.events_per_hour(kpis.game_hours(events(spark, *SAMPLE))), expected)
 
 
 def test_bookings_are_exact_cents_and_an_hour_without_purchases_books_zero(spark):
     result = {
         (row.game_keyword, row.window_start.hour): (row.bookings, row.purchases)
-        for row in daily.bookings_per_hour(events(spark, *SAMPLE)).collect()
+        for row in kpis.bookings_per_hour(kpis.game_hours(events(spark, *SAMPLE))).collect()
     }
     assert result == {
         ("galaxy_miners", 8): (Decimal("5.98"), 2),
@@ -70,11 +71,14 @@ def test_a_player_of_two_games_counts_once_for_all_games(spark):
         Row(eventDate=DAY, game_keyword="ninja_run", dau=1),
         Row(eventDate=DAY, game_keyword="all_games", dau=2),
     ]
-    assertDataFrameEqual(daily.daily_active_users(events(spark, *SAMPLE)), expected)
+    assertDataFrameEqual(kpis.daily_active_users(kpis.player_days(events(spark, *SAMPLE))), expected)
 
 
 def test_daily_revenue_counts_payers_and_divides_bookings_by_dau(spark):
-    result = {row.game_keyword: row for row in daily.daily_revenue(events(spark, *SAMPLE)).collect()}
+    result = {
+        row.game_keyword: row
+        for row in kpis.daily_revenue(kpis.player_days(events(spark, *SAMPLE))).collect()
+    }
     galaxy, ninja, everyone = result["galaxy_miners"], result["ninja_run"], result["all_games"]
     assert (galaxy.dau, galaxy.paying_users, galaxy.bookings, galaxy.arpdau) == (
         2,
@@ -106,7 +110,7 @@ def test_revenue_by_platform(spark):
     )
     result = {
         (row.game_keyword, row.platform): (row.bookings, row.purchases)
-        for row in daily.revenue_by_platform(df).collect()
+        for row in kpis.revenue_by_platform(kpis.game_hours(df)).collect()
     }
     assert result == {
         ("galaxy_miners", "ios"): (Decimal("5.98"), 2),
@@ -134,7 +138,7 @@ def test_sessions_end_after_a_30_minute_pause_and_at_midnight(spark):
             row.session_seconds,
             row.avg_session_seconds,
         )
-        for row in daily.sessions(day.unionByName(after_midnight)).collect()
+        for row in kpis.sessions(kpis.player_days(day.unionByName(after_midnight))).collect()
     }
     tomorrow = DAY + timedelta(days=1)
     assert result == {
@@ -179,7 +183,7 @@ def test_retention_counts_new_players_back_after_one_and_seven_days(spark):
             )
             for row in rows
         }
-        for rows in [daily.retention(history, DAY, DAY + timedelta(days=2)).collect()]
+        for rows in [kpis.retention(kpis.player_days(history), DAY, DAY + timedelta(days=2)).collect()]
         for row in rows
     }
     assert result[0] == {
@@ -189,7 +193,7 @@ def test_retention_counts_new_players_back_after_one_and_seven_days(spark):
     }
     # Day 8 has no events yet, so day 1's day-7 retention is not known.
     assert set(result) == {0}, "day 1 has no new player"
-    late = daily.retention(history, DAY - timedelta(days=1), DAY).collect()
+    late = kpis.retention(kpis.player_days(history), DAY - timedelta(days=1), DAY).collect()
     assert {(row.game_keyword, row.retained_d1, row.retained_d7) for row in late} == {
         ("ninja_run", 1, None),
         ("all_games", 1, None),
@@ -197,4 +201,4 @@ def test_retention_counts_new_players_back_after_one_and_seven_days(spark):
 
 
 def test_retention_reads_every_day_before_its_cohorts_and_seven_after():
-    assert daily.retention_source(DAY, DAY + timedelta(days=1)) == "eventDate < DATE'2026-12-01'"
+    assert kpis.retention_source(DAY, DAY + timedelta(days=1)) == "eventDate < DATE'2026-12-01'"

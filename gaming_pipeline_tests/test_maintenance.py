@@ -15,14 +15,25 @@ from dagster_pyspark import LazyPySparkResource
 from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
 
-from gaming_pipeline.defs.games.sensors import RANGE_END, RANGE_START, raw_days_sensor
-from gaming_pipeline.defs.kpis.assets import kpi_events_per_hour
+from gaming_pipeline.defs.kpis.activity import activity_tables
+from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.maintenance.compaction import DAILY_PASS, daily_compaction_job, vacuum_job
 from gaming_pipeline.defs.maintenance.recovery import rollback_job
+from gaming_pipeline.defs.partitions import REBUILD_DATES
+from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
 from gaming_pipeline.defs.resources import WarehouseResource
-from gaming_pipeline.lib import maintenance
+from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib import checks, kpis, maintenance
+from gaming_pipeline.lib.erasure import erase_rows
 from gaming_pipeline.lib.ingest import ingest_objects
-from gaming_pipeline.lib.warehouse import QUARANTINE_TABLE, RAW_TABLE, latest_version, table_path
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, EVENTS_PER_HOUR, PLAYER_DAYS
+from gaming_pipeline.lib.warehouse import (
+    QUARANTINE_TABLE,
+    RAW_TABLE,
+    is_delta_table,
+    latest_version,
+    table_path,
+)
 from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land
 
 
@@ -99,19 +110,28 @@ def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_r
         assert content(spark, raw)[0] == before[0] + 60
 
 
-def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapshots(
+def test_optimize_erasure_and_ingestion_at_once_all_commit_and_readers_see_whole_snapshots(
     spark, landing, warehouse
 ):
+    """The daily pass compacts the raw and per-game tables and an erasure deletes a player
+    from them and from the activity while ingestion adds late batches to all of them: every
+    side commits, and the per-game and activity tables still hold exactly the raw rows."""
     raw = table_path(warehouse, RAW_TABLE)
     for n in range(4):
         ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", CLOSED, f"run-{n}", n)
+    erased = spark.read.format("delta").load(raw).select(kpis.DEVICE).first()[0]
+    erased_rows = spark.read.format("delta").load(raw).where(F.col(kpis.DEVICE) == erased).count()
     rows_before = content(spark, raw)[0]
-    # Each late object adds to the day being compacted, so both sides touch its files.
-    totals = [rows_before + 60 * k for k in range(4)]
+    # Each late object adds to the day being compacted, so both sides touch its files. A
+    # reader sees a whole number of ingestions, before or after the erasure.
+    totals = {rows_before + 60 * k - gone for k in range(4) for gone in (0, erased_rows)}
+    games = [
+        game.table_name for game in GAMES if is_delta_table(spark, table_path(warehouse, game.table_name))
+    ]
     errors: list[BaseException] = []
     seen: set[int] = set()
     done = threading.Event()
-    start = threading.Barrier(3)
+    start = threading.Barrier(4)
 
     def guarded(work):
         def run():
@@ -124,7 +144,12 @@ def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapsh
         return threading.Thread(target=run)
 
     def compaction():
-        maintenance.compact(spark, raw, maintenance.days_in(CLOSED))
+        for table in (RAW_TABLE, *games):
+            maintenance.compact(spark, table_path(warehouse, table), maintenance.days_in(CLOSED))
+
+    def erasure():
+        for table in (RAW_TABLE, *games, PLAYER_DAYS):
+            erase_rows(spark, table_path(warehouse, table), table, erased, {"run_id": "erasure"})
 
     def ingestion():
         try:
@@ -137,17 +162,41 @@ def test_optimize_and_ingestion_at_once_both_commit_and_readers_see_whole_snapsh
         while not done.is_set():
             seen.add(spark.read.format("delta").load(raw).count())
 
-    threads = [guarded(compaction), guarded(ingestion), guarded(reading)]
+    threads = [guarded(compaction), guarded(erasure), guarded(ingestion), guarded(reading)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
     assert errors == []
-    assert content(spark, raw)[0] == totals[-1]
+    assert content(spark, raw)[0] == rows_before + 180 - erased_rows
     # Every count a reader saw is a whole number of ingestions: never a half-compacted table.
-    assert seen <= set(totals), (seen, totals)
-    operations = [commit["operation"] for commit in maintenance.history(spark, raw)]
-    assert "OPTIMIZE" in operations
+    assert seen <= totals, (seen, totals)
+    for table in (RAW_TABLE, *games):
+        assert "OPTIMIZE" in [
+            commit["operation"] for commit in maintenance.history(spark, table_path(warehouse, table))
+        ]
+    raw_counts = checks.by_day_and_game(
+        spark.read.format("delta").load(raw).withColumn("game_keyword", F.col(kpis.GAME)), F.count(F.lit(1))
+    )
+    per_game = {}
+    for table in games:
+        rows = (
+            spark.read.format("delta")
+            .load(table_path(warehouse, table))
+            .withColumn("game_keyword", F.col(kpis.GAME))
+        )
+        per_game |= checks.by_day_and_game(rows, F.count(F.lit(1)))
+    assert per_game == raw_counts
+    for table in ACTIVITY_TABLES:
+        activity = spark.read.format("delta").load(table_path(warehouse, table))
+        assert checks.by_day_and_game(activity, F.sum("events")) == raw_counts, table
+    assert (
+        spark.read.format("delta")
+        .load(table_path(warehouse, PLAYER_DAYS))
+        .where(F.col("device_id") == erased)
+        .count()
+        == 0
+    )
 
 
 def test_vacuum_refuses_a_short_retention_and_a_forced_one_says_why(spark, landing, warehouse):
@@ -195,8 +244,10 @@ def kpi_rows(spark, warehouse: str, day: date) -> list:
 
 
 def refresh_kpi(instance: dg.DagsterInstance, warehouse: str, day: date) -> None:
+    """Rebuild the day's activity from the raw table, and its hourly events from that."""
     assert dg.materialize(
-        [kpi_events_per_hour],
+        [activity_tables, kpi_tables],
+        selection=[*activity_tables.keys, dg.AssetKey(EVENTS_PER_HOUR)],
         partition_key=day.isoformat(),
         resources=resources(warehouse),
         instance=instance,
@@ -242,9 +293,13 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         assert dg.AssetKey(RAW_TABLE) in materialized
         raw_metadata = materialized[dg.AssetKey(RAW_TABLE)]
         assert raw_metadata["restored_to_version"].value == good_version
-        assert raw_metadata["event_dates"].value == sorted({CLOSED[0].isoformat(), day.isoformat()})
+        assert raw_metadata[REBUILD_DATES].value == sorted({CLOSED[0].isoformat(), day.isoformat()})
         assert "| version |" in raw_metadata["history"].value
-        assert set(materialized) <= {dg.AssetKey(RAW_TABLE), dg.AssetKey(QUARANTINE_TABLE)}
+        # Every table the bad run wrote: the raw table and those its batch was added to.
+        followers = [*ACTIVITY_TABLES, *(game.table_name for game in GAMES)]
+        assert set(materialized) <= {
+            dg.AssetKey(table) for table in (RAW_TABLE, QUARANTINE_TABLE, *followers)
+        }
 
         # The days sensor asks for the days the restore changed; refreshed, the KPIs are back.
         with dg.build_sensor_context(instance=instance) as context:

@@ -1,0 +1,137 @@
+"""The steady path and the rebuild give the same tables.
+
+Batches are ingested one after another, each adding its rows to the per-game and activity
+tables in its own run, and the refresh sensor's requests are run as the daemon would run
+them: then a late batch, an object written again with other events, and a redelivery. The
+tables then equal the plain-Python KPIs, and a rebuild of every day from the raw table
+changes no row of any per-game, activity or KPI table. A merge of two batches' activity
+equals the activity of both at once, sessions spanning the two batches included."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.lib import generator, kpis
+from gaming_pipeline.lib.derived import ACTIVITY_PROPERTIES
+from gaming_pipeline.lib.events import classify_lines, raw_events
+from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, merge_into
+from gaming_pipeline_tests.ingest_helpers import (
+    HISTORY_END,
+    evaluate_reconcile,
+    land,
+    refresh,
+    refresh_as_requested,
+    run,
+)
+from gaming_pipeline_tests.kpi_helpers import (
+    DaysSensor,
+    actual_kpis,
+    differences,
+    expected_kpis,
+    fingerprints,
+)
+
+SEED = 29
+
+
+def ingest(landing, warehouse, instance) -> dict:
+    """One ingestion run of every object not yet in the ledger; its raw-table metadata."""
+    (request,) = evaluate_reconcile(landing, warehouse, instance)
+    result = run(request, landing, warehouse, instance)
+    (raw,) = [
+        m
+        for m in result.asset_materializations_for_node("ingest_landed_objects")
+        if m.asset_key == dg.AssetKey(RAW_TABLE)
+    ]
+    return {key: value.value for key, value in raw.metadata.items()}
+
+
+def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_gives(
+    spark, landing, warehouse
+):
+    start, end = generator.history_window(3.0, HISTORY_END.replace(hour=0))
+    history = list(generator.history(SEED, 1500, start, end))
+    first, second, third = history[:500], history[500:1000], history[1000:]
+    days = [(start.date() + timedelta(days=n)).isoformat() for n in range(3)]
+    with dg.instance_for_test() as instance:
+        sensor = DaysSensor(instance)
+
+        def steady() -> None:
+            refresh_as_requested(landing, warehouse, instance, sensor.requests())
+
+        land(landing.bucket, "events/batch-1a.ndjson.gz", first[:250])
+        land(landing.bucket, "events/batch-1b.ndjson.gz", first[250:])
+        added = ingest(landing, warehouse, instance)
+        assert added[REBUILD_DATES] == [] and added[EVENT_DATES]
+        steady()
+
+        # Later events; then late ones of the middle day, some of them first-day players
+        # coming back, so the first day's retention changes too.
+        late_at = datetime.fromisoformat(days[1]).replace(hour=15, tzinfo=UTC).timestamp()
+        late = [generator.EventFactory(99).event(late_at + n) for n in range(40)]
+        for event, returning in zip(late[:20], first[::11], strict=False):
+            event["eventParams"] |= {
+                key: returning["eventParams"][key]
+                for key in ("game_keyword", "app_name", "device_id", "platform")
+            }
+        land(landing.bucket, "events/batch-2.ndjson.gz", second + third)
+        ingest(landing, warehouse, instance)
+        # A late batch of its own, ingested before the refresh: one refresh covers both.
+        land(landing.bucket, "events/late.ndjson.gz", late)
+        ingest(landing, warehouse, instance)
+        steady()
+
+        # An object written again with other events: its old rows must go everywhere.
+        rewritten = first[250:400] + [generator.EventFactory(7).event(late_at + 3600 + n) for n in range(25)]
+        land(landing.bucket, "events/batch-1b.ndjson.gz", rewritten)
+        replaced = ingest(landing, warehouse, instance)
+        assert replaced[REBUILD_DATES], replaced
+        requests = sensor.requests()
+        assert any(request.asset_selection is None for request in requests), "a rebuild is requested"
+        refresh_as_requested(landing, warehouse, instance, requests)
+
+        events = first[:250] + rewritten + second + third + late
+        assert differences(actual_kpis(spark, warehouse), expected_kpis(events)) == {}
+        steady_tables = fingerprints(spark, warehouse)
+        refresh(landing, warehouse, instance, days[0], days[-1])
+        assert fingerprints(spark, warehouse) == steady_tables
+
+
+@pytest.mark.parametrize("table", kpis.ACTIVITY_TABLES)
+def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spark, tmp_path, table):
+    """Two batches whose events interleave: alone, each batch's pauses are over 30 minutes;
+    together, a player's events are 17.5 minutes apart, so the merged sessions must join
+    across the batches (and split where the player paused 50 minutes)."""
+    transform = {kpis.GAME_HOURS: kpis.game_hours, kpis.PLAYER_DAYS: kpis.player_days}[table]
+    factory = generator.EventFactory(5)
+    at = datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()
+    events = []
+    for n in range(420):
+        event = factory.event(at + n * 150 + (3000 if n >= 210 else 0))
+        # One game, so each player's events of the day are one series.
+        event["eventParams"].update(events[0]["eventParams"] if events else {}, device_id=f"d-{n % 7}")
+        events.append(event)
+    batches = [raw_rows(spark, events[parity::2]) for parity in (0, 1)]
+    path = str(tmp_path / table)
+    ensure_table(spark, path, kpis.SCHEMAS[table], ("eventDate",), properties=ACTIVITY_PROPERTIES)
+    for batch in batches:
+        merge_into(transform(batch), path, kpis.KEYS[table], kpis.ADDED[table], {"run_id": "test"})
+    merged = spark.read.format("delta").load(path).collect()
+    whole = transform(raw_rows(spark, events)).collect()
+    assert sorted(merged) == sorted(whole)
+    if table == kpis.PLAYER_DAYS:
+        assert {len(row.sessions) for row in merged} == {2}
+
+
+def raw_rows(spark, events: list[dict]):
+    """The raw-table rows of events, through the ingestion's own parsing."""
+    lines = spark.createDataFrame(
+        [(json.dumps(event), "s3://bucket/events/test.ndjson.gz", datetime.now(UTC)) for event in events],
+        "value string, _source_object string, _source_modified_at timestamp",
+    )
+    return raw_events(classify_lines(lines), datetime.now(UTC), "test-run")
