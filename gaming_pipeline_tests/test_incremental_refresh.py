@@ -111,8 +111,9 @@ def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spa
     factory = generator.EventFactory(5)
     at = datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()
     events = []
-    for n in range(420):
-        event = factory.event(at + n * 150 + (3000 if n >= 210 else 0))
+    # 300 events from 08:00: a player's last is before midnight.
+    for n in range(300):
+        event = factory.event(at + n * 150 + (3000 if n >= 150 else 0))
         # One game, so each player's events of the day are one series.
         event["eventParams"].update(events[0]["eventParams"] if events else {}, device_id=f"d-{n % 7}")
         events.append(event)
