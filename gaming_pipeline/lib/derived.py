@@ -16,7 +16,6 @@ days instead, which is exact whatever the tables held.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
@@ -67,15 +66,17 @@ def add_batch(
     spark: SparkSession, warehouse: str, rows: DataFrame, run_id: str
 ) -> dict[str, dict[date, int]]:
     """Add a batch of raw rows, from objects never written before, to the per-game and
-    activity tables. Returns, per table written, the rows added on each day."""
+    activity tables. Returns, per table, the rows added on each of the batch's days."""
     counted = rows.groupBy(F.col(kpis.GAME).alias("game"), "eventDate").count().collect()
-    added: dict[str, dict[date, int]] = defaultdict(dict)
-    for row in counted:
-        if row.game in GAME_BY_KEYWORD:
-            added[GAME_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
     days = sorted({row.eventDate for row in counted})
     if not days:
         return {}
+    # Every game's table is up to date on the batch's days, those the batch had no rows for
+    # included: each is reported with the rows it got.
+    added: dict[str, dict[date, int]] = {game.table_name: dict.fromkeys(days, 0) for game in GAMES}
+    for row in counted:
+        if row.game in GAME_BY_KEYWORD:
+            added[GAME_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
     marker = {"run_id": run_id}
     tag = json.dumps(marker, sort_keys=True)
 
@@ -86,7 +87,7 @@ def add_batch(
             "userMetadata", tag
         ).save(path)
 
-    games = [game for game in GAMES if game.table_name in added]
+    games = [game for game in GAMES if any(added[game.table_name].values())]
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
     for table, activity in ((kpis.GAME_HOURS, kpis.game_hours), (kpis.PLAYER_DAYS, kpis.player_days)):
@@ -95,7 +96,7 @@ def add_batch(
             activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
         )
         added[table] = {day: sum(r["count"] for r in counted if r.eventDate == day) for day in days}
-    return dict(added)
+    return added
 
 
 def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: str, run_id: str) -> dict:
