@@ -16,6 +16,7 @@ import pytest
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource
+from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
 
@@ -79,7 +80,19 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
 
     assert main(["tables", "--json"]) == 0
     tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
-    assert set(tables) == {"mobile_events_delta_raw", "quarantine_events", "ingest_ledger", "ingest_intents"}
+    # Ingestion adds its batch to the per-game tables of the games it has events of, and to
+    # the activity tables.
+    games = {name for name in tables if name.startswith("game_")}
+    assert games <= {game.table_name for game in GAMES} and games
+    assert set(tables) - games == {
+        "mobile_events_delta_raw",
+        "quarantine_events",
+        "ingest_ledger",
+        "ingest_intents",
+        "activity_game_hours",
+        "activity_player_days",
+    }
+    assert sum(tables[name]["rows"] for name in games) == 800
     assert tables["mobile_events_delta_raw"]["rows"] == 800
     assert tables["mobile_events_delta_raw"]["location"] == f"{warehouse}/mobile_events_delta_raw"
     assert tables["mobile_events_delta_raw"]["version"] >= 1
