@@ -81,11 +81,12 @@ def add_batch(
     tag = json.dumps(marker, sort_keys=True)
 
     def append(game: Game) -> None:
-        path = ensure_game_table(spark, warehouse, game)
         # A blind append: it conflicts with no compaction, and one file per game and batch.
+        # It makes the table, partitioned as a rebuild makes it, if the game had none yet:
+        # no CREATE TABLE round trip per game and batch.
         rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1).write.format("delta").mode("append").option(
             "userMetadata", tag
-        ).save(path)
+        ).partitionBy("eventDate").save(table_path(warehouse, game.table_name))
 
     games = [game for game in GAMES if any(added[game.table_name].values())]
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
