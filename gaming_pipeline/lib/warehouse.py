@@ -13,9 +13,6 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
-# Imported for its side effect too: Spark Connect errors for commit conflicts become the
-# same DeltaConcurrentModificationException the classic client raises.
-import delta.connect.exceptions  # noqa: F401
 from delta.exceptions import DeltaConcurrentModificationException
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
@@ -81,6 +78,11 @@ def retry_on_conflict(
     Only idempotent writes (replaceWhere, MERGE) go through here: repeating them after a
     conflict gives the same table as a single success.
     """
+    # Imported for its side effect: Spark Connect errors for commit conflicts become the same
+    # DeltaConcurrentModificationException the classic client raises. Here, not at the top: it
+    # loads the Spark Connect client (pandas, pyarrow, grpc), which only a run that commits needs.
+    import delta.connect.exceptions  # noqa: F401
+
     for attempt in range(1, attempts + 1):
         try:
             return commit()

@@ -4,7 +4,6 @@ import time
 from datetime import datetime
 
 import dagster as dg
-from dagster_aws.s3.sensor import get_objects
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
@@ -48,6 +47,10 @@ def objects_in_bucket(
 ) -> list[LandedObject]:
     """The objects in the landing bucket (those landed before a time, if given), with the
     ETag the ledger compares against. Folder markers are not objects to ingest."""
+    # Here, not at the top: dagster_aws's package imports all its components (with SQLAlchemy,
+    # Alembic and Dagster's test utilities), and only the runs and ticks that list the bucket need it.
+    from dagster_aws.s3.sensor import get_objects
+
     return [
         LandedObject(landing.bucket, obj["Key"], obj["ETag"].strip('"'), obj["Size"])
         for obj in get_objects(bucket=landing.bucket, client=landing.s3())
