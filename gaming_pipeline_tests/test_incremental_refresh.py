@@ -107,7 +107,7 @@ def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spa
     """Two batches whose events interleave: alone, each batch's pauses are over 30 minutes;
     together, a player's events are 17.5 minutes apart, so the merged sessions must join
     across the batches (and split where the player paused 50 minutes)."""
-    transform = {kpis.GAME_HOURS: kpis.game_hours, kpis.PLAYER_DAYS: kpis.player_days}[table]
+    transform = kpis.ACTIVITY[table]
     factory = generator.EventFactory(5)
     at = datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()
     events = []

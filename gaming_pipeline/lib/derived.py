@@ -91,12 +91,13 @@ def add_batch(
     games = [game for game in GAMES if any(added[game.table_name].values())]
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
-    for table, activity in ((kpis.GAME_HOURS, kpis.game_hours), (kpis.PLAYER_DAYS, kpis.player_days)):
+    events_per_day = {day: sum(row["count"] for row in counted if row.eventDate == day) for day in days}
+    for table, activity in kpis.ACTIVITY.items():
         path = ensure_activity_table(spark, warehouse, table)
         merge_into(
             activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
         )
-        added[table] = {day: sum(r["count"] for r in counted if r.eventDate == day) for day in days}
+        added[table] = events_per_day
     return added
 
 
@@ -104,7 +105,7 @@ def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: 
     """Replace the activity tables' rows of `days` (a predicate) with sums of `raw`'s rows
     of those days; returns each table's commit."""
     commits = {}
-    for table, activity in ((kpis.GAME_HOURS, kpis.game_hours), (kpis.PLAYER_DAYS, kpis.player_days)):
+    for table, activity in kpis.ACTIVITY.items():
         path = ensure_activity_table(spark, warehouse, table)
         commits[table] = replace_rows(activity(raw.where(days)), path, days, {"run_id": run_id})
     return commits

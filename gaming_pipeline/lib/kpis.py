@@ -221,6 +221,10 @@ def player_days(events: DataFrame) -> DataFrame:
     )
 
 
+# Each activity table's rows from raw events: a batch's, or a rebuilt day's.
+ACTIVITY: dict[str, Callable[[DataFrame], DataFrame]] = {GAME_HOURS: game_hours, PLAYER_DAYS: player_days}
+
+
 def for_each_game_and_all(
     rows: DataFrame, keys: list[Column | str], aggregate: Callable[[DataFrame, list[Column | str]], DataFrame]
 ) -> DataFrame:
