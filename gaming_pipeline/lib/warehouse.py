@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
-from delta.exceptions import DeltaConcurrentModificationException
+from delta.exceptions import base as delta_errors
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -70,23 +70,38 @@ def in_list(column: str, values: Iterable[str]) -> str:
 _Result = TypeVar("_Result")
 
 
+# Every way a commit can lose to a concurrent writer. Delta's Python classes for them are
+# siblings (ConcurrentAppendException is no DeltaConcurrentModificationException there, unlike
+# in Scala), so each is named: catching the parent alone retried none of the others.
+COMMIT_CONFLICTS = (
+    delta_errors.DeltaConcurrentModificationException,
+    delta_errors.ConcurrentWriteException,
+    delta_errors.MetadataChangedException,
+    delta_errors.ProtocolChangedException,
+    delta_errors.ConcurrentAppendException,
+    delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentDeleteDeleteException,
+    delta_errors.ConcurrentTransactionException,
+)
+
+
 def retry_on_conflict(
     commit: Callable[[], _Result], attempts: int = 5, backoff_seconds: float = 1.0
 ) -> _Result:
     """Run one idempotent Delta commit, again if a concurrent writer won the race.
 
-    Only idempotent writes (replaceWhere, MERGE) go through here: repeating them after a
-    conflict gives the same table as a single success.
+    Only idempotent writes (replaceWhere, MERGE, DELETE) go through here: repeating them
+    after a conflict gives the same table as a single success.
     """
     # Imported for its side effect: Spark Connect errors for commit conflicts become the same
-    # DeltaConcurrentModificationException the classic client raises. Here, not at the top: it
-    # loads the Spark Connect client (pandas, pyarrow, grpc), which only a run that commits needs.
+    # Delta exceptions the classic client raises. Here, not at the top: it loads the Spark
+    # Connect client (pandas, pyarrow, grpc), which only a run that commits needs.
     import delta.connect.exceptions  # noqa: F401
 
     for attempt in range(1, attempts + 1):
         try:
             return commit()
-        except DeltaConcurrentModificationException:
+        except COMMIT_CONFLICTS:
             if attempt == attempts:
                 raise
             time.sleep(backoff_seconds * attempt)
@@ -163,7 +178,12 @@ class Commit(NamedTuple):
     rows_written: int
 
 
-def _commit_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> Commit | None:
+def _tag(marker: dict) -> str:
+    return json.dumps(marker, sort_keys=True)
+
+
+def _commit_tagged(spark: SparkSession, path: str, marker: dict, operation: str = "") -> Commit | None:
+    tag = _tag(marker)
     for row in (
         table_history(spark, path, 20)
         .select("version", "operation", "userMetadata", "operationMetrics")
@@ -174,11 +194,11 @@ def _commit_tagged(spark: SparkSession, path: str, tag: str, operation: str = ""
     return None
 
 
-def version_tagged(spark: SparkSession, path: str, tag: str, operation: str = "") -> int | None:
-    """The newest of the table's recent versions committed with this userMetadata (and
+def version_tagged(spark: SparkSession, path: str, marker: dict, operation: str = "") -> int | None:
+    """The newest of the table's recent versions committed with this marker (and
     operation, if given): found by its tag, not as "the latest", since another writer may
     have committed since."""
-    commit = _commit_tagged(spark, path, tag, operation)
+    commit = _commit_tagged(spark, path, marker, operation)
     return None if commit is None else commit.version
 
 
@@ -191,19 +211,29 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> Comm
     then the latest one, with no rows written.
     """
     spark = df.sparkSession
-    tag = json.dumps(marker, sort_keys=True)
 
     def commit() -> Commit:
         (
             df.write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", predicate)
-            .option("userMetadata", tag)
+            .option("userMetadata", _tag(marker))
             .save(path)
         )
-        return _commit_tagged(spark, path, tag) or Commit(latest_version(spark, path), 0)
+        return _commit_tagged(spark, path, marker) or Commit(latest_version(spark, path), 0)
 
     return retry_on_conflict(commit)
+
+
+def append_rows(df: DataFrame, path: str, marker: dict, partition_by: tuple[str, ...] = ()) -> None:
+    """Append `df` in one commit tagged with `marker`. A blind append reads nothing first,
+    so it never conflicts with a concurrent writer: compaction, DELETE and MERGE on the same
+    days all commit beside it (at Delta's default WriteSerializable isolation). It is only
+    for rows the table cannot hold yet; the caller knows that (ingestion: from the intents).
+    Partitioned like the table, it makes the table on its first write."""
+    df.write.format("delta").mode("append").option("userMetadata", _tag(marker)).partitionBy(
+        *partition_by
+    ).save(path)
 
 
 @contextmanager
@@ -211,7 +241,7 @@ def commits_tagged(spark: SparkSession, marker: dict):
     """Tag this session's Delta commits (DELETE and MERGE take no per-call metadata) so the
     table history says which run made them."""
     key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, json.dumps(marker, sort_keys=True))
+    spark.conf.set(key, _tag(marker))
     try:
         yield
     finally:
