@@ -15,20 +15,18 @@ days instead, which is exact whatever the tables held.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from gaming_pipeline.games import GAMES, Game
+from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.maintenance import days_in
-from gaming_pipeline.lib.warehouse import ensure_table, merge_into, replace_rows, table_path
+from gaming_pipeline.lib.warehouse import append_rows, ensure_table, merge_into, replace_rows, table_path
 
-GAME_BY_KEYWORD = {game.keyword: game for game in GAMES}
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
 # Batches merge into today's activity rows all day: deletion vectors make a merge rewrite
@@ -75,18 +73,19 @@ def add_batch(
     # included: each is reported with the rows it got.
     added: dict[str, dict[date, int]] = {game.table_name: dict.fromkeys(days, 0) for game in GAMES}
     for row in counted:
-        if row.game in GAME_BY_KEYWORD:
-            added[GAME_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
+        if row.game in GAMES_BY_KEYWORD:
+            added[GAMES_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
     marker = {"run_id": run_id}
-    tag = json.dumps(marker, sort_keys=True)
 
     def append(game: Game) -> None:
-        # A blind append: it conflicts with no compaction, and one file per game and batch.
-        # It makes the table, partitioned as a rebuild makes it, if the game had none yet:
-        # no CREATE TABLE round trip per game and batch.
-        rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1).write.format("delta").mode("append").option(
-            "userMetadata", tag
-        ).partitionBy("eventDate").save(table_path(warehouse, game.table_name))
+        # One file per game and batch. The append makes the game's table, partitioned as a
+        # rebuild makes it, if it had none yet: no CREATE TABLE round trip per game and batch.
+        append_rows(
+            rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1),
+            table_path(warehouse, game.table_name),
+            marker,
+            partition_by=("eventDate",),
+        )
 
     games = [game for game in GAMES if any(added[game.table_name].values())]
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:

@@ -3,7 +3,6 @@ what was erased that holds no PII (the player is named by their pseudonymous id 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -82,7 +81,7 @@ def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marke
     statement = f"DELETE FROM {delta_at(path)} WHERE {device} AND {days_in(days)}"
     with commits_tagged(spark, marker):
         retry_on_conflict(lambda: spark.sql(statement).collect())
-    version = version_tagged(spark, path, json.dumps(marker, sort_keys=True), operation="DELETE")
+    version = version_tagged(spark, path, marker, operation="DELETE")
     return TableErasure(table, sum(row["count"] for row in found), version, days)
 
 

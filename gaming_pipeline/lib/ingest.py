@@ -38,12 +38,14 @@ from gaming_pipeline.lib.warehouse import (
     LEDGER_TABLE,
     QUARANTINE_TABLE,
     RAW_TABLE,
+    append_rows,
     ensure_table,
     in_list,
     latest_version,
     replace_rows,
     table_path,
     upsert,
+    version_tagged,
 )
 
 # What a broken or vanished object looks like from Spark, as opposed to S3 being unreachable
@@ -143,9 +145,8 @@ def note_intent(spark: SparkSession, warehouse: str, modified: dict[str, int], r
     (object URI -> epoch microseconds), for `pending` to find if this run dies midway."""
     now = datetime.now(UTC)
     rows = [(uri, _micros_datetime(micros), run_id, now) for uri, micros in sorted(modified.items())]
-    # A blind append: it conflicts with no other writer and reads nothing first.
-    spark.createDataFrame(rows, INTENT_SCHEMA).write.format("delta").mode("append").save(
-        table_path(warehouse, INTENT_TABLE)
+    append_rows(
+        spark.createDataFrame(rows, INTENT_SCHEMA), table_path(warehouse, INTENT_TABLE), {"run_id": run_id}
     )
 
 
@@ -276,19 +277,23 @@ def ingest_objects(
         if writing:
             note_intent(spark, warehouse, writing, run_id)
         rows = raw_events(classified, now, run_id)
-        result.raw_version = (
-            replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
-            if modified
-            else latest_version(spark, raw_path)
-        )
         if earlier_modified:
-            # Rows of an earlier version of these objects may be in the derived tables too:
-            # the days this commit changed are rebuilt, which is exact whatever they hold.
+            # An earlier run wrote (some of) these objects: their rows are replaced, and the
+            # days this commit changed are rebuilt in the derived tables, which is exact
+            # whatever an earlier version of the objects left there.
+            result.raw_version = replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
             changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
             result.rebuild_dates = sorted(set(result.event_dates) | (changed or set()))
         elif writing:
-            # Before the ledger: a run killed after this is retried as a replacement.
+            # No intent was noted for them before this run's, so no row of these objects can
+            # be in the tables: a blind append, which compaction and erasure never conflict
+            # with. The batch goes to the derived tables before the ledger, so a run killed
+            # after this is retried as a replacement.
+            append_rows(rows, raw_path, marker)
+            result.raw_version = version_tagged(spark, raw_path, marker)
             result.added = add_batch(spark, warehouse, rows, run_id)
+        else:
+            result.raw_version = latest_version(spark, raw_path)
     finally:
         classified.unpersist()
 
