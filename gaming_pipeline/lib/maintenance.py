@@ -234,8 +234,16 @@ def check_rollback(undone: list[dict], run_id: str = "", undo_later_commits: boo
             )
 
 
+# The version "before" a table's first commit, for a run that made the table: no rows.
+BEFORE_FIRST_COMMIT = -1
+
+
 def restore(spark: SparkSession, path: str, version: int) -> dict:
-    """RESTORE the table to a version (version_at finds the one current at a time); the
-    restore is itself a new version, so it can be undone the same way."""
-    statement = f"RESTORE TABLE {delta_at(path)} TO VERSION AS OF {int(version)}"
+    """RESTORE the table to a version (version_at finds the one current at a time), or empty
+    it for BEFORE_FIRST_COMMIT; either is itself a new version, so it can be undone the same way."""
+    statement = (
+        f"DELETE FROM {delta_at(path)}"
+        if version == BEFORE_FIRST_COMMIT
+        else f"RESTORE TABLE {delta_at(path)} TO VERSION AS OF {int(version)}"
+    )
     return measured(spark, path, lambda: spark.sql(statement).collect())

@@ -96,7 +96,9 @@ def restore_tables(
         context.log.info(f"{table}: restoring version {current} to version {target}")
         undone = [commit for commit in history if commit["version"] > target]
         try:
-            if not 0 <= target <= current:
+            # A run that made the table is undone by emptying it.
+            lowest = maintenance.BEFORE_FIRST_COMMIT if config.run_id else 0
+            if not lowest <= target <= current:
                 raise maintenance.RollbackRefused(f"version {target} is not one of 0..{current}")
             maintenance.check_rollback(undone, config.run_id, config.undo_later_commits)
         except maintenance.RollbackRefused as refused:
