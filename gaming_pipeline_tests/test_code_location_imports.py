@@ -15,7 +15,17 @@ pytestmark = pytest.mark.unit
 # Each costs a tenth to half a second of every run's start when imported at load, and only
 # some runs need it: charts (matplotlib, Pillow), the PII vault (cryptography), alert
 # delivery (requests).
-ONLY_WHERE_USED = ("matplotlib", "PIL", "cryptography", "requests", "boto3", "dagster_aws", "sqlalchemy", "pandas", "grpc")
+ONLY_WHERE_USED = (
+    "matplotlib",
+    "PIL",
+    "cryptography",
+    "requests",
+    "boto3",
+    "dagster_aws",
+    "sqlalchemy",
+    "pandas",
+    "grpc",
+)
 
 _LOAD = """
 import json, sys

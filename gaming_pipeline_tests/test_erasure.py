@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
-from gaming_pipeline.defs.maintenance.recovery import erase_player_job, rollback_job
+from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, erase_player_job, rollback_job
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
@@ -25,7 +25,7 @@ from gaming_pipeline.lib import maintenance
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased, new_master_key
-from gaming_pipeline.lib.warehouse import AUDIT_TABLE, RAW_TABLE, latest_version, table_path
+from gaming_pipeline.lib.warehouse import AUDIT_TABLE, RAW_TABLE, is_delta_table, latest_version, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
 
 PLAYER, OTHER = "d-erase-me-4711", "d-keep-me-0815"
@@ -131,8 +131,13 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
         assert audit.player_id == vault.player_id(PLAYER)
         assert audit.requested_by == "dpo@studio.example"
-        # Ten events a day on two days: one activity row a day.
-        assert {entry.table: entry.rows_deleted for entry in audit.tables} == {
+        # Every table that can hold a player is searched and named in the audit, those
+        # without them with 0 rows. Ten events a day on two days: one activity row a day.
+        deleted = {entry.table: entry.rows_deleted for entry in audit.tables}
+        assert set(deleted) == {
+            table for table in PLAYER_TABLES if is_delta_table(spark, table_path(warehouse, table))
+        }
+        assert {table: rows for table, rows in deleted.items() if rows} == {
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
