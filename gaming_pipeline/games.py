@@ -3,12 +3,19 @@
 Every per-game table, check and KPI is derived from this list, so adding a game here is
 all it takes to give it a table. `keyword` is what clients send as
 `eventParams.game_keyword` and names the table `game_<keyword>_events`.
+
+A studio lists its own games in a TOML file named by `GAMING_PIPELINE_GAMES`, one
+`[[game]]` table each (`keyword`, `app_name`, optional `popularity`); unset, the 30 games
+below are the registry. It is read when the code loads: the asset graph has a table per game.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 _KEYWORD = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 # The KPI tables' row for every game together; no game may take this keyword.
@@ -37,7 +44,7 @@ class Game:
         return f"game_{self.keyword}_events"
 
 
-GAMES: tuple[Game, ...] = (
+DEFAULT_GAMES: tuple[Game, ...] = (
     Game("galaxy_miners", "Galaxy Miners", 9.0),
     Game("dragon_quest_tactics", "Dragon Quest Tactics", 7.5),
     Game("candy_kingdom", "Candy Kingdom", 7.0),
@@ -70,7 +77,42 @@ GAMES: tuple[Game, ...] = (
     Game("snake_evolution", "Snake Evolution", 0.4),
 )
 
-GAMES_BY_KEYWORD: dict[str, Game] = {game.keyword: game for game in GAMES}
+GAMES_FILE_VARIABLE = "GAMING_PIPELINE_GAMES"
 
-if len(GAMES_BY_KEYWORD) != len(GAMES):
-    raise ValueError("the games registry lists a keyword twice")
+
+def load_games(path: str | Path) -> tuple[Game, ...]:
+    """A studio's games registry from its TOML file; any fault is named with the file."""
+    try:
+        entries = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("game")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("it lists no games: give each one a [[game]] table")
+        games = []
+        for number, entry in enumerate(entries, 1):
+            unknown = set(entry) - {"keyword", "app_name", "popularity"}
+            if unknown or not {"keyword", "app_name"} <= set(entry):
+                raise ValueError(
+                    f"game {number} needs `keyword` and `app_name` (and may have `popularity`), "
+                    f"it has {sorted(entry)}"
+                )
+            games.append(
+                Game(str(entry["keyword"]), str(entry["app_name"]), float(entry.get("popularity", 1.0)))
+            )
+        return _registry(games)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError, ValueError) as error:
+        raise ValueError(f"{GAMES_FILE_VARIABLE}={path}: {error}") from error
+
+
+def _registry(games: list[Game] | tuple[Game, ...]) -> tuple[Game, ...]:
+    keywords = [game.keyword for game in games]
+    twice = sorted({keyword for keyword in keywords if keywords.count(keyword) > 1})
+    if twice:
+        raise ValueError(f"the games registry lists {', '.join(twice)} more than once")
+    return tuple(games)
+
+
+GAMES: tuple[Game, ...] = (
+    load_games(os.environ[GAMES_FILE_VARIABLE])
+    if os.environ.get(GAMES_FILE_VARIABLE)
+    else _registry(DEFAULT_GAMES)
+)
+GAMES_BY_KEYWORD: dict[str, Game] = {game.keyword: game for game in GAMES}

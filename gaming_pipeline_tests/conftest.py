@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gaming_pipeline.lib import aws, processes
+# Before anything imports the registry: the tests' own four games (games.toml), inherited by
+# every process they start. The default 30 are tested in test_games_registry.py.
+os.environ["GAMING_PIPELINE_GAMES"] = str(Path(__file__).with_name("games.toml"))
+
+from gaming_pipeline.lib import aws, processes  # noqa: E402
 from gaming_pipeline.lib.settings import Settings
-from gaming_pipeline_tests.service_helpers import IngestService
+from gaming_pipeline_tests.service_helpers import IngestService  # noqa: E402
 
 
 @pytest.fixture(scope="session")

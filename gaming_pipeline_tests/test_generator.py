@@ -59,4 +59,4 @@ def test_totals_count_what_was_written():
     assert summary["objects"] == len(written)
     assert summary["purchases"] > 0 and float(summary["purchase_sum"]) > 0
     games_seen = {game for games in summary["events_per_day_and_game"].values() for game in games}
-    assert games_seen <= {game.keyword for game in GAMES} and len(games_seen) > 20
+    assert games_seen == {game.keyword for game in GAMES}

@@ -26,6 +26,8 @@ ENV_VARS = (
     "GAMING_PIPELINE_PII_MASTER_KEY",
     "GAMING_PIPELINE_API_KEYS",
     "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
+    # Read by gaming_pipeline/games.py when the code loads.
+    "GAMING_PIPELINE_GAMES",
 )
 
 
