@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib import ingest
 from gaming_pipeline.lib.ingest import ingest_objects, object_uri
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_history, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
 
 pytestmark = pytest.mark.spark
@@ -52,7 +52,7 @@ def test_an_object_overwritten_between_a_killed_run_and_its_retry_keeps_only_its
         raise KeyboardInterrupt("killed after the raw write, before the ledger")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ingest, "upsert", killed_before_the_ledger)
+        patch.setattr(ingest, "record_in_ledger", killed_before_the_ledger)
         with pytest.raises(KeyboardInterrupt):
             ingest_objects(spark, warehouse, [first], "killed-run")
     assert rows_per_object(spark, warehouse) == {object_uri(first): 4}
@@ -68,3 +68,48 @@ def test_an_object_overwritten_between_a_killed_run_and_its_retry_keeps_only_its
         (CLOSED[1], "retry-run")
     ]
     assert raw.count() == 2
+
+
+def test_new_objects_are_appended_and_a_run_killed_after_its_quarantine_write_is_retried_exactly_once(
+    spark, landing, warehouse, monkeypatch
+):
+    """Objects no run has written are appended to the quarantine, raw and ledger tables
+    (blind appends: nothing read first, no conflict with compaction or erasure); their
+    intents are noted before any of those writes, so a retry of a run killed between them
+    replaces what it left instead of adding it twice."""
+    no_event_time = {"eventName": "levelUp", "eventParams": {"game_keyword": "ninja_run"}}
+    first = land(landing.bucket, "events/first.ndjson.gz", [*events_on(CLOSED[0], 4, 5), no_event_time])
+    ingest_objects(spark, warehouse, [first], "first-run")
+    for table in (QUARANTINE_TABLE, RAW_TABLE, LEDGER_TABLE):
+        (last,) = table_history(spark, table_path(warehouse, table), 1).collect()
+        assert (last.operation, last.isBlindAppend) == ("WRITE", True), table
+
+    second = land(landing.bucket, "events/second.ndjson.gz", [*events_on(CLOSED[1], 3, 6), no_event_time])
+    appended = ingest.append_rows
+
+    def killed_at_the_raw_write(df, path, marker, partition_by=()):
+        if path == table_path(warehouse, RAW_TABLE):
+            raise KeyboardInterrupt("killed after the quarantine write, before the raw write")
+        appended(df, path, marker, partition_by)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest, "append_rows", killed_at_the_raw_write)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_objects(spark, warehouse, [second], "killed-run")
+    ingest_objects(spark, warehouse, [second], "retry-run")
+
+    quarantine = spark.read.format("delta").load(table_path(warehouse, QUARANTINE_TABLE))
+    assert {
+        row._source_object: row["count"] for row in quarantine.groupBy("_source_object").count().collect()
+    } == {
+        object_uri(first): 1,
+        object_uri(second): 1,
+    }
+    assert rows_per_object(spark, warehouse) == {object_uri(first): 4, object_uri(second): 3}
+    ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
+    assert sorted(
+        tuple(row) for row in ledger.select("object", "rows_written", "rows_quarantined").collect()
+    ) == [
+        (object_uri(first), 4, 1),
+        (object_uri(second), 3, 1),
+    ]

@@ -108,12 +108,13 @@ def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
 
 def pending(
     spark: SparkSession, warehouse: str, objects: list[LandedObject]
-) -> tuple[list[LandedObject], list[int]]:
-    """The objects the ledger does not hold at the same ETag, and the last-modified times
+) -> tuple[list[LandedObject], list[int], bool]:
+    """The objects the ledger does not hold at the same ETag; the last-modified times
     (epoch microseconds) of every version of them whose rows may be in the raw table: the
     one the ledger holds, and any a run noted before writing (a run killed after its raw
-    write left rows the ledger does not know of). An object overwritten since is ingested
-    again, and all those rows must be found to be replaced, whatever the timing."""
+    write left rows the ledger does not know of); and whether the ledger or an intent names
+    any of them at all. An object overwritten since is ingested again, and all those rows
+    must be found to be replaced, whatever the timing."""
     uris = [object_uri(obj) for obj in objects]
     modified = F.unix_micros("source_modified_at").alias("modified")
     ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
@@ -137,17 +138,27 @@ def pending(
     ]
     todo_uris = {object_uri(obj) for obj in todo}
     earlier = {row.modified for row in found if row.object in todo_uris and row.modified is not None}
-    return todo, sorted(earlier)
+    return todo, sorted(earlier), any(row.object in todo_uris for row in found)
 
 
 def note_intent(spark: SparkSession, warehouse: str, modified: dict[str, int], run_id: str) -> None:
-    """Record, before any raw row of theirs is written, the objects' last-modified times
+    """Record, before any row of theirs is written, the objects' last-modified times
     (object URI -> epoch microseconds), for `pending` to find if this run dies midway."""
     now = datetime.now(UTC)
     rows = [(uri, _micros_datetime(micros), run_id, now) for uri, micros in sorted(modified.items())]
     append_rows(
         spark.createDataFrame(rows, INTENT_SCHEMA), table_path(warehouse, INTENT_TABLE), {"run_id": run_id}
     )
+
+
+def record_in_ledger(rows: DataFrame, warehouse: str, run_id: str, first_time: bool) -> None:
+    """The run's last write: the objects are ingested. Objects the ledger never held are
+    appended; any other replaces its row."""
+    path = table_path(warehouse, LEDGER_TABLE)
+    if first_time:
+        append_rows(rows, path, {"run_id": run_id})
+    else:
+        upsert(rows, path, keys=("object",), marker={"run_id": run_id})
 
 
 def _micros_literal(micros: int) -> str:
@@ -242,7 +253,7 @@ def ingest_objects(
     started = time.monotonic()
     ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
-    todo, earlier_modified = pending(spark, warehouse, unique)
+    todo, earlier_modified, seen_before = pending(spark, warehouse, unique)
     result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo))
     if not todo:
         result.seconds = time.monotonic() - started
@@ -260,22 +271,33 @@ def ingest_objects(
         )
         uris = [object_uri(obj) for obj in todo]
         marker = {"run_id": run_id, "objects": len(todo)}
-        # Quarantine is small: finding an object's earlier lines by URI alone is cheap there.
-        result.quarantine_version = replace_rows(
-            quarantined_lines(classified, now, run_id),
-            table_path(warehouse, QUARANTINE_TABLE),
-            in_list("_source_object", uris),
-            marker,
-        ).version
-        writing = {
+        modified_at = {
             uri: row.source_modified_micros
             for uri, row in counts.items()
-            if row.source_modified_micros is not None and row.rows_written
+            if row.source_modified_micros is not None
         }
+        # Noted before any row of the objects is written anywhere, for `pending` to find if
+        # this run dies midway.
+        if modified_at:
+            note_intent(spark, warehouse, modified_at, run_id)
+        # Neither the ledger nor an intent named them, and every one is noted now: no run has
+        # written a row of theirs, so their rows are appended, with nothing to find and replace.
+        first_time = not seen_before and len(modified_at) == len(uris)
+        quarantine_path = table_path(warehouse, QUARANTINE_TABLE)
+        quarantined = quarantined_lines(classified, now, run_id)
+        if not first_time:
+            # Quarantine is small: finding an object's earlier lines by URI alone is cheap there.
+            result.quarantine_version = replace_rows(
+                quarantined, quarantine_path, in_list("_source_object", uris), marker
+            ).version
+        elif any(row.rows_quarantined for row in counts.values()):
+            append_rows(quarantined, quarantine_path, marker)
+            result.quarantine_version = version_tagged(spark, quarantine_path, marker)
+        else:
+            result.quarantine_version = latest_version(spark, quarantine_path)
+        writing = {uri: micros for uri, micros in modified_at.items() if counts[uri].rows_written}
         modified = earlier_modified + list(writing.values())
         raw_path = table_path(warehouse, RAW_TABLE)
-        if writing:
-            note_intent(spark, warehouse, writing, run_id)
         rows = raw_events(classified, now, run_id)
         if earlier_modified:
             # An earlier run wrote (some of) these objects: their rows are replaced, and the
@@ -321,11 +343,6 @@ def ingest_objects(
             result.rows_written += row.rows_written
             result.rows_quarantined += row.rows_quarantined
             result.rows_missing_event_time += row.rows_missing_event_time
-    upsert(
-        spark.createDataFrame(ledger_rows, LEDGER_SCHEMA),
-        table_path(warehouse, LEDGER_TABLE),
-        keys=("object",),
-        marker={"run_id": run_id},
-    )
+    record_in_ledger(spark.createDataFrame(ledger_rows, LEDGER_SCHEMA), warehouse, run_id, first_time)
     result.seconds = time.monotonic() - started
     return result
