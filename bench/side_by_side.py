@@ -1,7 +1,7 @@
 """`make bench`: gaming_pipeline side by side with what users would pick instead, on this
 machine, in one run.
 
-    .venv/bin/python bench/side_by_side.py [--events 250000] [--latency-seconds 180]
+    .venv/bin/python bench/side_by_side.py [--events 250000] [--latency-seconds 1200]
         [--day-base 250000] [--day-scales 1 4 8] [--idle-minutes 10]
         [--only STEP ... | --skip STEP ...] [--results FILE] [--benchmarks-md FILE]
 
@@ -63,6 +63,8 @@ TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]
 SCALES = (1, 2, 4)
 PEERS = ("structured-streaming", "polars", "bare-spark")
 STEPS = ("throughput", "latency", "day-growth", "idle-cost")
+# The latency load's first and last this many seconds are compared for drift.
+DRIFT_WINDOW = 300
 
 
 class PeakMemory:
@@ -265,7 +267,7 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
     rows = raw.to_pyarrow_table(columns=["eventTime", "_source_object"])
     received = [moment.replace(tzinfo=UTC).timestamp() for moment in rows["eventTime"].to_pylist()]
     to_raw = [
-        committed_at[version_of[source]] - at
+        (at, committed_at[version_of[source]] - at)
         for at, source in zip(received, rows["_source_object"].to_pylist(), strict=True)
     ]
     # The n-th event received is counted in the KPIs once a poll sees more than n events.
@@ -274,14 +276,25 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
         while next_poll < len(polls) and polls[next_poll][1] <= rank:
             next_poll += 1
         if next_poll < len(polls):
-            to_kpis.append(polls[next_poll][0] - at)
+            to_kpis.append((at, polls[next_poll][0] - at))
+
+    def received_between(delays: list[tuple[float, float]], start: float, end: float) -> dict:
+        return quantiles([delay for at, delay in delays if start <= at < end])
+
+    # Drift as the day grows: the load's first and last DRIFT_WINDOW seconds side by side.
+    first, last = (load_started, load_started + DRIFT_WINDOW), (load_ended - DRIFT_WINDOW, load_ended)
     return {
         "events_per_second_offered": rate,
         "seconds_of_load": round(load_ended - load_started, 1),
         "events_accepted": accepted,
         "raw_rows": len(received),
-        "event_to_raw_seconds": quantiles(to_raw),
-        "event_to_kpi_seconds": quantiles(to_kpis),
+        "event_to_raw_seconds": quantiles([delay for _, delay in to_raw]),
+        "event_to_kpi_seconds": quantiles([delay for _, delay in to_kpis]),
+        "drift_window_seconds": DRIFT_WINDOW,
+        "event_to_raw_seconds_first_window": received_between(to_raw, *first),
+        "event_to_raw_seconds_last_window": received_between(to_raw, *last),
+        "event_to_kpi_seconds_first_window": received_between(to_kpis, *first),
+        "event_to_kpi_seconds_last_window": received_between(to_kpis, *last),
         "kpi_poll_seconds": 1,
         "runs": run_overheads(Path(env["DAGSTER_HOME"])),
     }
@@ -406,7 +419,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=250_000, help="events at 1x (default 250,000)")
     parser.add_argument("--latency-rate", type=float, default=2000)
-    parser.add_argument("--latency-seconds", type=float, default=180)
+    parser.add_argument("--latency-seconds", type=float, default=1200)
     parser.add_argument(
         "--day-base",
         type=int,
