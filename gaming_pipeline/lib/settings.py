@@ -15,21 +15,6 @@ DEFAULT_QUEUE_NAME = "gaming-pipeline-landing-events"
 DEFAULT_SPARK_MASTER = "local[*]"
 DEFAULT_PII_BUCKET = "gaming-pipeline-pii"
 
-ENV_VARS = (
-    "GAMING_PIPELINE_HOME",
-    "GAMING_PIPELINE_WAREHOUSE",
-    "GAMING_PIPELINE_LANDING_BUCKET",
-    "GAMING_PIPELINE_QUEUE_URL",
-    "GAMING_PIPELINE_SPARK_MASTER",
-    "GAMING_PIPELINE_ALERT_WEBHOOK",
-    "GAMING_PIPELINE_PII_BUCKET",
-    "GAMING_PIPELINE_PII_MASTER_KEY",
-    "GAMING_PIPELINE_API_KEYS",
-    "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
-    # Read by gaming_pipeline/games.py when the code loads.
-    "GAMING_PIPELINE_GAMES",
-)
-
 
 @dataclass(frozen=True)
 class Settings:
