@@ -16,9 +16,9 @@ from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
 pytestmark = pytest.mark.spark
 
 
-def rows_per_object(spark, warehouse: str) -> dict[str, int]:
-    raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
-    return {row._source_object: row["count"] for row in raw.groupBy("_source_object").count().collect()}
+def rows_per_object(spark, warehouse: str, table: str = RAW_TABLE) -> dict[str, int]:
+    rows = spark.read.format("delta").load(table_path(warehouse, table))
+    return {row._source_object: row["count"] for row in rows.groupBy("_source_object").count().collect()}
 
 
 def test_keys_are_read_literally_never_as_globs(spark, landing, warehouse):
@@ -98,10 +98,7 @@ def test_new_objects_are_appended_and_a_run_killed_after_its_quarantine_write_is
             ingest_objects(spark, warehouse, [second], "killed-run")
     ingest_objects(spark, warehouse, [second], "retry-run")
 
-    quarantine = spark.read.format("delta").load(table_path(warehouse, QUARANTINE_TABLE))
-    assert {
-        row._source_object: row["count"] for row in quarantine.groupBy("_source_object").count().collect()
-    } == {
+    assert rows_per_object(spark, warehouse, QUARANTINE_TABLE) == {
         object_uri(first): 1,
         object_uri(second): 1,
     }
