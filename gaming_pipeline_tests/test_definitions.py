@@ -5,6 +5,7 @@ import dagster as dg
 from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS
 from gaming_pipeline.games import GAMES
+from gaming_pipeline.lib.processes import prepare_dagster_home
 
 
 def test_graph_is_pinned():
@@ -142,3 +143,14 @@ def test_every_asset_is_described_for_analysts():
     for key in repo.asset_graph.get_all_asset_keys():
         description = repo.asset_graph.get(key).description or ""
         assert len(description) > 80, key
+
+
+def test_every_pool_is_limited_before_its_first_run(tmp_path):
+    """On a new home, the run queue would let the first runs of a pool it has not met yet
+    start together: every pool an op uses has its limit from the moment the home exists."""
+    repo = defs().get_repository_def()
+    used = {node.definition.pool for job in repo.get_all_jobs() for node in job.nodes} - {None}
+    assert used == {"ingest", "refresh", "maintenance"}
+    with dg.DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "dagster"))) as instance:
+        limits = {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
+    assert limits == dict.fromkeys(used, 1)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 from dagster import DagsterInstance
 
+from gaming_pipeline.defs.pools import POOLS
+
 PROJECT = Path(__file__).resolve().parents[2]
 WORKSPACE = PROJECT / "workspace.yaml"
 INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.yaml"
@@ -27,11 +29,16 @@ PRODUCTION_INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.production.yaml"
 def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) -> Path:
     """A Dagster home with one of the project's instance configs (SQLite by default), its
     storage created here: a webserver and a daemon started together on an empty home would
-    both create the SQLite schema and one of them fails on a doubled migration head."""
+    both create the SQLite schema and one of them fails on a doubled migration head.
+
+    Its run pools get their limit here too. The run queue reads the pools it knows before
+    it creates one it meets for the first time, so the first runs of a pool would all start
+    together (dagster 1.13), however small its limit."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(instance_config, path / "dagster.yaml")
-    with DagsterInstance.from_config(str(path)):
-        pass
+    with DagsterInstance.from_config(str(path)) as instance:
+        for pool in POOLS:
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
     return path
 
 

@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
-from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
+from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import charts
 from gaming_pipeline.lib.files import write_bytes

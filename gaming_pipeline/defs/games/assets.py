@@ -9,8 +9,8 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from gaming_pipeline.defs.ingest.assets import INGEST_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
+from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks

@@ -8,18 +8,13 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
 
 INGEST_GROUP = "ingest"
-# Spark runs share two cores: the instance admits one run of each pool at a time. The `ingest`
-# pool holds every run that writes the raw table's followers (the per-game and activity
-# tables): ingestion, which adds each batch to them, and their rebuilds, which must not
-# interleave with it. KPI refreshes read the activity tables and run beside them.
-INGEST_POOL = "ingest"
-REFRESH_POOL = "refresh"
 
 
 class LandedObjectConfig(dg.Config):

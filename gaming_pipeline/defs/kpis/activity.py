@@ -5,8 +5,8 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
-from gaming_pipeline.defs.ingest.assets import INGEST_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
+from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
 from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path

@@ -11,8 +11,8 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
-from gaming_pipeline.defs.ingest.assets import REFRESH_POOL
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
+from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import charts, checks, kpis, liveops
 from gaming_pipeline.lib.derived import PARALLEL_WRITES

@@ -15,13 +15,12 @@ from pydantic import Field
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.partitions import days_predicate
+from gaming_pipeline.defs.pools import MAINTENANCE_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import maintenance
 from gaming_pipeline.lib.warehouse import RAW_TABLE, all_tables, is_delta_table, latest_version, table_path
 
-# Maintenance has its own pool (one run at a time) so that it runs beside ingestion.
-MAINTENANCE_POOL = "maintenance"
 # The event tables: many small files from frequent small writes, and player-level queries.
 EVENT_TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]
 DAILY_PASS, WEEKLY_PASS, VACUUM_PASS = "daily compaction", "weekly z-order", "vacuum"

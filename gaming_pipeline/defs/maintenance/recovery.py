@@ -11,8 +11,9 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, MAINTENANCE_POOL, existing_tables
+from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, existing_tables
 from gaming_pipeline.defs.partitions import REBUILD_DATES
+from gaming_pipeline.defs.pools import MAINTENANCE_POOL
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.warehouse import (
