@@ -159,21 +159,16 @@ class DaysSensor:
         self.cursor = result.cursor
         return list(result.run_requests or [])
 
-    def requested(self) -> tuple[list[str], list[str]]:
-        """(days whose KPIs all refresh, cohort days whose retention alone refreshes)."""
-        requests = self.requests()
-        full = [request for request in requests if request.asset_selection != [RETENTION_KEY]]
-        # Consecutive days share one run.
-        assert len(full) <= 1, [request.tags for request in full]
-        return (
-            sorted(day for request in full for day in covered(request)),
-            sorted(
-                day
-                for request in requests
-                if request.asset_selection == [RETENTION_KEY]
-                for day in covered(request)
-            ),
-        )
+
+def requested_days(requests: list[dg.RunRequest]) -> tuple[list[str], list[str]]:
+    """(days whose KPIs all refresh, cohort days whose retention alone refreshes) of a refresh
+    sensor tick that asked for no rebuild."""
+    full = [request for request in requests if request.asset_selection != [RETENTION_KEY]]
+    cohorts = [request for request in requests if request.asset_selection == [RETENTION_KEY]]
+    # Consecutive days share one run; all changed cohorts share one.
+    assert len(full) <= 1, [request.tags for request in full]
+    assert len(cohorts) <= 1, [request.tags for request in cohorts]
+    return tuple(sorted(day for request in runs for day in covered(request)) for runs in (full, cohorts))
 
 
 def differences(actual: dict, expected: dict) -> dict:

@@ -115,5 +115,5 @@ def test_every_accepted_event_is_a_raw_row_and_every_table_builds(
     # The service stamps eventTime on receipt: today, or yesterday too just after midnight.
     days = sorted(row.eventDate.isoformat() for row in raw.select("eventDate").distinct().collect())
     # The KPIs are where a value can break a job (casts, sums, times); the per-game tables
-    # copy the raw rows as they are and are left to test_games_and_kpis, to save CI minutes.
+    # copy the raw rows as they are and are left to test_incremental_refresh, to save CI minutes.
     refresh(landing, warehouse, instance, days[0], days[-1], [a for a in DERIVED if a is not game_tables])

@@ -3,8 +3,8 @@ tables equal to the ones computed in Python from the same events; then a backfil
 3-day range launched as the UI launches it (the GraphQL mutation `launchPartitionBackfill`
 against the real webserver, executed by the real daemon) runs as one single-run backfill
 whose checks all pass and, over days the sensors built already, changes no row. (That a
-range rebuilt from nothing equals the Python figures is test_games_and_kpis' part. Every
-run attaches to the session's Spark Connect server, as the demo's runs do;
+rebuild equals the steady path's tables and both equal Python's is test_incremental_refresh's
+part. Every run attaches to the session's Spark Connect server, as the demo's runs do;
 test_daemon_end_to_end covers runs that start a Spark driver of their own.)"""
 
 from __future__ import annotations

@@ -1,25 +1,30 @@
-"""The steady path and the rebuild give the same tables.
+"""The steady path and the rebuild give the same tables, and both equal Python's count.
 
 Batches are ingested one after another, each adding its rows to the per-game and activity
 tables in its own run, and the refresh sensor's requests are run as the daemon would run
 them: then a late batch, an object written again with other events, and a redelivery. The
-tables then equal the plain-Python KPIs, and a rebuild of every day from the raw table
-changes no row of any per-game, activity or KPI table. A merge of two batches' activity
-equals the activity of both at once, sessions spanning the two batches included."""
+sensor asks for the KPIs of the days each batch touched and the retention of the cohorts it
+can change, each in one run; the tables then equal the plain-Python KPIs and counts, late
+events count on their own day, and a rebuild of every day from the raw table changes no row
+of any per-game, activity or KPI table. A merge of two batches' activity equals the activity
+of both at once, sessions spanning the two batches included."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pytest
 
+from gaming_pipeline.cli import main
 from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.defs.refresh.sensors import consecutive
+from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import generator, kpis
 from gaming_pipeline.lib.derived import ACTIVITY_PROPERTIES
 from gaming_pipeline.lib.events import classify_lines, raw_events
-from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, merge_into
+from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, merge_into, table_path
 from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
     evaluate_reconcile,
@@ -33,7 +38,9 @@ from gaming_pipeline_tests.kpi_helpers import (
     actual_kpis,
     differences,
     expected_kpis,
+    expected_retention,
     fingerprints,
+    requested_days,
 )
 
 SEED = 29
@@ -51,8 +58,22 @@ def ingest(landing, warehouse, instance) -> dict:
     return {key: value.value for key, value in raw.metadata.items()}
 
 
+def cohorts_of(days: list[str]) -> list[str]:
+    """The cohorts one run refreshes when events on `days` land: from the first to the last
+    of those whose retention the events can change, the days themselves aside (1 and 7 days
+    before, the events being returns, and every later day through today, first days moving)."""
+    today = datetime.now(UTC).date()
+    first = date.fromisoformat(min(days))
+    returns = {date.fromisoformat(day) - timedelta(days=n) for day in days for n in (1, 7)}
+    later = {first + timedelta(days=n) for n in range(1, (today - first).days + 1)}
+    changed = (returns | later) - {date.fromisoformat(day) for day in days}
+    return [
+        (min(changed) + timedelta(days=n)).isoformat() for n in range((max(changed) - min(changed)).days + 1)
+    ]
+
+
 def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_gives(
-    spark, landing, warehouse
+    spark, landing, warehouse, monkeypatch, capsys
 ):
     start, end = generator.history_window(3.0, HISTORY_END.replace(hour=0))
     history = list(generator.history(SEED, 1500, start, end))
@@ -61,14 +82,19 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
     with dg.instance_for_test() as instance:
         sensor = DaysSensor(instance)
 
-        def steady() -> None:
-            refresh_as_requested(landing, warehouse, instance, sensor.requests())
+        def steady(*batches: dict) -> None:
+            """The refresh sensor's requests, run as the daemon would: one run for the KPIs of
+            the days the batches added events to, one for the retention they can change."""
+            added = sorted({day for batch in batches for day in batch[EVENT_DATES]})
+            requests = sensor.requests()
+            assert requested_days(requests) == (added, cohorts_of(added))
+            refresh_as_requested(landing, warehouse, instance, requests)
 
         land(landing.bucket, "events/batch-1a.ndjson.gz", first[:250])
         land(landing.bucket, "events/batch-1b.ndjson.gz", first[250:])
         added = ingest(landing, warehouse, instance)
         assert added[REBUILD_DATES] == [] and added[EVENT_DATES]
-        steady()
+        steady(added)
 
         # Later events; then late ones of the middle day, some of them first-day players
         # coming back, so the first day's retention changes too.
@@ -79,12 +105,14 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
                 key: returning["eventParams"][key]
                 for key in ("game_keyword", "app_name", "device_id", "platform")
             }
+        assert expected_retention(history + late) != expected_retention(history)
         land(landing.bucket, "events/batch-2.ndjson.gz", second + third)
-        ingest(landing, warehouse, instance)
+        later = ingest(landing, warehouse, instance)
         # A late batch of its own, ingested before the refresh: one refresh covers both.
         land(landing.bucket, "events/late.ndjson.gz", late)
-        ingest(landing, warehouse, instance)
-        steady()
+        late_batch = ingest(landing, warehouse, instance)
+        assert late_batch[EVENT_DATES] == [days[1]]
+        steady(later, late_batch)
 
         # An object written again with other events: its old rows must go everywhere.
         rewritten = first[250:400] + [generator.EventFactory(7).event(late_at + 3600 + n) for n in range(25)]
@@ -97,9 +125,30 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
 
         events = first[:250] + rewritten + second + third + late
         assert differences(actual_kpis(spark, warehouse), expected_kpis(events)) == {}
+        per_game = {
+            game.keyword: spark.read.format("delta").load(table_path(warehouse, game.table_name)).count()
+            for game in GAMES
+        }
+        assert per_game == {
+            game.keyword: sum(event["eventParams"]["game_keyword"] == game.keyword for event in events)
+            for game in GAMES
+        }
         steady_tables = fingerprints(spark, warehouse)
         refresh(landing, warehouse, instance, days[0], days[-1])
         assert fingerprints(spark, warehouse) == steady_tables
+
+    # Every table answers to its name in SQL.
+    monkeypatch.setenv("GAMING_PIPELINE_WAREHOUSE", warehouse)
+    capsys.readouterr()
+    query = "select sum(events) as n from kpi_events_per_hour where game_keyword = 'all_games'"
+    assert main(["sql", query, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n": len(events)}
+
+
+def test_consecutive_days_share_a_run():
+    first = date(2026, 11, 18)
+    days = {first, first + timedelta(days=1), first + timedelta(days=2), first + timedelta(days=4)}
+    assert consecutive(days) == [(first, first + timedelta(days=2)), (first + timedelta(days=4),) * 2]
 
 
 @pytest.mark.parametrize("table", kpis.ACTIVITY_TABLES)
