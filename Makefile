@@ -19,9 +19,11 @@ setup: $(INSTALLED)
 demo: setup
 	$(BIN)/gaming-pipeline demo
 
+# Two workers, a test module each at a time (module fixtures stay in one process), the
+# minutes-long tests first (conftest.py) so that both workers end together.
 test: setup
 	$(BIN)/ruff check gaming_pipeline gaming_pipeline_tests bench
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The fast tier: pure logic only (no Spark, no processes), well under a minute.
 unit: $(INSTALLED)

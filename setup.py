@@ -43,7 +43,8 @@ setup(
     ],
     extras_require={
         # dagster-postgres: a test runs the daemon on the production (Postgres) instance config.
-        "test": ["pytest>=9,<10", "ruff==0.17.6", "dagster-postgres==0.29.27"],
+        # pytest-xdist: `make test` runs the suite on two workers.
+        "test": ["pytest>=9,<10", "pytest-xdist==3.8.0", "ruff==0.17.6", "dagster-postgres==0.29.27"],
         # make bench: the single-machine peer (Polars + deltalake) and peak-memory sampling.
         "bench": ["polars==2.1.0", "psutil==7.2.2"],
         # deploy/Dockerfile: run pods use the Postgres instance and the Kubernetes run launcher.

@@ -107,3 +107,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
         if not any(item.get_closest_marker(name) for name in ("spark", "e2e")):
             item.add_marker(pytest.mark.unit)
+    # The longest first, the shortest last: with two workers (`make test`), whichever ends
+    # its long modules first takes the short ones, and neither waits alone on a long one.
+    items.sort(key=lambda item: [not item.get_closest_marker(tier) for tier in ("slow", "spark", "e2e")])

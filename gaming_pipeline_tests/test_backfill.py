@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import requests
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
@@ -72,6 +73,7 @@ class Stack:
         return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
     spark, spark_server, landing, tmp_path
 ):

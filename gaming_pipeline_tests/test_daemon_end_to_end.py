@@ -28,6 +28,7 @@ def postgres(monkeypatch):
         yield environ
 
 
+@pytest.mark.slow
 def test_daemon_on_postgres_ingests_landed_objects(landing, tmp_path, postgres, monkeypatch):
     daemon, env = start_daemon_for(
         tmp_path, landing.bucket, landing.queue_url, instance_config=PRODUCTION_INSTANCE_CONFIG

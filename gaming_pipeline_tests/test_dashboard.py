@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from PIL import Image
 
 from gaming_pipeline.defs.dashboard.assets import DASHBOARD_FILE, kpi_dashboard
@@ -67,6 +68,7 @@ def assert_charts_drawn(shot: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_dashboard_follows_the_kpi_tables_and_draws_three_charts_with_data(
     spark, landing, warehouse, tmp_path
 ):

@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
 from delta.tables import DeltaTable
 
 from gaming_pipeline.lib import aws, processes
@@ -76,6 +77,7 @@ def wait_for(signal: Path, drivers: list[subprocess.Popen], logs: list[Path]) ->
     wait_until(signalled, 240, what=f"the drivers' signal {signal.name}")
 
 
+@pytest.mark.slow
 def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws, spark, tmp_path):
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
     aws.client("s3").create_bucket(Bucket=bucket)

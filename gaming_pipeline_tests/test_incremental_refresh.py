@@ -72,6 +72,7 @@ def cohorts_of(days: list[str]) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_gives(
     spark, landing, warehouse, monkeypatch, capsys
 ):

@@ -54,6 +54,7 @@ def content_fingerprint(df) -> tuple[int, int]:
     return df.count(), df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
 
 
+@pytest.mark.slow
 def test_landed_events_reach_the_raw_table_exactly_once(spark, landing, warehouse):
     copies = tap(landing)
     totals = load_history(landing.bucket)

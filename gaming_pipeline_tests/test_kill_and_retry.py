@@ -42,6 +42,7 @@ def content(spark, warehouse: str, table: str):
     return df.drop(*[column for column in LINEAGE if column in df.columns])
 
 
+@pytest.mark.slow
 def test_killed_run_retried_equals_a_clean_run(spark, landing, tmp_path):
     load_history(landing.bucket, seed=21, events=3000, days=1.0)
     put_bad_object(landing.bucket)

@@ -12,6 +12,7 @@ from datetime import date
 
 import dagster as dg
 import pyarrow
+import pytest
 from dagster_pyspark import LazyPySparkResource
 from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
@@ -86,6 +87,7 @@ def daily_pass(instance: dg.DagsterInstance, warehouse: str) -> dict:
     return {key: value.value for key, value in observations[dg.AssetKey(RAW_TABLE)].metadata.items()}
 
 
+@pytest.mark.slow
 def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_row(spark, landing, warehouse):
     raw = table_path(warehouse, RAW_TABLE)
     for n in range(4):
@@ -116,6 +118,7 @@ def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_r
         assert content(spark, raw)[0] == before[0] + 60
 
 
+@pytest.mark.slow
 def test_optimize_erasure_and_ingestion_at_once_all_commit_and_readers_see_whole_snapshots(
     spark, landing, warehouse
 ):
@@ -274,6 +277,7 @@ def refresh_kpi(instance: dg.DagsterInstance, warehouse: str, day: date) -> None
     ).success
 
 
+@pytest.mark.slow
 def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, landing, warehouse):
     raw = table_path(warehouse, RAW_TABLE)
     day = CLOSED[1]

@@ -154,6 +154,7 @@ def ingest_and_fan_out_with_the_cli(
         assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     spark, cluster_address, landing, tmp_path
 ):
