@@ -27,7 +27,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.lib import aws, generator, processes
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 PROJECT = Path(__file__).resolve().parent.parent
 FRESH_RUN = """

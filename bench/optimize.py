@@ -25,10 +25,9 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import kpis, maintenance
-from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.spark import start_session
-from gaming_pipeline.lib.warehouse import ensure_table
+from gaming_pipeline.lib.tables import RAW
 
 DAY = date(2026, 11, 20)
 
@@ -90,8 +89,7 @@ def main() -> None:
     try:
         spark = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": str(work)}))
         spark.sparkContext.setLogLevel("ERROR")
-        path = str(work / "raw")
-        ensure_table(spark, path, RAW_SCHEMA, partition_by=("eventDate",))
+        path = RAW.ensure(spark, str(work))
         started = time.monotonic()
         for n in range(args.writes):
             small_write(spark, args.rows_per_write, n).coalesce(1).write.format("delta").mode("append").save(

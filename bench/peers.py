@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 STARTED = time.monotonic()
 # Landing keys are events/YYYY/MM/DD/HH/<object>: Spark's file sources do not descend on their own.

@@ -55,7 +55,8 @@ from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, generator, processes
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent

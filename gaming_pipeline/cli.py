@@ -148,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from gaming_pipeline.lib.warehouse import register_views
+    from gaming_pipeline.lib.tables import register_views
 
     settings = Settings.from_env()
     spark = _spark(settings)
@@ -167,7 +167,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from gaming_pipeline.lib.warehouse import describe_tables
+    from gaming_pipeline.lib.tables import describe_tables
 
     settings = Settings.from_env()
     rows = describe_tables(_spark(settings), settings.warehouse)

@@ -16,7 +16,8 @@ import dagster as dg
 
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.warehouse import QUARANTINE_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import DERIVED, evaluate_reconcile, refresh, run
 from gaming_pipeline_tests.service_helpers import IngestService, landed, wait_until
 

@@ -33,7 +33,7 @@ from gaming_pipeline.lib.processes import (
     stop,
     wait_until_serving,
 )
-from gaming_pipeline.lib.warehouse import RAW_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history
 from gaming_pipeline_tests.kpi_helpers import actual_kpis, expected_kpis, fingerprints
 from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows

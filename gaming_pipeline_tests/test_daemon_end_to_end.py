@@ -13,7 +13,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.lib.processes import PRODUCTION_INSTANCE_CONFIG, start_daemon_for, stop
-from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import load_history
 from gaming_pipeline_tests.postgres_helpers import postgres_server, successful_runs
 

@@ -25,7 +25,8 @@ from gaming_pipeline.lib import maintenance
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased, new_master_key
-from gaming_pipeline.lib.warehouse import AUDIT_TABLE, RAW_TABLE, is_delta_table, latest_version, table_path
+from gaming_pipeline.lib.tables import AUDIT_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
 
 PLAYER, OTHER = "d-erase-me-4711", "d-keep-me-0815"

@@ -22,9 +22,9 @@ from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import consecutive
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import generator, kpis
-from gaming_pipeline.lib.derived import ACTIVITY_PROPERTIES
 from gaming_pipeline.lib.events import classify_lines, raw_events
-from gaming_pipeline.lib.warehouse import RAW_TABLE, ensure_table, merge_into, table_path
+from gaming_pipeline.lib.tables import ACTIVITY, RAW_TABLE
+from gaming_pipeline.lib.warehouse import merge_into, table_path
 from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
     evaluate_reconcile,
@@ -168,8 +168,7 @@ def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spa
         event["eventParams"].update(events[0]["eventParams"] if events else {}, device_id=f"d-{n % 7}")
         events.append(event)
     batches = [raw_rows(spark, events[parity::2]) for parity in (0, 1)]
-    path = str(tmp_path / table)
-    ensure_table(spark, path, kpis.SCHEMAS[table], ("eventDate",), properties=ACTIVITY_PROPERTIES)
+    path = ACTIVITY[table].ensure(spark, str(tmp_path))
     for batch in batches:
         merge_into(transform(batch), path, kpis.KEYS[table], kpis.ADDED[table], {"run_id": "test"})
     merged = spark.read.format("delta").load(path).collect()

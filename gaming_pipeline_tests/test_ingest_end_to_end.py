@@ -15,7 +15,8 @@ from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import (
     BAD_OBJECT_KEY,
     evaluate,

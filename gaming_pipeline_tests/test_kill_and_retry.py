@@ -18,7 +18,8 @@ from pyspark.testing import assertDataFrameEqual
 from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.lib.ingest import ingest_objects
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import load_history, put_bad_object
 
 # Runs the ingestion in its own process (its own JVM), like a Dagster run would.

@@ -10,7 +10,8 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib import ingest
 from gaming_pipeline.lib.ingest import ingest_objects, object_uri
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_history, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_history, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
 
 pytestmark = pytest.mark.spark

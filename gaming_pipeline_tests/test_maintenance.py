@@ -34,12 +34,8 @@ from gaming_pipeline.lib import checks, kpis, maintenance
 from gaming_pipeline.lib.erasure import erase_rows
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, EVENTS_PER_HOUR, GAME_HOURS, PLAYER_DAYS
-from gaming_pipeline.lib.warehouse import (
-    QUARANTINE_TABLE,
-    RAW_TABLE,
-    latest_version,
-    table_path,
-)
+from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import latest_version, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land
 
 

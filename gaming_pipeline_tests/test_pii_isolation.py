@@ -14,7 +14,7 @@ from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.pii import PlayerErased
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.warehouse import register_views
+from gaming_pipeline.lib.tables import register_views
 from gaming_pipeline_tests.service_helpers import IngestService, landed
 
 

@@ -9,7 +9,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from gaming_pipeline.defs.ingest.sensors import FAILING_AFTER, build_reconcile_sensor, landing_queue_sensor
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.warehouse import RAW_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import evaluate, land, load_history, resources
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,8 @@ from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.aws import free_port
 from gaming_pipeline.lib.processes import prepare_dagster_home
-from gaming_pipeline.lib.warehouse import RAW_TABLE, table_history, table_path
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_history, table_path
 from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, resources
 from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
 

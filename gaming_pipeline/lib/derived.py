@@ -23,41 +23,12 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis
-from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.maintenance import days_in
-from gaming_pipeline.lib.warehouse import append_rows, ensure_table, merge_into, replace_rows, table_path
+from gaming_pipeline.lib.tables import ACTIVITY, game_table
+from gaming_pipeline.lib.warehouse import append_rows, merge_into, replace_rows
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
-# Batches merge into today's activity rows all day: deletion vectors make a merge rewrite
-# only the rows it changes, and auto compaction folds the small files merges leave, in the
-# writing run itself, so no other writer of these tables ever conflicts with it.
-ACTIVITY_PROPERTIES = {"delta.enableDeletionVectors": "true", "delta.autoOptimize.autoCompact": "true"}
-
-
-def ensure_game_table(spark: SparkSession, warehouse: str, game: Game) -> str:
-    path = table_path(warehouse, game.table_name)
-    ensure_table(
-        spark,
-        path,
-        RAW_SCHEMA,
-        partition_by=("eventDate",),
-        comment=f"Every event of {game.app_name}, as in the raw table.",
-    )
-    return path
-
-
-def ensure_activity_table(spark: SparkSession, warehouse: str, table: str) -> str:
-    path = table_path(warehouse, table)
-    ensure_table(
-        spark,
-        path,
-        kpis.SCHEMAS[table],
-        partition_by=("eventDate",),
-        comment="Event sums the KPI tables are computed from.",
-        properties=ACTIVITY_PROPERTIES,
-    )
-    return path
 
 
 def add_batch(
@@ -80,11 +51,12 @@ def add_batch(
     def append(game: Game) -> None:
         # One file per game and batch. The append makes the game's table, partitioned as a
         # rebuild makes it, if it had none yet: no CREATE TABLE round trip per game and batch.
+        table = game_table(game)
         append_rows(
             rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1),
-            table_path(warehouse, game.table_name),
+            table.path(warehouse),
             marker,
-            partition_by=("eventDate",),
+            partition_by=table.partition_by,
         )
 
     games = [game for game in GAMES if any(added[game.table_name].values())]
@@ -92,7 +64,7 @@ def add_batch(
         list(pool.map(append, games))
     events_per_day = {day: sum(row["count"] for row in counted if row.eventDate == day) for day in days}
     for table, activity in kpis.ACTIVITY.items():
-        path = ensure_activity_table(spark, warehouse, table)
+        path = ACTIVITY[table].ensure(spark, warehouse)
         merge_into(
             activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
         )
@@ -105,6 +77,6 @@ def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: 
     of those days; returns each table's commit."""
     commits = {}
     for table, activity in kpis.ACTIVITY.items():
-        path = ensure_activity_table(spark, warehouse, table)
+        path = ACTIVITY[table].ensure(spark, warehouse)
         commits[table] = replace_rows(activity(raw.where(days)), path, days, {"run_id": run_id})
     return commits

@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from pyspark.sql import SparkSession
-from pyspark.sql import types as T
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
+from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
     delta_at,
-    ensure_table,
     latest_version,
     replace_rows,
     retry_on_conflict,
@@ -23,37 +22,6 @@ from gaming_pipeline.lib.warehouse import (
 )
 
 ERASURE_TAG = "erasure"
-
-AUDIT_SCHEMA = T.StructType(
-    [
-        T.StructField("request_id", T.StringType(), False),
-        T.StructField("player_id", T.StringType(), False),
-        T.StructField("requested_by", T.StringType(), False),
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("erased_at", T.TimestampType(), False),
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField(
-            "tables",
-            T.ArrayType(
-                T.StructType(
-                    [
-                        # Delta enforces NOT NULL only outside arrays.
-                        T.StructField("table", T.StringType()),
-                        T.StructField("rows_deleted", T.LongType()),
-                        T.StructField("version", T.LongType()),
-                        T.StructField("days", T.ArrayType(T.DateType())),
-                    ]
-                )
-            ),
-            False,
-        ),
-        T.StructField("pii_key_shredded", T.BooleanType(), False),
-        T.StructField("pii_records_deleted", T.LongType(), False),
-        # Until then older table versions still hold the rows: VACUUM at the default
-        # retention deletes those files after this time.
-        T.StructField("files_purged_after", T.TimestampType(), False),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -87,7 +55,7 @@ def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marke
 
 def record_audit(
     spark: SparkSession,
-    path: str,
+    warehouse: str,
     *,
     request_id: str,
     player_id: str,
@@ -113,9 +81,7 @@ def record_audit(
         shredded["records_deleted"],
         erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
     )
-    ensure_table(
-        spark, path, AUDIT_SCHEMA, comment="One row per GDPR erasure: what was erased, never the PII."
-    )
+    path = AUDIT.ensure(spark, warehouse)
     return replace_rows(
         spark.createDataFrame([row], AUDIT_SCHEMA),
         path,

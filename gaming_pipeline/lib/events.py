@@ -56,15 +56,6 @@ RAW_SCHEMA = T.StructType(
     ]
 )
 
-QUARANTINE_SCHEMA = T.StructType(
-    [
-        T.StructField("line", T.StringType()),
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("_source_object", T.StringType(), False),
-        T.StructField("_quarantined_at", T.TimestampType(), False),
-        T.StructField("_ingest_run_id", T.StringType(), False),
-    ]
-)
 
 # A landing line after parsing: `reason` is null for a good event, else why it is quarantined.
 CLASSIFIED_SCHEMA = T.StructType(

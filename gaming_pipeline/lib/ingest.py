@@ -22,24 +22,28 @@ from pyspark.sql import functions as F
 from gaming_pipeline.lib.derived import add_batch
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
-    QUARANTINE_SCHEMA,
-    RAW_SCHEMA,
     classify_lines,
     per_object_counts,
     quarantined_lines,
     raw_events,
     source_object,
 )
-from gaming_pipeline.lib.ledger import INTENT_SCHEMA, LEDGER_SCHEMA
 from gaming_pipeline.lib.maintenance import days_changed
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.warehouse import (
+from gaming_pipeline.lib.tables import (
+    INTENT_SCHEMA,
     INTENT_TABLE,
+    INTENTS,
+    LEDGER,
+    LEDGER_SCHEMA,
     LEDGER_TABLE,
+    QUARANTINE,
     QUARANTINE_TABLE,
+    RAW,
     RAW_TABLE,
+)
+from gaming_pipeline.lib.warehouse import (
     append_rows,
-    ensure_table,
     in_list,
     latest_version,
     replace_rows,
@@ -79,31 +83,8 @@ def object_uri(obj: LandedObject) -> str:
 
 
 def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
-    ensure_table(
-        spark,
-        table_path(warehouse, RAW_TABLE),
-        RAW_SCHEMA,
-        partition_by=("eventDate",),
-        comment="Game events as landed, one row per event, partitioned by UTC event day.",
-    )
-    ensure_table(
-        spark,
-        table_path(warehouse, QUARANTINE_TABLE),
-        QUARANTINE_SCHEMA,
-        comment="Landing lines that could not become events, with the reason.",
-    )
-    ensure_table(
-        spark,
-        table_path(warehouse, LEDGER_TABLE),
-        LEDGER_SCHEMA,
-        comment="One row per landing object ingested: ETag, run, versions, row counts.",
-    )
-    ensure_table(
-        spark,
-        table_path(warehouse, INTENT_TABLE),
-        INTENT_SCHEMA,
-        comment="Last-modified times of landing objects whose raw rows a run began to write.",
-    )
+    for table in (RAW, QUARANTINE, LEDGER, INTENTS):
+        table.ensure(spark, warehouse)
 
 
 def pending(

@@ -6,39 +6,7 @@ which needs no JVM, so a sensor tick stays light.
 
 from __future__ import annotations
 
-from pyspark.sql import types as T
-
 from gaming_pipeline.lib import aws
-
-LEDGER_SCHEMA = T.StructType(
-    [
-        T.StructField("object", T.StringType(), False),
-        T.StructField("etag", T.StringType()),
-        T.StructField("size", T.LongType()),
-        T.StructField("source_modified_at", T.TimestampType()),
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("raw_version", T.LongType()),
-        T.StructField("quarantine_version", T.LongType()),
-        T.StructField("rows_in", T.LongType(), False),
-        T.StructField("rows_written", T.LongType(), False),
-        T.StructField("rows_quarantined", T.LongType(), False),
-        T.StructField("rows_missing_event_time", T.LongType(), False),
-        T.StructField("ingested_at", T.TimestampType(), False),
-    ]
-)
-
-
-# Before a run writes an object's raw rows it notes the object's last-modified time in the
-# intents table (a blind append, no ledger read-modify-write): a run killed after that write
-# leaves rows the ledger does not know of, and the next run must find them to replace them.
-INTENT_SCHEMA = T.StructType(
-    [
-        T.StructField("object", T.StringType(), False),
-        T.StructField("source_modified_at", T.TimestampType(), False),
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("recorded_at", T.TimestampType(), False),
-    ]
-)
 
 
 def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:

@@ -18,31 +18,6 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES
-
-RAW_TABLE = "mobile_events_delta_raw"
-QUARANTINE_TABLE = "quarantine_events"
-LEDGER_TABLE = "ingest_ledger"
-# Last-modified times of objects whose raw rows a run began to write (lib/ingest.py).
-INTENT_TABLE = "ingest_intents"
-# One row per GDPR erasure run (lib/erasure.py).
-AUDIT_TABLE = "gdpr_erasure_audit"
-
-
-def all_tables() -> list[str]:
-    """Every table the pipeline writes, in the order `tables` lists them."""
-    return [
-        RAW_TABLE,
-        *(game.table_name for game in GAMES),
-        *ACTIVITY_TABLES,
-        *KPI_TABLES,
-        QUARANTINE_TABLE,
-        LEDGER_TABLE,
-        INTENT_TABLE,
-        AUDIT_TABLE,
-    ]
-
 
 def table_path(warehouse: str, table: str) -> str:
     return f"{warehouse.rstrip('/')}/{table}"
@@ -276,32 +251,3 @@ def merge_into(
 def upsert(df: DataFrame, path: str, keys: tuple[str, ...], marker: dict) -> None:
     """Insert the rows, or replace the table's rows with the same keys."""
     merge_into(df, path, keys, {column: f"s.{_quoted(column)}" for column in df.columns}, marker)
-
-
-def register_views(spark: SparkSession, warehouse: str) -> list[str]:
-    """Make every existing table queryable by its name in this session's SQL."""
-    registered = []
-    for table in all_tables():
-        path = table_path(warehouse, table)
-        if is_delta_table(spark, path):
-            spark.read.format("delta").load(path).createOrReplaceTempView(table)
-            registered.append(table)
-    return registered
-
-
-def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
-    """Name, location, current Delta version and row count of each existing table."""
-    rows = []
-    for table in all_tables():
-        path = table_path(warehouse, table)
-        if not is_delta_table(spark, path):
-            continue
-        rows.append(
-            {
-                "table": table,
-                "location": path,
-                "version": latest_version(spark, path),
-                "rows": spark.read.format("delta").load(path).count(),
-            }
-        )
-    return rows

@@ -12,7 +12,7 @@ import dagster as dg
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.lib.alerts import Alert, AlertState, check_alert, run_failure_alert, stale_alert
-from gaming_pipeline.lib.warehouse import RAW_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE
 
 FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE)
 RUNS_PER_TICK = 200

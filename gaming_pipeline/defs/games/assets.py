@@ -14,9 +14,10 @@ from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
-from gaming_pipeline.lib.derived import PARALLEL_WRITES, ensure_game_table
+from gaming_pipeline.lib.derived import PARALLEL_WRITES
 from gaming_pipeline.lib.events import RAW_SCHEMA
-from gaming_pipeline.lib.warehouse import RAW_TABLE, Commit, ensure_table, replace_rows, table_path
+from gaming_pipeline.lib.tables import RAW, RAW_TABLE, game_table
+from gaming_pipeline.lib.warehouse import Commit, replace_rows, table_path
 
 GAMES_GROUP = "games"
 ROWS_PER_FILE = 1_000_000
@@ -78,8 +79,7 @@ def game_tables(
     each commit's operation metrics say how many rows it wrote."""
     spark = pyspark.spark_session
     days = window_predicate(context)
-    raw_path = table_path(warehouse.root, RAW_TABLE)
-    ensure_table(spark, raw_path, RAW_SCHEMA, partition_by=("eventDate",))
+    raw_path = RAW.ensure(spark, warehouse.root)
     raw = spark.read.format("delta").load(raw_path).where(days).persist()
     game_keyword = F.col("eventParams.game_keyword")
     games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
@@ -90,7 +90,7 @@ def game_tables(
         null_keys = {game: keys_found.get(game.keyword, checks.no_rows(checks.RAW_KEYS)) for game in games}
 
         def write(game: Game) -> tuple[Commit, T.StructType]:
-            ensure_game_table(spark, warehouse.root, game)
+            game_table(game).ensure(spark, warehouse.root)
             rows = null_keys[game][1]["rows"]
             commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.

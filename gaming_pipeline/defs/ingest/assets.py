@@ -12,7 +12,8 @@ from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.warehouse import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 INGEST_GROUP = "ingest"
 

@@ -21,7 +21,8 @@ from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResou
 from gaming_pipeline.lib.ingest import object_uri
 from gaming_pipeline.lib.ledger import ingested_objects
 from gaming_pipeline.lib.s3_events import LandedObject, parse_message
-from gaming_pipeline.lib.warehouse import LEDGER_TABLE, RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 # A run of this many objects is minutes of Firehose output: large enough to amortise a
 # Spark job, small enough to retry cheaply.

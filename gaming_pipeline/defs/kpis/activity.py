@@ -9,7 +9,8 @@ from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_pre
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
-from gaming_pipeline.lib.warehouse import RAW_TABLE, table_path
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
 
 ACTIVITY_GROUP = "activity"
 

@@ -14,9 +14,9 @@ from pyspark.sql import DataFrame
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
-from gaming_pipeline.lib import charts, checks, kpis, liveops
+from gaming_pipeline.lib import charts, checks, kpis, liveops, tables
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
-from gaming_pipeline.lib.warehouse import ensure_table, replace_rows, table_path
+from gaming_pipeline.lib.warehouse import replace_rows, table_path
 
 KPI_GROUP = "kpis"
 
@@ -87,9 +87,8 @@ class Kpi:
             *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
         )
         result = kpis.TRANSFORMS[self.name](activity, first, end).persist()
-        path = table_path(warehouse.root, self.name)
         try:
-            ensure_table(spark, path, kpis.SCHEMAS[self.name], partition_by=("eventDate",))
+            path = tables.KPIS[self.name].ensure(spark, warehouse.root)
             version = replace_rows(result, path, days, {"run_id": run_id}).version
             table = spark.read.format("delta").load(path)
             run = KpiRun(table.where(days), activity.players.where(days), table, first, end)

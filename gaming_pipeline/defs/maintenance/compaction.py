@@ -19,7 +19,8 @@ from gaming_pipeline.defs.pools import MAINTENANCE_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import maintenance
-from gaming_pipeline.lib.warehouse import RAW_TABLE, all_tables, is_delta_table, latest_version, table_path
+from gaming_pipeline.lib.tables import RAW_TABLE, all_tables
+from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_path
 
 # The event tables: many small files from frequent small writes, and player-level queries.
 EVENT_TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]

@@ -16,14 +16,8 @@ from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.pools import MAINTENANCE_POOL
 from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
-from gaming_pipeline.lib.warehouse import (
-    AUDIT_TABLE,
-    INTENT_TABLE,
-    LEDGER_TABLE,
-    RAW_TABLE,
-    all_tables,
-    table_path,
-)
+from gaming_pipeline.lib.tables import AUDIT_TABLE, INTENT_TABLE, LEDGER_TABLE, RAW_TABLE, all_tables
+from gaming_pipeline.lib.warehouse import table_path
 
 # The ledger keeps saying which objects were taken in, so a rollback does not make the
 # reconciler ingest the same bad objects again; the audit is never rolled back.
@@ -170,7 +164,7 @@ def erase_player(
     erased_at = datetime.now(UTC)
     audit_version = erasure.record_audit(
         spark,
-        table_path(warehouse.root, AUDIT_TABLE),
+        warehouse.root,
         request_id=request_id,
         player_id=player,
         requested_by=config.requested_by,

@@ -32,7 +32,7 @@ from gaming_pipeline.defs.kpis.assets import KPI_GROUP
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, RETENTION, RETURN_DAYS
-from gaming_pipeline.lib.warehouse import RAW_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 

@@ -1,0 +1,201 @@
+"""Every table the pipeline writes, declared once: its name, columns, partitioning, table
+properties and the comment SQL users see (`DESCRIBE TABLE EXTENDED`). Writers create their
+tables from here, and `gaming-pipeline tables` and the SQL prompt list them from here.
+
+The columns of event rows (lib/events.py) and of the activity and KPI rows (lib/kpis.py) are
+declared beside the transforms that make those rows; the bookkeeping tables' columns are here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+
+from gaming_pipeline.games import GAMES, Game
+from gaming_pipeline.lib import kpis
+from gaming_pipeline.lib.events import RAW_SCHEMA
+from gaming_pipeline.lib.warehouse import ensure_table, is_delta_table, latest_version, table_path
+
+RAW_TABLE = "mobile_events_delta_raw"
+QUARANTINE_TABLE = "quarantine_events"
+LEDGER_TABLE = "ingest_ledger"
+# Last-modified times of objects whose raw rows a run began to write (lib/ingest.py).
+INTENT_TABLE = "ingest_intents"
+# One row per GDPR erasure run (lib/erasure.py).
+AUDIT_TABLE = "gdpr_erasure_audit"
+
+BY_DAY = ("eventDate",)
+# Batches merge into today's activity rows all day: deletion vectors make a merge rewrite
+# only the rows it changes, and auto compaction folds the small files merges leave, in the
+# writing run itself, so no other writer of these tables ever conflicts with it.
+ACTIVITY_PROPERTIES = {"delta.enableDeletionVectors": "true", "delta.autoOptimize.autoCompact": "true"}
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("line", T.StringType()),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("_source_object", T.StringType(), False),
+        T.StructField("_quarantined_at", T.TimestampType(), False),
+        T.StructField("_ingest_run_id", T.StringType(), False),
+    ]
+)
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("object", T.StringType(), False),
+        T.StructField("etag", T.StringType()),
+        T.StructField("size", T.LongType()),
+        T.StructField("source_modified_at", T.TimestampType()),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("raw_version", T.LongType()),
+        T.StructField("quarantine_version", T.LongType()),
+        T.StructField("rows_in", T.LongType(), False),
+        T.StructField("rows_written", T.LongType(), False),
+        T.StructField("rows_quarantined", T.LongType(), False),
+        T.StructField("rows_missing_event_time", T.LongType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+    ]
+)
+
+
+# Before a run writes an object's raw rows it notes the object's last-modified time in the
+# intents table (a blind append, no ledger read-modify-write): a run killed after that write
+# leaves rows the ledger does not know of, and the next run must find them to replace them.
+INTENT_SCHEMA = T.StructType(
+    [
+        T.StructField("object", T.StringType(), False),
+        T.StructField("source_modified_at", T.TimestampType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+
+AUDIT_SCHEMA = T.StructType(
+    [
+        T.StructField("request_id", T.StringType(), False),
+        T.StructField("player_id", T.StringType(), False),
+        T.StructField("requested_by", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("erased_at", T.TimestampType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField(
+            "tables",
+            T.ArrayType(
+                T.StructType(
+                    [
+                        # Delta enforces NOT NULL only outside arrays.
+                        T.StructField("table", T.StringType()),
+                        T.StructField("rows_deleted", T.LongType()),
+                        T.StructField("version", T.LongType()),
+                        T.StructField("days", T.ArrayType(T.DateType())),
+                    ]
+                )
+            ),
+            False,
+        ),
+        T.StructField("pii_key_shredded", T.BooleanType(), False),
+        T.StructField("pii_records_deleted", T.LongType(), False),
+        # Until then older table versions still hold the rows: VACUUM at the default
+        # retention deletes those files after this time.
+        T.StructField("files_purged_after", T.TimestampType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: T.StructType
+    comment: str
+    partition_by: tuple[str, ...] = ()
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def path(self, warehouse: str) -> str:
+        return table_path(warehouse, self.name)
+
+    def ensure(self, spark: SparkSession, warehouse: str) -> str:
+        """The table's path, the table created there first if it is not yet."""
+        path = self.path(warehouse)
+        ensure_table(spark, path, self.schema, self.partition_by, self.comment, self.properties)
+        return path
+
+
+RAW = Table(
+    RAW_TABLE, RAW_SCHEMA, "Game events as landed, one row per event, partitioned by UTC event day.", BY_DAY
+)
+QUARANTINE = Table(
+    QUARANTINE_TABLE, QUARANTINE_SCHEMA, "Landing lines that could not become events, with the reason."
+)
+LEDGER = Table(
+    LEDGER_TABLE, LEDGER_SCHEMA, "One row per landing object ingested: ETag, run, versions, row counts."
+)
+INTENTS = Table(
+    INTENT_TABLE,
+    INTENT_SCHEMA,
+    "Last-modified times of landing objects whose raw rows a run began to write.",
+)
+AUDIT = Table(AUDIT_TABLE, AUDIT_SCHEMA, "One row per GDPR erasure: what was erased, never the PII.")
+
+
+def game_table(game: Game) -> Table:
+    return Table(game.table_name, RAW_SCHEMA, f"Every event of {game.app_name}, as in the raw table.", BY_DAY)
+
+
+ACTIVITY = {
+    name: Table(
+        name, kpis.SCHEMAS[name], "Event sums the KPI tables are computed from.", BY_DAY, ACTIVITY_PROPERTIES
+    )
+    for name in kpis.ACTIVITY_TABLES
+}
+KPIS = {
+    name: Table(
+        name, kpis.SCHEMAS[name], "A daily KPI per game and for all_games; see its asset in Dagster.", BY_DAY
+    )
+    for name in kpis.KPI_TABLES
+}
+ALL_TABLES = [
+    RAW,
+    *(game_table(game) for game in GAMES),
+    *ACTIVITY.values(),
+    *KPIS.values(),
+    QUARANTINE,
+    LEDGER,
+    INTENTS,
+    AUDIT,
+]
+
+
+def all_tables() -> list[str]:
+    """Every table the pipeline writes, by name, in the order `tables` lists them."""
+    return [table.name for table in ALL_TABLES]
+
+
+def register_views(spark: SparkSession, warehouse: str) -> list[str]:
+    """Make every existing table queryable by its name in this session's SQL."""
+    registered = []
+    for table in all_tables():
+        path = table_path(warehouse, table)
+        if is_delta_table(spark, path):
+            spark.read.format("delta").load(path).createOrReplaceTempView(table)
+            registered.append(table)
+    return registered
+
+
+def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
+    """Name, location, current Delta version and row count of each existing table."""
+    rows = []
+    for table in all_tables():
+        path = table_path(warehouse, table)
+        if not is_delta_table(spark, path):
+            continue
+        rows.append(
+            {
+                "table": table,
+                "location": path,
+                "version": latest_version(spark, path),
+                "rows": spark.read.format("delta").load(path).count(),
+            }
+        )
+    return rows
