@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
@@ -22,6 +23,15 @@ from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import table_path
 
 HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
+# What points this process at the test session's Spark Connect server (conftest.py), and
+# what pyspark sets in it once it holds a Connect session (a child inheriting that cannot
+# start a driver of its own).
+SESSION_SPARK_VARIABLES = (
+    "SPARK_REMOTE",
+    "GAMING_PIPELINE_SPARK_MASTER",
+    "SPARK_CONNECT_MODE_ENABLED",
+    "SPARK_LOCAL_REMOTE",
+)
 BAD_OBJECT_KEY = "bulk/2026/11/20/hand made+broken.ndjson.gz"
 BAD_LINES = [
     '{"eventName":"gameStart","eventTime":1763640000,"eventParams":{"game_keyword":"ninja_run","device_id":"d-bad"}}',
@@ -163,3 +173,10 @@ def events_on(day: date, count: int, seed: int) -> list[dict]:
     start = datetime.combine(day, time(0, 5), UTC)
     end = min(start + timedelta(hours=23), datetime.now(UTC) - timedelta(minutes=1))
     return list(generator.history(seed, count, start, max(end, start + timedelta(seconds=1))))
+
+
+def own_driver_environ(**overrides: str) -> dict[str, str]:
+    """This process's environment, for a process that starts a Spark driver of its own
+    rather than attach to the session's Spark Connect server."""
+    kept = {key: value for key, value in os.environ.items() if key not in SESSION_SPARK_VARIABLES}
+    return {**kept, **overrides}

@@ -15,7 +15,7 @@ from deltalake.exceptions import TableNotFoundError
 from gaming_pipeline.lib.processes import PRODUCTION_INSTANCE_CONFIG, start_daemon_for, stop
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
-from gaming_pipeline_tests.ingest_helpers import load_history
+from gaming_pipeline_tests.ingest_helpers import SESSION_SPARK_VARIABLES, load_history
 from gaming_pipeline_tests.postgres_helpers import postgres_server, successful_runs
 
 JOB = "ingest_landed_objects_job"
@@ -31,6 +31,9 @@ def postgres(monkeypatch):
 
 @pytest.mark.slow
 def test_daemon_on_postgres_ingests_landed_objects(landing, tmp_path, postgres, monkeypatch):
+    # Its runs start a Spark driver of their own, as runs with no Spark Connect server do.
+    for variable in SESSION_SPARK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     daemon, env = start_daemon_for(
         tmp_path, landing.bucket, landing.queue_url, instance_config=PRODUCTION_INSTANCE_CONFIG
     )

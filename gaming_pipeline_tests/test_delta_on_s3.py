@@ -4,16 +4,16 @@ through the DynamoDB log store on the local endpoint, and no commit is lost or d
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from delta.tables import DeltaTable
 
 from gaming_pipeline.lib import aws, processes
+from gaming_pipeline.lib.warehouse import table_history
 from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
+from gaming_pipeline_tests.ingest_helpers import own_driver_environ
 from gaming_pipeline_tests.service_helpers import wait_until
 
 BATCHES = 4
@@ -83,12 +83,11 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
     aws.client("s3").create_bucket(Bucket=bucket)
     table = f"s3a://{bucket}/warehouse/concurrent"
     commit_table = f"delta-commits-{uuid.uuid4().hex[:10]}"
-    env = {
-        **os.environ,
-        "GAMING_PIPELINE_HOME": str(tmp_path / "home"),
-        "GAMING_PIPELINE_SPARK_MASTER": "local[1]",
-        "GAMING_PIPELINE_DELTA_COMMIT_TABLE": commit_table,
-    }
+    env = own_driver_environ(
+        GAMING_PIPELINE_HOME=str(tmp_path / "home"),
+        GAMING_PIPELINE_SPARK_MASTER="local[1]",
+        GAMING_PIPELINE_DELTA_COMMIT_TABLE=commit_table,
+    )
     signals = tmp_path / "signals"
     signals.mkdir()
     logs = [tmp_path / f"writer-{writer}.log" for writer in WRITERS]
@@ -109,7 +108,7 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
     finally:
         processes.stop(drivers)
 
-    history = DeltaTable.forPath(spark, table).history().collect()
+    history = table_history(spark, table).collect()
     commits = 1 + 1 + len(WRITERS) * BATCHES
     assert sorted(entry.version for entry in history) == list(range(commits))
     # The dead driver's claim won version 1: the live drivers, reading the table, finished

@@ -20,7 +20,7 @@ from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
-from gaming_pipeline_tests.ingest_helpers import load_history, put_bad_object
+from gaming_pipeline_tests.ingest_helpers import load_history, own_driver_environ, put_bad_object
 
 # Runs the ingestion in its own process (its own JVM), like a Dagster run would.
 INGEST_SCRIPT = """
@@ -63,6 +63,7 @@ def test_killed_run_retried_equals_a_clean_run(spark, landing, tmp_path):
             killed,
             json.dumps([[o.bucket, o.key, o.etag, o.size] for o in objects]),
         ],
+        env=own_driver_environ(),
         start_new_session=True,
     )
     # Version 0 creates the table; version 1 is the run's data. Kill right after it lands,

@@ -6,7 +6,6 @@ writes into a local folder from the same landed events."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from gaming_pipeline.lib.aws import free_port
 from gaming_pipeline.lib.processes import prepare_dagster_home
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_history, table_path
-from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, resources
+from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, own_driver_environ, resources
 from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
 
 WORKERS = 2
@@ -40,7 +39,7 @@ def cluster_address(local_aws, session_home, tmp_path_factory):
     committing to s3a through the DynamoDB log store."""
     work = tmp_path_factory.mktemp("standalone")
     # Everything on loopback, and executors run this interpreter for any Python they need.
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    env = own_driver_environ(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     master_url = f"spark://127.0.0.1:{free_port()}"
     started = [
         processes.start(
@@ -123,15 +122,14 @@ def ingest_and_fan_out_with_the_cli(
     """Both runs as a data engineer would start them from a shell, configured by the
     environment alone: the definitions' own resources attach to the cluster's server. (A
     process with a local Spark session cannot open a Spark Connect one too.)"""
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(prepare_dagster_home(work / "dagster")),
-        "GAMING_PIPELINE_HOME": str(work / "home"),
-        "GAMING_PIPELINE_WAREHOUSE": warehouse,
-        "GAMING_PIPELINE_LANDING_BUCKET": landing.bucket,
-        "GAMING_PIPELINE_QUEUE_URL": landing.queue_url,
-        "GAMING_PIPELINE_SPARK_MASTER": address,
-    }
+    env = own_driver_environ(
+        DAGSTER_HOME=str(prepare_dagster_home(work / "dagster")),
+        GAMING_PIPELINE_HOME=str(work / "home"),
+        GAMING_PIPELINE_WAREHOUSE=warehouse,
+        GAMING_PIPELINE_LANDING_BUCKET=landing.bucket,
+        GAMING_PIPELINE_QUEUE_URL=landing.queue_url,
+        GAMING_PIPELINE_SPARK_MASTER=address,
+    )
     materialize = [
         str(Path(sys.executable).parent / "dagster"),
         "asset",
