@@ -50,13 +50,13 @@ def spark_server(local_aws, session_home, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark(request, local_aws, session_home):
-    """The one Spark session of the test run (s3a pointed at the local endpoint): a driver in
-    this process, or with GAMING_PIPELINE_TEST_SPARK=connect a client of spark_server, to run
-    the in-process tests over Spark Connect too."""
+    """The one Spark session of the test run (s3a pointed at the local endpoint): a client
+    of spark_server, as the demo's runs are, so that a test process (an xdist worker) warms
+    one JVM, not two; or with GAMING_PIPELINE_TEST_SPARK=local a driver in this process."""
     from gaming_pipeline.lib.spark import start_session
 
     environ = {"GAMING_PIPELINE_HOME": str(session_home)}
-    over_connect = os.environ.get("GAMING_PIPELINE_TEST_SPARK") == "connect"
+    over_connect = os.environ.get("GAMING_PIPELINE_TEST_SPARK") != "local"
     with pytest.MonkeyPatch.context() as environment:
         if over_connect:
             address = request.getfixturevalue("spark_server")
