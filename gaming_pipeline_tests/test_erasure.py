@@ -1,16 +1,19 @@
 """GDPR erasure of one player on real tables and a real PII vault in the local S3: their rows
 leave the current version of every event table (an independent Delta reader agrees), their
-PII no longer decrypts, the audit names them only by pseudonym, the KPI days they played on
-are rebuilt without them, and no rollback can bring them back."""
+lines leave the quarantine and the landing objects (which ingest again to the same rows),
+no commit names them, their PII no longer decrypts, the audit names them only by pseudonym
+and says where they were, the KPI days they played on are rebuilt without them, and no
+rollback can bring them back."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from datetime import timedelta
 
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
-from dagster_pyspark import LazyPySparkResource
 from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
 
@@ -19,17 +22,20 @@ from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, erase_player_job, rollback_job
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
-from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
+from gaming_pipeline.defs.resources import PiiVaultResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
-from gaming_pipeline.lib import maintenance
+from gaming_pipeline.lib import aws, maintenance
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased, new_master_key
-from gaming_pipeline.lib.tables import AUDIT_TABLE, RAW_TABLE
-from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_path
-from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land
+from gaming_pipeline.lib.s3_events import PARKED_PREFIX, LandedObject
+from gaming_pipeline.lib.tables import AUDIT_TABLE, QUARANTINE_TABLE, RAW_TABLE
+from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_history, table_path
+from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land, resources
 
 PLAYER, OTHER = "d-erase-me-4711", "d-keep-me-0815"
+# Holds PLAYER's id as a prefix: erasing PLAYER must leave it alone.
+LONGER = PLAYER + "0"
 GAME = GAMES[0]
 
 
@@ -55,6 +61,28 @@ def independent_device_rows(path: str, device: str) -> tuple[int, int]:
     return pc.sum(pc.equal(devices, device)).as_py() or 0, table.num_rows
 
 
+def landed_lines(bucket: str) -> dict[str, list[str]]:
+    """Every landing object's lines, inflated."""
+    s3 = aws.client("s3")
+    found = {}
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        text = (gzip.decompress(body) if obj["Key"].endswith(".gz") else body).decode()
+        found[obj["Key"]] = [line for line in text.split("\n") if line]
+    return found
+
+
+def lines_of(device: str, lines: list[str]) -> list[str]:
+    """The lines holding the device id as a JSON value or as the first field of free text."""
+    return [line for line in lines if json.dumps(device) in line or line.split(",")[0] == device]
+
+
+def put_lines(bucket: str, key: str, lines: list[str]) -> LandedObject:
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body="\n".join(lines).encode() + b"\n")
+    return LandedObject(bucket, key, s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"'))
+
+
 def dau(spark, warehouse: str) -> dict:
     rows = spark.read.format("delta").load(table_path(warehouse, "kpi_daily_active_users")).collect()
     return {(row.eventDate, row.game_keyword): row.dau for row in rows}
@@ -66,7 +94,34 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     for n, day in enumerate(CLOSED):
         generated = events_on(day, 60, 70 + n)
         events += played_by(PLAYER, generated[:10]) + played_by(OTHER, generated[10:15]) + generated[15:]
-    ingest_objects(spark, warehouse, [land(landing.bucket, "players/0.ndjson.gz", events)], "ingest-run")
+    # Lines that do not parse still name their player: they go to the quarantine. Free text
+    # names them by a whole word only.
+    broken = [
+        *(
+            f'{{"eventName": "levelUp", "eventParams": {{"device_id": "{device}"'
+            for device in (PLAYER, OTHER, LONGER)
+        ),
+        *(f"{device},levelUp,2026-11-20T10:00:00Z" for device in (PLAYER, LONGER)),
+    ]
+    objects = [
+        land(landing.bucket, "players/0.ndjson.gz", events),
+        put_lines(landing.bucket, "players/broken.ndjson", broken),
+    ]
+    ingest_objects(spark, warehouse, objects, "ingest-run")
+    # An unknown game's events, parked: never ingested, still to be erased.
+    parked = {
+        **played_by(PLAYER, events[:1])[0],
+        "eventParams": {"device_id": PLAYER, "game_keyword": "not_a_game"},
+    }
+    land(landing.bucket, f"{PARKED_PREFIX}not_a_game/0.ndjson.gz", [parked])
+    before_erasure = landed_lines(landing.bucket)
+    assert {key: len(lines_of(PLAYER, lines)) for key, lines in before_erasure.items()} == {
+        "players/0.ndjson.gz": 20,
+        "players/broken.ndjson": 2,
+        f"{PARKED_PREFIX}not_a_game/0.ndjson.gz": 1,
+    }
+    quarantine = table_path(warehouse, QUARANTINE_TABLE)
+    assert spark.read.format("delta").load(quarantine).count() == 5
     pii_bucket = f"{landing.bucket}-pii"
     vault_resource = PiiVaultResource(bucket=pii_bucket, master_key=new_master_key())
     vault = vault_resource.vault()
@@ -76,11 +131,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     vault.store(vault.player_id(OTHER), "batch-1", [kept])
     assert vault.read(PLAYER) == [erased]
 
-    resources = {
-        "warehouse": WarehouseResource(root=warehouse),
-        "pii_vault": vault_resource,
-        "pyspark": LazyPySparkResource(spark_config={}),
-    }
+    resources_ = {**resources(landing, warehouse), "pii_vault": vault_resource}
     derived_range = {RANGE_START: CLOSED[0].isoformat(), RANGE_END: CLOSED[-1].isoformat()}
     with dg.DagsterInstance.ephemeral() as instance:
 
@@ -92,7 +143,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
                     *activity_tables.keys,
                     dg.AssetKey(DAILY_ACTIVE_USERS),
                 ],
-                resources=resources,
+                resources=resources_,
                 instance=instance,
                 tags=derived_range,
             ).success
@@ -108,7 +159,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
                     "erase_player": {"config": {"device_id": PLAYER, "requested_by": "dpo@studio.example"}}
                 }
             },
-            resources=resources,
+            resources=resources_,
             instance=instance,
         )
         assert result.success
@@ -122,6 +173,32 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         players = spark.read.format("delta").load(table_path(warehouse, PLAYER_DAYS))
         assert players.where(F.col("device_id") == PLAYER).count() == 0
         assert players.where(F.col("device_id") == OTHER).count() == 2
+        # Out of the quarantine and the landing objects too; lines of others stay, the
+        # longer id's included; an object left with no line is gone.
+        lines = [row.line for row in spark.read.format("delta").load(quarantine).collect()]
+        assert lines_of(PLAYER, lines) == [] and len(lines) == 3
+        after_erasure = landed_lines(landing.bucket)
+        assert set(after_erasure) == {"players/0.ndjson.gz", "players/broken.ndjson"}
+        for key, lines in after_erasure.items():
+            assert lines_of(PLAYER, lines) == []
+            assert lines == [line for line in before_erasure[key] if not lines_of(PLAYER, [line])]
+        # No commit of any table names the player: Delta keeps each DELETE's predicate.
+        for table in PLAYER_TABLES:
+            if is_delta_table(spark, table_path(warehouse, table)):
+                history = table_history(spark, table_path(warehouse, table)).collect()
+                assert PLAYER not in str(history), table
+        # The rewritten objects, ingested again, give the rows the erasure left.
+        s3 = aws.client("s3")
+        rewritten = [
+            LandedObject(
+                landing.bucket, key, s3.head_object(Bucket=landing.bucket, Key=key)["ETag"].strip('"')
+            )
+            for key in after_erasure
+        ]
+        ingest_objects(spark, warehouse, rewritten, "ingest-again-run")
+        assert independent_device_rows(raw, PLAYER) == (0, raw_rows - 20)
+        assert device_rows(spark, raw, OTHER) == 10
+        assert spark.read.format("delta").load(quarantine).count() == 3
         # Older versions still hold the rows until VACUUM's retention has passed.
         assert device_rows(spark, raw, PLAYER, version_before) == 20
 
@@ -142,12 +219,19 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
+            QUARANTINE_TABLE: 2,
         }
         assert sorted(next(e.days for e in audit.tables if e.table == RAW_TABLE)) == CLOSED
         assert audit.pii_key_shredded and audit.pii_records_deleted == 1
         assert audit.files_purged_after - audit.erased_at == timedelta(
             hours=maintenance.DEFAULT_RETENTION_HOURS
         )
+        places = {place.place: place for place in audit.places}
+        landed_place = places[f"landing s3://{landing.bucket}"]
+        assert (landed_place.removed, landed_place.detail) == (23, "2 object(s) rewritten, 1 deleted")
+        assert landed_place.last_copy_gone_after == audit.erased_at
+        assert places["table files"].last_copy_gone_after == audit.files_purged_after
+        assert places["table logs"].last_copy_gone_after > audit.files_purged_after
         assert PLAYER not in str(audit.asDict(recursive=True)) and "erase.me" not in str(
             audit.asDict(recursive=True)
         )
@@ -170,7 +254,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             run_config={
                 "ops": {"restore_tables": {"config": {"table": RAW_TABLE, "version": version_before}}}
             },
-            resources=resources,
+            resources=resources_,
             instance=instance,
             raise_on_error=False,
         )

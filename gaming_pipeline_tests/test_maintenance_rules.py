@@ -1,11 +1,15 @@
 """The rules table care follows, as pure logic: which days the daily pass takes, which VACUUM
 retentions are allowed, which rollbacks are refused; and the PII vault on the local S3."""
 
+import gzip
+import io
+import json
 from datetime import date
 
 import pytest
+from botocore.exceptions import ClientError
 
-from gaming_pipeline.lib import aws, maintenance
+from gaming_pipeline.lib import aws, erasure, maintenance
 from gaming_pipeline.lib.pii import PiiVault, PlayerErased, new_master_key
 
 TODAY = date(2026, 11, 23)
@@ -92,3 +96,77 @@ def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(loca
         player, "back", [{"received_at": "2999-01-01T00:00:00.000+00:00", "email": "back@example.com"}]
     )
     assert [r["email"] for r in vault.read("d-1")] == ["back@example.com"]
+
+
+class ChangingBucket:
+    """An S3 client holding objects in memory whose conditional writes fail, as S3's do, when
+    the object changed since it was read; `change_once` changes one object right after the
+    first read of it (another writer's upload)."""
+
+    class exceptions:
+        class NoSuchKey(Exception):
+            pass
+
+    def __init__(self, objects: dict[str, bytes], change_once: dict[str, bytes] | None = None):
+        self.objects = dict(objects)
+        self.change_once = dict(change_once or {})
+        self.puts: list[str] = []
+
+    def _etag(self, key: str) -> str:
+        return f'"{hash(self.objects[key])}"'
+
+    def get_object(self, Bucket, Key):
+        if Key not in self.objects:
+            raise self.exceptions.NoSuchKey()
+        got = {"Body": io.BytesIO(self.objects[Key]), "ETag": self._etag(Key)}
+        if Key in self.change_once:
+            self.objects[Key] = self.change_once.pop(Key)
+        return got
+
+    def _precondition(self, key: str, etag: str) -> None:
+        if self._etag(key) != etag:
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+
+    def put_object(self, Bucket, Key, Body, ContentType, IfMatch):
+        self._precondition(Key, IfMatch)
+        self.objects[Key] = Body
+        self.puts.append(Key)
+
+    def delete_object(self, Bucket, Key, IfMatch):
+        self._precondition(Key, IfMatch)
+        del self.objects[Key]
+
+    def get_bucket_versioning(self, Bucket):
+        return {}
+
+
+def ndjson(*devices: str) -> bytes:
+    return b"".join(json.dumps({"eventParams": {"device_id": d}}).encode() + b"\n" for d in devices)
+
+
+def test_erasure_takes_a_players_lines_out_of_landing_objects_and_never_overwrites_a_newer_upload():
+    player = "d-7\u00e9"  # non-ASCII: found however the encoder wrote it
+    escaped = ndjson(player)
+    unescaped = json.dumps({"eventParams": {"device_id": player}}, ensure_ascii=False).encode() + b"\n"
+    bucket = ChangingBucket(
+        {
+            "a.ndjson.gz": gzip.compress(ndjson("d-1", player, "d-7\u00e90") + unescaped),
+            # Lines that do not parse: the id as a whole word counts, inside a longer one not.
+            "b.ndjson": escaped + f"{player},levelUp\n{player}0,levelUp\n".encode(),
+            "c.ndjson": f'{{"eventParams": {{"device_id": x-{player}}}\n{player}\n'.encode(),
+            "only-them.ndjson": escaped,
+            "untouched.ndjson": ndjson("d-2"),
+        },
+        # Someone uploads b again between the erasure's read and its write.
+        change_once={"b.ndjson": ndjson("d-3", player)},
+    )
+    keys = ["a.ndjson.gz", "b.ndjson", "c.ndjson", "only-them.ndjson", "untouched.ndjson", "gone.ndjson"]
+    (erased,) = erasure.erase_from_objects(bucket, [("landing", key) for key in keys], player)
+    assert gzip.decompress(bucket.objects["a.ndjson.gz"]) == ndjson("d-1", "d-7\u00e90")
+    # The newer upload is read again and cleaned; its other lines stay.
+    assert bucket.objects["b.ndjson"] == ndjson("d-3")
+    assert bucket.objects["c.ndjson"] == f'{{"eventParams": {{"device_id": x-{player}}}\n'.encode()
+    assert "only-them.ndjson" not in bucket.objects
+    assert bucket.objects["untouched.ndjson"] == ndjson("d-2")
+    assert sorted(bucket.puts) == ["a.ndjson.gz", "b.ndjson", "c.ndjson"]
+    assert (erased.lines_removed, erased.objects_rewritten, erased.objects_deleted) == (5, 3, 1)

@@ -1,19 +1,36 @@
-"""GDPR erasure of one player: their rows out of the event tables, and an audit record of
-what was erased that holds no PII (the player is named by their pseudonymous id only)."""
+"""GDPR erasure of one player: their rows out of the event tables, their lines out of the
+quarantine and out of the landing objects a replay would read again, and an audit record of
+what was erased, where, and when its last copy is gone. The audit holds no PII: the player
+is named by their pseudonymous id only.
+
+Delta keeps every DELETE's predicate in the table's history, so rows are matched by the
+SHA-256 of the device id (or of the quarantined line), never by the id itself.
+"""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import operator
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import reduce
 
-from pyspark.sql import SparkSession
+from botocore.exceptions import ClientError
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
-from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA
+from gaming_pipeline.lib.s3_events import PARKED_PREFIX
+from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
     delta_at,
+    in_list,
     latest_version,
     replace_rows,
     retry_on_conflict,
@@ -22,6 +39,15 @@ from gaming_pipeline.lib.warehouse import (
 )
 
 ERASURE_TAG = "erasure"
+# Delta's default delta.logRetentionDuration: the table logs (and their checkpoints) keep
+# the statistics of removed files, a file's smallest and largest device id among them,
+# until then.
+LOG_RETENTION = timedelta(days=30)
+# Times a landing object is read again when someone else rewrote it meanwhile.
+REWRITE_ATTEMPTS = 5
+
+# Where a table other than the event tables keeps the device id.
+DEVICE_COLUMNS = {PLAYER_DAYS: "device_id"}
 
 
 @dataclass(frozen=True)
@@ -32,25 +58,249 @@ class TableErasure:
     days: list[date] = field(default_factory=list)
 
 
-# Where a table other than the event tables keeps the device id.
-DEVICE_COLUMNS = {PLAYER_DAYS: "device_id"}
+@dataclass
+class LandingErasure:
+    """The player's lines taken out of one landing bucket's objects."""
+
+    bucket: str
+    lines_removed: int = 0
+    objects_rewritten: int = 0
+    objects_deleted: int = 0
+    # Bucket versioning keeps the objects' earlier versions: then no copy is gone for sure.
+    versioned: bool = False
+
+
+@dataclass(frozen=True)
+class Place:
+    """One place the player was removed from, as the audit row lists it."""
+
+    place: str
+    removed: int
+    detail: str
+    last_copy_gone_after: datetime | None
+
+
+def json_tokens(device_id: str) -> list[str]:
+    """The device id as a JSON string, the two ways encoders write it (non-ASCII escaped or
+    not). A line holding one holds the id as a whole value: "d-1" never matches "d-10"."""
+    return sorted({json.dumps(device_id), json.dumps(device_id, ensure_ascii=False)})
+
+
+# What may continue an id: in a line that is not JSON, the id counts only where none of
+# these is beside it.
+_ID_CHARACTERS = "A-Za-z0-9_.-"
+
+
+def _bare_spellings(device_id: str) -> list[str]:
+    return sorted({device_id, *(token[1:-1] for token in json_tokens(device_id))})
+
+
+def _whole_word(alternatives: str) -> str:
+    return f"(?<![{_ID_CHARACTERS}])(?:{alternatives})(?![{_ID_CHARACTERS}])"
+
+
+def bare_id_pattern(device_id: str) -> str:
+    """A Java regular expression (Spark's rlike) for the id as a whole word of free text."""
+    quoted = "|".join(
+        "\\Q" + text.replace("\\E", "\\E\\\\E\\Q") + "\\E" for text in _bare_spellings(device_id)
+    )
+    return _whole_word(quoted)
+
+
+def naming(device_id: str) -> Callable[[bytes], bool]:
+    """Whether a landing line holds the device id: as a JSON string value, or, in a line that
+    does not parse, as a whole word."""
+    tokens = [token.encode() for token in json_tokens(device_id)]
+    words = "|".join(re.escape(text) for text in _bare_spellings(device_id))
+    word = re.compile(_whole_word(words).encode())
+
+    def names(line: bytes) -> bool:
+        if any(token in line for token in tokens):
+            return True
+        if not word.search(line):
+            return False
+        try:
+            json.loads(line)
+        except ValueError:
+            return True
+        return False
+
+    return names
+
+
+def sha256(text: str) -> str:
+    """The hex SHA-256 of text's UTF-8 bytes, as Spark's sha2(column, 256) computes it."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _delete(spark: SparkSession, path: str, predicate: str, marker: dict) -> int:
+    with commits_tagged(spark, marker):
+        retry_on_conflict(lambda: spark.sql(f"DELETE FROM {delta_at(path)} WHERE {predicate}").collect())
+    return version_tagged(spark, path, marker, operation="DELETE")
+
+
+def _names(device_id: str) -> Column:
+    """The Spark condition a quarantined `line` meets when it holds the id (see `naming`)."""
+    as_value = reduce(operator.or_, [F.col("line").contains(token) for token in json_tokens(device_id)])
+    not_json = F.get_json_object("line", "$").isNull()
+    return as_value | (not_json & F.col("line").rlike(bare_id_pattern(device_id)))
+
+
+def _holding(spark: SparkSession, path: str, table: str, device_id: str) -> DataFrame:
+    """The rows of a table that hold the device id: by its device column, or, in the
+    quarantine, by the text of the line (a line that does not parse still names its player)."""
+    rows = spark.read.format("delta").load(path)
+    if table == QUARANTINE_TABLE:
+        return rows.where(_names(device_id))
+    return rows.where(F.col(DEVICE_COLUMNS.get(table, DEVICE)) == device_id)
 
 
 def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marker: dict) -> TableErasure:
     """Delete every row of one device from a table partitioned by day (an event table, or
     one of DEVICE_COLUMNS), in one commit. Repeating it deletes nothing more, so a conflict
     with a concurrent writer is simply retried."""
-    device = f"{DEVICE_COLUMNS.get(table, DEVICE)} = {sql_string(device_id)}"
-    found = spark.read.format("delta").load(path).where(device).groupBy("eventDate").count().collect()
+    found = _holding(spark, path, table, device_id).groupBy("eventDate").count().collect()
     if not found:
         return TableErasure(table, 0, latest_version(spark, path))
     days = sorted(row.eventDate for row in found)
+    column = DEVICE_COLUMNS.get(table, DEVICE)
     # Naming the days lets Delta rewrite only those partitions' files.
-    statement = f"DELETE FROM {delta_at(path)} WHERE {device} AND {days_in(days)}"
-    with commits_tagged(spark, marker):
-        retry_on_conflict(lambda: spark.sql(statement).collect())
-    version = version_tagged(spark, path, marker, operation="DELETE")
+    version = _delete(spark, path, f"{days_in(days)} AND sha2({column}, 256) = '{sha256(device_id)}'", marker)
     return TableErasure(table, sum(row["count"] for row in found), version, days)
+
+
+def erase_lines(spark: SparkSession, path: str, device_id: str, marker: dict) -> TableErasure:
+    """Delete the quarantined lines that hold the device id, in one commit, by their digest."""
+    found = _holding(spark, path, QUARANTINE_TABLE, device_id).select(F.sha2("line", 256)).collect()
+    if not found:
+        return TableErasure(QUARANTINE_TABLE, 0, latest_version(spark, path))
+    version = _delete(spark, path, in_list("sha2(line, 256)", {row[0] for row in found}), marker)
+    return TableErasure(QUARANTINE_TABLE, len(found), version)
+
+
+def erase_from_table(
+    spark: SparkSession, path: str, table: str, device_id: str, marker: dict
+) -> TableErasure:
+    if table == QUARANTINE_TABLE:
+        return erase_lines(spark, path, device_id, marker)
+    return erase_rows(spark, path, table, device_id, marker)
+
+
+def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) -> list[tuple[str, str]]:
+    """The landing objects (bucket, key) the player's raw rows and quarantined lines came
+    from, by the lineage column of those of the tables (name: path) given."""
+    found = [
+        row._source_object
+        for table in (RAW_TABLE, QUARANTINE_TABLE)
+        if table in tables
+        for row in _holding(spark, tables[table], table, device_id)
+        .select("_source_object")
+        .distinct()
+        .collect()
+    ]
+    return sorted({tuple(uri.removeprefix("s3://").split("/", 1)) for uri in found})
+
+
+def parked_objects(s3, bucket: str) -> list[tuple[str, str]]:
+    """Every object of games the registry does not know: ingestion never read them, so
+    no lineage points at them."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PARKED_PREFIX)
+    return [(bucket, obj["Key"]) for page in pages for obj in page.get("Contents", [])]
+
+
+def _without_lines(body: bytes, names: Callable[[bytes], bool]) -> tuple[bytes, int]:
+    lines = body.split(b"\n")
+    kept = [line for line in lines if not names(line)]
+    return b"\n".join(kept), len(lines) - len(kept)
+
+
+def _rewrite_without(s3, bucket: str, key: str, names: Callable[[bytes], bool]) -> tuple[int, str]:
+    """Take the lines naming the device out of one object: (lines removed, "rewritten" or
+    "deleted" or ""). The object is replaced only if nobody changed it since it was read,
+    so a concurrent upload is never overwritten with older lines; it is then read again."""
+    for _ in range(REWRITE_ATTEMPTS):
+        try:
+            got = s3.get_object(Bucket=bucket, Key=key)
+        except s3.exceptions.NoSuchKey:
+            return 0, ""
+        body = got["Body"].read()
+        gzipped = key.endswith(".gz")
+        if gzipped:
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError):
+                gzipped = False  # not gzip after all: ingestion could not read it either
+        kept, removed = _without_lines(body, names)
+        if not removed:
+            return 0, ""
+        try:
+            if not kept.strip():
+                s3.delete_object(Bucket=bucket, Key=key, IfMatch=got["ETag"])
+                return removed, "deleted"
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=gzip.compress(kept, mtime=0) if gzipped else kept,
+                ContentType=got.get("ContentType", "application/octet-stream"),
+                IfMatch=got["ETag"],
+            )
+            return removed, "rewritten"
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "PreconditionFailed":
+                raise
+    raise RuntimeError(f"s3://{bucket}/{key} kept changing while the player's lines were taken out of it")
+
+
+def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -> list[LandingErasure]:
+    """Take the player's lines out of landing objects (bucket, key), one bucket at a time.
+    A rewritten object is announced as any new object is and ingested again, which replaces
+    its rows as they now are; an object left with no line is deleted."""
+    names = naming(device_id)
+    by_bucket: dict[str, LandingErasure] = {}
+    for bucket, key in sorted(set(objects)):
+        if bucket not in by_bucket:
+            versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status", "")
+            by_bucket[bucket] = LandingErasure(bucket, versioned=versioning in ("Enabled", "Suspended"))
+        removed, outcome = _rewrite_without(s3, bucket, key, names)
+        erased = by_bucket[bucket]
+        erased.lines_removed += removed
+        erased.objects_rewritten += outcome == "rewritten"
+        erased.objects_deleted += outcome == "deleted"
+    return list(by_bucket.values())
+
+
+def places(erased_at: datetime, landing: list[LandingErasure], tables: list[TableErasure]) -> list[Place]:
+    """Where the player was, besides the tables' current versions and the PII vault (which
+    the audit row names on their own), and when the last copy there is gone."""
+    found = [
+        Place(
+            f"landing s3://{erasure.bucket}",
+            erasure.lines_removed,
+            f"{erasure.objects_rewritten} object(s) rewritten, {erasure.objects_deleted} deleted"
+            + ("; bucket versioning keeps their earlier versions" if erasure.versioned else ""),
+            None if erasure.versioned else erased_at,
+        )
+        for erasure in landing
+    ]
+    files = sum(table.rows_deleted for table in tables)
+    found.append(
+        Place(
+            "table files",
+            files,
+            "older table versions hold the rows until VACUUM deletes their files",
+            erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
+        )
+    )
+    found.append(
+        Place(
+            "table logs",
+            0,
+            "statistics of the removed files (smallest and largest device id) stay in the Delta logs "
+            "and checkpoints until log retention",
+            erased_at + LOG_RETENTION,
+        )
+    )
+    return found
 
 
 def record_audit(
@@ -64,6 +314,7 @@ def record_audit(
     erased_at: datetime,
     run_id: str,
     tables: list[TableErasure],
+    landing: list[LandingErasure],
     shredded: dict,
 ) -> int:
     """Append the erasure run's audit row. Every run of a request keeps its own row (a
@@ -80,6 +331,7 @@ def record_audit(
         shredded["key_shredded"],
         shredded["records_deleted"],
         erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
+        [(p.place, p.removed, p.detail, p.last_copy_gone_after) for p in places(erased_at, landing, tables)],
     )
     path = AUDIT.ensure(spark, warehouse)
     return replace_rows(
@@ -87,4 +339,5 @@ def record_audit(
         path,
         f"request_id = {sql_string(request_id)} AND run_id = {sql_string(run_id)}",
         {"run_id": run_id, ERASURE_TAG: request_id},
+        add_new_columns=True,
     ).version

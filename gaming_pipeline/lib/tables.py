@@ -100,6 +100,21 @@ AUDIT_SCHEMA = T.StructType(
         # Until then older table versions still hold the rows: VACUUM at the default
         # retention deletes those files after this time.
         T.StructField("files_purged_after", T.TimestampType(), False),
+        # Each place the player was removed from, and when its last copy is gone (null: not
+        # for sure, e.g. a versioned bucket). Rows written before this column have none.
+        T.StructField(
+            "places",
+            T.ArrayType(
+                T.StructType(
+                    [
+                        T.StructField("place", T.StringType()),
+                        T.StructField("removed", T.LongType()),
+                        T.StructField("detail", T.StringType()),
+                        T.StructField("last_copy_gone_after", T.TimestampType()),
+                    ]
+                )
+            ),
+        ),
     ]
 )
 

@@ -177,13 +177,16 @@ def version_tagged(spark: SparkSession, path: str, marker: dict, operation: str 
     return None if commit is None else commit.version
 
 
-def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> Commit:
+def replace_rows(
+    df: DataFrame, path: str, predicate: str, marker: dict, add_new_columns: bool = False
+) -> Commit:
     """Replace the rows matching `predicate` with `df` in one commit and return that commit.
 
     This is what makes ingestion exactly-once: re-running the same work replaces its own
     earlier rows instead of adding to them. Every row of `df` must match `predicate`.
     When there is nothing to remove or add, Delta commits nothing: the version returned is
-    then the latest one, with no rows written.
+    then the latest one, with no rows written. With `add_new_columns`, columns of `df` the
+    table lacks are added to it (a table made before they were declared).
     """
     spark = df.sparkSession
 
@@ -193,6 +196,7 @@ def replace_rows(df: DataFrame, path: str, predicate: str, marker: dict) -> Comm
             .mode("overwrite")
             .option("replaceWhere", predicate)
             .option("userMetadata", _tag(marker))
+            .option("mergeSchema", str(add_new_columns).lower())
             .save(path)
         )
         return _commit_tagged(spark, path, marker) or Commit(latest_version(spark, path), 0)

@@ -14,15 +14,22 @@ from pydantic import Field
 from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, existing_tables
 from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.pools import MAINTENANCE_POOL
-from gaming_pipeline.defs.resources import PiiVaultResource, WarehouseResource
+from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
-from gaming_pipeline.lib.tables import AUDIT_TABLE, INTENT_TABLE, LEDGER_TABLE, RAW_TABLE, all_tables
+from gaming_pipeline.lib.tables import (
+    AUDIT_TABLE,
+    INTENT_TABLE,
+    LEDGER_TABLE,
+    QUARANTINE_TABLE,
+    RAW_TABLE,
+    all_tables,
+)
 from gaming_pipeline.lib.warehouse import table_path
 
 # The ledger keeps saying which objects were taken in, so a rollback does not make the
 # reconciler ingest the same bad objects again; the audit is never rolled back.
-# Every table holding a device id.
-PLAYER_TABLES = [*EVENT_TABLES, *erasure.DEVICE_COLUMNS]
+# Every table holding a device id (the quarantine in its lines' text).
+PLAYER_TABLES = [*EVENT_TABLES, *erasure.DEVICE_COLUMNS, QUARANTINE_TABLE]
 RESTORABLE = [table for table in all_tables() if table not in (LEDGER_TABLE, INTENT_TABLE, AUDIT_TABLE)]
 
 
@@ -131,9 +138,10 @@ audit_table = dg.AssetSpec(
     group_name="maintenance",
     kinds={"delta"},
     description=(
-        "One row per GDPR erasure run: request, who asked, when, the pseudonymous player id, and "
-        "per table the rows deleted, the Delta version and the days. It never holds the "
-        "device id or any PII. Written by erase_player_job."
+        "One row per GDPR erasure run: request, who asked, when, the pseudonymous player id; "
+        "per table the rows deleted, the Delta version and the days; and per place (landing "
+        "objects, table files, table logs) what was removed and when its last copy is gone. "
+        "It never holds the device id or any PII. Written by erase_player_job."
     ),
 )
 
@@ -142,13 +150,18 @@ audit_table = dg.AssetSpec(
 def erase_player(
     context: dg.OpExecutionContext,
     config: ErasureConfig,
+    landing: LandingBucketResource,
     warehouse: WarehouseResource,
     pii_vault: PiiVaultResource,
     pyspark: LazyPySparkResource,
 ):
-    """Delete a player's rows from the raw, per-game and player-activity tables, shred their
-    PII key and write the audit record; the days they played on are then rebuilt without them.
-    Older table versions keep the rows until VACUUM's retention has passed."""
+    """Take a player's lines out of the landing objects, delete their rows from the raw,
+    per-game and player-activity tables and their lines from the quarantine, shred their PII
+    key and write the audit record; the days they played on are then rebuilt without them.
+    Older table versions keep the rows until VACUUM's retention has passed.
+
+    The landing objects come first: they are found by the raw rows' lineage, so a run that
+    fails after them still finds, when retried, every place left to clean."""
     if not config.device_id.strip() or not config.requested_by.strip():
         raise dg.Failure("an erasure needs `device_id` and `requested_by`")
     spark = pyspark.spark_session
@@ -156,9 +169,15 @@ def erase_player(
     player = vault.player_id(config.device_id)
     request_id = config.request_id or str(uuid.uuid4())
     marker = {"run_id": context.run.run_id, erasure.ERASURE_TAG: request_id}
+    tables = dict(existing_tables(spark, warehouse, PLAYER_TABLES, context.log))
+    s3 = landing.s3()
+    sources = erasure.source_objects(spark, tables, config.device_id)
+    landed = erasure.erase_from_objects(
+        s3, sources + erasure.parked_objects(s3, landing.bucket), config.device_id
+    )
     erased = [
-        erasure.erase_rows(spark, path, table, config.device_id, marker)
-        for table, path in existing_tables(spark, warehouse, PLAYER_TABLES, context.log)
+        erasure.erase_from_table(spark, path, table, config.device_id, marker)
+        for table, path in tables.items()
     ]
     shredded = vault.shred(player)
     erased_at = datetime.now(UTC)
@@ -172,6 +191,7 @@ def erase_player(
         erased_at=erased_at,
         run_id=context.run.run_id,
         tables=erased,
+        landing=landed,
         shredded=shredded,
     )
     summary = {t.table: t.rows_deleted for t in erased if t.rows_deleted}
@@ -183,6 +203,7 @@ def erase_player(
             "erasure_request": request_id,
             "player_id": player,
             "rows_deleted": sum(summary.values()),
+            "landing_lines_removed": sum(erasure.lines_removed for erasure in landed),
             REBUILD_DATES: [day.isoformat() for day in raw_days],
         },
     )
@@ -197,6 +218,11 @@ def erase_player(
     )
 
 
-@dg.job(description="Erase one player (GDPR): rows, PII key, KPIs rebuilt, audit recorded.")
+@dg.job(
+    description="Erase one player (GDPR): landing lines, rows, quarantined lines, PII key, KPIs rebuilt, audit recorded.",
+    # On Kubernetes the run's pod takes the erasure role (deploy/iam/erasure-policy.json): the
+    # only one that may rewrite landing objects and shred PII keys.
+    tags={"dagster-k8s/config": {"pod_spec_config": {"service_account_name": "gaming-pipeline-erasure"}}},
+)
 def erase_player_job():
     erase_player()
