@@ -29,9 +29,19 @@ def verdict(met: bool | None, text: str) -> str:
     return f"{said}: {text}"
 
 
+def failed(results: dict, step: str) -> str:
+    """Why a step failed ("" if it did not), its figures then being only that."""
+    figures = results.get(step)
+    return figures["error"] if isinstance(figures, dict) and "error" in figures else ""
+
+
 def targets(results: dict) -> list[str]:
-    lines = []
-    if "throughput" in results:
+    lines = [
+        f"- {title}: **missed**: the step failed: {failed(results, step)}"
+        for step, title in {"throughput": "Throughput", "latency": "Latency", **NEWER_STEPS}.items()
+        if failed(results, step)
+    ]
+    if "throughput" in results and not failed(results, "throughput"):
         one = results["throughput"][0]
         ours = one["ours"]["events_per_second"]
         streaming = one["structured-streaming"]["events_per_second"]
@@ -51,7 +61,7 @@ def targets(results: dict) -> list[str]:
                 f"- At {largest['scale']}x at least 2 times the Structured Streaming peer's rate: "
                 + verdict(ratio >= 2, f"{ratio:.2f}x")
             )
-    if "latency" in results:
+    if "latency" in results and not failed(results, "latency"):
         latency = results["latency"]
         raw_p50 = latency["event_to_raw_seconds"]["p50"]
         kpi_p50 = latency["event_to_kpi_seconds"]["p50"]
@@ -73,10 +83,8 @@ def targets(results: dict) -> list[str]:
                     + verdict(last <= 1.2 * first, f"{first} s, then {last} s: {last / first:.2f}x")
                 )
     # The newer steps judge their own figures against their targets when they measure them.
-    for step, title in NEWER_STEPS.items():
+    for step in NEWER_STEPS:
         figures = results.get(step, {})
-        if "error" in figures:
-            lines.append(f"- {title}: **missed**: the step failed: {figures['error']}")
         lines += [
             f"- {target['target']}: " + verdict(target["met"], target["figure"])
             for target in figures.get("targets", [])
@@ -89,6 +97,8 @@ def quantile_row(name: str, figures: dict) -> str:
 
 
 def throughput_section(results: dict, plot_name: str) -> list[str]:
+    if failed(results, "throughput"):
+        return failed_section("Throughput", failed(results, "throughput"))
     rows = []
     for row in results["throughput"]:
         ours = row["ours"]["events_per_second"]
@@ -137,6 +147,8 @@ def drift_rows(latency: dict) -> list[str]:
 
 
 def latency_sections(results: dict) -> list[str]:
+    if failed(results, "latency"):
+        return failed_section("Latency", failed(results, "latency"))
     latency = results["latency"]
     runs = latency["runs"]
     return [
