@@ -1,8 +1,9 @@
 """KPI tables, per day and per game (and all games), recomputed exactly for each day from
 the activity tables: a refresh reads a day's activity sums, never its raw events."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -31,6 +32,30 @@ class KpiRun:
     table: DataFrame
     first: date
     end: date
+
+
+@dataclass(frozen=True)
+class ActivityRead:
+    """The activity tables as a run's KPIs read them, opened once for all of them: the
+    transforms pick their days from `activity`, and the checks compare with `players`, the
+    players' activity of the run's days, cached for the run."""
+
+    activity: kpis.Activity
+    players: DataFrame
+    first: date
+    end: date
+
+    @classmethod
+    @contextmanager
+    def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> Iterator["ActivityRead"]:
+        activity = kpis.Activity(
+            *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
+        )
+        players = activity.players.where(days_predicate(first, end)).persist()
+        try:
+            yield cls(activity, players, first, end)
+        finally:
+            players.unpersist()
 
 
 @dataclass(frozen=True)
@@ -79,19 +104,22 @@ class Kpi:
             ),
         ]
 
-    def refresh(self, spark, warehouse: WarehouseResource, first: date, end: date, run_id: str):
-        """Compute the KPI of days [first, end) from the activity tables, replace those days
-        of its table, and check what was written."""
+    def refresh(self, warehouse: WarehouseResource, read: "ActivityRead", run_id: str):
+        """Compute the KPI of the run's days from the activity tables, replace those days of
+        its table, and check what was written.
+
+        The checks look at the rows written as they are cached here, not read back from the
+        table: a replaceWhere commit holds exactly them for those days, and a read back would
+        cost a Delta scan per check."""
+        first, end = read.first, read.end
         days = days_predicate(first, end)
-        activity = kpis.Activity(
-            *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
-        )
-        result = kpis.TRANSFORMS[self.name](activity, first, end).persist()
+        result = kpis.TRANSFORMS[self.name](read.activity, first, end).persist()
         try:
+            spark = result.sparkSession
             path = tables.KPIS[self.name].ensure(spark, warehouse.root)
             version = replace_rows(result, path, days, {"run_id": run_id}).version
             table = spark.read.format("delta").load(path)
-            run = KpiRun(table.where(days), activity.players.where(days), table, first, end)
+            run = KpiRun(result, read.players, table, first, end)
             no_null_keys = checks.null_keys(run.written, checks.KPI_KEYS)
             outcomes = {"no_null_keys": no_null_keys} | {
                 check.name: check.evaluate(run) for check in self.kpi_checks
@@ -265,8 +293,7 @@ def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
     spark = pyspark.spark_session
     first, end = run_days(context)
     selected = [kpi for kpi in KPIS if dg.AssetKey(kpi.name) in context.selected_asset_keys]
-    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-        results = list(
-            pool.map(lambda kpi: kpi.refresh(spark, warehouse, first, end, context.run.run_id), selected)
-        )
+    with ActivityRead.of(spark, warehouse, first, end) as read:
+        with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+            results = list(pool.map(lambda kpi: kpi.refresh(warehouse, read, context.run.run_id), selected))
     yield from results
