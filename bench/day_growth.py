@@ -36,6 +36,7 @@ from deltalake.exceptions import TableNotFoundError
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, generator, processes
 from gaming_pipeline.lib.kpis import EVENTS_PER_HOUR
+from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
@@ -45,8 +46,9 @@ BATCH_EVENTS = generator.OBJECT_EVENTS
 BATCH_SEED = 5
 POLL_SECONDS = 1.0
 # Two ticks of the slowest sensor that starts derived-table work (15 s): quiet that long, no
-# more work will start for the pre-fill.
-QUIET_SECONDS = 30
+# more work will start for the pre-fill. And at least the batch interval: the batch then lands
+# on a quiet stack, whose next ingestion run starts at once rather than at the interval's end.
+QUIET_SECONDS = max(30, Settings.from_env().batch_interval_seconds)
 SETTLE_SECONDS_PER_SCALE = 1800
 FRESH_TIMEOUT_SECONDS = 900
 ACTIVE = [

@@ -11,6 +11,9 @@ import pytest
 # Before anything imports the registry: the tests' own four games (games.toml), inherited by
 # every process they start. The default 30 are tested in test_games_registry.py.
 os.environ["GAMING_PIPELINE_GAMES"] = str(Path(__file__).with_name("games.toml"))
+# Tests land objects and wait for them: a trickle's batch interval would only make them wait.
+# The interval itself is tested in test_sensor_backpressure.py.
+os.environ["GAMING_PIPELINE_BATCH_INTERVAL_SECONDS"] = "0"
 
 from gaming_pipeline.lib import aws, processes  # noqa: E402
 from gaming_pipeline.lib.settings import Settings

@@ -7,7 +7,14 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from gaming_pipeline.defs.ingest.sensors import FAILING_AFTER, build_reconcile_sensor, landing_queue_sensor
+from gaming_pipeline.defs.ingest.sensors import (
+    FAILING_AFTER,
+    TRICKLE_BYTES,
+    build_queue_sensor,
+    build_reconcile_sensor,
+    coalescing,
+    landing_queue_sensor,
+)
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import evaluate, land, load_history, resources
@@ -38,6 +45,38 @@ def test_while_a_run_waits_new_objects_stay_on_the_queue(landing, warehouse):
         instance.delete_run(instance.get_runs()[0].run_id)
         (request,) = evaluate(landing_queue_sensor, landing, warehouse, instance)
         assert request.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
+
+
+def test_at_a_trickle_objects_wait_on_the_queue_for_the_next_batch(landing, warehouse):
+    load_history(landing.bucket, seed=43, events=200, days=0.1)
+    hourly = build_queue_sensor(batch_interval_seconds=3600)
+    with dg.instance_for_test() as instance:
+        # The first objects after a quiet spell start a run at once...
+        (first,) = evaluate(hourly, landing, warehouse, instance)
+        add_run(instance, dg.DagsterRunStatus.SUCCESS, first)
+        load_history(landing.bucket, seed=44, events=200, days=0.1)
+        # ...those landing within the interval after it wait, still on the queue...
+        assert evaluate(hourly, landing, warehouse, instance) == []
+        # ...for the next run, which takes them all.
+        (second,) = evaluate(build_queue_sensor(batch_interval_seconds=0), landing, warehouse, instance)
+        taken = second.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
+        assert taken and not {obj["key"] for obj in taken} & {
+            obj["key"] for obj in first.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
+        }
+
+
+@pytest.mark.unit
+def test_the_batch_interval_binds_only_after_a_trickles_batch():
+    small, large = 300_000, TRICKLE_BYTES
+    assert coalescing(None, 0, now=1000.0, interval_seconds=120) is None
+    assert coalescing(900.0, small, now=1000.0, interval_seconds=120) == (
+        "a trickle: the last ingestion run, asked for 100 s ago, took 300,000 bytes; new objects "
+        "wait on the queue to join the next batch, 120 s after it"
+    )
+    assert coalescing(880.0, small, now=1000.0, interval_seconds=120) is None
+    # Under load a batch is large, and the next run is asked for at once.
+    assert coalescing(999.0, large, now=1000.0, interval_seconds=120) is None
+    assert coalescing(999.0, small, now=1000.0, interval_seconds=0) is None
 
 
 def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:

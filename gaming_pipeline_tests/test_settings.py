@@ -14,6 +14,7 @@ def test_defaults_live_under_home():
     assert settings.landing_bucket == "gaming-pipeline-landing"
     assert settings.queue_url == ""
     assert settings.spark_master == "local[*]"
+    assert settings.batch_interval_seconds == 300
 
 
 def test_every_setting_comes_from_its_variable():
@@ -25,6 +26,7 @@ def test_every_setting_comes_from_its_variable():
             "GAMING_PIPELINE_QUEUE_URL": "https://sqs/q",
             "GAMING_PIPELINE_SPARK_MASTER": "spark://m:7077",
             "GAMING_PIPELINE_DELTA_COMMIT_TABLE": "delta_commits",
+            "GAMING_PIPELINE_BATCH_INTERVAL_SECONDS": "7.5",
         }
     )
     assert (
@@ -33,7 +35,14 @@ def test_every_setting_comes_from_its_variable():
         settings.queue_url,
         settings.spark_master,
         settings.delta_commit_table,
-    ) == ("s3a://lake/prod", "b", "https://sqs/q", "spark://m:7077", "delta_commits")
+        settings.batch_interval_seconds,
+    ) == ("s3a://lake/prod", "b", "https://sqs/q", "spark://m:7077", "delta_commits", 7.5)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_batch_interval_that_is_no_number_of_seconds_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=f"GAMING_PIPELINE_BATCH_INTERVAL_SECONDS .* not '{value}'"):
+        Settings.from_env({"GAMING_PIPELINE_BATCH_INTERVAL_SECONDS": value})
 
 
 def test_s3a_follows_boto3_endpoint_or_stays_on_aws():

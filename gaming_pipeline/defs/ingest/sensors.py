@@ -21,12 +21,16 @@ from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResou
 from gaming_pipeline.lib.ingest import object_uri
 from gaming_pipeline.lib.ledger import ingested_objects
 from gaming_pipeline.lib.s3_events import LandedObject, parse_message
+from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
 # A run of this many objects is minutes of Firehose output: large enough to amortise a
 # Spark job, small enough to retry cheaply.
 MAX_OBJECTS_PER_RUN = 500
+# A batch smaller than this (about 50,000 events, gzipped NDJSON) is a trickle's: the next
+# run waits for the batch interval rather than pay a run's fixed cost for a few objects.
+TRICKLE_BYTES = 2 * 1024 * 1024
 # Sensor ticks must stay well under Dagster's 60 s limit.
 TICK_BUDGET_SECONDS = 20
 RECONCILE_GRACE_SECONDS = 120
@@ -141,25 +145,69 @@ def run_requests(
     return requests
 
 
-@dg.sensor(
-    job=ingest_job,
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Reads the landing queue (S3 ObjectCreated notifications, through SNS or direct) and "
-        "requests an ingestion run for each batch of new objects."
-    ),
-)
-def landing_queue_sensor(
+def coalescing(
+    last_run_created: float | None, last_run_bytes: int, now: float, interval_seconds: float
+) -> str | None:
+    """Why new objects should wait for the next batch (None: start one now): the last run,
+    asked for at `last_run_created`, took a trickle's batch (under TRICKLE_BYTES) less than
+    `interval_seconds` ago. The first object after a quiet spell starts a run at once; at a
+    trickle, those after it gather into one run per interval instead of each paying a run's
+    fixed cost; under load, batches are large and runs follow each other as before."""
+    if (
+        last_run_created is None
+        or now - last_run_created >= interval_seconds
+        or last_run_bytes >= TRICKLE_BYTES
+    ):
+        return None
+    return (
+        f"a trickle: the last ingestion run, asked for {now - last_run_created:.0f} s ago, took "
+        f"{last_run_bytes:,} bytes; new objects wait on the queue to join the next batch, "
+        f"{interval_seconds:.0f} s after it"
+    )
+
+
+def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="landing_queue_sensor",
+        job=ingest_job,
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Reads the landing queue (S3 ObjectCreated notifications, through SNS or direct) and "
+            "requests an ingestion run for each batch of new objects; at a trickle, one batch "
+            f"every {batch_interval_seconds:.0f} s (GAMING_PIPELINE_BATCH_INTERVAL_SECONDS)."
+        ),
+    )
+    def landing_queue_sensor(
+        context: dg.SensorEvaluationContext,
+        landing: LandingBucketResource,
+        warehouse: WarehouseResource,
+    ) -> dg.SensorResult:
+        return take_queue(context, landing, warehouse, batch_interval_seconds)
+
+    return landing_queue_sensor
+
+
+def take_queue(
     context: dg.SensorEvaluationContext,
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
+    batch_interval_seconds: float,
 ) -> dg.SensorResult:
     waiting = context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING))
     if waiting:
         # Backpressure: while a run waits for the Spark slot, new objects stay on the queue
         # and join one larger batch, instead of piling up runs faster than they finish.
         return dg.SensorResult(skip_reason="an ingestion run is already waiting to start")
+    latest = context.instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
+    wait = coalescing(
+        latest[0].create_timestamp.timestamp() if latest else None,
+        sum(obj.size for obj in requested_objects(latest[0].dagster_run)) if latest else 0,
+        time.time(),
+        batch_interval_seconds,
+    )
+    if wait:
+        return dg.SensorResult(skip_reason=wait)
     sqs = landing.sqs()
     queue_url = landing.resolved_queue_url()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
@@ -208,6 +256,9 @@ def landing_queue_sensor(
         return dg.SensorResult(skip_reason=f"{len(handled)} message(s), {len(announced)} object(s), none new")
     context.log.info(f"{len(new)} new object(s) from {len(handled)} message(s)")
     return dg.SensorResult(run_requests=requests)
+
+
+landing_queue_sensor = build_queue_sensor(Settings.from_env().batch_interval_seconds)
 
 
 def failing_objects_observation(failing: dict[LandedObject, Failures]) -> dg.AssetObservation:

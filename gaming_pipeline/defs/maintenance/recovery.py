@@ -203,7 +203,7 @@ def erase_player(
             "erasure_request": request_id,
             "player_id": player,
             "rows_deleted": sum(summary.values()),
-            "landing_lines_removed": sum(erasure.lines_removed for erasure in landed),
+            "landing_lines_removed": sum(rewritten.lines_removed for rewritten in landed),
             REBUILD_DATES: [day.isoformat() for day in raw_days],
         },
     )
