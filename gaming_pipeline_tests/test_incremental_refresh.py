@@ -19,7 +19,7 @@ import pytest
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
-from gaming_pipeline.defs.refresh.sensors import consecutive
+from gaming_pipeline.defs.refresh.sensors import consecutive, reached_by
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import generator, kpis
 from gaming_pipeline.lib.events import classify_lines, raw_events
@@ -59,17 +59,33 @@ def ingest(landing, warehouse, instance) -> dict:
 
 
 def cohorts_of(days: list[str]) -> list[str]:
-    """The cohorts one run refreshes when events on `days` land: from the first to the last
-    of those whose retention the events can change, the days themselves aside (1 and 7 days
-    before, the events being returns, and every later day through today, first days moving)."""
+    """The cohorts a retention run of their own refreshes when events on `days` land: from
+    the first to the last of the later days through today (a player's first day can move to
+    them), less those the days' own refresh rewrites (each day's and the 7 before it: the
+    events are their returns)."""
     today = datetime.now(UTC).date()
-    first = date.fromisoformat(min(days))
-    returns = {date.fromisoformat(day) - timedelta(days=n) for day in days for n in (1, 7)}
-    later = {first + timedelta(days=n) for n in range(1, (today - first).days + 1)}
-    changed = (returns | later) - {date.fromisoformat(day) for day in days}
+    added = {date.fromisoformat(day) for day in days}
+    later = {min(added) + timedelta(days=n) for n in range(1, (today - min(added)).days + 1)}
+    changed = later - {day - timedelta(days=n) for day in added for n in range(8)}
+    if not changed:
+        return []
     return [
         (min(changed) + timedelta(days=n)).isoformat() for n in range((max(changed) - min(changed)).days + 1)
     ]
+
+
+@pytest.mark.unit
+def test_a_batch_of_todays_events_costs_one_refresh_run_its_cohorts_returns_included():
+    today = datetime.now(UTC).date()
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(RAW_TABLE, metadata={EVENT_DATES: [today.isoformat()], REBUILD_DATES: []})
+        )
+        (request,) = DaysSensor(instance).requests()
+    assert request.partition_key == today.isoformat()
+    assert set(request.asset_selection) == {dg.AssetKey(table) for table in kpis.KPI_TABLES}
+    # The cohorts whose returns the day holds, 1 to 7 days back, are rewritten by that run.
+    assert reached_by({today}) == {today - timedelta(days=n) for n in range(8)}
 
 
 @pytest.mark.slow
@@ -85,7 +101,8 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
 
         def steady(*batches: dict) -> None:
             """The refresh sensor's requests, run as the daemon would: one run for the KPIs of
-            the days the batches added events to, one for the retention they can change."""
+            the days the batches added events to (and the retention of the cohorts whose
+            returns they are), one for the retention of later cohorts they can change."""
             added = sorted({day for batch in batches for day in batch[EVENT_DATES]})
             requests = sensor.requests()
             assert requested_days(requests) == (added, cohorts_of(added))

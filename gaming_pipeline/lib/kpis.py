@@ -57,6 +57,11 @@ SHARE = "decimal(5,4)"
 # A pause longer than this ends a session: the common mobile-analytics convention.
 SESSION_GAP_MICROS = 30 * 60 * 1_000_000
 RETURN_DAYS = (1, 7)
+# How many days before a refresh's first day a KPI rewrites too. A day's events are the
+# returns of the cohorts 1 and 7 days before it: a retention refresh takes those cohorts
+# along (it reads every player's first day whatever the number of cohorts), so new events
+# need no retention run of their own.
+REACHES_BACK = {RETENTION: max(RETURN_DAYS)}
 GAME = "eventParams.game_keyword"
 DEVICE = "eventParams.device_id"
 

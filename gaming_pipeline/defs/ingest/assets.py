@@ -73,7 +73,8 @@ def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
                 "`select count (distinct eventParams.device_id) as DAU from "
                 "mobile_events_delta_raw where to_date(eventTime) = current_date`. "
                 "`_source_object` and `_ingested_at` say where and when each row came from. "
-                "Refreshed by the landing sensors within seconds of an object landing."
+                "Refreshed by the landing sensors within seconds of an object landing; at a "
+                "trickle, objects share one run every GAMING_PIPELINE_BATCH_INTERVAL_SECONDS."
             ),
         ),
         dg.AssetSpec(

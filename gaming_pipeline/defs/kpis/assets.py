@@ -34,11 +34,18 @@ class KpiRun:
     end: date
 
 
+def reached_back(first: date, days: int) -> date:
+    """The first day a KPI reaching `days` back rewrites when a run's days start on `first`;
+    never before the first partition."""
+    return max(first - timedelta(days=days), DAILY.start.date())
+
+
 @dataclass(frozen=True)
 class ActivityRead:
     """The activity tables as a run's KPIs read them, opened once for all of them: the
     transforms pick their days from `activity`, and the checks compare with `players`, the
-    players' activity of the run's days, cached for the run."""
+    players' activity of the run's days and of those the KPIs reach back to, cached for the
+    run."""
 
     activity: kpis.Activity
     players: DataFrame
@@ -51,7 +58,8 @@ class ActivityRead:
         activity = kpis.Activity(
             *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
         )
-        players = activity.players.where(days_predicate(first, end)).persist()
+        reach = max(kpis.REACHES_BACK.values())
+        players = activity.players.where(days_predicate(reached_back(first, reach), end)).persist()
         try:
             yield cls(activity, players, first, end)
         finally:
@@ -111,7 +119,7 @@ class Kpi:
         The checks look at the rows written as they are cached here, not read back from the
         table: a replaceWhere commit holds exactly them for those days, and a read back would
         cost a Delta scan per check."""
-        first, end = read.first, read.end
+        first, end = reached_back(read.first, kpis.REACHES_BACK.get(self.name, 0)), read.end
         days = days_predicate(first, end)
         result = kpis.TRANSFORMS[self.name](read.activity, first, end).persist()
         try:
@@ -119,7 +127,7 @@ class Kpi:
             path = tables.KPIS[self.name].ensure(spark, warehouse.root)
             version = replace_rows(result, path, days, {"run_id": run_id}).version
             table = spark.read.format("delta").load(path)
-            run = KpiRun(result, read.players, table, first, end)
+            run = KpiRun(result, read.players.where(days), table, first, end)
             no_null_keys = checks.null_keys(run.written, checks.KPI_KEYS)
             outcomes = {"no_null_keys": no_null_keys} | {
                 check.name: check.evaluate(run) for check in self.kpi_checks
@@ -273,7 +281,9 @@ KPIS = [
         "seen in a game that day (`new_players`; for `all_games`, first seen in any game). "
         "`retained_d1` / `retained_d7` count those that play again exactly 1 / 7 days later, and "
         "`d1_retention` / `d7_retention` are the shares. Null until the return day has events. "
-        "Refreshed when the cohort's day or its return days get events.",
+        "A refresh of a day rewrites the cohorts of the 7 days before it too (the day's events "
+        "are their returns); a cohort also refreshes when an earlier day gets its players' "
+        "first events.",
     ),
 ]
 

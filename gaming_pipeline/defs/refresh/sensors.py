@@ -4,8 +4,8 @@ already counted have changed.
 Each ingestion run adds its batch to the per-game and activity tables itself and records the
 days it added events to (`event_dates`); this sensor then asks for those days' KPIs, which
 read only the activity tables. A day's events also decide the retention of the cohorts 1
-and 7 days before it, and, by moving a player's first day, of any later cohort: those
-cohorts' retention refreshes too. When rows counted before
+and 7 days before it, which its refresh rewrites too, and, by moving a player's first day,
+of any later cohort, which a retention run refreshes. When rows counted before
 changed (an object written again, a rollback, an erasure), the writer records the days to
 rebuild (`rebuild_dates`) and the sensor asks for a rebuild of everything derived from them.
 
@@ -15,10 +15,11 @@ run's metadata, and only they are refreshed, however late they are.
 
 Consecutive days go in one run (a partition range, as a single-run backfill would), and a
 day already waiting in a run that will cover it is not asked for again: while runs are in
-flight, new batches coalesce into the next run. The cohorts whose retention changed all go
-in one run, from the first to the last of them: a retention refresh reads every player's
-first day whatever the number of cohorts, so a batch's cohorts 1 and 7 days back cost one
-run, not two.
+flight, new batches coalesce into the next run. A day's refresh rewrites the retention of
+the cohorts 1 to 7 days before it too (its events are their returns): a retention refresh
+reads every player's first day whatever the number of cohorts, so they cost no run of their
+own. Only later cohorts (a player's first day moving to an earlier day) get a retention run,
+all of them in one, from the first to the last.
 """
 
 from datetime import date, timedelta
@@ -31,7 +32,7 @@ from gaming_pipeline.defs.kpis.activity import ACTIVITY_GROUP
 from gaming_pipeline.defs.kpis.assets import KPI_GROUP
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, RETENTION, RETURN_DAYS
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, REACHES_BACK, RETENTION, RETURN_DAYS
 from gaming_pipeline.lib.tables import RAW_TABLE
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -88,6 +89,12 @@ def cohorts_changed_by(days: set[date]) -> set[date]:
     return {day - timedelta(days=n) for day in days for n in RETURN_DAYS} | later
 
 
+def reached_by(days: set[date]) -> set[date]:
+    """The retention cohorts a refresh of `days` rewrites: each day's and those it reaches
+    back to (REACHES_BACK), whose returns it holds."""
+    return {day - timedelta(days=n) for day in days for n in range(REACHES_BACK[RETENTION] + 1)}
+
+
 def covers(run: dg.DagsterRun, keys: set[dg.AssetKey]) -> set[date]:
     """The days a waiting refresh run will bring `keys` up to date on."""
     return days_of(run) if run.asset_selection is None or keys <= run.asset_selection else set()
@@ -134,7 +141,8 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     rebuild = wanted(asked[REBUILD_DATES], set(DERIVED_KEYS))
     refresh = wanted(asked[EVENT_DATES], set(KPI_KEYS), rebuild)
     changed = asked[REBUILD_DATES] | asked[EVENT_DATES]
-    cohorts = wanted(cohorts_changed_by(changed), {dg.AssetKey(RETENTION)}, changed)
+    # Each changed day's refresh (or rebuild) rewrites the cohorts it is the return day of.
+    cohorts = wanted(cohorts_changed_by(changed), {dg.AssetKey(RETENTION)}, reached_by(changed))
     last = records[-1].storage_id
     requests = (
         [refresh_request(first, end, f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
