@@ -15,8 +15,8 @@ DEFAULT_QUEUE_NAME = "gaming-pipeline-landing-events"
 DEFAULT_SPARK_MASTER = "local[*]"
 DEFAULT_PII_BUCKET = "gaming-pipeline-pii"
 # Every batch pays a fixed cost whatever its size: an ingestion run (about 35 Delta commits,
-# the per-game tables included), a KPI refresh, a retention refresh and the dashboard, some
-# 200 CPU-seconds on 2 cores. At a trickle, objects wait up to this long to share one batch:
+# the per-game tables included), a KPI refresh and the dashboard, some 200 CPU-seconds on
+# 2 cores. At a trickle, objects wait up to this long to share one batch:
 # the demo's 50 events/s then keeps under half of a 2-core machine busy.
 DEFAULT_BATCH_INTERVAL_SECONDS = 300
 
@@ -51,7 +51,8 @@ class Settings:
     # A DynamoDB table through which several Spark drivers commit to an s3a warehouse safely
     # (lib/jars.py builds the log store). Empty means: one driver writes, Delta's default.
     delta_commit_table: str
-    # The least time between the starts of two ingestion runs the queue sensor asks for.
+    # At a trickle (the last ingestion run took under 2 MB), the least time between the
+    # starts of two ingestion runs the queue sensor asks for.
     batch_interval_seconds: float
 
     @classmethod
