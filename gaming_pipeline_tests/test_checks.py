@@ -3,6 +3,7 @@
 from datetime import date, datetime
 from decimal import Decimal
 
+from pyspark.sql import Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -57,28 +58,80 @@ def test_null_keys_are_counted_per_group_in_one_pass(spark):
 
 
 def test_hourly_counts_that_do_not_add_up_fail(spark):
-    events = activity(spark, ("gameStart", "g", None), ("levelUp", "g", None))
-    kpi = spark.createDataFrame(
-        [(DAY, "g", 2), (DAY, "all_games", 1)], "eventDate date, game_keyword string, events long"
-    )
-    passed, details = checks.hours_add_up_to_days(kpi, events)
+    totals = checks.activity_totals(activity(spark, ("gameStart", "g", None), ("levelUp", "g", None)))
+    kpi = [
+        Row(eventDate=DAY, game_keyword="g", events=2),
+        Row(eventDate=DAY, game_keyword="all_games", events=1),
+    ]
+    passed, details = checks.hours_add_up_to_days(kpi, totals)
     assert not passed and list(details["mismatches"]) == ["2026-11-23 all_games"]
 
 
 def test_bookings_that_do_not_add_up_fail(spark):
-    events = activity(spark, ("purchaseEvent", "g", 4.99), ("purchaseEvent", "g", 0.99))
-    good = spark.createDataFrame(
-        [(DAY, "g", Decimal("5.98")), (DAY, "all_games", Decimal("5.98"))],
-        "eventDate date, game_keyword string, bookings decimal(18,2)",
+    totals = checks.activity_totals(
+        activity(spark, ("purchaseEvent", "g", 4.99), ("purchaseEvent", "g", 0.99))
     )
-    assert checks.bookings_add_up_to_days(good, events)[0]
-    short = good.where("game_keyword = 'g'")
-    assert not checks.bookings_add_up_to_days(short, events)[0]
+    good = [
+        Row(eventDate=DAY, game_keyword="g", bookings=Decimal("5.98")),
+        Row(eventDate=DAY, game_keyword="all_games", bookings=Decimal("5.98")),
+    ]
+    assert checks.bookings_add_up_to_days(good, totals)[0]
+    short = good[:1]
+    assert not checks.bookings_add_up_to_days(short, totals)[0]
 
 
-def test_all_games_dau_outside_its_bounds_fails(spark):
-    schema = "eventDate date, game_keyword string, dau long"
-    ok = spark.createDataFrame([(DAY, "a", 3), (DAY, "b", 2), (DAY, "all_games", 4)], schema)
-    too_many = spark.createDataFrame([(DAY, "a", 3), (DAY, "b", 2), (DAY, "all_games", 6)], schema)
-    assert checks.all_games_dau_is_bounded(ok) == (True, {"days_out_of_bounds": []})
-    assert checks.all_games_dau_is_bounded(too_many) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+def test_totals_count_a_player_of_two_games_once_for_all_games(spark):
+    totals = checks.activity_totals(activity(spark, ("gameStart", "a", None), ("purchaseEvent", "b", 1.5)))
+    assert totals == {
+        ("2026-11-23", "a"): checks.DayTotals(1, Decimal("0.00"), 1),
+        ("2026-11-23", "b"): checks.DayTotals(1, Decimal("1.50"), 1),
+        ("2026-11-23", "all_games"): checks.DayTotals(2, Decimal("1.50"), 1),
+    }
+    assert checks.within(totals, DAY, DAY) == {}
+
+
+def test_all_games_dau_outside_its_bounds_fails():
+    def kpi(all_games: int) -> list[Row]:
+        dau = {"a": 3, "b": 2, "all_games": all_games}
+        return [Row(eventDate=DAY, game_keyword=game, dau=value) for game, value in dau.items()]
+
+    assert checks.all_games_dau_is_bounded(kpi(4)) == (True, {"days_out_of_bounds": []})
+    assert checks.all_games_dau_is_bounded(kpi(6)) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+    assert checks.all_games_dau_is_bounded(kpi(4)[:2]) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+
+
+def test_null_keys_of_collected_rows_are_counted_per_key():
+    rows = [Row(eventDate=DAY, game_keyword="g"), Row(eventDate=None, game_keyword=None)]
+    assert checks.null_keys_in(rows, checks.KPI_KEYS) == (
+        False,
+        {"rows": 2, "null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
+    )
+    assert checks.null_keys_in([], checks.KPI_KEYS) == checks.no_rows(checks.KPI_KEYS)
+
+
+def test_sessions_fewer_than_players_or_players_not_the_devices_fail():
+    totals = {("2026-11-23", "g"): checks.DayTotals(5, Decimal(0), 2)}
+    good = [Row(eventDate=DAY, game_keyword="g", sessions=3, players=2)]
+    assert checks.sessions_cover_players(good, totals)[0]
+    fewer = [Row(eventDate=DAY, game_keyword="g", sessions=1, players=2)]
+    assert checks.sessions_cover_players(fewer, totals)[1]["rows_with_fewer_sessions_than_players"] == 1
+    missing = [Row(eventDate=DAY, game_keyword="g", sessions=3, players=1)]
+    assert list(checks.sessions_cover_players(missing, totals)[1]["mismatches"]) == ["2026-11-23 g"]
+
+
+def test_cohorts_larger_than_their_day_or_with_more_returns_fail():
+    totals = {("2026-11-23", "g"): checks.DayTotals(9, Decimal(0), 4)}
+
+    def cohort(new: int, d1: int | None, game: str = "g") -> Row:
+        return Row(eventDate=DAY, game_keyword=game, new_players=new, retained_d1=d1, retained_d7=None)
+
+    assert checks.cohorts_are_bounded([cohort(4, 2)], totals) == (
+        True,
+        {"cohorts_out_of_bounds": [], "checked": 1},
+    )
+    outside = [cohort(5, 1), cohort(3, 4), cohort(1, 0, game="unknown")]
+    assert checks.cohorts_are_bounded(outside, totals)[1]["cohorts_out_of_bounds"] == [
+        "2026-11-23 g",
+        "2026-11-23 g",
+        "2026-11-23 unknown",
+    ]

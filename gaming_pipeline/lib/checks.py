@@ -1,11 +1,17 @@
-"""What the asset checks compute, as plain functions of DataFrames (no Dagster here).
+"""What the asset checks compute, as plain functions (no Dagster here): of DataFrames for
+tables of events, of rows already collected for the KPI tables (a few rows per day and
+game, checked on the driver rather than with a Spark job each).
 
 Each returns (passed, details): details are small, JSON-friendly facts for the UI.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from datetime import date
+from decimal import Decimal
+from typing import NamedTuple
+
+from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -80,70 +86,117 @@ def compare(found: dict, expected: dict) -> tuple[bool, dict]:
     }
 
 
-def _with_all_games(players: DataFrame) -> DataFrame:
-    """Activity rows per game, and the same rows again as all games'."""
-    return players.unionByName(players.withColumn("game_keyword", F.lit(ALL_GAMES)))
+class DayTotals(NamedTuple):
+    """What a day's players did in one game (or all games), from activity_player_days."""
+
+    events: int
+    bookings: Decimal
+    devices: int
 
 
-def hours_add_up_to_days(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+# Per (ISO day, game_keyword), all games included.
+Totals = dict[tuple[str, str], DayTotals]
+
+
+def activity_totals(players: DataFrame) -> Totals:
+    """The players' events, bookings and distinct devices per day and game, and per day for
+    all games (a device playing two games counts once there): what every KPI check compares
+    its rows with, in one Spark job for all of them."""
+    with_all_games = players.unionByName(players.withColumn("game_keyword", F.lit(ALL_GAMES)))
+    rows = (
+        with_all_games.groupBy("eventDate", "game_keyword")
+        .agg(
+            F.sum("events").alias("events"),
+            F.sum("bookings").alias("bookings"),
+            F.count_distinct("device_id").alias("devices"),
+        )
+        .collect()
+    )
+    return {
+        (row.eventDate.isoformat(), row.game_keyword): DayTotals(row.events, row.bookings, row.devices)
+        for row in rows
+    }
+
+
+def within(totals: Totals, first: date, end: date) -> Totals:
+    """The totals of days [first, end)."""
+    return {key: value for key, value in totals.items() if first.isoformat() <= key[0] < end.isoformat()}
+
+
+def null_keys_in(rows: list[Row], keys: tuple[str, ...]) -> tuple[bool, dict]:
+    """null_keys of rows already collected."""
+    return _null_keys_found(keys, len(rows), [sum(row[key] is None for row in rows) for key in keys])
+
+
+def _summed_by_day_and_game(rows: list[Row], column: str) -> dict:
+    """SUM(column) GROUP BY eventDate, game_keyword, on the driver."""
+    sums: dict = {}
+    for row in rows:
+        key = (row.eventDate.isoformat(), row.game_keyword)
+        sums[key] = sums.get(key, 0) + (row[column] or 0)
+    return sums
+
+
+def hours_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
     """The hourly event counts of each day and game (from the hourly activity) add up to
     the events of that day's players (from the players' activity)."""
     return compare(
-        by_day_and_game(kpi, F.sum("events")), by_day_and_game(_with_all_games(players), F.sum("events"))
+        _summed_by_day_and_game(kpi, "events"), {key: value.events for key, value in totals.items()}
     )
 
 
-def bookings_add_up_to_days(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+def bookings_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
     """The bookings of each day and game (over its hours or platforms) add up to what that
     day's players spent."""
-
-    def booked(df: DataFrame) -> dict:
-        return {key: value for key, value in by_day_and_game(df, F.sum("bookings")).items() if value}
-
-    return compare(booked(kpi), booked(_with_all_games(players)))
+    booked = {key: value for key, value in _summed_by_day_and_game(kpi, "bookings").items() if value}
+    return compare(booked, {key: value.bookings for key, value in totals.items() if value.bookings})
 
 
-def all_games_dau_is_bounded(kpi: DataFrame) -> tuple[bool, dict]:
+def all_games_dau_is_bounded(kpi: list[Row]) -> tuple[bool, dict]:
     """A day's all-games DAU is at least its largest game's and at most the sum of all games'."""
-    per_game = (
-        kpi.where(F.col("game_keyword") != ALL_GAMES)
-        .groupBy("eventDate")
-        .agg(F.max("dau").alias("largest"), F.sum("dau").alias("total"))
-    )
-    all_games = kpi.where(F.col("game_keyword") == ALL_GAMES).select("eventDate", F.col("dau").alias("all"))
+    per_game: dict[date, list[int]] = {}
+    all_games: dict[date, int] = {}
+    for row in kpi:
+        if row.game_keyword == ALL_GAMES:
+            all_games[row.eventDate] = row.dau
+        else:
+            per_game.setdefault(row.eventDate, []).append(row.dau)
     outside = [
-        row.eventDate.isoformat()
-        for row in per_game.join(all_games, "eventDate", "full")
-        .where(
-            ~F.coalesce((F.col("all") >= F.col("largest")) & (F.col("all") <= F.col("total")), F.lit(False))
+        day.isoformat()
+        for day in sorted(set(per_game) | set(all_games))
+        if not (
+            day in per_game
+            and day in all_games
+            and max(per_game[day]) <= all_games[day] <= sum(per_game[day])
         )
-        .collect()
     ]
     return not outside, {"days_out_of_bounds": outside}
 
 
-def _devices_by_day_and_game(players: DataFrame) -> dict:
-    return by_day_and_game(_with_all_games(players), F.count_distinct("device_id"))
-
-
-def sessions_cover_players(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+def sessions_cover_players(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
     """Each day's players are its active devices, and no day has fewer sessions than players."""
-    passed, details = compare(by_day_and_game(kpi, F.sum("players")), _devices_by_day_and_game(players))
-    fewer = kpi.where(F.col("sessions") < F.col("players")).count()
+    passed, details = compare(
+        _summed_by_day_and_game(kpi, "players"), {key: value.devices for key, value in totals.items()}
+    )
+    fewer = sum(row.sessions < row.players for row in kpi)
     return passed and not fewer, {**details, "rows_with_fewer_sessions_than_players": fewer}
 
 
-def cohorts_are_bounded(kpi: DataFrame, players: DataFrame) -> tuple[bool, dict]:
+def cohorts_are_bounded(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
     """A cohort is at most its day's active devices, and its returns at most the cohort."""
-    devices = _devices_by_day_and_game(players)
+
+    def devices(row: Row) -> int:
+        day = totals.get((row.eventDate.isoformat(), row.game_keyword))
+        return day.devices if day else 0
+
     outside = [
         f"{row.eventDate} {row.game_keyword}"
-        for row in kpi.collect()
+        for row in kpi
         if not (
-            0 < row.new_players <= devices.get((row.eventDate.isoformat(), row.game_keyword), 0)
+            0 < row.new_players <= devices(row)
             and all(
                 back is None or 0 <= back <= row.new_players for back in (row.retained_d1, row.retained_d7)
             )
         )
     ]
-    return not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(devices)}
+    return not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(totals)}

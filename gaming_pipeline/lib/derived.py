@@ -18,7 +18,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
@@ -31,12 +31,17 @@ from gaming_pipeline.lib.warehouse import append_rows, merge_into, replace_rows
 PARALLEL_WRITES = 4
 
 
+def rows_per_game_and_day(rows: DataFrame) -> list[Row]:
+    """How many of the raw rows each (game, eventDate) has: Rows of game, eventDate, count."""
+    return rows.groupBy(F.col(kpis.GAME).alias("game"), "eventDate").count().collect()
+
+
 def add_batch(
-    spark: SparkSession, warehouse: str, rows: DataFrame, run_id: str
+    spark: SparkSession, warehouse: str, rows: DataFrame, counted: list[Row], run_id: str
 ) -> dict[str, dict[date, int]]:
     """Add a batch of raw rows, from objects never written before, to the per-game and
-    activity tables. Returns, per table, the rows added on each of the batch's days."""
-    counted = rows.groupBy(F.col(kpis.GAME).alias("game"), "eventDate").count().collect()
+    activity tables (`counted`: rows_per_game_and_day of them). Returns, per table, the rows
+    added on each of the batch's days."""
     days = sorted({row.eventDate for row in counted})
     if not days:
         return {}

@@ -19,7 +19,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from gaming_pipeline.lib.derived import add_batch
+from gaming_pipeline.lib.derived import add_batch, rows_per_game_and_day
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
     classify_lines,
@@ -243,13 +243,11 @@ def ingest_objects(
     now = datetime.now(UTC)
     classified, counts = classify_objects(spark, todo)
     try:
-        result.event_dates = sorted(
-            row.eventDate
-            for row in classified.where(F.col("reason").isNull())
-            .select(F.to_date("eventTime").alias("eventDate"))
-            .distinct()
-            .collect()
-        )
+        rows = raw_events(classified, now, run_id)
+        # One Spark job for the batch's days and, if it is added to them, the per-game tables'
+        # rows of each day.
+        per_game_day = rows_per_game_and_day(rows)
+        result.event_dates = sorted({row.eventDate for row in per_game_day})
         uris = [object_uri(obj) for obj in todo]
         marker = {"run_id": run_id, "objects": len(todo)}
         modified_at = {
@@ -279,7 +277,6 @@ def ingest_objects(
         writing = {uri: micros for uri, micros in modified_at.items() if counts[uri].rows_written}
         modified = earlier_modified + list(writing.values())
         raw_path = table_path(warehouse, RAW_TABLE)
-        rows = raw_events(classified, now, run_id)
         if earlier_modified:
             # An earlier run wrote (some of) these objects: their rows are replaced, and the
             # days this commit changed are rebuilt in the derived tables, which is exact
@@ -294,7 +291,7 @@ def ingest_objects(
             # after this is retried as a replacement.
             append_rows(rows, raw_path, marker)
             result.raw_version = version_tagged(spark, raw_path, marker)
-            result.added = add_batch(spark, warehouse, rows, run_id)
+            result.added = add_batch(spark, warehouse, rows, per_game_day, run_id)
         else:
             result.raw_version = latest_version(spark, raw_path)
     finally:

@@ -1,16 +1,15 @@
 """KPI tables, per day and per game (and all games), recomputed exactly for each day from
 the activity tables: a refresh reads a day's activity sums, never its raw events."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.pools import REFRESH_POOL
@@ -24,11 +23,12 @@ KPI_GROUP = "kpis"
 
 @dataclass(frozen=True)
 class KpiRun:
-    """What a KPI check looks at: the run's rows as written, the players' activity of its
-    days, the whole KPI table (for trailing baselines) and the days [first, end)."""
+    """What a KPI check looks at: the rows of the run's days as written (a few per day and
+    game), the players' totals of those days, the whole KPI table (for trailing baselines)
+    and the days [first, end)."""
 
-    written: DataFrame
-    players: DataFrame
+    written: list[Row]
+    totals: checks.Totals
     table: DataFrame
     first: date
     end: date
@@ -43,27 +43,25 @@ def reached_back(first: date, days: int) -> date:
 @dataclass(frozen=True)
 class ActivityRead:
     """The activity tables as a run's KPIs read them, opened once for all of them: the
-    transforms pick their days from `activity`, and the checks compare with `players`, the
-    players' activity of the run's days and of those the KPIs reach back to, cached for the
-    run."""
+    transforms pick their days from `activity`, and the checks compare with `totals`, the
+    players' totals of the run's days and of those the KPIs reach back to, summed once for
+    the run."""
 
     activity: kpis.Activity
-    players: DataFrame
+    totals: checks.Totals
     first: date
     end: date
 
     @classmethod
-    @contextmanager
-    def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> Iterator["ActivityRead"]:
+    def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> "ActivityRead":
         activity = kpis.Activity(
             *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
         )
         reach = max(kpis.REACHES_BACK.values())
-        players = activity.players.where(days_predicate(reached_back(first, reach), end)).persist()
-        try:
-            yield cls(activity, players, first, end)
-        finally:
-            players.unpersist()
+        totals = checks.activity_totals(
+            activity.players.where(days_predicate(reached_back(first, reach), end))
+        )
+        return cls(activity, totals, first, end)
 
 
 @dataclass(frozen=True)
@@ -112,31 +110,26 @@ class Kpi:
             ),
         ]
 
-    def refresh(self, warehouse: WarehouseResource, read: "ActivityRead", run_id: str):
+    def refresh(self, warehouse: WarehouseResource, read: ActivityRead, run_id: str):
         """Compute the KPI of the run's days from the activity tables, replace those days of
         its table, and check what was written.
 
-        The checks look at the rows written as they are cached here, not read back from the
-        table: a replaceWhere commit holds exactly them for those days, and a read back would
-        cost a Delta scan per check."""
+        A KPI is a few rows per day and game: the days written are read back in one Spark
+        job and checked on the driver, rather than with a Spark job per check."""
         first, end = reached_back(read.first, kpis.REACHES_BACK.get(self.name, 0)), read.end
         days = days_predicate(first, end)
-        result = kpis.TRANSFORMS[self.name](read.activity, first, end).persist()
-        try:
-            spark = result.sparkSession
-            path = tables.KPIS[self.name].ensure(spark, warehouse.root)
-            version = replace_rows(result, path, days, {"run_id": run_id}).version
-            table = spark.read.format("delta").load(path)
-            run = KpiRun(result, read.players.where(days), table, first, end)
-            no_null_keys = checks.null_keys(run.written, checks.KPI_KEYS)
-            outcomes = {"no_null_keys": no_null_keys} | {
-                check.name: check.evaluate(run) for check in self.kpi_checks
-            }
-            rows = no_null_keys[1]["rows"]
-            # The chart runs up to the run's last day, with the days before it for context.
-            chart = charts.kpi_chart(self.name, table, end - timedelta(days=1))
-        finally:
-            result.unpersist()
+        result = kpis.TRANSFORMS[self.name](read.activity, first, end)
+        spark = result.sparkSession
+        path = tables.KPIS[self.name].ensure(spark, warehouse.root)
+        version = replace_rows(result, path, days, {"run_id": run_id}).version
+        table = spark.read.format("delta").load(path)
+        rows = table.where(days).collect()
+        run = KpiRun(rows, checks.within(read.totals, first, end), table, first, end)
+        outcomes = {"no_null_keys": checks.null_keys_in(rows, checks.KPI_KEYS)} | {
+            check.name: check.evaluate(run) for check in self.kpi_checks
+        }
+        # The chart runs up to the run's last day, with the days before it for context.
+        chart = charts.kpi_chart(self.name, table, end - timedelta(days=1))
         pictures = (
             {"chart": dg.MetadataValue.md(charts.as_markdown(chart, charts.CHARTS[self.name].title))}
             if chart
@@ -144,7 +137,13 @@ class Kpi:
         )
         return dg.MaterializeResult(
             asset_key=self.name,
-            metadata={"rows": rows, "delta_version": version, "days": days, "dagster/uri": path, **pictures},
+            metadata={
+                "rows": len(rows),
+                "delta_version": version,
+                "days": days,
+                "dagster/uri": path,
+                **pictures,
+            },
             check_results=[
                 dg.AssetCheckResult(
                     asset_key=self.name,
@@ -158,9 +157,9 @@ class Kpi:
         )
 
 
-def adds_up(name: str, description: str, consistent: Callable[[DataFrame, DataFrame], tuple]) -> KpiCheck:
+def adds_up(name: str, description: str, consistent: Callable[[list[Row], checks.Totals], tuple]) -> KpiCheck:
     """A check of the run's KPI rows against the players' activity of the same days."""
-    return KpiCheck(name, description, lambda run: consistent(run.written, run.players))
+    return KpiCheck(name, description, lambda run: consistent(run.written, run.totals))
 
 
 def holds_up(name: str, what: str, value: str, min_baseline: Decimal) -> KpiCheck:
@@ -303,7 +302,6 @@ def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
     spark = pyspark.spark_session
     first, end = run_days(context)
     selected = [kpi for kpi in KPIS if dg.AssetKey(kpi.name) in context.selected_asset_keys]
-    with ActivityRead.of(spark, warehouse, first, end) as read:
-        with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-            results = list(pool.map(lambda kpi: kpi.refresh(warehouse, read, context.run.run_id), selected))
-    yield from results
+    read = ActivityRead.of(spark, warehouse, first, end)
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        yield from pool.map(lambda kpi: kpi.refresh(warehouse, read, context.run.run_id), selected)
