@@ -1,8 +1,9 @@
 """Spark on a cluster: a standalone master and two workers on 127.0.0.1, started with
 pyspark's own spark-class, and a Spark Connect server whose driver runs its tasks there.
-Raw ingestion and the per-game fan-out run on it, into a warehouse on the local S3 endpoint
-with commits claimed in DynamoDB, and write exactly the tables that the local session
-writes into a local folder from the same landed events."""
+Ingestion runs on it (the raw table, and the batch's fan-out to the per-game and activity
+tables), into a warehouse on the local S3 endpoint with commits claimed in DynamoDB, and
+writes exactly the tables that the local session writes into a local folder from the same
+landed events."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws, processes
 from gaming_pipeline.lib.aws import free_port
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES
 from gaming_pipeline.lib.processes import prepare_dagster_home
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_history, table_path
@@ -26,10 +27,8 @@ from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, own
 from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
 
 WORKERS = 2
-# The fan-out runs the same code for each game: three of them keep the test within the
-# suite's time budget (every table costs a few Delta commits on two cores).
-FANNED_OUT = GAMES[:3]
-TABLES = [RAW_TABLE, *(game.table_name for game in FANNED_OUT)]
+# What an ingestion run writes from the events themselves (the ledger and intents name the run).
+TABLES = [RAW_TABLE, *(game.table_name for game in GAMES), *ACTIVITY_TABLES]
 COMMIT_TABLE = f"delta-commits-{uuid.uuid4().hex[:10]}"
 
 
@@ -97,29 +96,13 @@ def cluster_address(local_aws, session_home, tmp_path_factory):
         processes.stop(started)
 
 
-def ingest_and_fan_out_locally(landing, warehouse: str) -> list[str]:
-    """Both runs in this process on the test session's local Spark; the days they covered."""
-    run_resources = resources(landing, warehouse)
-    ingested = dg.materialize([ingest_landed_objects], resources=run_resources)
-    days = ingested.asset_materializations_for_node("ingest_landed_objects")[0].metadata["event_dates"].value
-    fanned = dg.materialize(
-        [game_tables],
-        selection=[game.table_name for game in FANNED_OUT],
-        resources=run_resources,
-        tags={
-            "dagster/asset_partition_range_start": min(days),
-            "dagster/asset_partition_range_end": max(days),
-        },
-    )
-    assert ingested.success and fanned.success
-    assert all(check.passed for check in fanned.get_asset_check_evaluations())
-    return days
+def ingest_locally(landing, warehouse: str) -> None:
+    """The ingestion run in this process, on the test session's Spark."""
+    assert dg.materialize([ingest_landed_objects], resources=resources(landing, warehouse)).success
 
 
-def ingest_and_fan_out_with_the_cli(
-    landing, warehouse: str, days: list[str], address: str, work: Path
-) -> None:
-    """Both runs as a data engineer would start them from a shell, configured by the
+def ingest_with_the_cli(landing, warehouse: str, address: str, work: Path) -> None:
+    """The ingestion run as a data engineer would start it from a shell, configured by the
     environment alone: the definitions' own resources attach to the cluster's server. (A
     process with a local Spark session cannot open a Spark Connect one too.)"""
     env = own_driver_environ(
@@ -130,27 +113,14 @@ def ingest_and_fan_out_with_the_cli(
         GAMING_PIPELINE_QUEUE_URL=landing.queue_url,
         GAMING_PIPELINE_SPARK_MASTER=address,
     )
-    materialize = [
+    selection = ",".join(key.to_user_string() for key in ingest_landed_objects.keys)
+    command = [
         str(Path(sys.executable).parent / "dagster"),
-        "asset",
-        "materialize",
-        "-m",
-        "gaming_pipeline.definitions",
+        *("asset", "materialize", "-m", "gaming_pipeline.definitions", "--select", selection),
     ]
-    for arguments in (
-        ["--select", ",".join(key.to_user_string() for key in ingest_landed_objects.keys)],
-        [
-            "--select",
-            ",".join(game.table_name for game in FANNED_OUT),
-            "--partition-range",
-            f"{min(days)}...{max(days)}",
-        ],
-    ):
-        with open(work / "materialize.log", "ab") as log:
-            finished = subprocess.run(
-                [*materialize, *arguments], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
+    with open(work / "materialize.log", "ab") as log:
+        finished = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -162,8 +132,8 @@ def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     aws.client("s3").create_bucket(Bucket=lake)
     # The cluster's warehouse is on S3: nothing it writes or reads is a path on the driver.
     local, cluster = str(tmp_path / "local"), f"s3a://{lake}/warehouse"
-    days = ingest_and_fan_out_locally(landing, local)
-    ingest_and_fan_out_with_the_cli(landing, cluster, days, cluster_address, tmp_path)
+    ingest_locally(landing, local)
+    ingest_with_the_cli(landing, cluster, cluster_address, tmp_path)
 
     on_cluster = fingerprints(spark, cluster, TABLES)
     assert on_cluster[RAW_TABLE][0] == totals.events
