@@ -18,9 +18,11 @@ import dagster as dg
 import pytest
 
 from gaming_pipeline.cli import main
+from gaming_pipeline.defs.kpis.assets import KPIS, ActivityRead
 from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import consecutive, reached_by
-from gaming_pipeline.games import GAMES
+from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import generator, kpis
 from gaming_pipeline.lib.events import classify_lines, raw_events
 from gaming_pipeline.lib.tables import ACTIVITY, RAW_TABLE
@@ -28,6 +30,7 @@ from gaming_pipeline.lib.warehouse import merge_into, table_path
 from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
     evaluate_reconcile,
+    events_on,
     land,
     refresh,
     refresh_as_requested,
@@ -193,6 +196,31 @@ def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spa
     assert sorted(merged) == sorted(whole)
     if table == kpis.PLAYER_DAYS:
         assert {len(row.sessions) for row in merged} == {2}
+
+
+def test_a_refresh_checks_the_activity_it_read_while_a_batch_merges_in(spark, tmp_path):
+    """Ingestion merges batches into the activity tables while a refresh runs: here a batch's
+    first merge, into the hourly table, lands after the refresh opened them. The refresh
+    computes its KPIs from the versions it opened, those the totals its checks compare with
+    were summed from: the batch is the next refresh's, and fails no check of this one."""
+    warehouse = WarehouseResource(root=str(tmp_path))
+    day = date(2026, 11, 20)
+
+    def merge(table: str, rows) -> None:
+        path = ACTIVITY[table].ensure(spark, warehouse.root)
+        merge_into(kpis.ACTIVITY[table](rows), path, kpis.KEYS[table], kpis.ADDED[table], {"run_id": "test"})
+
+    opened = raw_rows(spark, events_on(day, 200, seed=1))
+    for table in kpis.ACTIVITY_TABLES:
+        merge(table, opened)
+    read = ActivityRead.of(spark, warehouse, day, day + timedelta(days=1))
+    merge(kpis.GAME_HOURS, raw_rows(spark, events_on(day, 200, seed=2)))
+    (events_per_hour,) = [kpi for kpi in KPIS if kpi.name == kpis.EVENTS_PER_HOUR]
+    result = events_per_hour.refresh(warehouse, read, "refresh")
+
+    assert {check.check_name: check.passed for check in result.check_results}["hours_add_up_to_activity"]
+    written = spark.read.format("delta").load(table_path(warehouse.root, kpis.EVENTS_PER_HOUR))
+    assert written.where(f"game_keyword = '{ALL_GAMES}'").agg({"events": "sum"}).first()[0] == opened.count()
 
 
 def raw_rows(spark, events: list[dict]):

@@ -147,6 +147,12 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return int(table_history(spark, path, 1).first().version)
 
 
+def at_version(spark: SparkSession, path: str, version: int) -> DataFrame:
+    """The table as one commit left it: a DataFrame read several times (over Spark Connect
+    each action reads the newest snapshot) sees the same rows while other runs write."""
+    return spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
 class Commit(NamedTuple):
     version: int
     # From the commit's own operation metrics, so nobody has to read the rows back to know.

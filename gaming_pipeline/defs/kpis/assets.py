@@ -16,7 +16,7 @@ from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.lib import charts, checks, kpis, liveops, tables
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
-from gaming_pipeline.lib.warehouse import replace_rows, table_path
+from gaming_pipeline.lib.warehouse import at_version, latest_version, replace_rows, table_path
 
 KPI_GROUP = "kpis"
 
@@ -54,9 +54,13 @@ class ActivityRead:
 
     @classmethod
     def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> "ActivityRead":
-        activity = kpis.Activity(
-            *(spark.read.format("delta").load(table_path(warehouse.root, t)) for t in kpis.ACTIVITY_TABLES)
-        )
+        # One version of each activity table for the whole run, so that the transforms and the
+        # totals their checks compare with see the same rows while ingestion merges batches in.
+        # Ingestion merges a batch into the hourly table, then the players' (derived.add_batch):
+        # the players' version taken first, the hourly one taken after holds all its batches.
+        paths = {t: table_path(warehouse.root, t) for t in kpis.ACTIVITY_TABLES}
+        versions = {t: latest_version(spark, paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_HOURS)}
+        activity = kpis.Activity(*(at_version(spark, paths[t], versions[t]) for t in kpis.ACTIVITY_TABLES))
         reach = max(kpis.REACHES_BACK.values())
         totals = checks.activity_totals(
             activity.players.where(days_predicate(reached_back(first, reach), end))
@@ -122,7 +126,8 @@ class Kpi:
         spark = result.sparkSession
         path = tables.KPIS[self.name].ensure(spark, warehouse.root)
         version = replace_rows(result, path, days, {"run_id": run_id}).version
-        table = spark.read.format("delta").load(path)
+        # What this run wrote, even if a rollback or a later refresh commits meanwhile.
+        table = at_version(spark, path, version)
         rows = table.where(days).collect()
         run = KpiRun(rows, checks.within(read.totals, first, end), table, first, end)
         outcomes = {"no_null_keys": checks.null_keys_in(rows, checks.KPI_KEYS)} | {
