@@ -91,13 +91,19 @@ def test_totals_count_a_player_of_two_games_once_for_all_games(spark):
 
 
 def test_all_games_dau_outside_its_bounds_fails():
-    def kpi(all_games: int) -> list[Row]:
+    def kpi(all_games: int | None) -> list[Row]:
         dau = {"a": 3, "b": 2, "all_games": all_games}
         return [Row(eventDate=DAY, game_keyword=game, dau=value) for game, value in dau.items()]
 
     assert checks.all_games_dau_is_bounded(kpi(4)) == (True, {"days_out_of_bounds": []})
     assert checks.all_games_dau_is_bounded(kpi(6)) == (False, {"days_out_of_bounds": ["2026-11-23"]})
     assert checks.all_games_dau_is_bounded(kpi(4)[:2]) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+    # A second all-games row of the day is checked too, and a missing DAU is never in bounds.
+    assert checks.all_games_dau_is_bounded(kpi(9) + kpi(4)[2:]) == (
+        False,
+        {"days_out_of_bounds": ["2026-11-23"]},
+    )
+    assert checks.all_games_dau_is_bounded(kpi(None)) == (False, {"days_out_of_bounds": ["2026-11-23"]})
 
 
 def test_null_keys_of_collected_rows_are_counted_per_key():

@@ -153,22 +153,27 @@ def bookings_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]
 
 
 def all_games_dau_is_bounded(kpi: list[Row]) -> tuple[bool, dict]:
-    """A day's all-games DAU is at least its largest game's and at most the sum of all games'."""
+    """A day's all-games DAU is at least its largest game's and at most the sum of all games'
+    (one all-games row a day; a missing DAU is out of bounds)."""
     per_game: dict[date, list[int]] = {}
-    all_games: dict[date, int] = {}
+    all_games: dict[date, list[int]] = {}
     for row in kpi:
-        if row.game_keyword == ALL_GAMES:
-            all_games[row.eventDate] = row.dau
-        else:
-            per_game.setdefault(row.eventDate, []).append(row.dau)
+        (all_games if row.game_keyword == ALL_GAMES else per_game).setdefault(row.eventDate, []).append(
+            row.dau
+        )
+
+    def bounded(games: list[int], overall: list[int]) -> bool:
+        return (
+            bool(games)
+            and len(overall) == 1
+            and None not in games + overall
+            and max(games) <= overall[0] <= sum(games)
+        )
+
     outside = [
         day.isoformat()
         for day in sorted(set(per_game) | set(all_games))
-        if not (
-            day in per_game
-            and day in all_games
-            and max(per_game[day]) <= all_games[day] <= sum(per_game[day])
-        )
+        if not bounded(per_game.get(day, []), all_games.get(day, []))
     ]
     return not outside, {"days_out_of_bounds": outside}
 
