@@ -148,12 +148,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from gaming_pipeline.lib.tables import register_views
+    from gaming_pipeline.lib.tables import register_views, tables_named_in
 
     settings = Settings.from_env()
     spark = _spark(settings)
-    register_views(spark, settings.warehouse)
-    result = spark.sql(args.query.strip().rstrip(";"))
+    query = args.query.strip().rstrip(";")
+    # Only the tables the query names, or all of them for one naming none (SHOW TABLES).
+    register_views(spark, settings.warehouse, tables_named_in(query) or None)
+    result = spark.sql(query)
     rows = result.limit(args.limit).collect()
     if args.json:
         for row in rows:

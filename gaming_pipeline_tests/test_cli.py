@@ -19,6 +19,7 @@ from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
+from gaming_pipeline.lib.tables import tables_named_in
 
 SEED_DAU_QUERY = (
     "select count (distinct eventParams.device_id) as DAU from mobile_events_delta_raw "
@@ -97,6 +98,15 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
     assert tables["mobile_events_delta_raw"]["location"] == f"{warehouse}/mobile_events_delta_raw"
     assert tables["mobile_events_delta_raw"]["version"] >= 1
     assert tables["ingest_ledger"]["rows"] == totals["objects"]
+
+
+def test_sql_opens_only_the_tables_its_query_names():
+    assert tables_named_in(SEED_DAU_QUERY) == ["mobile_events_delta_raw"]
+    game = GAMES[0].table_name
+    query = f"SELECT g.* FROM {game.upper()} g JOIN `kpi_daily_active_users` d USING (eventDate)"
+    assert tables_named_in(query) == [game, "kpi_daily_active_users"]
+    # A whole word only: a name inside a longer identifier is not the table.
+    assert tables_named_in("select * from my_mobile_events_delta_raw_copy") == []
 
 
 def test_sql_reports_a_bad_query_clearly(spark, pipeline_env, capsys):
