@@ -126,11 +126,12 @@ def ours(address: str, bucket: str, warehouse: str, server_pid: int) -> dict:
     from dagster_pyspark import LazyPySparkResource
 
     from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
-    from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+    from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
 
     resources = {
         "landing": LandingBucketResource(bucket=bucket),
         "warehouse": WarehouseResource(root=warehouse),
+        "pii_vault": PiiVaultResource(bucket=f"{bucket}-pii"),
         "pyspark": LazyPySparkResource(spark_config={"spark.remote": address}),
     }
     with dg.DagsterInstance.ephemeral() as instance, PeakMemory([server_pid, os.getpid()]) as memory:

@@ -218,6 +218,33 @@ def cmd_ingest_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vault(settings: Settings):
+    from gaming_pipeline.lib.pii import PiiVault
+
+    return PiiVault(aws.client("s3"), settings.pii_bucket, settings.resolved_pii_master_key())
+
+
+def cmd_pii(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    vault = _vault(settings)
+    if args.action == "player-id":
+        # What erase_player_job takes: the device id itself never goes into run config.
+        print(vault.player_id(args.device_id))
+        return 0
+    from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES
+    from gaming_pipeline.lib.erasure import export_player
+    from gaming_pipeline.lib.warehouse import is_delta_table, table_path
+
+    spark = _spark(settings)
+    tables = {
+        table: table_path(settings.warehouse, table)
+        for table in PLAYER_TABLES
+        if is_delta_table(spark, table_path(settings.warehouse, table))
+    }
+    print(json.dumps(export_player(spark, tables, vault, args.device_id), indent=2, default=str))
+    return 0
+
+
 def cmd_api_keys(args: argparse.Namespace) -> int:
     path = Settings.from_env().api_keys_file
     if args.action == "create":
@@ -443,6 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
     api_actions.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
     api_actions.add_parser("list", help="ids, apps and creation times")
     api_keys.set_defaults(func=cmd_api_keys)
+
+    pii = commands.add_parser("pii", help="a player's pseudonymous id, or everything held of them")
+    pii_actions = pii.add_subparsers(dest="action", required=True)
+    pii_actions.add_parser(
+        "player-id", help="the pseudonymous id erase_player_job takes (never the device id)"
+    ).add_argument("device_id")
+    pii_actions.add_parser(
+        "export", help="every record held of a player, PII decrypted, as JSON (GDPR right of access)"
+    ).add_argument("device_id")
+    pii.set_defaults(func=cmd_pii)
 
     sql = commands.add_parser("sql", help="run a SQL query over the tables by name")
     sql.add_argument("query")

@@ -17,7 +17,7 @@ from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.partitions import DAILY
-from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import aws, charts, generator
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import table_path
@@ -71,6 +71,7 @@ def resources(landing: aws.LandingPath, warehouse: str) -> dict:
     return {
         "landing": LandingBucketResource(bucket=landing.bucket, queue_url=landing.queue_url),
         "warehouse": WarehouseResource(root=warehouse),
+        "pii_vault": PiiVaultResource(bucket=f"{landing.bucket}-pii"),
         # The session's own Spark: getOrCreate hands the test session to the run.
         "pyspark": LazyPySparkResource(spark_config={}),
     }

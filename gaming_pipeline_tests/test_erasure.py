@@ -7,6 +7,7 @@ rollback can bring them back."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from datetime import timedelta
@@ -14,6 +15,7 @@ from datetime import timedelta
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
+from botocore.exceptions import ClientError
 from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
 
@@ -156,7 +158,9 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         result = erase_player_job.execute_in_process(
             run_config={
                 "ops": {
-                    "erase_player": {"config": {"device_id": PLAYER, "requested_by": "dpo@studio.example"}}
+                    "erase_player": {
+                        "config": {"player_id": vault.player_id(PLAYER), "requested_by": "dpo@studio.example"}
+                    }
                 }
             },
             resources=resources_,
@@ -231,7 +235,9 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         assert (landed_place.removed, landed_place.detail) == (23, "2 object(s) rewritten, 1 deleted")
         assert landed_place.last_copy_gone_after == audit.erased_at
         assert places["table files"].last_copy_gone_after == audit.files_purged_after
-        assert places["table logs"].last_copy_gone_after > audit.files_purged_after
+        # The tables keep no statistics of device ids: their logs never held the player.
+        assert places["table logs"].last_copy_gone_after == audit.erased_at
+        assert places["ingestion"].last_copy_gone_after == audit.erased_at
         assert PLAYER not in str(audit.asDict(recursive=True)) and "erase.me" not in str(
             audit.asDict(recursive=True)
         )
@@ -261,3 +267,78 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         assert not refused.success
         assert "erasure" in str(refused.failure_data_for_node("restore_tables").error)
         assert device_rows(spark, raw, PLAYER) == 0
+
+
+class KeyShreddingDenied(PiiVaultResource):
+    """The vault as a role that may not delete PII keys sees it: the erasure's last step
+    before its audit is refused."""
+
+    def vault(self):
+        vault = super().vault()
+        s3 = aws.client("s3")
+
+        def delete_object(**request):
+            if "/keys/" in request["Key"]:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "DeleteObject")
+            return s3.delete_object(**request)
+
+        s3.delete_object = delete_object
+        return dataclasses.replace(vault, s3=s3)
+
+
+def test_an_erasure_refused_midway_is_completed_by_running_it_again(spark, landing, warehouse):
+    """A denial after the rows are gone (the PII key's deletion) fails the run; the player is
+    already refused from then on, and the same request run again finds what is left: the key,
+    and the audit."""
+    raw = table_path(warehouse, RAW_TABLE)
+    generated = events_on(CLOSED[0], 20, 7)
+    ingest_objects(
+        spark,
+        warehouse,
+        [land(landing.bucket, "players/0.ndjson.gz", played_by(PLAYER, generated[:5]) + generated[5:])],
+        "ingest-run",
+    )
+    master_key = new_master_key()
+    vault_resource = PiiVaultResource(bucket=f"{landing.bucket}-pii", master_key=master_key)
+    vault = vault_resource.vault()
+    vault.store(
+        vault.player_id(PLAYER), "batch-1", [{"event_id": "e-1", "pii": {"email": "erase.me@example.com"}}]
+    )
+    run_config = {
+        "ops": {
+            "erase_player": {
+                "config": {
+                    "player_id": vault.player_id(PLAYER),
+                    "requested_by": "dpo@studio.example",
+                    "request_id": "request-1",
+                }
+            }
+        }
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        refused = erase_player_job.execute_in_process(
+            run_config=run_config,
+            resources={
+                **resources(landing, warehouse),
+                "pii_vault": KeyShreddingDenied(bucket=vault_resource.bucket, master_key=master_key),
+            },
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not refused.success
+        assert device_rows(spark, raw, PLAYER) == 0
+        assert vault.read(PLAYER)  # the key survived the denial...
+        assert vault.erased().holds(PLAYER)  # ...but the player is refused already
+        assert not is_delta_table(spark, table_path(warehouse, AUDIT_TABLE))
+
+        retried = erase_player_job.execute_in_process(
+            run_config=run_config,
+            resources={**resources(landing, warehouse), "pii_vault": vault_resource},
+            instance=instance,
+        )
+        assert retried.success
+    with pytest.raises(PlayerErased):
+        vault.read(PLAYER)
+    (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
+    assert (audit.request_id, audit.pii_key_shredded, audit.pii_records_deleted) == ("request-1", True, 1)
+    assert spark.read.format("delta").load(raw).count() == 15

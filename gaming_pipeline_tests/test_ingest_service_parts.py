@@ -10,9 +10,17 @@ from concurrent.futures import Future
 import msgspec
 import pytest
 
-from gaming_pipeline.ingest_service.delivery import landing_objects
-from gaming_pipeline.ingest_service.schema import BodyNotJson, sort_events, split_body, window_key
+from gaming_pipeline.ingest_service.delivery import landing_objects, without_erased
+from gaming_pipeline.ingest_service.schema import (
+    ERASED_PLAYER,
+    BodyNotJson,
+    encode_lines,
+    sort_events,
+    split_body,
+    window_key,
+)
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
 
 HOUR_MS = 3_600_000
@@ -49,6 +57,38 @@ def test_events_are_stamped_and_their_pii_taken_out():
         "game_keyword": "ninja_run",
         "device_id": "d1",
     }
+
+
+NOBODY = ErasedPlayers(b"k" * 32)
+# d2's player is erased.
+ERASED = ErasedPlayers(NOBODY.pseudonym_key, frozenset([NOBODY.player_id("d2")]))
+
+
+def test_an_erased_players_events_are_refused_with_the_reason():
+    items = [msgspec.json.encode({**client(n), "pii": {"email": f"{n}@b.c"}}) for n in (1, 2, 3)]
+    result = sort_events(items, AT, lambda _: False, "app", ERASED.holds)
+    assert [e.event_id for e in result.events] == ["e1", "e3"]
+    assert result.rejected == [{"index": 1, "event_id": "e2", "reason": ERASED_PLAYER}]
+    assert [device for _, device, _ in result.pii] == ["d1", "d3"]
+
+
+def test_a_delivery_drops_what_the_spool_held_of_a_player_erased_meanwhile():
+    accepted = sort_events([msgspec.json.encode(client(n)) for n in (1, 2, 3)], AT, lambda _: False, "app")
+    parked = sort_events(
+        [msgspec.json.encode(client(n, game_keyword="not_a_game")) for n in (2, 4)],
+        AT,
+        lambda _: False,
+        "app",
+    )
+    pii = [(ERASED.player_id(f"d{n}"), f"e{n}", b"sealed") for n in (1, 2)]
+    records = [Record(AT, encode_lines(accepted.events), encode_lines(parked.parked), pii, [])]
+    (kept,), dropped = without_erased(records, ERASED)
+    assert dropped == 2
+    assert [json.loads(line)["event_id"] for line in kept.events.splitlines()] == ["e1", "e3"]
+    assert [json.loads(line)["event_id"] for line in kept.parked.splitlines()] == ["e4"]
+    assert [event_id for _, event_id, _ in kept.pii] == ["e1"]
+    # Nobody erased: the records as they were, not even parsed.
+    assert without_erased(records, NOBODY) == (records, 0)
 
 
 def test_client_event_time_must_be_a_zoned_iso_instant_spark_reads():

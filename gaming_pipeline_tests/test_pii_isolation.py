@@ -1,5 +1,8 @@
 """PII sent with events reaches no landing object, log, spool file or table in clear; it is
-readable from the vault by the player's pseudonym, and not after their key is shredded."""
+readable from the vault by the player's pseudonym. Once the player is erased (by pseudonym)
+and the tables vacuumed, their device id is nowhere: not in landing objects, the quarantine,
+table files, Delta logs and checkpoints, the spool, or Dagster's run storage; what the spool
+held of them is dropped and what they send after is refused."""
 
 from __future__ import annotations
 
@@ -7,14 +10,22 @@ import gzip
 import uuid
 from pathlib import Path
 
+import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
+from gaming_pipeline.defs.ingest.assets import objects_in_bucket
+from gaming_pipeline.defs.maintenance.recovery import erase_player_job
+from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource
+from gaming_pipeline.ingest_service.schema import ERASED_PLAYER
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.pii import PlayerErased
 from gaming_pipeline.lib.s3_events import LandedObject
-from gaming_pipeline.lib.tables import register_views
+from gaming_pipeline.lib.tables import RAW_TABLE, all_tables, register_views
+from gaming_pipeline.lib.warehouse import is_delta_table, table_path
+from gaming_pipeline_tests.ingest_helpers import resources
 from gaming_pipeline_tests.service_helpers import IngestService, landed
 
 
@@ -46,6 +57,48 @@ def files_under(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file()]
 
 
+def _as_stored(path: Path) -> bytes:
+    """A file's bytes, a Parquet file's (a table's data, a Delta checkpoint) as the values it
+    holds: compressed, its bytes could hide them."""
+    if path.suffix != ".parquet":
+        return path.read_bytes()
+    return str(pq.read_table(path).to_pylist()).encode()
+
+
+def stored_everywhere(spark, warehouse: str, buckets: list[str], home: Path) -> dict[str, bytes]:
+    """Everything stored: the buckets' objects (inflated), the service's home (spool, log,
+    keys), every file of the warehouse, and every row of every table, as text."""
+    s3 = aws.client("s3")
+    stored: dict[str, bytes] = {}
+    for bucket in buckets:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                stored[f"s3://{bucket}/{obj['Key']}"] = (
+                    gzip.decompress(body) if obj["Key"].endswith(".gz") else body
+                )
+    for path in files_under(home) + files_under(Path(warehouse)):
+        stored[str(path)] = _as_stored(path)
+    for table in register_views(spark, warehouse):
+        rows = spark.table(table).select(F.to_json(F.struct("*")).alias("row")).collect()
+        stored[f"table {table}"] = "\n".join(row.row for row in rows).encode()
+    return stored
+
+
+def vacuum_to_current_files(spark, warehouse: str) -> None:
+    """VACUUM every table down to its current files, past the rollback window a real VACUUM
+    keeps: what an erasure leaves once that window has passed."""
+    key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    spark.conf.set(key, "false")
+    try:
+        for table in all_tables():
+            path = table_path(warehouse, table)
+            if is_delta_table(spark, path):
+                spark.sql(f"VACUUM delta.`{path}` RETAIN 0 HOURS").collect()
+    finally:
+        spark.conf.unset(key)
+
+
 def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp_path, warehouse):
     # Held in the spool until the service stops, so the spool is scanned with everything in it.
     service = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
@@ -73,22 +126,7 @@ def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp
     ]
     ingest_objects(spark, warehouse, landed_objects, "pii-run")
 
-    # Everything the run wrote: landing objects (inflated), the vault's objects, the
-    # service's home (spool, log, keys) and every file of the warehouse; and every row of
-    # every table, as text.
-    written: dict[str, bytes] = {}
-    for bucket in (landing.bucket, service.pii_bucket):
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-                written[f"s3://{bucket}/{obj['Key']}"] = (
-                    gzip.decompress(body) if obj["Key"].endswith(".gz") else body
-                )
-    for path in files_under(service.home) + files_under(Path(warehouse)):
-        written[str(path)] = path.read_bytes()
-    for table in register_views(spark, warehouse):
-        rows = spark.table(table).select(F.to_json(F.struct("*")).alias("row")).collect()
-        written[f"table {table}"] = "\n".join(row.row for row in rows).encode()
+    written = stored_everywhere(spark, warehouse, [landing.bucket, service.pii_bucket], service.home)
     assert any(name.startswith("table mobile_events_delta_raw") for name in written)
     assert len(written) > 20
     for pii in players.values():
@@ -107,7 +145,56 @@ def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp
         f"{erased}-{kind}-{n}" for kind in ("start", "buy") for n in range(2)
     )
     assert all(r["pii"] == players[erased] for r in held)
-    assert vault.shred(vault.player_id(erased))["key_shredded"]
-    with pytest.raises(PlayerErased):
-        vault.read(erased)
-    assert [r["pii"] for r in vault.read(kept)] == [players[kept]] * 4
+
+    # The player sends more, held in the spool while they are erased; and a line of theirs
+    # that does not parse waits on the queue, never ingested.
+    service.start(same_port=True)
+    answer = sender.send(session(erased, players[erased], 2))
+    assert answer["accepted"] == 3
+    waiting = f'{{"eventName": "levelUp", "eventParams": {{"device_id": "{erased}"'
+    s3.put_object(Bucket=landing.bucket, Key="events/waiting.ndjson", Body=waiting.encode() + b"\n")
+    resources_ = {
+        **resources(landing, warehouse),
+        "pii_vault": PiiVaultResource(bucket=service.pii_bucket, master_key=service.master_key),
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = erase_player_job.execute_in_process(
+            run_config={
+                "ops": {
+                    "erase_player": {
+                        "config": {"player_id": vault.player_id(erased), "requested_by": "dpo@studio.example"}
+                    }
+                }
+            },
+            resources=resources_,
+            instance=instance,
+        )
+        assert result.success
+        # What the spool held of them is dropped at delivery; what they send now is refused.
+        service.stop()
+        service.start(same_port=True)
+        answer = sender.send(session(erased, players[erased], 3) + session(kept, players[kept], 3))
+        assert answer["accepted"] == 3
+        assert {error["reason"] for error in answer["errors"]} == {ERASED_PLAYER}
+        service.stop()
+        # Everything landed by now is ingested, then every table vacuumed to its current files.
+        ingest_objects(
+            spark, warehouse, objects_in_bucket(LandingBucketResource(bucket=landing.bucket)), "late-run"
+        )
+        vacuum_to_current_files(spark, warehouse)
+
+        with pytest.raises(PlayerErased):
+            vault.read(erased)
+        assert [r["pii"] for r in vault.read(kept)] == [players[kept]] * 6
+        raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
+        assert raw.where(F.col("eventParams.device_id") == kept).count() == 9
+        # Not one copy of the device id: landing objects, every file of the warehouse (Delta
+        # logs and checkpoints read as what they hold), every table's rows, the service's
+        # home, and Dagster's run storage (run config and event logs).
+        held_now = stored_everywhere(spark, warehouse, [landing.bucket, service.pii_bucket], service.home)
+        runs = instance.get_runs()
+        held_now["dagster runs"] = str([(run.run_config, run.tags) for run in runs]).encode()
+        held_now["dagster event logs"] = str([instance.all_logs(run.run_id) for run in runs]).encode()
+        assert len(held_now) > 20
+        leaks = [name for name, data in held_now.items() if erased.encode() in data]
+        assert leaks == [], f"{erased!r} still in {leaks}"

@@ -18,6 +18,7 @@ from gaming_pipeline.lib.spark import spark_config
 
 if TYPE_CHECKING:
     from gaming_pipeline.lib.pii import PiiVault
+    from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 
 
 def _from_env(variable: str, default: str):
@@ -67,14 +68,21 @@ class PiiVaultResource(dg.ConfigurableResource):
     # Empty: the key generated once under GAMING_PIPELINE_HOME (Settings.resolved_pii_master_key).
     master_key: str = ""
 
-    def vault(self) -> PiiVault:
-        # Only the erasure runs open the vault: the others skip loading cryptography.
+    def _vault(self) -> PiiVault:
+        # Only the runs that use the vault load cryptography.
         from gaming_pipeline.lib.pii import PiiVault
 
-        s3 = aws.client("s3")
-        aws.ensure_bucket(s3, self.bucket)
         master_key = self.master_key or Settings.from_env().resolved_pii_master_key()
-        return PiiVault(s3, self.bucket, master_key)
+        return PiiVault(aws.client("s3"), self.bucket, master_key)
+
+    def vault(self) -> PiiVault:
+        vault = self._vault()
+        aws.ensure_bucket(vault.s3, self.bucket)
+        return vault
+
+    def erased_players(self) -> ErasedPlayers:
+        """The erased-players list, which ingestion leaves out (read-only: no bucket made)."""
+        return self._vault().erased()
 
 
 @dg.definitions

@@ -25,6 +25,7 @@ from pathlib import Path
 import h11
 import msgspec
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -43,6 +44,7 @@ from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.keys import KeyRing
 from gaming_pipeline.ingest_service.schema import (
+    ERASED_PLAYER,
     BodyNotJson,
     Sorted,
     encode_lines,
@@ -53,6 +55,7 @@ from gaming_pipeline.ingest_service.schema import (
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, SpoolFull
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.pii import PiiVault
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 
 log = logging.getLogger("gaming_pipeline.ingest_service")
 
@@ -126,6 +129,8 @@ def reason_label(reason: str) -> str:
         return "wrong_type"
     if reason.startswith(("Expected `", "eventParams.client_event_time")) or "out of range" in reason:
         return "out_of_range"
+    if reason == ERASED_PLAYER:
+        return "erased_player"
     return "purchase_rule"
 
 
@@ -229,6 +234,15 @@ class Service:
         )
         self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance)
         self.metrics = Metrics(self.spool, self.keys)
+        try:
+            self.delivery.erased = self.vault.erased()
+        except (BotoCoreError, ClientError) as error:  # S3 may be down at start: deliveries read it too
+            log.warning("the erased-players list could not be read at start: %s", error)
+
+    def _erased(self) -> ErasedPlayers:
+        """The erased-players list as the last delivery read it (a request never waits on
+        S3 for it; the delivery checks every event again against the list of its time)."""
+        return self.delivery.erased or ErasedPlayers(self.vault.pseudonym_key)
 
     def _deliver(self, segment_id: str, records: list[Record]) -> None:
         started = time.perf_counter()
@@ -247,6 +261,7 @@ class Service:
                 "objects": delivered.objects,
                 "events": delivered.events,
                 "pii_players": delivered.players,
+                "events_of_erased_players": delivered.events_of_erased,
                 "seconds": round(seconds, 3),
             },
         )
@@ -332,7 +347,9 @@ class Service:
             limit = self.config.max_events_per_request
             return _answer(413, {"error": f"the body has over {limit:,} events"}), outcome
         now_ms = time.time_ns() // 1_000_000
-        result = sort_events(items, now_ms, lambda key: self.recent.seen(key, now_ms), caller.app)
+        result = sort_events(
+            items, now_ms, lambda key: self.recent.seen(key, now_ms), caller.app, self._erased().holds
+        )
         if ndjson and items and result.not_json == len(items):
             return _answer(400, {"error": "no line of the NDJSON body is JSON"}), outcome
         # Copies of events whose first request is still being written wait for its outcome.

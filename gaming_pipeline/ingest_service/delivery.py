@@ -17,11 +17,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 from cryptography.exceptions import InvalidTag
 
 from gaming_pipeline.ingest_service.spool import Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
 from gaming_pipeline.lib.pii import PiiVault
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX
 
 EVENTS_PREFIX = "events/"
@@ -65,11 +67,52 @@ def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]
     return batches
 
 
+class _Params(msgspec.Struct):
+    device_id: str
+
+
+class _Player(msgspec.Struct):
+    """The one field of a landing line that says whose event it is."""
+
+    eventParams: _Params
+
+
+_player_of = msgspec.json.Decoder(_Player).decode
+
+
+def _lines_kept(lines: bytes, erased: ErasedPlayers) -> tuple[bytes, int]:
+    """NDJSON lines without those of erased players, and how many those were."""
+    kept = [
+        line
+        for line in lines.splitlines(keepends=True)
+        if not erased.holds(_player_of(line).eventParams.device_id)
+    ]
+    return b"".join(kept), lines.count(b"\n") - len(kept)
+
+
+def without_erased(records: list[Record], erased: ErasedPlayers) -> tuple[list[Record], int]:
+    """The records without the events and PII of players erased since they were accepted
+    (the service refuses an erased player's events from the delivery after the erasure on,
+    and these were in the spool by then); and how many events that took out."""
+    if not erased.player_ids:
+        return records, 0
+    kept, dropped = [], 0
+    for record in records:
+        events, dropped_events = _lines_kept(record.events, erased)
+        parked, dropped_parked = _lines_kept(record.parked, erased)
+        pii = [entry for entry in record.pii if entry[0] not in erased.player_ids]
+        dropped += dropped_events + dropped_parked
+        kept.append(msgspec.structs.replace(record, events=events, parked=parked, pii=pii))
+    return kept, dropped
+
+
 @dataclass
 class Delivered:
     objects: int
     events: int
     players: int
+    # Events of players erased while they waited in the spool: dropped, not delivered.
+    events_of_erased: int = 0
 
 
 @dataclass
@@ -82,8 +125,14 @@ class Delivery:
     spool_id: str
     # The vault's bucket is created on first use, not at start: S3 may be down then.
     vault_ready: bool = False
+    # The erased-players list as the last delivery read it; requests are checked against it.
+    erased: ErasedPlayers | None = None
 
     def __call__(self, segment_id: str, records: list[Record]) -> Delivered:
+        # Read for every segment: what reaches the landing bucket is checked against the
+        # list as it is now, whatever the requests were checked against.
+        self.erased = self.vault.erased()
+        records, events_of_erased = without_erased(records, self.erased)
         # PII first: an event in the landing bucket always has its PII in the vault.
         batches = pii_batches(self.vault, records)
         if batches and not self.vault_ready:
@@ -94,4 +143,6 @@ class Delivery:
         objects = landing_objects(self.spool_id, segment_id, records)
         for key, body, _ in objects:
             self.s3.put_object(Bucket=self.landing_bucket, Key=key, Body=body)
-        return Delivered(len(objects), sum(events for _, _, events in objects), len(batches))
+        return Delivered(
+            len(objects), sum(events for _, _, events in objects), len(batches), events_of_erased
+        )

@@ -167,15 +167,19 @@ def window_key(app: str, event_id: str) -> str:
     return hashlib.blake2b(scoped, digest_size=16).hexdigest()
 
 
+ERASED_PLAYER = "the player of this device_id has been erased (GDPR); their events are no longer taken"
+
+
 def sort_events(
     items: list[msgspec.Raw | bytes],
     received_at_ms: int,
     seen_before,
     app: str,
+    erased=lambda device_id: False,
 ) -> Sorted:
     """Validate and stamp each event of `app`. `seen_before(key)` says whether a client id's
     window_key was accepted within the duplicate window; ids repeated inside this request
-    count too."""
+    count too. `erased(device_id)` says whether the device's player was erased."""
     result = Sorted()
     in_this_request: set[str] = set()
     for index, item in enumerate(items):
@@ -188,7 +192,7 @@ def sort_events(
             result.rejected.append({"index": index, "reason": _not_json(error)})
             result.not_json += 1
             continue
-        reason = _reason(event)
+        reason = _reason(event) or (ERASED_PLAYER if erased(event.eventParams.device_id) else None)
         if reason:
             result.rejected.append({"index": index, "event_id": event.event_id, "reason": reason})
             continue

@@ -62,6 +62,7 @@ def add_batch(
             table.path(warehouse),
             marker,
             partition_by=table.partition_by,
+            properties=table.table_properties,
         )
 
     games = [game for game in GAMES if any(added[game.table_name].values())]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import reduce
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -25,7 +26,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
-from gaming_pipeline.lib.s3_events import PARKED_PREFIX
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
@@ -37,6 +38,9 @@ from gaming_pipeline.lib.warehouse import (
     sql_string,
     version_tagged,
 )
+
+if TYPE_CHECKING:
+    from gaming_pipeline.lib.pii import PiiVault
 
 ERASURE_TAG = "erasure"
 # Delta's default delta.logRetentionDuration: the table logs (and their checkpoints) keep
@@ -107,6 +111,66 @@ def bare_id_pattern(device_id: str) -> str:
     return _whole_word(quoted)
 
 
+def _json_device_id(line: bytes) -> str | None:
+    try:
+        device = json.loads(line).get("eventParams", {}).get("device_id")
+    except (ValueError, AttributeError):
+        return None
+    return device if isinstance(device, str) else None
+
+
+def _read_lines(s3, bucket: str, key: str) -> list[bytes]:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return []
+    try:
+        body = gzip.decompress(body) if key.endswith(".gz") else body
+    except (OSError, EOFError):
+        pass  # not gzip after all: ingestion could not read it either
+    return body.split(b"\n")
+
+
+def device_in_tables(spark: SparkSession, tables: dict[str, str], player: ErasedPlayers) -> str | None:
+    """The device id whose pseudonym the erased player is, from the first of the tables
+    (name: path) that holds it: the players' days (one row a player and day), the raw
+    events, the quarantine's lines that are JSON. The derived tables are searched first and
+    emptied first, so a retry after a failure midway still finds the device in raw."""
+    searched = [
+        (table, column)
+        for table, column in (
+            (PLAYER_DAYS, F.col("device_id")),
+            (RAW_TABLE, F.col(DEVICE)),
+            (QUARANTINE_TABLE, line_device_id(F.col("line"))),
+        )
+        if table in tables
+    ]
+    wanted = sorted(player.player_ids)
+    for table, column in searched:
+        found = (
+            spark.read.format("delta")
+            .load(tables[table])
+            .select(column.alias("device_id"))
+            .where(player_id_column(F.col("device_id"), player.pseudonym_key).isin(wanted))
+            .limit(1)
+            .collect()
+        )
+        if found:
+            return found[0].device_id
+    return None
+
+
+def device_in_objects(s3, objects: Iterable[tuple[str, str]], player: ErasedPlayers) -> str | None:
+    """The erased player's device id from the landing objects' JSON lines (objects never
+    ingested: parked, or still on the queue), if one of them holds it."""
+    for bucket, key in sorted(set(objects)):
+        for line in _read_lines(s3, bucket, key):
+            device = _json_device_id(line)
+            if device is not None and player.holds(device):
+                return device
+    return None
+
+
 def naming(device_id: str) -> Callable[[bytes], bool]:
     """Whether a landing line holds the device id: as a JSON string value, or, in a line that
     does not parse, as a whole word."""
@@ -126,6 +190,31 @@ def naming(device_id: str) -> Callable[[bytes], bool]:
         return False
 
     return names
+
+
+def player_id_column(device_id: Column, pseudonym_key: bytes) -> Column:
+    """The player's pseudonymous id (ErasedPlayers.player_id: HMAC-SHA256 of the device id,
+    hex) in Spark's own functions, so a batch is checked without a Python UDF: HMAC is
+    SHA-256 over the key's outer pad and the digest of its inner pad and the message. The
+    key is a literal of the query only; no table, log or commit keeps it."""
+    block = pseudonym_key.ljust(64, b"\0")  # SHA-256's block; the key is 32 bytes
+    inner = bytes(byte ^ 0x36 for byte in block)
+    outer = bytes(byte ^ 0x5C for byte in block)
+    digest = F.unhex(F.sha2(F.concat(F.lit(inner), F.encode(device_id, "UTF-8")), 256))
+    return F.sha2(F.concat(F.lit(outer), digest), 256)
+
+
+def line_device_id(line: Column) -> Column:
+    """The device id of a landing line that is JSON (null for one that is not)."""
+    return F.get_json_object(line, "$.eventParams.device_id")
+
+
+def not_erased(line: Column, erased: ErasedPlayers) -> Column:
+    """True for a landing line of no erased player (a line with no device id included)."""
+    if not erased.player_ids:
+        return F.lit(True)
+    player = player_id_column(line_device_id(line), erased.pseudonym_key)
+    return F.coalesce(~player.isin(sorted(erased.player_ids)), F.lit(True))
 
 
 def sha256(text: str) -> str:
@@ -166,6 +255,13 @@ def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marke
     column = DEVICE_COLUMNS.get(table, DEVICE)
     # Naming the days lets Delta rewrite only those partitions' files.
     version = _delete(spark, path, f"{days_in(days)} AND sha2({column}, 256) = '{sha256(device_id)}'", marker)
+    # A table with deletion vectors (the activity tables) only marks the rows deleted: their
+    # files, still current, keep them, and no VACUUM would ever remove those. Purging
+    # rewrites those files without them (nothing to do on a table without deletion vectors).
+    with commits_tagged(spark, marker):
+        retry_on_conflict(
+            lambda: spark.sql(f"REORG TABLE {delta_at(path)} WHERE {days_in(days)} APPLY (PURGE)").collect()
+        )
     return TableErasure(table, sum(row["count"] for row in found), version, days)
 
 
@@ -186,6 +282,32 @@ def erase_from_table(
     return erase_rows(spark, path, table, device_id, marker)
 
 
+def export_player(spark: SparkSession, tables: dict[str, str], vault: PiiVault, device_id: str) -> dict:
+    """Every record held of a player (GDPR Art. 15, right of access): their PII decrypted
+    from the vault, and their rows in each table (name: path) that holds players, the
+    quarantine's lines naming them included. Nothing held, for an erased player."""
+    # Here, not at the top: the code location loads this module, and only this needs cryptography.
+    from gaming_pipeline.lib.pii import PlayerErased
+
+    try:
+        pii = vault.read(device_id)
+    except PlayerErased:
+        pii = []
+    rows = {
+        table: [
+            json.loads(row[0])
+            for row in _holding(spark, path, table, device_id).select(F.to_json(F.struct("*"))).collect()
+        ]
+        for table, path in tables.items()
+    }
+    return {
+        "device_id": device_id,
+        "player_id": vault.player_id(device_id),
+        "pii": pii,
+        "tables": {table: held for table, held in rows.items() if held},
+    }
+
+
 def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) -> list[tuple[str, str]]:
     """The landing objects (bucket, key) the player's raw rows and quarantined lines came
     from, by the lineage column of those of the tables (name: path) given."""
@@ -199,13 +321,6 @@ def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) 
         .collect()
     ]
     return sorted({tuple(uri.removeprefix("s3://").split("/", 1)) for uri in found})
-
-
-def parked_objects(s3, bucket: str) -> list[tuple[str, str]]:
-    """Every object of games the registry does not know: ingestion never read them, so
-    no lineage points at them."""
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PARKED_PREFIX)
-    return [(bucket, obj["Key"]) for page in pages for obj in page.get("Contents", [])]
 
 
 def _without_lines(body: bytes, names: Callable[[bytes], bool]) -> tuple[bytes, int]:
@@ -269,18 +384,42 @@ def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -
     return list(by_bucket.values())
 
 
-def places(erased_at: datetime, landing: list[LandingErasure], tables: list[TableErasure]) -> list[Place]:
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
+
+
+def keeps_statistics_of_players(spark: SparkSession, path: str) -> bool:
+    """Whether the table's log may hold device ids as a file's smallest or largest value:
+    a table made before its identifying columns were kept out of statistics."""
+    properties = {row.key: row.value for row in spark.sql(f"SHOW TBLPROPERTIES {delta_at(path)}").collect()}
+    return STATS_COLUMNS not in properties
+
+
+def places(
+    erased_at: datetime,
+    landing: list[LandingErasure],
+    tables: list[TableErasure],
+    logs_with_statistics: list[str],
+) -> list[Place]:
     """Where the player was, besides the tables' current versions and the PII vault (which
     the audit row names on their own), and when the last copy there is gone."""
     found = [
         Place(
-            f"landing s3://{erasure.bucket}",
-            erasure.lines_removed,
-            f"{erasure.objects_rewritten} object(s) rewritten, {erasure.objects_deleted} deleted"
-            + ("; bucket versioning keeps their earlier versions" if erasure.versioned else ""),
-            None if erasure.versioned else erased_at,
-        )
-        for erasure in landing
+            "ingestion",
+            0,
+            "on the erased-players list: events and PII of the player still in an ingest spool or "
+            "on the queue, and any sent later, are dropped, not taken",
+            erased_at,
+        ),
+        *[
+            Place(
+                f"landing s3://{erasure.bucket}",
+                erasure.lines_removed,
+                f"{erasure.objects_rewritten} object(s) rewritten, {erasure.objects_deleted} deleted"
+                + ("; bucket versioning keeps their earlier versions" if erasure.versioned else ""),
+                None if erasure.versioned else erased_at,
+            )
+            for erasure in landing
+        ],
     ]
     files = sum(table.rows_deleted for table in tables)
     found.append(
@@ -291,15 +430,17 @@ def places(erased_at: datetime, landing: list[LandingErasure], tables: list[Tabl
             erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
         )
     )
-    found.append(
-        Place(
+    if logs_with_statistics:
+        logs = Place(
             "table logs",
             0,
             "statistics of the removed files (smallest and largest device id) stay in the Delta logs "
-            "and checkpoints until log retention",
+            f"and checkpoints of {', '.join(logs_with_statistics)} until log retention",
             erased_at + LOG_RETENTION,
         )
-    )
+    else:
+        logs = Place("table logs", 0, "the tables keep no statistics of device ids in their logs", erased_at)
+    found.append(logs)
     return found
 
 
@@ -316,6 +457,7 @@ def record_audit(
     tables: list[TableErasure],
     landing: list[LandingErasure],
     shredded: dict,
+    logs_with_statistics: list[str],
 ) -> int:
     """Append the erasure run's audit row. Every run of a request keeps its own row (a
     repeated request finds nothing more to delete and says so); only a retry within the
@@ -331,7 +473,10 @@ def record_audit(
         shredded["key_shredded"],
         shredded["records_deleted"],
         erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
-        [(p.place, p.removed, p.detail, p.last_copy_gone_after) for p in places(erased_at, landing, tables)],
+        [
+            (p.place, p.removed, p.detail, p.last_copy_gone_after)
+            for p in places(erased_at, landing, tables, logs_with_statistics)
+        ],
     )
     path = AUDIT.ensure(spark, warehouse)
     return replace_rows(

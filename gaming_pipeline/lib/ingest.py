@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.derived import add_batch, rows_per_game_and_day
+from gaming_pipeline.lib.erasure import not_erased
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
     classify_lines,
@@ -29,6 +30,7 @@ from gaming_pipeline.lib.events import (
     source_object,
 )
 from gaming_pipeline.lib.maintenance import days_changed
+from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import (
     INTENT_SCHEMA,
@@ -167,11 +169,17 @@ def literal_path(obj: LandedObject) -> str:
     return _GLOB_METACHARACTERS.sub(r"\\\1", obj.s3a_path)
 
 
-def _lines(spark: SparkSession, objects: list[LandedObject]) -> DataFrame:
-    return spark.read.text([literal_path(obj) for obj in objects]).select(
-        "value",
-        source_object(F.col("_metadata.file_path")).alias("_source_object"),
-        F.col("_metadata.file_modification_time").alias("_source_modified_at"),
+def _lines(spark: SparkSession, objects: list[LandedObject], erased: ErasedPlayers) -> DataFrame:
+    """The objects' lines, without those of erased players: an object that waited on the
+    queue while its player was erased brings them back into no table."""
+    return (
+        spark.read.text([literal_path(obj) for obj in objects])
+        .select(
+            "value",
+            source_object(F.col("_metadata.file_path")).alias("_source_object"),
+            F.col("_metadata.file_modification_time").alias("_source_modified_at"),
+        )
+        .where(not_erased(F.col("value"), erased))
     )
 
 
@@ -199,14 +207,16 @@ def _counted(classified: DataFrame) -> tuple[DataFrame, dict]:
         raise
 
 
-def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[DataFrame, dict]:
+def classify_objects(
+    spark: SparkSession, objects: list[LandedObject], erased: ErasedPlayers
+) -> tuple[DataFrame, dict]:
     """The objects' lines, classified and cached, with counts per object.
 
     An object Spark cannot read is not allowed to stop the others: it becomes one
     quarantine row with the reason, and the rest are read without it.
     """
     try:
-        return _counted(classify_lines(_lines(spark, objects)))
+        return _counted(classify_lines(_lines(spark, objects, erased)))
     except (PySparkException, Py4JJavaError):
         pass
     faults = {obj: _content_fault(spark, obj) for obj in objects}
@@ -220,7 +230,7 @@ def classify_objects(spark: SparkSession, objects: list[LandedObject]) -> tuple[
         CLASSIFIED_SCHEMA,
     )
     if readable:
-        return _counted(classify_lines(_lines(spark, readable)).unionByName(broken))
+        return _counted(classify_lines(_lines(spark, readable, erased)).unionByName(broken))
     return _counted(broken)
 
 
@@ -229,8 +239,14 @@ def _micros_datetime(micros: int | None) -> datetime | None:
 
 
 def ingest_objects(
-    spark: SparkSession, warehouse: str, objects: list[LandedObject], run_id: str
+    spark: SparkSession,
+    warehouse: str,
+    objects: list[LandedObject],
+    run_id: str,
+    erased: ErasedPlayers = NOBODY_ERASED,
 ) -> IngestResult:
+    """Take the objects into the raw table, the quarantine and their followers, leaving out
+    the lines of the `erased` players."""
     started = time.monotonic()
     ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
@@ -241,7 +257,7 @@ def ingest_objects(
         return result
 
     now = datetime.now(UTC)
-    classified, counts = classify_objects(spark, todo)
+    classified, counts = classify_objects(spark, todo, erased)
     try:
         rows = raw_events(classified, now, run_id)
         # One Spark job for the batch's days and, if it is added to them, the per-game tables'

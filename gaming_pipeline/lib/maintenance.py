@@ -25,8 +25,10 @@ DEFAULT_RETENTION_HOURS = 168
 # What the project promises: any table can be rolled back at least this far, so no VACUUM,
 # forced or not, deletes files younger than this.
 ROLLBACK_WINDOW_HOURS = 72
-# Player-level questions (a device's sessions, its purchases, an erasure) filter on it.
-ZORDER_COLUMN = "eventParams.device_id"
+# The KPIs read a day's events by kind (purchases for bookings, game starts for sessions).
+# Not the device id: a column Z-ordered needs statistics, and the device id has none
+# (tables.Table.identifying).
+ZORDER_COLUMN = "eventName"
 
 # The parts of a Delta log commit (PROTOCOL.md: add and remove actions) that say which
 # partitions changed.

@@ -10,13 +10,15 @@ events, so that erasing a player is deleting one key (crypto-shredding).
 - Without the data key a record cannot be decrypted, whatever copies of it remain.
 - Between an HTTP answer and the vault, the ingest service's spool holds PII sealed under a
   key derived from the master key (`seal_pending`), never in clear.
+- Erasing a player leaves `<prefix>/erased/<player_id>`: the erased-players list, which the
+  ingest service (at each request and each delivery) and ingestion (at each batch) consult,
+  so no event of an erased player is taken again, however long it waited in a spool or on
+  the queue.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -29,6 +31,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 
 NONCE_BYTES = 12
 
@@ -72,7 +76,7 @@ class PiiVault:
         return key
 
     @cached_property
-    def _pseudonym_key(self) -> bytes:
+    def pseudonym_key(self) -> bytes:
         return _derive(self._master, b"gaming_pipeline player id")
 
     @cached_property
@@ -85,7 +89,25 @@ class PiiVault:
 
     def player_id(self, device_id: str) -> str:
         """The pseudonymous id the vault, logs and audit records know a player by."""
-        return hmac.new(self._pseudonym_key, device_id.encode(), hashlib.sha256).hexdigest()
+        return ErasedPlayers(self.pseudonym_key).player_id(device_id)
+
+    def erased(self) -> ErasedPlayers:
+        """The erased-players list as it is now (one listing; no vault bucket yet: nobody)."""
+        prefix = self._erased_object("")
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            names = [obj["Key"].removeprefix(prefix) for page in pages for obj in page.get("Contents", [])]
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "NoSuchBucket":
+                raise
+            names = []
+        return ErasedPlayers(self.pseudonym_key, frozenset(names))
+
+    def mark_erased(self, player_id: str) -> None:
+        """Put the player on the erased-players list: from now on none of their events or PII
+        is taken. The first step of an erasure, so that nothing of theirs arrives behind it."""
+        erased_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.s3.put_object(Bucket=self.bucket, Key=self._erased_object(player_id), Body=erased_at.encode())
 
     def seal_pending(self, player_id: str, pii: dict) -> bytes:
         """PII sealed for the time it waits to reach the vault (in the ingest spool)."""
@@ -129,29 +151,24 @@ class PiiVault:
             return self._data_key(player_id)
         return key
 
-    def _erased_at(self, player_id: str) -> str:
+    def _is_erased(self, player_id: str) -> bool:
         try:
-            return (
-                self.s3.get_object(Bucket=self.bucket, Key=self._erased_object(player_id))["Body"]
-                .read()
-                .decode()
-            )
-        except self.s3.exceptions.NoSuchKey:
-            return ""
+            self.s3.head_object(Bucket=self.bucket, Key=self._erased_object(player_id))
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            return False
+        return True
 
     def store(self, player_id: str, batch_id: str, records: list[dict]) -> None:
         """Encrypt a batch of one player's PII records under their data key. Storing the same
-        batch id again replaces it, so a batch delivered twice is held once. Records received
-        before the player's erasure (`received_at`, ISO-8601 UTC) that reach the vault after
-        it are dropped, not given a new key."""
+        batch id again replaces it, so a batch delivered twice is held once. The PII of an
+        erased player is dropped, never given a new key."""
         try:
             key = self._data_key(player_id)
         except PlayerErased:
-            erased_at = self._erased_at(player_id)
-            if erased_at:
-                records = [r for r in records if r.get("received_at", "") > erased_at]
-                if not records:
-                    return
+            if self._is_erased(player_id):
+                return
             key = self._new_data_key(player_id)
         sealed = _seal(key, json.dumps(records).encode(), player_id.encode())
         self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player_id) + batch_id, Body=sealed)
@@ -176,12 +193,9 @@ class PiiVault:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def shred(self, player_id: str) -> dict:
-        """Erase a player: delete their data key, which makes every copy of their PII
-        unreadable, then their records; and note when, so PII received before now that is
-        still on its way (in an ingest spool) is dropped on arrival. Returns what was there
-        to delete."""
-        erased_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self.s3.put_object(Bucket=self.bucket, Key=self._erased_object(player_id), Body=erased_at.encode())
+        """Erase a player's PII: delete their data key, which makes every copy of it
+        unreadable, then their records. Returns what was there to delete."""
+        self.mark_erased(player_id)  # already, unless called on its own
         key_object = self._key_object(player_id)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key_object).get("Contents", [])
         had_key = any(obj["Key"] == key_object for obj in listed)

@@ -120,6 +120,28 @@ AUDIT_SCHEMA = T.StructType(
 )
 
 
+# The types Delta keeps statistics of (its SkippingEligibleDataType).
+_WITH_STATISTICS = (
+    T.NumericType,
+    T.StringType,
+    T.DateType,
+    T.TimestampType,
+    T.TimestampNTZType,
+)
+
+
+def _columns_with_statistics(schema: T.StructType, prefix: str = "") -> list[str]:
+    """The columns of the schema Delta can keep statistics of, a struct's fields by their
+    dotted names."""
+    found = []
+    for column in schema.fields:
+        if isinstance(column.dataType, T.StructType):
+            found += _columns_with_statistics(column.dataType, f"{prefix}{column.name}.")
+        elif isinstance(column.dataType, _WITH_STATISTICS):
+            found.append(prefix + column.name)
+    return found
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -127,22 +149,47 @@ class Table:
     comment: str
     partition_by: tuple[str, ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
+    # Columns that name a player (a device id, or a line that may hold one). Delta keeps
+    # each file's smallest and largest value of a column in its log and checkpoints, where
+    # no DELETE or VACUUM reaches and which outlive an erasure by the 30 days of log
+    # retention: these columns get no statistics.
+    identifying: tuple[str, ...] = ()
 
     def path(self, warehouse: str) -> str:
         return table_path(warehouse, self.name)
 
+    @property
+    def table_properties(self) -> dict[str, str]:
+        if not self.identifying:
+            return self.properties
+        # Partition columns are in every file's path, not in its statistics.
+        unkept = {*self.identifying, *self.partition_by}
+        kept = [column for column in _columns_with_statistics(self.schema) if column not in unkept]
+        return {**self.properties, "delta.dataSkippingStatsColumns": ",".join(kept)}
+
     def ensure(self, spark: SparkSession, warehouse: str) -> str:
         """The table's path, the table created there first if it is not yet."""
         path = self.path(warehouse)
-        ensure_table(spark, path, self.schema, self.partition_by, self.comment, self.properties)
+        ensure_table(spark, path, self.schema, self.partition_by, self.comment, self.table_properties)
         return path
 
 
+# Where event rows hold the player, and the quarantine may (in the text of a line). Event
+# ids are the client's own, and clients often make them of the device id and a counter.
+EVENT_IDENTIFYING = ("event_id", "eventParams.device_id")
+
 RAW = Table(
-    RAW_TABLE, RAW_SCHEMA, "Game events as landed, one row per event, partitioned by UTC event day.", BY_DAY
+    RAW_TABLE,
+    RAW_SCHEMA,
+    "Game events as landed, one row per event, partitioned by UTC event day.",
+    BY_DAY,
+    identifying=EVENT_IDENTIFYING,
 )
 QUARANTINE = Table(
-    QUARANTINE_TABLE, QUARANTINE_SCHEMA, "Landing lines that could not become events, with the reason."
+    QUARANTINE_TABLE,
+    QUARANTINE_SCHEMA,
+    "Landing lines that could not become events, with the reason.",
+    identifying=("line",),
 )
 LEDGER = Table(
     LEDGER_TABLE, LEDGER_SCHEMA, "One row per landing object ingested: ETag, run, versions, row counts."
@@ -156,12 +203,23 @@ AUDIT = Table(AUDIT_TABLE, AUDIT_SCHEMA, "One row per GDPR erasure: what was era
 
 
 def game_table(game: Game) -> Table:
-    return Table(game.table_name, RAW_SCHEMA, f"Every event of {game.app_name}, as in the raw table.", BY_DAY)
+    return Table(
+        game.table_name,
+        RAW_SCHEMA,
+        f"Every event of {game.app_name}, as in the raw table.",
+        BY_DAY,
+        identifying=EVENT_IDENTIFYING,
+    )
 
 
 ACTIVITY = {
     name: Table(
-        name, kpis.SCHEMAS[name], "Event sums the KPI tables are computed from.", BY_DAY, ACTIVITY_PROPERTIES
+        name,
+        kpis.SCHEMAS[name],
+        "Event sums the KPI tables are computed from.",
+        BY_DAY,
+        ACTIVITY_PROPERTIES,
+        identifying=tuple(column for column in ("device_id",) if column in kpis.SCHEMAS[name].names),
     )
     for name in kpis.ACTIVITY_TABLES
 }

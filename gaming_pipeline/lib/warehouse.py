@@ -210,15 +210,21 @@ def replace_rows(
     return retry_on_conflict(commit)
 
 
-def append_rows(df: DataFrame, path: str, marker: dict, partition_by: tuple[str, ...] = ()) -> None:
+def append_rows(
+    df: DataFrame,
+    path: str,
+    marker: dict,
+    partition_by: tuple[str, ...] = (),
+    properties: dict[str, str] | None = None,
+) -> None:
     """Append `df` in one commit tagged with `marker`. A blind append reads nothing first,
     so it never conflicts with a concurrent writer: compaction, DELETE and MERGE on the same
     days all commit beside it (at Delta's default WriteSerializable isolation). It is only
     for rows the table cannot hold yet; the caller knows that (ingestion: from the intents).
-    Partitioned like the table, it makes the table on its first write."""
-    df.write.format("delta").mode("append").option("userMetadata", _tag(marker)).partitionBy(
-        *partition_by
-    ).save(path)
+    Partitioned like the table and with its properties, it makes the table on its first write."""
+    df.write.format("delta").mode("append").option("userMetadata", _tag(marker)).options(
+        **(properties or {})
+    ).partitionBy(*partition_by).save(path)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.pools import INGEST_POOL
-from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
+from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
@@ -118,9 +118,11 @@ def ingest_landed_objects(
     config: IngestConfig,
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
+    pii_vault: PiiVaultResource,
     pyspark: LazyPySparkResource,
 ):
-    """Read the run's landing objects from S3, parse them with the event schema, and commit
+    """Read the run's landing objects from S3, parse them with the event schema (leaving
+    out the events of erased players), and commit
     their rows to the raw table and their bad lines to quarantine, then record them in the
     ledger."""
     objects = [obj.landed() for obj in config.objects] or objects_in_bucket(landing)
@@ -140,7 +142,9 @@ def ingest_landed_objects(
     version = spark.version
     # How long a run waits for Spark: seconds for a fresh driver, less attached to a server.
     context.log.info(f"Spark session ready in {time.monotonic() - attaching:.1f} s (Spark {version})")
-    result: IngestResult = ingest_objects(spark, warehouse.root, objects, context.run.run_id)
+    result: IngestResult = ingest_objects(
+        spark, warehouse.root, objects, context.run.run_id, pii_vault.erased_players()
+    )
     context.log.info(
         f"{result.objects} object(s) ingested ({result.objects_already_ingested} already in the "
         f"ledger): {result.rows_in} lines -> {result.rows_written} rows, "

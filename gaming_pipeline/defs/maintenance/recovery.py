@@ -4,6 +4,7 @@ Both end by recording the raw table's changed days as days to rebuild, so the re
 sensor rebuilds the per-game, activity and KPI partitions of exactly those days.
 """
 
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -11,11 +12,14 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
+from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, existing_tables
 from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.pools import MAINTENANCE_POOL
 from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
 from gaming_pipeline.lib import erasure, maintenance
+from gaming_pipeline.lib.ingest import ensure_ingest_tables, pending
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.tables import (
     AUDIT_TABLE,
     INTENT_TABLE,
@@ -24,7 +28,7 @@ from gaming_pipeline.lib.tables import (
     RAW_TABLE,
     all_tables,
 )
-from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.lib.warehouse import latest_version, table_path
 
 # The ledger keeps saying which objects were taken in, so a rollback does not make the
 # reconciler ingest the same bad objects again; the audit is never rolled back.
@@ -127,7 +131,12 @@ def rollback_job():
 
 
 class ErasureConfig(dg.Config):
-    device_id: str = Field(description="The player to erase, by device id.")
+    player_id: str = Field(
+        description=(
+            "The player to erase, by pseudonymous id: `gaming-pipeline pii player-id DEVICE_ID` "
+            "prints it. Never the device id: run config stays in Dagster's run storage."
+        )
+    )
     requested_by: str = Field(description="Who asked for the erasure (recorded in the audit).")
     reason: str = Field(default="GDPR Art. 17 erasure request", description="Recorded in the audit.")
     request_id: str = Field(default="", description="The request's id; a new one when empty.")
@@ -155,30 +164,57 @@ def erase_player(
     pii_vault: PiiVaultResource,
     pyspark: LazyPySparkResource,
 ):
-    """Take a player's lines out of the landing objects, delete their rows from the raw,
-    per-game and player-activity tables and their lines from the quarantine, shred their PII
-    key and write the audit record; the days they played on are then rebuilt without them.
+    """Put the player on the erased-players list, so that nothing of theirs is taken from
+    then on (events still in an ingest spool or on the queue included); take their lines out
+    of the landing objects; delete their rows from the per-game and player-activity tables,
+    their lines from the quarantine and their rows from the raw table; shred their PII key
+    and write the audit record. The days they played on are then rebuilt without them.
     Older table versions keep the rows until VACUUM's retention has passed.
 
-    The landing objects come first: they are found by the raw rows' lineage, so a run that
-    fails after them still finds, when retried, every place left to clean."""
-    if not config.device_id.strip() or not config.requested_by.strip():
-        raise dg.Failure("an erasure needs `device_id` and `requested_by`")
+    Each step can be repeated, and the places left are found from those not yet cleaned (the
+    raw table, emptied last, gives the device and the landing objects' lineage): a run
+    that fails midway, a denied request say, is completed by running it again."""
+    if not re.fullmatch(r"[0-9a-f]{64}", config.player_id):
+        raise dg.Failure(
+            "`player_id` is a player's pseudonymous id, 64 hex digits: `gaming-pipeline pii player-id "
+            "DEVICE_ID` prints it (the job never takes a device id, which run storage would keep)"
+        )
+    if not config.requested_by.strip():
+        raise dg.Failure("an erasure needs `requested_by`")
     spark = pyspark.spark_session
     vault = pii_vault.vault()
-    player = vault.player_id(config.device_id)
+    player = config.player_id
+    vault.mark_erased(player)
+    erased_player = ErasedPlayers(vault.pseudonym_key, frozenset([player]))
     request_id = config.request_id or str(uuid.uuid4())
     marker = {"run_id": context.run.run_id, erasure.ERASURE_TAG: request_id}
-    tables = dict(existing_tables(spark, warehouse, PLAYER_TABLES, context.log))
-    s3 = landing.s3()
-    sources = erasure.source_objects(spark, tables, config.device_id)
-    landed = erasure.erase_from_objects(
-        s3, sources + erasure.parked_objects(s3, landing.bucket), config.device_id
+    # The derived tables first and raw last (see above).
+    tables = dict(
+        sorted(
+            existing_tables(spark, warehouse, PLAYER_TABLES, context.log),
+            key=lambda table: table[0] == RAW_TABLE,
+        )
     )
-    erased = [
-        erasure.erase_from_table(spark, path, table, config.device_id, marker)
-        for table, path in tables.items()
-    ]
+    s3 = landing.s3()
+    # Objects no run has taken in: parked, or waiting on the queue; their lines hold the player
+    # too, and ingestion would leave those out, but the objects would keep them.
+    ensure_ingest_tables(spark, warehouse.root)
+    untaken = [(obj.bucket, obj.key) for obj in pending(spark, warehouse.root, objects_in_bucket(landing))[0]]
+    device_id = erasure.device_in_tables(spark, tables, erased_player) or erasure.device_in_objects(
+        s3, untaken, erased_player
+    )
+    if device_id is None:
+        context.log.info(f"player {player}: no table or landing object holds them")
+        landed = []
+        erased = [
+            erasure.TableErasure(table, 0, latest_version(spark, path)) for table, path in tables.items()
+        ]
+    else:
+        sources = erasure.source_objects(spark, tables, device_id)
+        landed = erasure.erase_from_objects(s3, sources + untaken, device_id)
+        erased = [
+            erasure.erase_from_table(spark, path, table, device_id, marker) for table, path in tables.items()
+        ]
     shredded = vault.shred(player)
     erased_at = datetime.now(UTC)
     audit_version = erasure.record_audit(
@@ -193,6 +229,9 @@ def erase_player(
         tables=erased,
         landing=landed,
         shredded=shredded,
+        logs_with_statistics=[
+            table for table, path in tables.items() if erasure.keeps_statistics_of_players(spark, path)
+        ],
     )
     summary = {t.table: t.rows_deleted for t in erased if t.rows_deleted}
     context.log.info(f"player {player} erased (request {request_id}): rows {summary}, PII {shredded}")
