@@ -58,7 +58,7 @@ def cmd_local_aws(args: argparse.Namespace) -> int:
     local = aws.LocalAws(port=aws.free_port(prefer=args.port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, args.queue_name)
-    console.print(f"local S3/SNS/SQS endpoint on {local.endpoint} (Ctrl-C stops it)")
+    console.print(f"local S3/SNS/SQS/KMS endpoint on {local.endpoint} (Ctrl-C stops it)")
     for key, value in {**local.environment(), "GAMING_PIPELINE_QUEUE_URL": path.queue_url}.items():
         print(f"export {key}={value}")
     sys.stdout.flush()
@@ -186,6 +186,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 def cmd_ingest_server(args: argparse.Namespace) -> int:
     from gaming_pipeline.ingest_service.app import ServiceConfig, serve
     from gaming_pipeline.ingest_service.spool import SpoolBusy
+    from gaming_pipeline.lib.pii import keys_from
 
     settings = Settings.from_env()
     config = ServiceConfig(
@@ -193,7 +194,7 @@ def cmd_ingest_server(args: argparse.Namespace) -> int:
         keys_file=settings.api_keys_file,
         landing_bucket=settings.landing_bucket,
         pii_bucket=settings.pii_bucket,
-        master_key=settings.resolved_pii_master_key(),
+        pii_keys=keys_from(settings),
         flush_bytes=args.flush_bytes,
         flush_seconds=args.flush_seconds,
         spool_max_bytes=args.spool_max_bytes,
@@ -219,9 +220,9 @@ def cmd_ingest_server(args: argparse.Namespace) -> int:
 
 
 def _vault(settings: Settings):
-    from gaming_pipeline.lib.pii import PiiVault
+    from gaming_pipeline.lib.pii import PiiVault, keys_from
 
-    return PiiVault(aws.client("s3"), settings.pii_bucket, settings.resolved_pii_master_key())
+    return PiiVault(aws.client("s3"), settings.pii_bucket, keys_from(settings))
 
 
 def cmd_pii(args: argparse.Namespace) -> int:
@@ -304,7 +305,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "GAMING_PIPELINE_HOME": str(settings.home),
         "GAMING_PIPELINE_QUEUE_URL": path.queue_url,
     }
-    settings.resolved_pii_master_key()  # created once here, before the processes that share it
+    if settings.pii_keys == "local":
+        settings.resolved_pii_master_key()  # created once here, before the processes that share it
     started: list[subprocess.Popen] = []
 
     def stop_now(signum, frame) -> None:
@@ -410,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS endpoint")
+    local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS/KMS endpoint")
     local.add_argument("--port", type=int, default=4566, help="taken if free, else any free port")
     local.add_argument("--queue-name", default=DEFAULT_QUEUE_NAME)
     local.set_defaults(func=cmd_local_aws)

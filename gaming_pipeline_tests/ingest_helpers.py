@@ -181,3 +181,23 @@ def own_driver_environ(**overrides: str) -> dict[str, str]:
     rather than attach to the session's Spark Connect server."""
     kept = {key: value for key, value in os.environ.items() if key not in SESSION_SPARK_VARIABLES}
     return {**kept, **overrides}
+
+
+def erase(
+    player_id: str, resources_: dict, instance: dg.DagsterInstance, **config
+) -> dg.ExecuteInProcessResult:
+    """Run erase_player_job for a player's pseudonymous id, as the DPO's request."""
+    from gaming_pipeline.defs.maintenance.recovery import erase_player_job
+
+    return erase_player_job.execute_in_process(
+        run_config={
+            "ops": {
+                "erase_player": {
+                    "config": {"player_id": player_id, "requested_by": "dpo@studio.example", **config}
+                }
+            }
+        },
+        resources=resources_,
+        instance=instance,
+        raise_on_error=False,
+    )

@@ -19,7 +19,8 @@ import msgspec
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender
 from gaming_pipeline.lib import aws, processes
-from gaming_pipeline.lib.pii import PiiVault, new_master_key
+from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from
+from gaming_pipeline.lib.settings import Settings
 
 
 @dataclass
@@ -28,7 +29,8 @@ class IngestService:
     bucket: str
     options: list[str] = field(default_factory=lambda: ["--flush-seconds", "1"])
     environ: dict[str, str] = field(default_factory=dict)
-    master_key: str = field(default_factory=new_master_key)
+    # Empty: the PII keys are the local endpoint's KMS keys; else this local master key.
+    master_key: str = ""
     port: int = 0
     process: subprocess.Popen | None = None
 
@@ -50,7 +52,11 @@ class IngestService:
             "GAMING_PIPELINE_HOME": str(self.home),
             "GAMING_PIPELINE_LANDING_BUCKET": self.bucket,
             "GAMING_PIPELINE_PII_BUCKET": self.pii_bucket,
-            "GAMING_PIPELINE_PII_MASTER_KEY": self.master_key,
+            **(
+                {"GAMING_PIPELINE_PII_KEYS": "local", "GAMING_PIPELINE_PII_MASTER_KEY": self.master_key}
+                if self.master_key
+                else {}
+            ),
             **self.environ,
         }
 
@@ -72,8 +78,11 @@ class IngestService:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
                     return self
-            except urllib.error.HTTPError:
-                return self  # answering, if only with 503
+            except urllib.error.HTTPError as answer:
+                # Answering, if only with 503; "starting" while it first asks KMS for its keys.
+                if json.loads(answer.read()).get("status") != "starting":
+                    return self
+                time.sleep(0.05)
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"ingest-server did not answer within 60 s:\n{self.log.read_text()}")
@@ -117,7 +126,8 @@ class IngestService:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
     def vault(self) -> PiiVault:
-        return PiiVault(aws.client("s3"), self.pii_bucket, self.master_key)
+        keys = LocalKeys(self.master_key) if self.master_key else keys_from(Settings.from_env())
+        return PiiVault(aws.client("s3"), self.pii_bucket, keys)
 
 
 def event(n: int = 0, **changes) -> dict:

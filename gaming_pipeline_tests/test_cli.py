@@ -19,6 +19,8 @@ from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.ingest import ingest_objects
+from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from, new_master_key
+from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import tables_named_in
 
 SEED_DAU_QUERY = (
@@ -160,3 +162,22 @@ def test_provisioning_twice_changes_nothing(local_aws):
     assert aws.provision("twice-bucket", queue_name="twice") == first
     subscriptions = aws.client("sns").list_subscriptions_by_topic(TopicArn=first.topic_arn)["Subscriptions"]
     assert len(subscriptions) == 1
+
+
+def test_pii_player_id_prints_the_pseudonym_erasure_takes(pipeline_env, capsys):
+    assert main(["pii", "player-id", "d-8c1f"]) == 0
+    printed = capsys.readouterr().out.strip()
+    vault = PiiVault(aws.client("s3"), "unused", keys_from(Settings.from_env()))
+    assert printed == vault.player_id("d-8c1f") and len(printed) == 64
+
+
+def test_the_vault_keys_stay_in_kms_unless_the_local_fallback_is_chosen():
+    assert Settings.from_env({}).pii_keys == "kms"
+    with pytest.raises(ValueError, match="GAMING_PIPELINE_PII_KEYS=local"):
+        Settings.from_env({"GAMING_PIPELINE_PII_MASTER_KEY": new_master_key()})
+    local = Settings.from_env(
+        {"GAMING_PIPELINE_PII_KEYS": "local", "GAMING_PIPELINE_PII_MASTER_KEY": new_master_key()}
+    )
+    assert isinstance(keys_from(local), LocalKeys)
+    with pytest.raises(ValueError, match="one of kms, local"):
+        Settings.from_env({"GAMING_PIPELINE_PII_KEYS": "file"})

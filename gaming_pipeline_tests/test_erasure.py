@@ -22,18 +22,19 @@ from pyspark.sql import functions as F
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
-from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, erase_player_job, rollback_job
+from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, rollback_job
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
 from gaming_pipeline.defs.resources import PiiVaultResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, maintenance
+from gaming_pipeline.lib.erasure import export_player
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
-from gaming_pipeline.lib.pii import PlayerErased, new_master_key
+from gaming_pipeline.lib.pii import PlayerErased
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX, LandedObject
 from gaming_pipeline.lib.tables import AUDIT_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_history, table_path
-from gaming_pipeline_tests.ingest_helpers import CLOSED, events_on, land, resources
+from gaming_pipeline_tests.ingest_helpers import CLOSED, erase, events_on, land, resources
 
 PLAYER, OTHER = "d-erase-me-4711", "d-keep-me-0815"
 # Holds PLAYER's id as a prefix: erasing PLAYER must leave it alone.
@@ -125,7 +126,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     quarantine = table_path(warehouse, QUARANTINE_TABLE)
     assert spark.read.format("delta").load(quarantine).count() == 5
     pii_bucket = f"{landing.bucket}-pii"
-    vault_resource = PiiVaultResource(bucket=pii_bucket, master_key=new_master_key())
+    vault_resource = PiiVaultResource(bucket=pii_bucket)
     vault = vault_resource.vault()
     erased = {"event_id": "e-1", "pii": {"email": "erase.me@example.com", "name": "Erin Erased"}}
     kept = {"event_id": "e-2", "pii": {"email": "keep.me@example.com", "name": "Kim Kept"}}
@@ -154,18 +155,21 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         before = dau(spark, warehouse)
         assert device_rows(spark, raw, PLAYER) == device_rows(spark, game_path, PLAYER) == 20
         raw_rows, version_before = spark.read.format("delta").load(raw).count(), latest_version(spark, raw)
-
-        result = erase_player_job.execute_in_process(
-            run_config={
-                "ops": {
-                    "erase_player": {
-                        "config": {"player_id": vault.player_id(PLAYER), "requested_by": "dpo@studio.example"}
-                    }
-                }
-            },
-            resources=resources_,
-            instance=instance,
+        # The right of access: everything held of the player, their PII decrypted.
+        tables = {table: table_path(warehouse, table) for table in PLAYER_TABLES}
+        held = export_player(
+            spark, {t: path for t, path in tables.items() if is_delta_table(spark, path)}, vault, PLAYER
         )
+        assert (held["player_id"], held["pii"]) == (vault.player_id(PLAYER), [erased])
+        assert {table: len(rows) for table, rows in held["tables"].items()} == {
+            RAW_TABLE: 20,
+            GAME.table_name: 20,
+            PLAYER_DAYS: 2,
+            QUARANTINE_TABLE: 2,
+        }
+        assert {row["eventParams"]["device_id"] for row in held["tables"][RAW_TABLE]} == {PLAYER}
+
+        result = erase(vault.player_id(PLAYER), resources_, instance)
         assert result.success
 
         # Gone from the current version of every event table, as Spark and delta-rs read it.
@@ -298,43 +302,28 @@ def test_an_erasure_refused_midway_is_completed_by_running_it_again(spark, landi
         [land(landing.bucket, "players/0.ndjson.gz", played_by(PLAYER, generated[:5]) + generated[5:])],
         "ingest-run",
     )
-    master_key = new_master_key()
-    vault_resource = PiiVaultResource(bucket=f"{landing.bucket}-pii", master_key=master_key)
+    vault_resource = PiiVaultResource(bucket=f"{landing.bucket}-pii")
     vault = vault_resource.vault()
     vault.store(
         vault.player_id(PLAYER), "batch-1", [{"event_id": "e-1", "pii": {"email": "erase.me@example.com"}}]
     )
-    run_config = {
-        "ops": {
-            "erase_player": {
-                "config": {
-                    "player_id": vault.player_id(PLAYER),
-                    "requested_by": "dpo@studio.example",
-                    "request_id": "request-1",
-                }
-            }
-        }
-    }
     with dg.DagsterInstance.ephemeral() as instance:
-        refused = erase_player_job.execute_in_process(
-            run_config=run_config,
-            resources={
-                **resources(landing, warehouse),
-                "pii_vault": KeyShreddingDenied(bucket=vault_resource.bucket, master_key=master_key),
-            },
-            instance=instance,
-            raise_on_error=False,
-        )
+        denied = {
+            **resources(landing, warehouse),
+            "pii_vault": KeyShreddingDenied(bucket=vault_resource.bucket),
+        }
+        refused = erase(vault.player_id(PLAYER), denied, instance, request_id="request-1")
         assert not refused.success
         assert device_rows(spark, raw, PLAYER) == 0
         assert vault.read(PLAYER)  # the key survived the denial...
         assert vault.erased().holds(PLAYER)  # ...but the player is refused already
         assert not is_delta_table(spark, table_path(warehouse, AUDIT_TABLE))
 
-        retried = erase_player_job.execute_in_process(
-            run_config=run_config,
-            resources={**resources(landing, warehouse), "pii_vault": vault_resource},
-            instance=instance,
+        retried = erase(
+            vault.player_id(PLAYER),
+            {**resources(landing, warehouse), "pii_vault": vault_resource},
+            instance,
+            request_id="request-1",
         )
         assert retried.success
     with pytest.raises(PlayerErased):

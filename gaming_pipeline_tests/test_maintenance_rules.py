@@ -1,6 +1,7 @@
 """The rules table care follows, as pure logic: which days the daily pass takes, which VACUUM
 retentions are allowed, which rollbacks are refused; and the PII vault on the local S3."""
 
+import base64
 import gzip
 import io
 import json
@@ -10,7 +11,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from gaming_pipeline.lib import aws, erasure, maintenance
-from gaming_pipeline.lib.pii import PiiVault, PlayerErased, new_master_key
+from gaming_pipeline.lib.pii import (
+    DATA_KEY_CONTEXT,
+    KmsKeys,
+    LocalKeys,
+    PiiVault,
+    PlayerErased,
+    new_master_key,
+)
 
 TODAY = date(2026, 11, 23)
 D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
@@ -63,7 +71,7 @@ def test_rollback_refuses_to_bring_erased_rows_back_or_undo_other_runs_unasked()
 def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(local_aws):
     s3 = aws.client("s3")
     aws.ensure_bucket(s3, "pii-rules")
-    vault = PiiVault(s3, "pii-rules", new_master_key())
+    vault = PiiVault(s3, "pii-rules", LocalKeys(new_master_key()))
     player = vault.player_id("d-1")
     vault.store(player, "batch-1", [{"email": "a@example.com"}])
     vault.store(player, "batch-2", [{"email": "a2@example.com"}])
@@ -71,7 +79,7 @@ def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(loca
     assert player != vault.player_id("d-2")
     assert "d-1" not in player and len(player) == 64
     # Another master key names the same device differently and cannot read its records.
-    stranger = PiiVault(s3, "pii-rules", new_master_key())
+    stranger = PiiVault(s3, "pii-rules", LocalKeys(new_master_key()))
     assert stranger.player_id("d-1") != player
     with pytest.raises(PlayerErased):
         stranger.read("d-1")
@@ -85,17 +93,45 @@ def test_vault_keeps_pii_per_player_and_shredding_a_key_makes_it_unreadable(loca
         vault.read("d-1")
     assert vault.read("d-2") == [{"email": "b@example.com"}]
     assert vault.shred(player) == {"key_shredded": False, "records_deleted": 0}
-    # PII received before the erasure and arriving after it (from a spool) is dropped; PII
-    # the player sends afterwards starts a new key.
-    vault.store(
-        player, "late", [{"received_at": "2000-01-01T00:00:00.000+00:00", "email": "late@example.com"}]
-    )
+    # An erased player's PII that still arrives (from a spool, or sent since) is dropped,
+    # never given a new key.
+    vault.store(player, "late", [{"email": "late@example.com"}])
     with pytest.raises(PlayerErased):
         vault.read("d-1")
-    vault.store(
-        player, "back", [{"received_at": "2999-01-01T00:00:00.000+00:00", "email": "back@example.com"}]
+    assert not [
+        obj
+        for obj in s3.list_objects_v2(Bucket="pii-rules").get("Contents", [])
+        if player in obj["Key"] and "/erased/" not in obj["Key"]
+    ]
+
+
+def test_kms_vault_records_stay_readable_after_the_key_is_rotated(local_aws):
+    """Records sealed before a rotation open after it: KMS keeps a rotated key's earlier
+    material, and a manual rotation (the alias moved to a new key) leaves the old key to
+    open what it made."""
+    s3, kms = aws.client("s3"), aws.client("kms")
+    aws.ensure_bucket(s3, "pii-rotation")
+    alias, mac_alias = "alias/pii-rotation-test", "alias/pii-rotation-test-mac"
+    first_key = aws.provision_pii_keys(kms, alias, mac_alias)[alias]
+    before = PiiVault(s3, "pii-rotation", KmsKeys(kms, alias, mac_alias))
+    before.store(before.player_id("d-1"), "batch-1", [{"email": "a@example.com"}])
+    kms.rotate_key_on_demand(KeyId=first_key)
+    new_key = kms.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    kms.update_alias(AliasName=alias, TargetKeyId=new_key)
+    after = PiiVault(s3, "pii-rotation", KmsKeys(kms, alias, mac_alias))
+    after.store(after.player_id("d-2"), "batch-1", [{"email": "b@example.com"}])
+    # The pseudonyms stay: the MAC key is not rotated.
+    assert after.player_id("d-1") == before.player_id("d-1")
+    assert after.read("d-1") == [{"email": "a@example.com"}]
+    assert after.read("d-2") == [{"email": "b@example.com"}]
+    # A key object holds the public key and the private key sealed, its data key wrapped by KMS.
+    held = json.loads(
+        s3.get_object(Bucket="pii-rotation", Key=f"pii/keys/{after.player_id('d-2')}")["Body"].read()
     )
-    assert [r["email"] for r in vault.read("d-1")] == ["back@example.com"]
+    assert set(held) == {"public", "data_key", "private"}
+    assert kms.decrypt(CiphertextBlob=base64.b64decode(held["data_key"]), EncryptionContext=DATA_KEY_CONTEXT)[
+        "KeyId"
+    ].endswith(new_key)
 
 
 class ChangingBucket:

@@ -16,7 +16,6 @@ import pytest
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.ingest.assets import objects_in_bucket
-from gaming_pipeline.defs.maintenance.recovery import erase_player_job
 from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource
 from gaming_pipeline.ingest_service.schema import ERASED_PLAYER
 from gaming_pipeline.lib import aws
@@ -25,7 +24,7 @@ from gaming_pipeline.lib.pii import PlayerErased
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import RAW_TABLE, all_tables, register_views
 from gaming_pipeline.lib.warehouse import is_delta_table, table_path
-from gaming_pipeline_tests.ingest_helpers import resources
+from gaming_pipeline_tests.ingest_helpers import erase, resources
 from gaming_pipeline_tests.service_helpers import IngestService, landed
 
 
@@ -99,7 +98,19 @@ def vacuum_to_current_files(spark, warehouse: str) -> None:
         spark.conf.unset(key)
 
 
-def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp_path, warehouse):
+@pytest.fixture
+def checkpoint_often(spark):
+    """Tables made meanwhile write a Delta checkpoint every other commit, so that there are
+    checkpoints to scan."""
+    key = "spark.databricks.delta.properties.defaults.checkpointInterval"
+    spark.conf.set(key, "2")
+    yield
+    spark.conf.unset(key)
+
+
+def test_pii_is_kept_apart_encrypted_and_erasable(
+    spark, local_aws, landing, tmp_path, warehouse, checkpoint_often
+):
     # Held in the spool until the service stops, so the spool is scanned with everything in it.
     service = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
     _, key = service.new_key()
@@ -155,20 +166,10 @@ def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp
     s3.put_object(Bucket=landing.bucket, Key="events/waiting.ndjson", Body=waiting.encode() + b"\n")
     resources_ = {
         **resources(landing, warehouse),
-        "pii_vault": PiiVaultResource(bucket=service.pii_bucket, master_key=service.master_key),
+        "pii_vault": PiiVaultResource(bucket=service.pii_bucket),
     }
     with dg.DagsterInstance.ephemeral() as instance:
-        result = erase_player_job.execute_in_process(
-            run_config={
-                "ops": {
-                    "erase_player": {
-                        "config": {"player_id": vault.player_id(erased), "requested_by": "dpo@studio.example"}
-                    }
-                }
-            },
-            resources=resources_,
-            instance=instance,
-        )
+        result = erase(vault.player_id(erased), resources_, instance)
         assert result.success
         # What the spool held of them is dropped at delivery; what they send now is refused.
         service.stop()
@@ -196,5 +197,6 @@ def test_pii_is_kept_apart_encrypted_and_erasable(spark, local_aws, landing, tmp
         held_now["dagster runs"] = str([(run.run_config, run.tags) for run in runs]).encode()
         held_now["dagster event logs"] = str([instance.all_logs(run.run_id) for run in runs]).encode()
         assert len(held_now) > 20
+        assert any(name.endswith(".checkpoint.parquet") for name in held_now)
         leaks = [name for name, data in held_now.items() if erased.encode() in data]
         assert leaks == [], f"{erased!r} still in {leaks}"

@@ -20,7 +20,7 @@ import pytest
 
 from gaming_pipeline.ingest_service.delivery import pii_batches
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, SpoolFull, frame
-from gaming_pipeline.lib.pii import PiiVault, new_master_key
+from gaming_pipeline.lib.pii import LocalKeys, PiiVault, new_master_key
 from gaming_pipeline_tests.service_helpers import wait_until
 
 pytestmark = pytest.mark.unit
@@ -214,8 +214,8 @@ def _segment(directory: Path, segment_id: int, *records: Record) -> Path:
 
 
 def test_a_segment_that_cannot_be_delivered_is_parked_and_the_rest_delivered(tmp_path):
-    vault = PiiVault(None, "pii", new_master_key())
-    other_key = PiiVault(None, "pii", new_master_key())
+    vault = PiiVault(None, "pii", LocalKeys(new_master_key()))
+    other_key = PiiVault(None, "pii", LocalKeys(new_master_key()))
 
     def pii_record(event_id: str, sealer: PiiVault) -> Record:
         player = sealer.player_id(f"device-{event_id}")

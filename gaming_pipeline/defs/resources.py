@@ -6,6 +6,7 @@ from without showing the value; one that is unset falls back to its embedded def
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING
 
@@ -62,18 +63,29 @@ class AlertWebhookResource(dg.ConfigurableResource):
 
 
 class PiiVaultResource(dg.ConfigurableResource):
-    """The PII vault: players' PII, encrypted per player, in its own bucket (lib/pii.py)."""
+    """The PII vault: players' PII, encrypted per player, in its own bucket (lib/pii.py),
+    with its keys in KMS, or under a local master key where `key_source` is "local"."""
 
     bucket: str
-    # Empty: the key generated once under GAMING_PIPELINE_HOME (Settings.resolved_pii_master_key).
+    # Empty: as configured (lib/settings.py).
+    key_source: str = ""
+    kms_key: str = ""
+    mac_key: str = ""
     master_key: str = ""
 
     def _vault(self) -> PiiVault:
         # Only the runs that use the vault load cryptography.
-        from gaming_pipeline.lib.pii import PiiVault
+        from gaming_pipeline.lib.pii import PiiVault, keys_from
 
-        master_key = self.master_key or Settings.from_env().resolved_pii_master_key()
-        return PiiVault(aws.client("s3"), self.bucket, master_key)
+        configured = Settings.from_env()
+        settings = dataclasses.replace(
+            configured,
+            pii_keys=self.key_source or configured.pii_keys,
+            pii_kms_key=self.kms_key or configured.pii_kms_key,
+            pii_mac_key=self.mac_key or configured.pii_mac_key,
+            pii_master_key=self.master_key or configured.pii_master_key,
+        )
+        return PiiVault(aws.client("s3"), self.bucket, keys_from(settings))
 
     def vault(self) -> PiiVault:
         vault = self._vault()
@@ -100,6 +112,9 @@ def resources() -> dg.Definitions:
             ),
             "pii_vault": PiiVaultResource(
                 bucket=_from_env("GAMING_PIPELINE_PII_BUCKET", settings.pii_bucket),
+                key_source=_from_env("GAMING_PIPELINE_PII_KEYS", settings.pii_keys),
+                kms_key=_from_env("GAMING_PIPELINE_PII_KMS_KEY", settings.pii_kms_key),
+                mac_key=_from_env("GAMING_PIPELINE_PII_MAC_KEY", settings.pii_mac_key),
                 master_key=_from_env("GAMING_PIPELINE_PII_MASTER_KEY", ""),
             ),
             # Lazy: a run that finds nothing to do never starts a JVM.

@@ -15,6 +15,7 @@ import json
 import logging
 import resource
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import Future
@@ -54,8 +55,8 @@ from gaming_pipeline.ingest_service.schema import (
 )
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, SpoolFull
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.pii import PiiVault
-from gaming_pipeline.lib.pseudonyms import ErasedPlayers
+from gaming_pipeline.lib.pii import KeyService, PiiVault
+from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 
 log = logging.getLogger("gaming_pipeline.ingest_service")
 
@@ -73,7 +74,8 @@ class ServiceConfig:
     keys_file: Path
     landing_bucket: str
     pii_bucket: str
-    master_key: str
+    # Where the vault's keys come from (lib/pii.py): KMS, or a local master key.
+    pii_keys: KeyService
     flush_bytes: int = 5 * 1024 * 1024
     flush_seconds: float = 60.0
     spool_max_bytes: int = 1024**3
@@ -215,6 +217,10 @@ def _outcome(write: Future) -> asyncio.Future:
     return outcome
 
 
+class PiiKeysUnavailable(RuntimeError):
+    """PII cannot be sealed yet: the client is told to retry (503)."""
+
+
 class Service:
     """The spool, keys, vault and metrics of one running service."""
 
@@ -222,7 +228,7 @@ class Service:
         self.config = config
         self.keys = KeyRing(config.keys_file)
         s3 = aws.client("s3", S3_CONFIG)
-        self.vault = PiiVault(s3, config.pii_bucket, config.master_key)
+        self.vault = PiiVault(s3, config.pii_bucket, config.pii_keys)
         self.recent = RecentIds(config.dedup_seconds, config.dedup_max_ids)
         self.spool = Spool(
             config.spool_dir,
@@ -234,15 +240,33 @@ class Service:
         )
         self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance)
         self.metrics = Metrics(self.spool, self.keys)
-        try:
-            self.delivery.erased = self.vault.erased()
-        except (BotoCoreError, ClientError) as error:  # S3 may be down at start: deliveries read it too
-            log.warning("the erased-players list could not be read at start: %s", error)
+        # The PII keys come from KMS, which a request must never wait on: they are fetched
+        # here, in the background, and until they are, requests with PII are answered 503.
+        self.pii_keys_ready = threading.Event()
+        self._pii_key_attempts = 0
+        threading.Thread(target=self._fetch_pii_keys, name="pii-keys", daemon=True).start()
+
+    def _fetch_pii_keys(self) -> None:
+        pause = 1.0
+        while True:
+            try:
+                self.vault.pseudonym_key, self.vault.pending_key  # noqa: B018 (fetched and kept)
+                self.delivery.erased = self.vault.erased()
+            except (BotoCoreError, ClientError) as error:
+                log.warning("the PII keys or the erased-players list cannot be had yet: %s", error)
+                self._pii_key_attempts += 1
+                time.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            self.pii_keys_ready.set()
+            return
 
     def _erased(self) -> ErasedPlayers:
         """The erased-players list as the last delivery read it (a request never waits on
         S3 for it; the delivery checks every event again against the list of its time)."""
-        return self.delivery.erased or ErasedPlayers(self.vault.pseudonym_key)
+        # Before a delivery has read it, nobody: no pseudonym to compute, so no KMS call
+        # in the request path.
+        return self.delivery.erased or NOBODY_ERASED
 
     def _deliver(self, segment_id: str, records: list[Record]) -> None:
         started = time.perf_counter()
@@ -363,6 +387,8 @@ class Service:
                 written = self.spool.submit(self._record(result, now_ms))
             except SpoolFull as error:
                 return _busy(error), outcome
+            except PiiKeysUnavailable as error:
+                return _busy(error), outcome
             # Held before any await, so a copy in a concurrent request is known as one.
             self.recent.hold(result.client_ids, written)
             loop = asyncio.get_running_loop()
@@ -393,6 +419,8 @@ class Service:
 
     def _record(self, result: Sorted, now_ms: int) -> Record:
         """What the spool keeps of a request: its landing lines, and its PII sealed."""
+        if result.pii and not self.pii_keys_ready.is_set():
+            raise PiiKeysUnavailable("the PII keys are not available yet (KMS unreachable)")
         return Record(
             now_ms,
             encode_lines(result.events) if result.events else b"",
@@ -406,11 +434,17 @@ class Service:
         )
 
     async def healthz(self, request: Request) -> Response:
-        """200 while the largest request allowed would fit in the spool. The probe is public:
-        it says only ok, full or disk_error; the spool's and delivery's details are in /metrics."""
-        if self.spool.can_accept(self.config.max_body_bytes):
-            return _answer(200, {"status": "ok"})
-        return _answer(503, {"status": "full" if self.spool.fault is None else "disk_error"})
+        """200 while the largest request allowed would fit in the spool and PII can be sealed.
+        The probe is public: it says only ok, full, disk_error, starting or
+        pii_keys_unavailable; the spool's and delivery's details are in /metrics."""
+        if not self.spool.can_accept(self.config.max_body_bytes):
+            return _answer(503, {"status": "full" if self.spool.fault is None else "disk_error"})
+        if not self.pii_keys_ready.is_set():
+            # The first attempt still under way: "starting"; past it, KMS cannot be reached.
+            return _answer(
+                503, {"status": "starting" if self._pii_key_attempts == 0 else "pii_keys_unavailable"}
+            )
+        return _answer(200, {"status": "ok"})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

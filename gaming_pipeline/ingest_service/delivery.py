@@ -50,7 +50,7 @@ def landing_objects(spool_id: str, segment_id: str, records: list[Record]) -> li
 
 def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]:
     """Each player's PII records of the segment, opened from their spool sealing. A sealing
-    that does not open was made under another master key, or altered: SegmentUnreadable."""
+    that does not open was made under another pending key (another KMS MAC key or master key), or altered: SegmentUnreadable."""
     batches: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         received = datetime.fromtimestamp(record.received_at_ms / 1000, UTC).isoformat(
@@ -61,7 +61,7 @@ def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]
                 pii = vault.open_pending(player, sealed)
             except InvalidTag:
                 raise SegmentUnreadable(
-                    f"the PII of event {event_id} does not open with the current master key"
+                    f"the PII of event {event_id} does not open with the current pending key"
                 ) from None
             batches[player].append({"event_id": event_id, "received_at": received, "pii": pii})
     return batches

@@ -20,7 +20,7 @@ acknowledged: its fsync had not returned) and sealed, and delivery carries on. T
 event_ids of delivered segments are kept for the duplicate window in small `.ids` files.
 
 A segment that can never be delivered (its records do not decode, its PII does not open with
-the current master key) is parked apart with its reason, and delivery goes on with the rest;
+the current pending key) is parked apart with its reason, and delivery goes on with the rest;
 a segment that fails for a reason that may pass (S3 unreachable) is retried, oldest first.
 
 Files in the spool folder:
@@ -82,7 +82,7 @@ class SpoolBusy(RuntimeError):
 
 class SegmentUnreadable(ValueError):
     """A segment that can never be delivered as it is (corrupt, another format, PII sealed
-    under another master key): it is parked, not retried."""
+    under another pending key): it is parked, not retried."""
 
 
 def frame(record: Record) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME
+from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
 
 # moto's server accepts any credentials; these stand in when none are configured so the
 # local endpoint works on a machine that has never seen AWS.
@@ -158,6 +158,31 @@ def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     return LandingPath(bucket, topic_arn, queue_url, dlq_url)
 
 
+def provision_pii_keys(kms, data_key_alias: str, mac_key_alias: str) -> dict[str, str]:
+    """Create, or leave as they are, the vault's two KMS keys under their aliases: a symmetric
+    key (rotated yearly) wrapping players' data keys, and the HMAC key pseudonyms derive from
+    (HMAC keys do not rotate: pseudonyms must stay the same). Returns alias: key id."""
+    aliases = {
+        alias["AliasName"]: alias.get("TargetKeyId", "")
+        for page in kms.get_paginator("list_aliases").paginate()
+        for alias in page["Aliases"]
+    }
+    specs = {
+        data_key_alias: {"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"},
+        mac_key_alias: {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"},
+    }
+    for alias, spec in specs.items():
+        if not aliases.get(alias):
+            key_id = kms.create_key(Description=f"gaming_pipeline PII vault ({alias})", **spec)[
+                "KeyMetadata"
+            ]["KeyId"]
+            if spec["KeySpec"] == "SYMMETRIC_DEFAULT":
+                kms.enable_key_rotation(KeyId=key_id)
+            kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+            aliases[alias] = key_id
+    return {alias: aliases[alias] for alias in specs}
+
+
 def queue_url(configured: str, queue_name: str = DEFAULT_QUEUE_NAME) -> str:
     return configured or client("sqs").get_queue_url(QueueName=queue_name)["QueueUrl"]
 
@@ -175,7 +200,8 @@ def free_port(prefer: int = 0) -> int:
 
 
 class LocalAws:
-    """moto's server on 127.0.0.1: S3, SNS and SQS over real HTTP, in this process."""
+    """moto's server on 127.0.0.1: S3, SNS, SQS and KMS over real HTTP, in this process, with
+    the PII vault's KMS keys made at start."""
 
     def __init__(self, port: int = 0):
         from moto.server import ThreadedMotoServer
@@ -197,6 +223,18 @@ class LocalAws:
         # moto's request log is one line per call: noise next to the pipeline's own output.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server.start()
+        import boto3
+
+        settings = Settings.from_env()
+        environment = self.environment()
+        kms = boto3.client(
+            "kms",
+            endpoint_url=self.endpoint,
+            region_name=environment["AWS_REGION"],
+            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+        )
+        provision_pii_keys(kms, settings.pii_kms_key, settings.pii_mac_key)
         return self
 
     def stop(self) -> None:

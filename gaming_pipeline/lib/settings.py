@@ -14,11 +14,22 @@ DEFAULT_LANDING_BUCKET = "gaming-pipeline-landing"
 DEFAULT_QUEUE_NAME = "gaming-pipeline-landing-events"
 DEFAULT_SPARK_MASTER = "local[*]"
 DEFAULT_PII_BUCKET = "gaming-pipeline-pii"
+DEFAULT_PII_KMS_KEY = "alias/gaming-pipeline-pii"
+DEFAULT_PII_MAC_KEY = "alias/gaming-pipeline-pseudonyms"
+PII_KEY_SOURCES = ("kms", "local")
 # Every batch pays a fixed cost whatever its size: an ingestion run (about 35 Delta commits,
 # the per-game tables included), a KPI refresh and the dashboard, some 200 CPU-seconds on
 # 2 cores. At a trickle, objects wait up to this long to share one batch:
 # the demo's 50 events/s then keeps under half of a 2-core machine busy.
 DEFAULT_BATCH_INTERVAL_SECONDS = 300
+
+
+def _choice(env, variable: str, choices: tuple[str, ...]) -> str:
+    """The variable's value, one of `choices` (unset or empty: the first)."""
+    value = env.get(variable) or choices[0]
+    if value not in choices:
+        raise ValueError(f"{variable} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _seconds(env, variable: str, default: float) -> float:
@@ -44,7 +55,14 @@ class Settings:
     alert_webhook: str
     # PII lives in its own bucket, encrypted (lib/pii.py).
     pii_bucket: str
-    # Base64 of 32 bytes. Empty means: a key generated once into pii-master.key under home.
+    # Where the PII keys come from: "kms" (AWS KMS, the default), or "local", the fallback for
+    # a machine with no KMS: one master key, which every process that handles PII holds.
+    pii_keys: str
+    # The KMS key wrapping players' data keys, and the HMAC key pseudonyms derive from.
+    pii_kms_key: str
+    pii_mac_key: str
+    # With "local" keys: base64 of 32 bytes. Empty means: a key generated once into
+    # pii-master.key under home.
     pii_master_key: str
     # The ingest service's API keys, hashed (ingest_service/keys.py).
     api_keys_file: Path
@@ -67,6 +85,9 @@ class Settings:
             spark_master=env.get("GAMING_PIPELINE_SPARK_MASTER") or DEFAULT_SPARK_MASTER,
             alert_webhook=env.get("GAMING_PIPELINE_ALERT_WEBHOOK", ""),
             pii_bucket=env.get("GAMING_PIPELINE_PII_BUCKET") or DEFAULT_PII_BUCKET,
+            pii_keys=_choice(env, "GAMING_PIPELINE_PII_KEYS", PII_KEY_SOURCES),
+            pii_kms_key=env.get("GAMING_PIPELINE_PII_KMS_KEY") or DEFAULT_PII_KMS_KEY,
+            pii_mac_key=env.get("GAMING_PIPELINE_PII_MAC_KEY") or DEFAULT_PII_MAC_KEY,
             pii_master_key=env.get("GAMING_PIPELINE_PII_MASTER_KEY", ""),
             api_keys_file=Path(env.get("GAMING_PIPELINE_API_KEYS") or home / "api-keys.json").expanduser(),
             delta_commit_table=env.get("GAMING_PIPELINE_DELTA_COMMIT_TABLE", ""),
@@ -79,6 +100,13 @@ class Settings:
     def spool_dir(self) -> Path:
         """Where the ingest service keeps accepted events until they reach S3."""
         return self.home / "spool"
+
+    def __post_init__(self) -> None:
+        if self.pii_master_key and self.pii_keys != "local":
+            raise ValueError(
+                "GAMING_PIPELINE_PII_MASTER_KEY is set, but the PII keys are in KMS: set "
+                "GAMING_PIPELINE_PII_KEYS=local to use a local master key instead"
+            )
 
     def resolved_pii_master_key(self) -> str:
         """The configured master key, or the home's own, created on first use and readable
