@@ -1,0 +1,250 @@
+"""The IAM policies of deploy/iam, each tried on the local endpoint with IAM enforced: the
+requests of a role are signed with its own credentials, and each role does its job on the
+code's own paths and is refused one thing it must not do.
+
+Where moto's checks differ from AWS's, the policies are translated for it, never widened
+beyond what AWS would allow:
+- it checks KMS and DynamoDB requests against the resource "*" only: their statements are
+  tried for their actions (on "*");
+- it evaluates no condition key (a statement with a condition would deny): conditions are
+  left out, as they only narrow what a statement allows;
+- it names a bucket's HeadBucket `s3:HeadBucket`, where AWS requires `s3:ListBucket`: a
+  statement allowing the one allows the other.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from dagster._core.storage.compute_log_manager import ComputeIOType
+from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+from moto.core.authorization import enable_iam_authentication
+
+from gaming_pipeline.ingest_service.delivery import Delivery
+from gaming_pipeline.ingest_service.spool import Record
+from gaming_pipeline.lib import aws, erasure
+from gaming_pipeline.lib.pii import KmsKeys, PiiVault, PlayerErased
+from gaming_pipeline.lib.settings import Settings
+
+POLICIES = Path(__file__).parent.parent / "deploy" / "iam"
+DEVICE = "d-iam-1"
+
+
+def _for_moto(statement: dict) -> dict:
+    """The statement as moto checks what AWS would (see above)."""
+    actions = statement["Action"]
+    moto = {key: value for key, value in statement.items() if key != "Condition"}
+    if all(action.startswith(("kms:", "dynamodb:")) for action in actions):
+        moto["Resource"] = "*"
+    if "s3:ListBucket" in actions:
+        moto["Action"] = [*actions, "s3:HeadBucket"]
+    return moto
+
+
+class Names(dict):
+    """The placeholders of the policies, as this test's resources fill them."""
+
+    def render(self, policy_file: str) -> str:
+        text = (POLICIES / policy_file).read_text()
+        for placeholder, value in self.items():
+            text = text.replace(f"<{placeholder}>", value)
+        assert "<" not in text, f"{policy_file} has a placeholder the test does not fill"
+        policy = json.loads(text)
+        return json.dumps({**policy, "Statement": [_for_moto(s) for s in policy["Statement"]]})
+
+
+@pytest.fixture
+def deployment(local_aws, landing):
+    """The buckets, queue, commit table and KMS keys of one deployment, and a client maker
+    for each role (an IAM user holding the role's policy)."""
+    suffix = uuid.uuid4().hex[:8]
+    s3, iam = aws.client("s3"), aws.client("iam")
+    pii_bucket, ops_bucket, warehouse_bucket = (f"{kind}-{suffix}" for kind in ("pii", "ops", "warehouse"))
+    for bucket in (pii_bucket, ops_bucket, warehouse_bucket):
+        aws.ensure_bucket(s3, bucket)
+    commit_table = f"delta-commits-{suffix}"
+    aws.client("dynamodb").create_table(
+        TableName=commit_table,
+        AttributeDefinitions=[
+            {"AttributeName": "tablePath", "AttributeType": "S"},
+            {"AttributeName": "fileName", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "tablePath", "KeyType": "HASH"},
+            {"AttributeName": "fileName", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    settings = Settings.from_env()
+    names = Names(
+        {
+            "landing-bucket": landing.bucket,
+            "landing-queue": landing.queue_url.rsplit("/", 1)[1],
+            "pii-bucket": pii_bucket,
+            "ops-bucket": ops_bucket,
+            "warehouse-bucket": warehouse_bucket,
+            "warehouse-prefix": "lake",
+            "delta-commit-table": commit_table,
+            "region": aws.region(),
+            "account-id": aws.client("sts").get_caller_identity()["Account"],
+            "pii-kms-key-arn": kms_arn(settings.pii_kms_key),
+            "pii-mac-key-arn": kms_arn(settings.pii_mac_key),
+        }
+    )
+    credentials = {}
+    for role, policy_file in (
+        ("ingest", "ingest-service-policy.json"),
+        ("pipeline", "pipeline-policy.json"),
+        ("erasure", "erasure-policy.json"),
+    ):
+        user = f"gaming-pipeline-{role}-{suffix}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName=role, PolicyDocument=names.render(policy_file))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        credentials[role] = {
+            "aws_access_key_id": key["AccessKeyId"],
+            "aws_secret_access_key": key["SecretAccessKey"],
+        }
+
+    def client(role: str, service: str):
+        return boto3.client(service, region_name=aws.region(), **credentials[role])
+
+    def vault(role: str) -> PiiVault:
+        keys = KmsKeys(client(role, "kms"), settings.pii_kms_key, settings.pii_mac_key)
+        return PiiVault(client(role, "s3"), pii_bucket, keys)
+
+    with enable_iam_authentication():
+        yield names, client, vault, credentials
+
+
+def kms_arn(alias: str) -> str:
+    return aws.client("kms").describe_key(KeyId=alias)["KeyMetadata"]["Arn"]
+
+
+def denied(call) -> bool:
+    try:
+        call()
+    except ClientError as error:
+        return error.response["Error"]["Code"] in ("AccessDenied", "AccessDeniedException", "403")
+    return False
+
+
+def _record(vault: PiiVault, device: str, event_id: str) -> Record:
+    player = vault.player_id(device)
+    line = json.dumps(
+        {"event_id": event_id, "eventName": "gameStart", "eventTime": 1, "eventParams": {"device_id": device}}
+    )
+    return Record(
+        1_795_420_800_000,
+        line.encode() + b"\n",
+        b"",
+        [(player, event_id, vault.seal_pending(player, {"email": "x@y.z"}))],
+        [],
+    )
+
+
+def test_the_ingest_role_delivers_and_seals_pii_but_cannot_read_it_back(deployment):
+    names, client, vault_of, _ = deployment
+    vault = vault_of("ingest")
+    delivery = Delivery(client("ingest", "s3"), names["landing-bucket"], vault, "spool-1")
+    # A new player's first PII (the vault's bucket looked up, their key made), then more.
+    assert delivery("segment-1", [_record(vault, DEVICE, "e-1")]).players == 1
+    assert delivery("segment-2", [_record(vault, DEVICE, "e-2")]).players == 1
+    landed = client("pipeline", "s3").list_objects_v2(Bucket=names["landing-bucket"])["Contents"]
+    assert len(landed) == 2
+    assert [r["event_id"] for r in vault_of("erasure").read(DEVICE)] == ["e-1", "e-2"]
+    # It cannot open what it sealed: no record is readable to it, no data key decrypts for it.
+    assert denied(lambda: vault.read(DEVICE))
+    key_object = json.loads(
+        client("ingest", "s3")
+        .get_object(Bucket=names["pii-bucket"], Key=f"pii/keys/{vault.player_id(DEVICE)}")["Body"]
+        .read()
+    )
+    assert denied(lambda: vault.keys.open_data_key(base64.b64decode(key_object["data_key"])))
+    records = f"pii/records/{vault.player_id(DEVICE)}/ingest-spool-1-segment-1"
+    assert denied(lambda: client("ingest", "s3").get_object(Bucket=names["pii-bucket"], Key=records))
+
+
+def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing_objects(deployment, landing):
+    names, client, vault_of, credentials = deployment
+    client("ingest", "s3").put_object(Bucket=names["landing-bucket"], Key="events/1.ndjson", Body=b"{}\n")
+    s3, sqs = client("pipeline", "s3"), client("pipeline", "sqs")
+    assert s3.get_object(Bucket=names["landing-bucket"], Key="events/1.ndjson")["Body"].read() == b"{}\n"
+    # The queue sensor's calls.
+    for message in sqs.receive_message(QueueUrl=landing.queue_url, WaitTimeSeconds=1).get("Messages", []):
+        sqs.change_message_visibility(
+            QueueUrl=landing.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+        sqs.delete_message(QueueUrl=landing.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    sqs.get_queue_attributes(QueueUrl=landing.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    # Ingestion's erased-players list (pseudonyms by the MAC key).
+    assert not vault_of("pipeline").erased().player_ids
+    # Several drivers' commits: the DynamoDB log store's claim and lookup.
+    dynamodb = client("pipeline", "dynamodb")
+    dynamodb.describe_table(TableName=names["delta-commit-table"])
+    item = {"tablePath": {"S": "s3a://w/lake/t"}, "fileName": {"S": "00000000000000000000.json"}}
+    dynamodb.put_item(
+        TableName=names["delta-commit-table"], Item=item, ConditionExpression="attribute_not_exists(fileName)"
+    )
+    dynamodb.query(
+        TableName=names["delta-commit-table"],
+        KeyConditionExpression="tablePath = :path",
+        ExpressionAttributeValues={":path": item["tablePath"]},
+    )
+    # Step logs, as Dagster's S3 compute log manager writes and reads them.
+    with pytest.MonkeyPatch.context() as environment:
+        # A default session of its own, made from the role's credentials.
+        environment.setattr(boto3, "DEFAULT_SESSION", None)
+        environment.setenv("AWS_ACCESS_KEY_ID", credentials["pipeline"]["aws_access_key_id"])
+        environment.setenv("AWS_SECRET_ACCESS_KEY", credentials["pipeline"]["aws_secret_access_key"])
+        logs = S3ComputeLogManager(
+            bucket=names["ops-bucket"], prefix="dagster/compute-logs", endpoint_url=aws.endpoint("S3")
+        )
+    log_key = ["run-1", "compute_logs", "step-1"]
+    path = Path(logs.local_manager.get_captured_local_path(log_key, "out"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("step output\n")
+    logs.upload_to_cloud_storage(log_key, ComputeIOType.STDOUT)
+    assert logs.cloud_storage_has_logs(log_key, ComputeIOType.STDOUT)
+    assert logs.get_log_keys_for_log_key_prefix(log_key[:2], ComputeIOType.STDOUT) == [log_key]
+    logs.delete_logs(log_key=log_key)
+    # What it must not do: write the landing bucket, or read PII.
+    assert denied(
+        lambda: s3.put_object(Bucket=names["landing-bucket"], Key="events/forged.ndjson", Body=b"{}\n")
+    )
+    assert denied(
+        lambda: s3.get_object(
+            Bucket=names["pii-bucket"], Key=f"pii/keys/{vault_of('pipeline').player_id(DEVICE)}"
+        )
+    )
+
+
+def test_the_erasure_role_erases_and_exports_but_cannot_take_notifications(deployment, landing):
+    names, client, vault_of, _ = deployment
+    ingest_vault = vault_of("ingest")
+    Delivery(client("ingest", "s3"), names["landing-bucket"], ingest_vault, "spool-1")(
+        "segment-1", [_record(ingest_vault, DEVICE, "e-1"), _record(ingest_vault, "d-iam-2", "e-2")]
+    )
+    vault = vault_of("erasure")
+    player = vault.player_id(DEVICE)
+    # The job's own order: the list, the landing objects, the key.
+    vault.mark_erased(player)
+    s3 = client("erasure", "s3")
+    objects = [
+        (names["landing-bucket"], obj["Key"])
+        for obj in s3.list_objects_v2(Bucket=names["landing-bucket"])["Contents"]
+    ]
+    (landed,) = erasure.erase_from_objects(s3, objects, DEVICE)
+    assert (landed.lines_removed, landed.objects_rewritten) == (1, 1)
+    assert [r["event_id"] for r in vault.read("d-iam-2")] == ["e-2"]  # export decrypts
+    assert vault.shred(player) == {"key_shredded": True, "records_deleted": 1}
+    with pytest.raises(PlayerErased):
+        vault.read(DEVICE)
+    assert vault_of("ingest").erased().holds(DEVICE)
+    assert denied(lambda: client("erasure", "sqs").receive_message(QueueUrl=landing.queue_url))
