@@ -22,7 +22,6 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from moto.core.authorization import enable_iam_authentication
 
@@ -171,7 +170,9 @@ def test_the_ingest_role_delivers_and_seals_pii_but_cannot_read_it_back(deployme
     assert denied(lambda: client("ingest", "s3").get_object(Bucket=names["pii-bucket"], Key=records))
 
 
-def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing_objects(deployment, landing):
+def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing_objects(
+    deployment, landing, tmp_path
+):
     names, client, vault_of, credentials = deployment
     client("ingest", "s3").put_object(Bucket=names["landing-bucket"], Key="events/1.ndjson", Body=b"{}\n")
     s3, sqs = client("pipeline", "s3"), client("pipeline", "sqs")
@@ -204,15 +205,22 @@ def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing
         environment.setenv("AWS_ACCESS_KEY_ID", credentials["pipeline"]["aws_access_key_id"])
         environment.setenv("AWS_SECRET_ACCESS_KEY", credentials["pipeline"]["aws_secret_access_key"])
         logs = S3ComputeLogManager(
-            bucket=names["ops-bucket"], prefix="dagster/compute-logs", endpoint_url=aws.endpoint("S3")
+            bucket=names["ops-bucket"],
+            prefix="dagster/compute-logs",
+            endpoint_url=aws.endpoint("S3"),
+            local_dir=str(tmp_path / "compute-logs"),
         )
     log_key = ["run-1", "compute_logs", "step-1"]
-    path = Path(logs.local_manager.get_captured_local_path(log_key, "out"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("step output\n")
-    logs.upload_to_cloud_storage(log_key, ComputeIOType.STDOUT)
-    assert logs.cloud_storage_has_logs(log_key, ComputeIOType.STDOUT)
-    assert logs.get_log_keys_for_log_key_prefix(log_key[:2], ComputeIOType.STDOUT) == [log_key]
+    with logs.capture_logs(log_key):
+        print("step output", flush=True)
+    prefix = "dagster/compute-logs/storage/run-1/compute_logs/"
+    assert {
+        obj["Key"] for obj in s3.list_objects_v2(Bucket=names["ops-bucket"], Prefix=prefix)["Contents"]
+    } == {
+        prefix + "step-1.out",
+        prefix + "step-1.err",
+    }
+    assert b"step output" in logs.get_log_data(log_key).stdout
     logs.delete_logs(log_key=log_key)
     # What it must not do: write the landing bucket, or read PII.
     assert denied(
