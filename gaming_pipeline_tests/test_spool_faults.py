@@ -243,7 +243,7 @@ def test_a_segment_that_cannot_be_delivered_is_parked_and_the_rest_delivered(tmp
     assert spool.pending_bytes == 0 and not spool.sealed_segments()
     parked = {p.name: p.with_suffix(".reason").read_text() for p in spool.parked_segments()}
     assert sorted(parked) == [f"parked-{n:017d}.wal" for n in (2, 3, 4)]
-    assert "master key" in parked[f"parked-{2:017d}.wal"]
+    assert "pending key" in parked[f"parked-{2:017d}.wal"]
     assert "not whole records" in parked[f"parked-{3:017d}.wal"]
     assert "does not decode" in parked[f"parked-{4:017d}.wal"]
     spool.close(timeout=1)
