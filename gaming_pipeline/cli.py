@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -25,9 +26,24 @@ from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
 console = Console(stderr=True)
 
 
+def _running_spark(settings: Settings) -> str:
+    """The Spark Connect address of a demo running on this home, if it still serves."""
+    from gaming_pipeline.lib.processes import serving
+
+    try:
+        address = settings.spark_connect_file.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    return address if serving(address) else ""
+
+
 def _spark(settings: Settings):
     from gaming_pipeline.lib.spark import is_connect_address, start_session
 
+    # A running demo's warm Spark answers in seconds; a JVM of the CLI's own takes a minute.
+    if not os.environ.get("GAMING_PIPELINE_SPARK_MASTER") and (running := _running_spark(settings)):
+        console.print(f"attached to the running Spark at {running}")
+        settings = dataclasses.replace(settings, spark_master=running)
     with console.status("starting Spark"):
         spark = start_session(settings)
     if not is_connect_address(settings.spark_master):
@@ -351,6 +367,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 processes.wait_until_serving(
                     env["GAMING_PIPELINE_SPARK_MASTER"], 180, spark_server, logs / "spark-server.log"
                 )
+                settings.spark_connect_file.write_text(env["GAMING_PIPELINE_SPARK_MASTER"])
 
         def stream() -> None:
             events = generator.stream(args.seed, args.rate, None)
@@ -388,6 +405,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # instead of abandoning it halfway.
         _on_stop_signals(stop_now)
         stop_streaming.set()
+        settings.spark_connect_file.unlink(missing_ok=True)
         _tell("stopping ...")
         processes.stop(started)
         processes.stop_descendants()

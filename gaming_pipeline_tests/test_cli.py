@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
+from gaming_pipeline import cli
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource
@@ -181,3 +182,20 @@ def test_the_vault_keys_stay_in_kms_unless_the_local_fallback_is_chosen():
     assert isinstance(keys_from(local), LocalKeys)
     with pytest.raises(ValueError, match="one of kms, local"):
         Settings.from_env({"GAMING_PIPELINE_PII_KEYS": "file"})
+
+
+def test_sql_attaches_to_the_spark_a_running_demo_wrote_down(
+    spark, spark_server, pipeline_env, monkeypatch, capsys
+):
+    """With no Spark configured, the CLI uses the running demo's (warm) Spark Connect server
+    instead of starting a JVM of its own; a stale address (a demo killed) is passed over."""
+    monkeypatch.delenv("GAMING_PIPELINE_SPARK_MASTER", raising=False)
+    settings = Settings.from_env()
+    settings.spark_connect_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.spark_connect_file.write_text(spark_server)
+    assert main(["sql", "--json", "select 1 as one"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"one": 1}
+    assert f"attached to the running Spark at {spark_server}" in captured.err
+    settings.spark_connect_file.write_text(f"sc://127.0.0.1:{aws.free_port()}")
+    assert cli._running_spark(settings) == ""

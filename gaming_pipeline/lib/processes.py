@@ -82,7 +82,7 @@ def start_spark_server(
     return server, f"sc://127.0.0.1:{port}"
 
 
-def _serving(address: str) -> bool:
+def serving(address: str) -> bool:
     """An HTTP address serves once it answers a GET; any other (`sc://host:port`) once it
     accepts a connection."""
     location = urlparse(address)
@@ -103,7 +103,7 @@ def wait_until_serving(address: str, seconds: float, process: subprocess.Popen, 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}: see {log}")
-        if _serving(address):
+        if serving(address):
             return
         time.sleep(0.25)
     raise RuntimeError(f"{address} did not answer within {seconds:.0f} s: see {log}")

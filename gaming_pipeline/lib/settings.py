@@ -97,6 +97,11 @@ class Settings:
         )
 
     @property
+    def spark_connect_file(self) -> Path:
+        """Where a running demo writes its Spark Connect address, for the CLI to attach to."""
+        return self.home / "spark-connect.address"
+
+    @property
     def spool_dir(self) -> Path:
         """Where the ingest service keeps accepted events until they reach S3."""
         return self.home / "spool"
