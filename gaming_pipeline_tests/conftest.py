@@ -37,10 +37,12 @@ def session_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark_server(local_aws, session_home, tmp_path_factory):
+def spark_server(local_aws, session_home):
     """One Spark Connect server for the test run (s3a pointed at the local endpoint): the
     daemon's runs attach to it, as the demo's do, instead of starting a JVM each."""
-    log = tmp_path_factory.mktemp("spark-server") / "spark-server.log"
+    # Under the session's home, where test_pii_isolation scans it.
+    log = session_home / "logs" / "spark-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     server, address = processes.start_spark_server(
         {**os.environ, "GAMING_PIPELINE_HOME": str(session_home)}, log
     )

@@ -109,7 +109,7 @@ def checkpoint_often(spark):
 
 
 def test_pii_is_kept_apart_encrypted_and_erasable(
-    spark, local_aws, landing, tmp_path, warehouse, checkpoint_often
+    spark, local_aws, landing, tmp_path, warehouse, checkpoint_often, session_home
 ):
     # Held in the spool until the service stops, so the spool is scanned with everything in it.
     service = IngestService(tmp_path / "home", landing.bucket, options=["--flush-seconds", "3600"]).start()
@@ -193,6 +193,9 @@ def test_pii_is_kept_apart_encrypted_and_erasable(
         # logs and checkpoints read as what they hold), every table's rows, the service's
         # home, and Dagster's run storage (run config and event logs).
         held_now = stored_everywhere(spark, warehouse, [landing.bucket, service.pii_bucket], service.home)
+        # The Spark server's log (the test run's own, when the tests attach to one).
+        for path in files_under(session_home / "logs"):
+            held_now[str(path)] = path.read_bytes()
         runs = instance.get_runs()
         held_now["dagster runs"] = str([(run.run_config, run.tags) for run in runs]).encode()
         held_now["dagster event logs"] = str([instance.all_logs(run.run_id) for run in runs]).encode()

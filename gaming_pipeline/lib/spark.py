@@ -82,6 +82,9 @@ def driver_config(
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # At INFO, Spark logs every query's filters and plans with their literals: the device
+        # id an erasure looks for, the pseudonym key's pads of ingestion's check.
+        "spark.log.level": "WARN",
         # Batches are minutes of events, not terabytes: a few partitions beat the default 200.
         "spark.sql.shuffle.partitions": "4",
         "spark.databricks.delta.snapshotPartitions": "2",
