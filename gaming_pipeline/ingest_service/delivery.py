@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidTag
 from gaming_pipeline.ingest_service.spool import Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
 from gaming_pipeline.lib.pii import PiiVault
-from gaming_pipeline.lib.pseudonyms import ErasedPlayers
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX
 
 EVENTS_PREFIX = "events/"
@@ -67,25 +67,12 @@ def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]
     return batches
 
 
-class _Params(msgspec.Struct):
-    device_id: str
-
-
-class _Player(msgspec.Struct):
-    """The one field of a landing line that says whose event it is."""
-
-    eventParams: _Params
-
-
-_player_of = msgspec.json.Decoder(_Player).decode
-
-
 def _lines_kept(lines: bytes, erased: ErasedPlayers) -> tuple[bytes, int]:
     """NDJSON lines without those of erased players, and how many those were."""
     kept = [
         line
         for line in lines.splitlines(keepends=True)
-        if not erased.holds(_player_of(line).eventParams.device_id)
+        if (device := device_id_of_line(line)) is None or not erased.holds(device)
     ]
     return b"".join(kept), lines.count(b"\n") - len(kept)
 

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
-from gaming_pipeline.lib.pseudonyms import ErasedPlayers
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
@@ -111,24 +111,20 @@ def bare_id_pattern(device_id: str) -> str:
     return _whole_word(quoted)
 
 
-def _json_device_id(line: bytes) -> str | None:
+def _read_object(s3, bucket: str, key: str) -> tuple[dict, bytes, bool] | None:
+    """(the GetObject answer, the body inflated, whether it was gzip), or None if gone."""
     try:
-        device = json.loads(line).get("eventParams", {}).get("device_id")
-    except (ValueError, AttributeError):
-        return None
-    return device if isinstance(device, str) else None
-
-
-def _read_lines(s3, bucket: str, key: str) -> list[bytes]:
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        got = s3.get_object(Bucket=bucket, Key=key)
     except s3.exceptions.NoSuchKey:
-        return []
-    try:
-        body = gzip.decompress(body) if key.endswith(".gz") else body
-    except (OSError, EOFError):
-        pass  # not gzip after all: ingestion could not read it either
-    return body.split(b"\n")
+        return None
+    body = got["Body"].read()
+    gzipped = key.endswith(".gz")
+    if gzipped:
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            gzipped = False  # not gzip after all: ingestion could not read it either
+    return got, body, gzipped
 
 
 def device_in_tables(spark: SparkSession, tables: dict[str, str], player: ErasedPlayers) -> str | None:
@@ -164,8 +160,9 @@ def device_in_objects(s3, objects: Iterable[tuple[str, str]], player: ErasedPlay
     """The erased player's device id from the landing objects' JSON lines (objects never
     ingested: parked, or still on the queue), if one of them holds it."""
     for bucket, key in sorted(set(objects)):
-        for line in _read_lines(s3, bucket, key):
-            device = _json_device_id(line)
+        read = _read_object(s3, bucket, key)
+        for line in read[1].split(b"\n") if read else []:
+            device = device_id_of_line(line)
             if device is not None and player.holds(device):
                 return device
     return None
@@ -334,17 +331,10 @@ def _rewrite_without(s3, bucket: str, key: str, names: Callable[[bytes], bool]) 
     "deleted" or ""). The object is replaced only if nobody changed it since it was read,
     so a concurrent upload is never overwritten with older lines; it is then read again."""
     for _ in range(REWRITE_ATTEMPTS):
-        try:
-            got = s3.get_object(Bucket=bucket, Key=key)
-        except s3.exceptions.NoSuchKey:
+        read = _read_object(s3, bucket, key)
+        if read is None:
             return 0, ""
-        body = got["Body"].read()
-        gzipped = key.endswith(".gz")
-        if gzipped:
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError):
-                gzipped = False  # not gzip after all: ingestion could not read it either
+        got, body, gzipped = read
         kept, removed = _without_lines(body, names)
         if not removed:
             return 0, ""

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+import msgspec
+
 
 @dataclass(frozen=True)
 class ErasedPlayers:
@@ -25,3 +27,24 @@ class ErasedPlayers:
 
 # For code that has no vault to ask (a benchmark, a test of ingestion alone).
 NOBODY_ERASED = ErasedPlayers(b"")
+
+
+class _Params(msgspec.Struct):
+    device_id: str
+
+
+class _Player(msgspec.Struct):
+    """The one field of a landing line that says whose event it is."""
+
+    eventParams: _Params
+
+
+_player_of = msgspec.json.Decoder(_Player).decode
+
+
+def device_id_of_line(line: bytes) -> str | None:
+    """The device id of a landing line, None for a line that is not an event's JSON."""
+    try:
+        return _player_of(line).eventParams.device_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
