@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from dagster._core.storage.dagster_run import DagsterRun
 
 from gaming_pipeline.defs.ingest.sensors import (
     FAILING_AFTER,
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, request: dg.RunRequest) -> None:
     instance.add_run(
-        DagsterRun(job_name="ingest_landed_objects_job", run_config=request.run_config, status=status)
+        dg.DagsterRun(job_name="ingest_landed_objects_job", run_config=request.run_config, status=status)
     )
 
 
@@ -82,7 +81,7 @@ def test_the_batch_interval_binds_only_after_a_trickles_batch():
 def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     """A run of the request that ended in failure, as the daemon records one."""
     run = instance.add_run(
-        DagsterRun(
+        dg.DagsterRun(
             job_name="ingest_landed_objects_job",
             run_config=request.run_config,
             status=dg.DagsterRunStatus.STARTED,

@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from gaming_pipeline.event_names import PURCHASE
 from gaming_pipeline.games import GAMES_BY_KEYWORD
 
-PURCHASE = "purchaseEvent"
 # ISO-8601 with a zone, as clients' clocks are anywhere: Spark reads exactly this form.
 ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 EARLIEST_CLIENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)

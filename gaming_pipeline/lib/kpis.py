@@ -25,6 +25,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from gaming_pipeline.event_names import PURCHASE
 from gaming_pipeline.games import ALL_GAMES
 
 GAME_HOURS = "activity_game_hours"
@@ -47,7 +48,6 @@ KPI_TABLES = (
     SESSIONS,
     RETENTION,
 )
-PURCHASE = "purchaseEvent"
 # An amount as a client sends it, to the cent; BOOKINGS holds any sum of them.
 MONEY = "decimal(18,2)"
 BOOKINGS = "decimal(28,2)"
