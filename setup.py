@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-# Versions are pinned together: dagster-aws/dagster-pyspark 0.29.27 pin dagster 1.13.27,
+# Versions are pinned together: dagster-aws 0.29.27 pins dagster 1.13.27,
 # and delta-spark 4.4.0 accepts pyspark up to 4.2.0. Its jar, delta-spark_4.2_2.13, is on
 # Maven Central at 4.4.0 but not 4.4.1, and the Python API must match the jar.
 setup(
@@ -8,14 +8,14 @@ setup(
     version="0.1.0",
     description="Dagster-orchestrated Delta Lake pipeline for mobile-game analytics",
     packages=find_packages(exclude=["gaming_pipeline_tests*"]),
-    # The Delta log store's Java source: `gaming-pipeline fetch-jars` compiles it.
-    package_data={"gaming_pipeline": ["jvm/*.java"]},
+    # The Delta log store's Java source (`gaming-pipeline fetch-jars` compiles it) and the
+    # local Dagster instance of the demo and the tests.
+    package_data={"gaming_pipeline": ["jvm/*.java", "local/dagster.yaml"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",
         "dagster-aws==0.29.27",
-        "dagster-pyspark==0.29.27",
         # SQLAlchemy 2.1 makes psycopg 3 the default Postgres driver; dagster-postgres 0.29
         # is built on psycopg2 and fails to connect with it.
         "sqlalchemy==2.0.58",

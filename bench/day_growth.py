@@ -34,11 +34,12 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib import aws, generator, processes
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kpis import EVENTS_PER_HOUR
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator, processes
 
 DAY_BASE = 250_000
 SCALES = (1, 4, 8)

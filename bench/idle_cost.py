@@ -23,7 +23,8 @@ import dagster as dg
 import psutil
 import recording
 
-from gaming_pipeline.lib import aws, processes
+from gaming_pipeline.lib import aws
+from gaming_pipeline.local import ports, processes
 
 RATE = 50
 MINUTES = 10
@@ -87,7 +88,7 @@ def run(rate: float, minutes: float, address: str, spark_server_pid: int, work: 
     stop_sending = threading.Event()
     sent: list[int] = []
     try:
-        ui_port, ui_log = aws.free_port(), work / "idle" / "webserver.log"
+        ui_port, ui_log = ports.free_port(), work / "idle" / "webserver.log"
         webserver = processes.start_dagster(
             ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port)], env, ui_log
         )

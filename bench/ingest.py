@@ -26,9 +26,10 @@ import recording
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from gaming_pipeline.lib import aws, generator, processes
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator, processes
 
 PROJECT = Path(__file__).resolve().parent.parent
 FRESH_RUN = """

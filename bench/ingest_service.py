@@ -30,7 +30,7 @@ import recording
 
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender
-from gaming_pipeline.lib import aws, generator, processes
+from gaming_pipeline.local import generator, ports, processes
 
 
 def bodies(batch: int, count: int, with_pii: bool, seed: int) -> list[bytes]:
@@ -129,7 +129,7 @@ def main() -> None:
     env = {**os.environ, **exports, "GAMING_PIPELINE_HOME": str(work)}
     os.environ.update(exports)
     _, key = keys.create(work / "api-keys.json", "bench")
-    port = aws.free_port()
+    port = ports.free_port()
     url = f"http://127.0.0.1:{port}"
     service = processes.start(
         [

@@ -24,9 +24,10 @@ from deltalake.exceptions import TableNotFoundError
 from gaming_pipeline.games import ALL_GAMES
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
-from gaming_pipeline.lib import aws, generator, processes
 from gaming_pipeline.lib.kpis import EVENTS_PER_HOUR
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator, ports, processes
+from gaming_pipeline.local.endpoint import LocalAws
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -61,7 +62,7 @@ def code_version() -> str:
 def workplace() -> Iterator[Path]:
     """A local AWS endpoint in this process's environment and a scratch folder, both gone
     when the benchmark ends."""
-    local = aws.LocalAws().start()
+    local = LocalAws().start()
     os.environ.update(local.environment())
     work = Path(tempfile.mkdtemp(prefix="gp-bench-"))
     try:
@@ -86,7 +87,7 @@ def start_ingest_service(env: dict[str, str], work: Path) -> tuple[subprocess.Po
     its URL and the key, once it serves. `env` gets the keys file the service reads."""
     env["GAMING_PIPELINE_API_KEYS"] = str(work / "api-keys.json")
     _, api_key = keys.create(Path(env["GAMING_PIPELINE_API_KEYS"]), "bench")
-    port = aws.free_port()
+    port = ports.free_port()
     log = work / "ingest.log"
     service = processes.start(
         ["gaming-pipeline", "ingest-server", "--port", str(port), "--flush-seconds", "5"], env, log

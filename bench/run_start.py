@@ -30,7 +30,7 @@ from pathlib import Path
 
 import recording
 
-from gaming_pipeline.lib import processes
+from gaming_pipeline.local import processes
 
 # The run worker: a script of its own in a fresh interpreter, so that each run imports
 # everything afresh. Not `python -c`: without a __main__ file, pyspark's Spark Connect client
@@ -127,7 +127,7 @@ def main() -> None:
     recording.write(
         "run-start",
         {
-            **recording.context(("dagster", "dagster-pyspark", "pyspark", "delta-spark")),
+            **recording.context(("dagster", "pyspark", "delta-spark")),
             "settings": {
                 "runs": args.runs,
                 "job": args.job,

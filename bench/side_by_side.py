@@ -55,9 +55,10 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib import aws, generator, processes
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator, processes
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -123,16 +124,20 @@ def ours(address: str, bucket: str, warehouse: str, server_pid: int) -> dict:
     """The ingestion run through Dagster: it writes the raw table and adds the batch to the
     30 per-game tables (and the activity tables) itself."""
     import dagster as dg
-    from dagster_pyspark import LazyPySparkResource
 
     from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
-    from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
+    from gaming_pipeline.defs.resources import (
+        LandingBucketResource,
+        PiiVaultResource,
+        SparkResource,
+        WarehouseResource,
+    )
 
     resources = {
         "landing": LandingBucketResource(bucket=bucket),
         "warehouse": WarehouseResource(root=warehouse),
         "pii_vault": PiiVaultResource(bucket=f"{bucket}-pii"),
-        "pyspark": LazyPySparkResource(spark_config={"spark.remote": address}),
+        "pyspark": SparkResource(master=address),
     }
     with dg.DagsterInstance.ephemeral() as instance, PeakMemory([server_pid, os.getpid()]) as memory:
         started = time.monotonic()

@@ -20,15 +20,17 @@ from rich.table import Table
 
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
-from gaming_pipeline.lib import aws, generator, jars
+from gaming_pipeline.lib import aws, jars
 from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
+from gaming_pipeline.local import generator, ports
+from gaming_pipeline.local.endpoint import LocalAws
 
 console = Console(stderr=True)
 
 
 def _running_spark(settings: Settings) -> str:
     """The Spark Connect address of a demo running on this home, if it still serves."""
-    from gaming_pipeline.lib.processes import serving
+    from gaming_pipeline.local.processes import serving
 
     try:
         address = settings.spark_connect_file.read_text().strip()
@@ -71,7 +73,7 @@ def cmd_fetch_jars(args: argparse.Namespace) -> int:
 
 def cmd_local_aws(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    local = aws.LocalAws(port=aws.free_port(prefer=args.port)).start()
+    local = LocalAws(port=ports.free_port(prefer=args.port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, args.queue_name)
     console.print(f"local S3/SNS/SQS/KMS endpoint on {local.endpoint} (Ctrl-C stops it)")
@@ -302,7 +304,7 @@ def _tell(message: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, the ingest service,
     and a stream of events posted to it."""
-    from gaming_pipeline.lib import processes
+    from gaming_pipeline.local import processes
 
     # A demo killed outright (kill -9, a crash) could not stop its processes: they would hold
     # its ports and home and keep launching runs.
@@ -312,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     dagster_home = processes.prepare_dagster_home(settings.home / "dagster")
 
-    local = aws.LocalAws(port=aws.free_port(prefer=args.aws_port)).start()
+    local = LocalAws(port=ports.free_port(prefer=args.aws_port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, DEFAULT_QUEUE_NAME)
     env = {
@@ -334,8 +336,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     key_id, api_key = keys.create(settings.api_keys_file, "gaming-pipeline demo")
     _on_stop_signals(_interrupt)
     try:
-        ui_port = aws.free_port(prefer=args.ui_port)
-        ingest_port = aws.free_port(prefer=args.ingest_port)
+        ui_port = ports.free_port(prefer=args.ui_port)
+        ingest_port = ports.free_port(prefer=args.ingest_port)
         logs = settings.home / "logs"
         logs.mkdir(exist_ok=True)
         spark_server = None

@@ -15,15 +15,17 @@ os.environ["GAMING_PIPELINE_GAMES"] = str(Path(__file__).with_name("games.toml")
 # The interval itself is tested in test_sensor_backpressure.py.
 os.environ["GAMING_PIPELINE_BATCH_INTERVAL_SECONDS"] = "0"
 
-from gaming_pipeline.lib import aws, processes  # noqa: E402
-from gaming_pipeline.lib.settings import Settings
+from gaming_pipeline.lib import aws  # noqa: E402
+from gaming_pipeline.lib.settings import Settings  # noqa: E402
+from gaming_pipeline.local import processes  # noqa: E402
+from gaming_pipeline.local.endpoint import LocalAws  # noqa: E402
 from gaming_pipeline_tests.service_helpers import IngestService  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def local_aws():
     """moto's server on a free 127.0.0.1 port, reached over real HTTP by boto3 and s3a."""
-    server = aws.LocalAws().start()
+    server = LocalAws().start()
     with pytest.MonkeyPatch.context() as environment:
         for key, value in server.environment().items():
             environment.setenv(key, value)

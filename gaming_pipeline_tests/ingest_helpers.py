@@ -8,7 +8,6 @@ import os
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.games.assets import game_tables
@@ -17,10 +16,16 @@ from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.partitions import DAILY
-from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
-from gaming_pipeline.lib import aws, charts, generator
+from gaming_pipeline.defs.resources import (
+    LandingBucketResource,
+    PiiVaultResource,
+    SparkResource,
+    WarehouseResource,
+)
+from gaming_pipeline.lib import aws, charts
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator
 
 HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 # What points this process at the test session's Spark Connect server (conftest.py), and
@@ -73,7 +78,7 @@ def resources(landing: aws.LandingPath, warehouse: str) -> dict:
         "warehouse": WarehouseResource(root=warehouse),
         "pii_vault": PiiVaultResource(bucket=f"{landing.bucket}-pii"),
         # The session's own Spark: getOrCreate hands the test session to the run.
-        "pyspark": LazyPySparkResource(spark_config={}),
+        "pyspark": SparkResource(),
     }
 
 

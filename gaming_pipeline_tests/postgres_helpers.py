@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psycopg2
 
-from gaming_pipeline.lib import processes
-from gaming_pipeline.lib.aws import free_port
+from gaming_pipeline.local import processes
+from gaming_pipeline.local.ports import free_port
 
 DATABASE = "dagster"
 USER = "dagster"

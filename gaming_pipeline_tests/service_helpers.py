@@ -18,9 +18,10 @@ import msgspec
 
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender
-from gaming_pipeline.lib import aws, processes
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from
 from gaming_pipeline.lib.settings import Settings
+from gaming_pipeline.local import ports, processes
 
 
 @dataclass
@@ -66,7 +67,7 @@ class IngestService:
     def start(self, same_port: bool = False) -> IngestService:
         """Start the service; `same_port` brings it back where its clients knew it."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = self.port if same_port else aws.free_port()
+        self.port = self.port if same_port else ports.free_port()
         command = ["gaming-pipeline", "ingest-server", "--port", str(self.port), *self.options]
         self.process = processes.start(command, self.env(), self.log)
         deadline = time.monotonic() + 60

@@ -20,6 +20,7 @@ from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
 from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR
+from gaming_pipeline.local import ports
 from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
 GAME = GAMES[0]
@@ -48,7 +49,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", aws.free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", ports.free_port()), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/live-ops"
 

@@ -23,16 +23,16 @@ from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
-from gaming_pipeline.lib import generator
-from gaming_pipeline.lib.aws import free_port
-from gaming_pipeline.lib.processes import (
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.local import generator
+from gaming_pipeline.local.ports import free_port
+from gaming_pipeline.local.processes import (
     prepare_dagster_home,
     start_daemon_for,
     start_dagster,
     stop,
     wait_until_serving,
 )
-from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history
 from gaming_pipeline_tests.kpi_helpers import actual_kpis, expected_kpis, fingerprints
 from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows
@@ -116,7 +116,7 @@ def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
                 900,
                 "the days sensor sees every ingestion and the refreshes it requested end",
             )
-            # A failed run the instance retried (run_retries in deploy/dagster.yaml) counts by its retry.
+            # A failed run the instance retried (run_retries in gaming_pipeline/local/dagster.yaml) counts by its retry.
             unretried = [run for run in instance.get_runs() if not succeeded_or_retried(run)]
             assert unretried == [], stack.diagnosis()
             unrefreshed = [

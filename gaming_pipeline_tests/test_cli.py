@@ -23,6 +23,7 @@ from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from, new_master_key
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import tables_named_in
+from gaming_pipeline.local import ports
 
 SEED_DAU_QUERY = (
     "select count (distinct eventParams.device_id) as DAU from mobile_events_delta_raw "
@@ -197,5 +198,5 @@ def test_sql_attaches_to_the_spark_a_running_demo_wrote_down(
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"one": 1}
     assert f"attached to the running Spark at {spark_server}" in captured.err
-    settings.spark_connect_file.write_text(f"sc://127.0.0.1:{aws.free_port()}")
+    settings.spark_connect_file.write_text(f"sc://127.0.0.1:{ports.free_port()}")
     assert cli._running_spark(settings) == ""

@@ -6,19 +6,21 @@ PostgreSQL server; test_backfill runs the daemon on the embedded SQLite instance
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from gaming_pipeline.lib.processes import PRODUCTION_INSTANCE_CONFIG, start_daemon_for, stop
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local.processes import start_daemon_for, stop
 from gaming_pipeline_tests.ingest_helpers import SESSION_SPARK_VARIABLES, load_history
 from gaming_pipeline_tests.postgres_helpers import postgres_server, successful_runs
 
 JOB = "ingest_landed_objects_job"
+PRODUCTION_INSTANCE_CONFIG = Path(__file__).parents[1] / "deploy" / "dagster.production.yaml"
 
 
 @pytest.fixture

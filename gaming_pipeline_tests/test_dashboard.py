@@ -13,9 +13,10 @@ from PIL import Image
 
 from gaming_pipeline.defs.dashboard.assets import DASHBOARD_FILE, kpi_dashboard
 from gaming_pipeline.defs.kpis.assets import kpi_tables
-from gaming_pipeline.lib import aws, charts, generator
+from gaming_pipeline.lib import aws, charts
 from gaming_pipeline.lib.files import write_bytes
 from gaming_pipeline.lib.warehouse import table_path
+from gaming_pipeline.local import generator
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, ingest_everything, load_history, resources
 from gaming_pipeline_tests.test_charts import colored_pixels
 

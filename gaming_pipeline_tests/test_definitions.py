@@ -5,7 +5,7 @@ import dagster as dg
 from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.processes import prepare_dagster_home
+from gaming_pipeline.local.processes import prepare_dagster_home
 
 
 def test_graph_is_pinned():

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gaming_pipeline.lib import aws, processes
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.warehouse import table_history
+from gaming_pipeline.local import processes
 from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
 from gaming_pipeline_tests.ingest_helpers import own_driver_environ
 from gaming_pipeline_tests.service_helpers import wait_until

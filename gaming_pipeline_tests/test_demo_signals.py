@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gaming_pipeline import cli
-from gaming_pipeline.lib import processes
+from gaming_pipeline.local import processes
 from gaming_pipeline_tests.service_helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ NO_SPARK_SERVER = {"GAMING_PIPELINE_SPARK_MASTER": "sc://127.0.0.1:9"}
 OWNER = """
 import sys, time
 from pathlib import Path
-from gaming_pipeline.lib import processes
+from gaming_pipeline.local import processes
 processes.start(["sh", "-c", sys.argv[1]], {}, Path(sys.argv[2]))
 time.sleep(600)
 """

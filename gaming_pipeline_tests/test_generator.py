@@ -3,7 +3,7 @@ import json
 from datetime import UTC, datetime
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD
-from gaming_pipeline.lib import generator
+from gaming_pipeline.local import generator
 
 END = datetime(2026, 11, 23, tzinfo=UTC)
 

@@ -23,10 +23,11 @@ from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import consecutive, reached_by
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
-from gaming_pipeline.lib import generator, kpis
+from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.events import classify_lines, raw_events
 from gaming_pipeline.lib.tables import ACTIVITY, RAW_TABLE
 from gaming_pipeline.lib.warehouse import merge_into, table_path
+from gaming_pipeline.local import generator
 from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
     evaluate_reconcile,

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 
-from gaming_pipeline.lib import generator
+from gaming_pipeline.local import generator
 from gaming_pipeline_tests.service_helpers import IngestService, landed, wait_until
 
 

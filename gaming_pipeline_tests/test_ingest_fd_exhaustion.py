@@ -15,7 +15,7 @@ from collections import Counter
 import msgspec
 import pytest
 
-from gaming_pipeline.lib import generator
+from gaming_pipeline.local import generator
 from gaming_pipeline_tests.service_helpers import IngestService, landed, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import msgspec
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.ingest_service import keys
-from gaming_pipeline.lib import aws, generator
+from gaming_pipeline.local import generator, ports
 from gaming_pipeline_tests.service_helpers import IngestService, event, landed, wait_until
 
 
@@ -174,7 +174,7 @@ def test_landing_objects_are_stamped_gzip_ndjson_by_hour_without_pii(service):
 
 
 def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(local_aws, landing, tmp_path):
-    dead_endpoint = f"http://127.0.0.1:{aws.free_port()}"
+    dead_endpoint = f"http://127.0.0.1:{ports.free_port()}"
     cut_off = IngestService(
         tmp_path / "home",
         landing.bucket,

@@ -13,7 +13,6 @@ from datetime import date
 import dagster as dg
 import pyarrow
 import pytest
-from dagster_pyspark import LazyPySparkResource
 from deltalake import DeltaTable as IndependentReader
 from pyspark.sql import functions as F
 
@@ -28,7 +27,7 @@ from gaming_pipeline.defs.maintenance.compaction import (
 from gaming_pipeline.defs.maintenance.recovery import rollback_job
 from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import checks, kpis, maintenance
 from gaming_pipeline.lib.erasure import erase_rows
@@ -67,7 +66,7 @@ def content(spark, path: str, version: int | None = None) -> tuple[int, int]:
 
 
 def resources(warehouse: str) -> dict:
-    return {"warehouse": WarehouseResource(root=warehouse), "pyspark": LazyPySparkResource(spark_config={})}
+    return {"warehouse": WarehouseResource(root=warehouse), "pyspark": SparkResource()}
 
 
 def daily_pass(instance: dg.DagsterInstance, warehouse: str) -> dict:

@@ -17,12 +17,13 @@ import pytest
 
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib import aws, processes
-from gaming_pipeline.lib.aws import free_port
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES
-from gaming_pipeline.lib.processes import prepare_dagster_home
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_history, table_path
+from gaming_pipeline.local import processes
+from gaming_pipeline.local.ports import free_port
+from gaming_pipeline.local.processes import prepare_dagster_home
 from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, own_driver_environ, resources
 from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
 

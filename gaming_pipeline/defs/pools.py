@@ -1,5 +1,5 @@
 """The instance's run pools. Spark runs share two cores, so the instance admits one run of
-each pool at a time (deploy/dagster.yaml: `granularity: run`, `default_limit: 1`).
+each pool at a time (gaming_pipeline/local/dagster.yaml: `granularity: run`, `default_limit: 1`).
 
 - `ingest` holds every run that writes the raw table's followers (the per-game and activity
   tables): ingestion, which adds each batch to them, and their rebuilds, which must not

@@ -1,4 +1,5 @@
-"""Resources shared by every domain, configured from the environment (CONTRACT.md section 5).
+"""Resources shared by every domain, configured from the environment (lib/settings.py names
+the variables).
 
 A variable that is set reaches Dagster as an EnvVar, so the UI shows where a value came
 from without showing the value; one that is unset falls back to its embedded default.
@@ -11,19 +12,16 @@ import os
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
+from pydantic import PrivateAttr
 
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.settings import Settings
-from gaming_pipeline.lib.spark import spark_config
+from gaming_pipeline.lib.settings import VARIABLES, Settings
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from gaming_pipeline.lib.pii import PiiVault
     from gaming_pipeline.lib.pseudonyms import ErasedPlayers
-
-
-def _from_env(variable: str, default: str):
-    return dg.EnvVar(variable) if os.environ.get(variable) else default
 
 
 class LandingBucketResource(dg.ConfigurableResource):
@@ -97,27 +95,50 @@ class PiiVaultResource(dg.ConfigurableResource):
         return self._vault().erased()
 
 
+class SparkResource(dg.ConfigurableResource):
+    """The run's one Spark session, shared by its steps: a client of the Spark Connect server
+    at `master` (`sc://host:port`), or a driver of its own on a Spark master URL. It starts when
+    a step first asks for it, so a run that finds nothing to do never starts a JVM, and it is
+    configured then (lib/spark.py): loading the definitions needs neither Spark nor the jars."""
+
+    # Empty: as configured (lib/settings.py), or a session the process already has.
+    master: str = ""
+    _session: SparkSession | None = PrivateAttr(default=None)
+
+    @property
+    def spark_session(self) -> SparkSession:
+        if self._session is None:
+            from gaming_pipeline.lib.spark import start_session
+
+            configured = Settings.from_env()
+            self._session = start_session(
+                dataclasses.replace(configured, spark_master=self.master or configured.spark_master)
+            )
+        return self._session
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     settings = Settings.from_env()
+
+    def setting(name: str):
+        variable = VARIABLES[name]
+        return dg.EnvVar(variable) if os.environ.get(variable) else getattr(settings, name)
+
     return dg.Definitions(
         resources={
             "landing": LandingBucketResource(
-                bucket=_from_env("GAMING_PIPELINE_LANDING_BUCKET", settings.landing_bucket),
-                queue_url=_from_env("GAMING_PIPELINE_QUEUE_URL", settings.queue_url),
+                bucket=setting("landing_bucket"), queue_url=setting("queue_url")
             ),
-            "warehouse": WarehouseResource(root=_from_env("GAMING_PIPELINE_WAREHOUSE", settings.warehouse)),
-            "alert_webhook": AlertWebhookResource(
-                url=_from_env("GAMING_PIPELINE_ALERT_WEBHOOK", settings.alert_webhook)
-            ),
+            "warehouse": WarehouseResource(root=setting("warehouse")),
+            "alert_webhook": AlertWebhookResource(url=setting("alert_webhook")),
             "pii_vault": PiiVaultResource(
-                bucket=_from_env("GAMING_PIPELINE_PII_BUCKET", settings.pii_bucket),
-                key_source=_from_env("GAMING_PIPELINE_PII_KEYS", settings.pii_keys),
-                kms_key=_from_env("GAMING_PIPELINE_PII_KMS_KEY", settings.pii_kms_key),
-                mac_key=_from_env("GAMING_PIPELINE_PII_MAC_KEY", settings.pii_mac_key),
-                master_key=_from_env("GAMING_PIPELINE_PII_MASTER_KEY", ""),
+                bucket=setting("pii_bucket"),
+                key_source=setting("pii_keys"),
+                kms_key=setting("pii_kms_key"),
+                mac_key=setting("pii_mac_key"),
+                master_key=setting("pii_master_key"),
             ),
-            # Lazy: a run that finds nothing to do never starts a JVM.
-            "pyspark": LazyPySparkResource(spark_config=spark_config(settings)),
+            "pyspark": SparkResource(master=setting("spark_master")),
         }
     )

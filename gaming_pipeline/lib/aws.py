@@ -7,23 +7,14 @@ same calls reach the local endpoint in the demo and tests, and real AWS in produ
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
+from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME
 
-# moto's server accepts any credentials; these stand in when none are configured so the
-# local endpoint works on a machine that has never seen AWS.
-LOCAL_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "gaming-pipeline-local",
-    "AWS_SECRET_ACCESS_KEY": "gaming-pipeline-local",
-    "AWS_REGION": "us-east-1",
-}
 # A message the sensor cannot understand is retried this often, then parked on the
 # dead-letter queue for a person to look at.
 MAX_RECEIVES = 5
@@ -185,57 +176,3 @@ def provision_pii_keys(kms, data_key_alias: str, mac_key_alias: str) -> dict[str
 
 def queue_url(configured: str, queue_name: str = DEFAULT_QUEUE_NAME) -> str:
     return configured or client("sqs").get_queue_url(QueueName=queue_name)["QueueUrl"]
-
-
-def free_port(prefer: int = 0) -> int:
-    """`prefer` if nothing listens on it on 127.0.0.1, else a port the system picks."""
-    for port in (prefer, 0) if prefer else (0,):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free port on 127.0.0.1")
-
-
-class LocalAws:
-    """moto's server on 127.0.0.1: S3, SNS, SQS and KMS over real HTTP, in this process, with
-    the PII vault's KMS keys made at start."""
-
-    def __init__(self, port: int = 0):
-        from moto.server import ThreadedMotoServer
-
-        self.port = port or free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def environment(self) -> dict[str, str]:
-        """What a process needs to talk to this endpoint (credentials kept if already set)."""
-        env = {key: os.environ.get(key) or value for key, value in LOCAL_CREDENTIALS.items()}
-        env["AWS_ENDPOINT_URL"] = self.endpoint
-        return env
-
-    def start(self) -> LocalAws:
-        # moto's request log is one line per call: noise next to the pipeline's own output.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server.start()
-        import boto3
-
-        settings = Settings.from_env()
-        environment = self.environment()
-        kms = boto3.client(
-            "kms",
-            endpoint_url=self.endpoint,
-            region_name=environment["AWS_REGION"],
-            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
-        )
-        provision_pii_keys(kms, settings.pii_kms_key, settings.pii_mac_key)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()

@@ -8,6 +8,7 @@ resolves or downloads anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -33,8 +34,6 @@ LOG_STORE_SOURCE = Path(__file__).parent.parent / "jvm" / "DynamoDBLogStore.java
 LOG_STORE_CLASS = "gaming_pipeline.delta.DynamoDBLogStore"
 LOG_STORE_JAR = "gaming-pipeline-delta-logstore.jar"
 
-# A new package pin or a change to the log store's source makes a new cache.
-_PACKAGES_ID = hashlib.sha256(",".join(PACKAGES).encode() + LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
 # Ivy names a resolved jar <group>_<artifact>-<version>.jar; pyspark names its own
 # <artifact>-<version>.jar. The artifact part is what tells a duplicate.
 _IVY_JAR = re.compile(r"^[^_]+_(?P<artifact>.+?)-\d[^-]*(?:-[^-]+)?\.jar$")
@@ -45,9 +44,16 @@ class JarsMissing(RuntimeError):
     pass
 
 
+@functools.cache
+def _packages_id() -> str:
+    """A new package pin or a change to the log store's source makes a new cache. Read when
+    a run or fetch-jars first needs the cache, not when the definitions load."""
+    return hashlib.sha256(",".join(PACKAGES).encode() + LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
+
+
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "gaming_pipeline" / f"jars-{_PACKAGES_ID}"
+    return base / "gaming_pipeline" / f"jars-{_packages_id()}"
 
 
 def _manifest() -> Path:

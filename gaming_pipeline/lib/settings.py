@@ -7,7 +7,8 @@ own configuration points (`AWS_ENDPOINT_URL` for the local endpoint, real AWS ot
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_LANDING_BUCKET = "gaming-pipeline-landing"
@@ -24,16 +25,16 @@ PII_KEY_SOURCES = ("kms", "local")
 DEFAULT_BATCH_INTERVAL_SECONDS = 300
 
 
-def _choice(env, variable: str, choices: tuple[str, ...]) -> str:
+def _choice(variable: str, raw: str, choices: tuple[str, ...]) -> str:
     """The variable's value, one of `choices` (unset or empty: the first)."""
-    value = env.get(variable) or choices[0]
+    value = raw or choices[0]
     if value not in choices:
         raise ValueError(f"{variable} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
-def _seconds(env, variable: str, default: float) -> float:
-    raw = env.get(variable) or str(default)
+def _seconds(variable: str, raw: str, default: float) -> float:
+    raw = raw or str(default)
     try:
         seconds = float(raw)
     except ValueError:
@@ -45,6 +46,8 @@ def _seconds(env, variable: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, each read from its variable in VARIABLES."""
+
     home: Path
     warehouse: str
     landing_bucket: str
@@ -74,25 +77,31 @@ class Settings:
     batch_interval_seconds: float
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        home = Path(env.get("GAMING_PIPELINE_HOME") or Path.home() / ".gaming_pipeline").expanduser()
+
+        def value(name: str) -> str:
+            return env.get(VARIABLES[name], "")
+
+        home = Path(value("home") or Path.home() / ".gaming_pipeline").expanduser()
         return cls(
             home=home,
-            warehouse=env.get("GAMING_PIPELINE_WAREHOUSE") or str(home / "warehouse"),
-            landing_bucket=env.get("GAMING_PIPELINE_LANDING_BUCKET") or DEFAULT_LANDING_BUCKET,
-            queue_url=env.get("GAMING_PIPELINE_QUEUE_URL", ""),
-            spark_master=env.get("GAMING_PIPELINE_SPARK_MASTER") or DEFAULT_SPARK_MASTER,
-            alert_webhook=env.get("GAMING_PIPELINE_ALERT_WEBHOOK", ""),
-            pii_bucket=env.get("GAMING_PIPELINE_PII_BUCKET") or DEFAULT_PII_BUCKET,
-            pii_keys=_choice(env, "GAMING_PIPELINE_PII_KEYS", PII_KEY_SOURCES),
-            pii_kms_key=env.get("GAMING_PIPELINE_PII_KMS_KEY") or DEFAULT_PII_KMS_KEY,
-            pii_mac_key=env.get("GAMING_PIPELINE_PII_MAC_KEY") or DEFAULT_PII_MAC_KEY,
-            pii_master_key=env.get("GAMING_PIPELINE_PII_MASTER_KEY", ""),
-            api_keys_file=Path(env.get("GAMING_PIPELINE_API_KEYS") or home / "api-keys.json").expanduser(),
-            delta_commit_table=env.get("GAMING_PIPELINE_DELTA_COMMIT_TABLE", ""),
+            warehouse=value("warehouse") or str(home / "warehouse"),
+            landing_bucket=value("landing_bucket") or DEFAULT_LANDING_BUCKET,
+            queue_url=value("queue_url"),
+            spark_master=value("spark_master") or DEFAULT_SPARK_MASTER,
+            alert_webhook=value("alert_webhook"),
+            pii_bucket=value("pii_bucket") or DEFAULT_PII_BUCKET,
+            pii_keys=_choice(VARIABLES["pii_keys"], value("pii_keys"), PII_KEY_SOURCES),
+            pii_kms_key=value("pii_kms_key") or DEFAULT_PII_KMS_KEY,
+            pii_mac_key=value("pii_mac_key") or DEFAULT_PII_MAC_KEY,
+            pii_master_key=value("pii_master_key"),
+            api_keys_file=Path(value("api_keys_file") or home / "api-keys.json").expanduser(),
+            delta_commit_table=value("delta_commit_table"),
             batch_interval_seconds=_seconds(
-                env, "GAMING_PIPELINE_BATCH_INTERVAL_SECONDS", DEFAULT_BATCH_INTERVAL_SECONDS
+                VARIABLES["batch_interval_seconds"],
+                value("batch_interval_seconds"),
+                DEFAULT_BATCH_INTERVAL_SECONDS,
             ),
         )
 
@@ -127,3 +136,24 @@ class Settings:
             with os.fdopen(descriptor, "w") as out:
                 out.write(new_master_key())
         return key_file.read_text().strip()
+
+
+# Each setting's environment variable, the one place they are named: Settings.from_env reads
+# them and the Dagster resources (defs/resources.py) refer to them.
+VARIABLES = {
+    "home": "GAMING_PIPELINE_HOME",
+    "warehouse": "GAMING_PIPELINE_WAREHOUSE",
+    "landing_bucket": "GAMING_PIPELINE_LANDING_BUCKET",
+    "queue_url": "GAMING_PIPELINE_QUEUE_URL",
+    "spark_master": "GAMING_PIPELINE_SPARK_MASTER",
+    "alert_webhook": "GAMING_PIPELINE_ALERT_WEBHOOK",
+    "pii_bucket": "GAMING_PIPELINE_PII_BUCKET",
+    "pii_keys": "GAMING_PIPELINE_PII_KEYS",
+    "pii_kms_key": "GAMING_PIPELINE_PII_KMS_KEY",
+    "pii_mac_key": "GAMING_PIPELINE_PII_MAC_KEY",
+    "pii_master_key": "GAMING_PIPELINE_PII_MASTER_KEY",
+    "api_keys_file": "GAMING_PIPELINE_API_KEYS",
+    "delta_commit_table": "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
+    "batch_interval_seconds": "GAMING_PIPELINE_BATCH_INTERVAL_SECONDS",
+}
+assert set(VARIABLES) == {field.name for field in fields(Settings)}, "a setting without its variable"

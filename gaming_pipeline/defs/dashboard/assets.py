@@ -3,11 +3,10 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from gaming_pipeline.defs.pools import REFRESH_POOL
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import charts
 from gaming_pipeline.lib.files import write_bytes
 from gaming_pipeline.lib.warehouse import is_delta_table, table_path
@@ -46,7 +45,7 @@ def charted_tables(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
     pool=REFRESH_POOL,
     automation_condition=REFRESH_AFTER_KPIS,
 )
-def kpi_dashboard(warehouse: WarehouseResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
+def kpi_dashboard(warehouse: WarehouseResource, pyspark: SparkResource) -> dg.MaterializeResult:
     """One web page with the portfolio's KPIs, all games together, in UTC: events per hour
     and bookings per hour over the last two days, and daily active users over the last 30.
     The days shown end on the last day with data. It refreshes itself after any day of

@@ -5,13 +5,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.pools import INGEST_POOL
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
@@ -70,9 +69,7 @@ def game_checks(game: Game) -> list[dg.AssetCheckSpec]:
     # batch nor holds one twice.
     pool=INGEST_POOL,
 )
-def game_tables(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
-):
+def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
     """The run's days are read from the raw table once and each selected game's rows
     replace that game's rows for those days, one commit per table.
     The checks need no second read: keys and row counts come from the rows read once, and

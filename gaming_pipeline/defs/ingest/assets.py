@@ -4,12 +4,16 @@ import time
 from datetime import datetime
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
 from gaming_pipeline.defs.pools import INGEST_POOL
-from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
+from gaming_pipeline.defs.resources import (
+    LandingBucketResource,
+    PiiVaultResource,
+    SparkResource,
+    WarehouseResource,
+)
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
@@ -119,7 +123,7 @@ def ingest_landed_objects(
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
     pii_vault: PiiVaultResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """Read the run's landing objects from S3, parse them with the event schema (leaving
     out the events of erased players), and commit

@@ -2,12 +2,11 @@
 materializing a day here rebuilds it from the raw table."""
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.pools import INGEST_POOL
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
@@ -58,9 +57,7 @@ DESCRIPTIONS = {
     # nor counts one twice.
     pool=INGEST_POOL,
 )
-def activity_tables(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource
-):
+def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
     """Rebuild the run's days of both activity tables from the raw table, read once."""
     spark = pyspark.spark_session
     days = window_predicate(context)

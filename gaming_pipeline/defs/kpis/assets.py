@@ -8,12 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, Row
 
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.pools import REFRESH_POOL
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import charts, checks, kpis, liveops, tables
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
 from gaming_pipeline.lib.warehouse import at_version, latest_version, replace_rows, table_path
@@ -301,7 +300,7 @@ KPIS = [
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=REFRESH_POOL,
 )
-def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: LazyPySparkResource):
+def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
     """Each selected KPI of the run's days, from the activity tables: a few at once, since
     each costs mostly Delta's fixed commit work and small Spark jobs."""
     spark = pyspark.spark_session

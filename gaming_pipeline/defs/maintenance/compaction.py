@@ -10,13 +10,12 @@ same files Delta lets one commit and the other retries (both sides are idempoten
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.partitions import days_predicate
 from gaming_pipeline.defs.pools import MAINTENANCE_POOL
-from gaming_pipeline.defs.resources import WarehouseResource
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import maintenance
 from gaming_pipeline.lib.tables import RAW_TABLE, all_tables
@@ -67,7 +66,7 @@ def compact_closed_days(
     context: dg.OpExecutionContext,
     config: TablesConfig,
     warehouse: WarehouseResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """OPTIMIZE (bin-packing) the closed days written since each table's last daily pass:
     not the whole table, and never today, which ingestion is still writing."""
@@ -106,7 +105,7 @@ def zorder_last_week(
     context: dg.OpExecutionContext,
     config: TablesConfig,
     warehouse: WarehouseResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """The seed's second round: rewrite the last seven closed days ordered by device, so a
     player's events sit in few files and player queries (and erasures) skip the rest."""
@@ -144,7 +143,7 @@ def vacuum_tables(
     context: dg.OpExecutionContext,
     config: VacuumConfig,
     warehouse: WarehouseResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """VACUUM every table: delete the files no version inside the retention reads."""
     try:

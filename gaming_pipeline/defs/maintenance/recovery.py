@@ -9,14 +9,18 @@ import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.maintenance.compaction import EVENT_TABLES, existing_tables
 from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.pools import MAINTENANCE_POOL
-from gaming_pipeline.defs.resources import LandingBucketResource, PiiVaultResource, WarehouseResource
+from gaming_pipeline.defs.resources import (
+    LandingBucketResource,
+    PiiVaultResource,
+    SparkResource,
+    WarehouseResource,
+)
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.ingest import ensure_ingest_tables, pending
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
@@ -88,7 +92,7 @@ def restore_tables(
     context: dg.OpExecutionContext,
     config: RollbackConfig,
     warehouse: WarehouseResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """RESTORE one table to a version or a time, or every table a run wrote to before the
     run; then the per-game and KPI days the raw table changed on are rebuilt."""
@@ -162,7 +166,7 @@ def erase_player(
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
     pii_vault: PiiVaultResource,
-    pyspark: LazyPySparkResource,
+    pyspark: SparkResource,
 ):
     """Put the player on the erased-players list, so that nothing of theirs is taken from
     then on (events still in an ingest spool or on the queue included); take their lines out

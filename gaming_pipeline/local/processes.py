@@ -18,12 +18,17 @@ from urllib.parse import urlparse
 from dagster import DagsterInstance
 
 from gaming_pipeline.defs.pools import POOLS
+from gaming_pipeline.local.ports import free_port
 
-PROJECT = Path(__file__).resolve().parents[2]
-WORKSPACE = PROJECT / "workspace.yaml"
-INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.yaml"
-# The same instance on Postgres (DAGSTER_PG_* from the environment).
-PRODUCTION_INSTANCE_CONFIG = PROJECT / "deploy" / "dagster.production.yaml"
+# The local instance (SQLite under the Dagster home), shipped in the package so that it is
+# found the same way from a clone and from a plain `pip install`.
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
+# Dagster's processes load the code location by its module, as the production code server does.
+WORKSPACE = """load_from:
+  - python_module:
+      module_name: gaming_pipeline.definitions
+      location_name: gaming_pipeline
+"""
 
 
 def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) -> Path:
@@ -36,6 +41,7 @@ def prepare_dagster_home(path: Path, instance_config: Path = INSTANCE_CONFIG) ->
     together (dagster 1.13), however small its limit."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(instance_config, path / "dagster.yaml")
+    (path / "workspace.yaml").write_text(WORKSPACE)
     with DagsterInstance.from_config(str(path)) as instance:
         for pool in POOLS:
             instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
@@ -64,8 +70,9 @@ def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 
 
 def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`dagster-webserver ...` or `dagster-daemon run` on the project's workspace."""
-    return start([*arguments, "-w", str(WORKSPACE)], env, log)
+    """`dagster-webserver ...` or `dagster-daemon run` on the workspace of the Dagster home in
+    `env` (prepare_dagster_home)."""
+    return start([*arguments, "-w", str(Path(env["DAGSTER_HOME"]) / "workspace.yaml")], env, log)
 
 
 def start_spark_server(
@@ -74,8 +81,6 @@ def start_spark_server(
     """`gaming-pipeline spark-server` on 127.0.0.1 (on `port` if free), its driver on `master`
     (local by default), and the `sc://` address runs attach to; wait_until_serving tells when
     it accepts them."""
-    from gaming_pipeline.lib.aws import free_port
-
     port = free_port(prefer=port)
     arguments = ["gaming-pipeline", "spark-server", "--port", str(port)]
     server = start([*arguments, "--master", master] if master else arguments, env, log)
