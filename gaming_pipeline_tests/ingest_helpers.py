@@ -15,7 +15,7 @@ from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
-from gaming_pipeline.defs.partitions import DAILY
+from gaming_pipeline.defs.partitions import DAILY, RANGE_END_TAG, RANGE_START_TAG
 from gaming_pipeline.defs.resources import (
     LandingBucketResource,
     PiiVaultResource,
@@ -121,7 +121,7 @@ def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED,
         selection=selection,
         resources=resources(landing, warehouse),
         instance=instance,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
     )
     assert result.success
     evaluations = result.get_asset_check_evaluations()

@@ -22,7 +22,8 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from gaming_pipeline.definitions import defs
 from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
-from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor, refresh_days_job
+from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from gaming_pipeline.defs.refresh.sensors import raw_days_sensor, refresh_days_job
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.local import generator
 from gaming_pipeline.local.ports import free_port
@@ -204,7 +205,7 @@ def assert_single_run_backfill(
     assert len(runs) == 1, f"{[(run.run_id, run.asset_selection) for run in runs]}\n{stack.diagnosis()}"
     (run,) = runs
     assert run.status == dg.DagsterRunStatus.SUCCESS, stack.diagnosis()
-    assert (run.tags.get(RANGE_START), run.tags.get(RANGE_END)) == (days[0], days[-1])
+    assert (run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)) == (days[0], days[-1])
     assert run.asset_selection == assets
     evaluations = [
         record.dagster_event.asset_check_evaluation_data

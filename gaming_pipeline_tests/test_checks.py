@@ -34,14 +34,14 @@ def raw(spark, *rows):
 def test_schema_differences_are_named():
     expected = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.LongType())])
     actual = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.IntegerType())])
-    assert checks.schema_matches(expected, expected) == (True, {"differences": {}})
-    passed, details = checks.schema_matches(actual, expected)
-    assert not passed and details["differences"] == {"b": {"expected": "bigint", "found": "int"}}
+    assert checks.schema_matches(expected, expected) == checks.Outcome(True, {"differences": {}})
+    outcome = checks.schema_matches(actual, expected)
+    assert not outcome.passed and outcome.details["differences"] == {"b": {"expected": "bigint", "found": "int"}}
 
 
 def test_null_keys_are_counted_per_key(spark):
     df = spark.createDataFrame([(DAY, "g"), (None, "g"), (DAY, None)], "eventDate date, game_keyword string")
-    assert checks.null_keys(df, checks.KPI_KEYS) == (
+    assert checks.null_keys(df, checks.KPI_KEYS) == checks.Outcome(
         False,
         {"rows": 3, "null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
     )
@@ -51,8 +51,8 @@ def test_null_keys_are_counted_per_group_in_one_pass(spark):
     df = spark.createDataFrame([(DAY, "a"), (None, "a"), (DAY, "b")], "eventDate date, game_keyword string")
     by_game = checks.null_keys_by(df, checks.KPI_KEYS, F.col("game_keyword"))
     assert by_game == {
-        "a": (False, {"rows": 2, "null_rows_by_key": {"eventDate": 1, "game_keyword": 0}}),
-        "b": (True, {"rows": 1, "null_rows_by_key": {"eventDate": 0, "game_keyword": 0}}),
+        "a": checks.Outcome(False, {"rows": 2, "null_rows_by_key": {"eventDate": 1, "game_keyword": 0}}),
+        "b": checks.Outcome(True, {"rows": 1, "null_rows_by_key": {"eventDate": 0, "game_keyword": 0}}),
     }
     assert checks.null_keys(df.limit(0), checks.KPI_KEYS) == checks.no_rows(checks.KPI_KEYS)
 
@@ -63,8 +63,8 @@ def test_hourly_counts_that_do_not_add_up_fail(spark):
         Row(eventDate=DAY, game_keyword="g", events=2),
         Row(eventDate=DAY, game_keyword="all_games", events=1),
     ]
-    passed, details = checks.hours_add_up_to_days(kpi, totals)
-    assert not passed and list(details["mismatches"]) == ["2026-11-23 all_games"]
+    outcome = checks.hours_add_up_to_days(kpi, totals)
+    assert not outcome.passed and list(outcome.details["mismatches"]) == ["2026-11-23 all_games"]
 
 
 def test_bookings_that_do_not_add_up_fail(spark):
@@ -75,9 +75,9 @@ def test_bookings_that_do_not_add_up_fail(spark):
         Row(eventDate=DAY, game_keyword="g", bookings=Decimal("5.98")),
         Row(eventDate=DAY, game_keyword="all_games", bookings=Decimal("5.98")),
     ]
-    assert checks.bookings_add_up_to_days(good, totals)[0]
+    assert checks.bookings_add_up_to_days(good, totals).passed
     short = good[:1]
-    assert not checks.bookings_add_up_to_days(short, totals)[0]
+    assert not checks.bookings_add_up_to_days(short, totals).passed
 
 
 def test_totals_count_a_player_of_two_games_once_for_all_games(spark):
@@ -95,20 +95,26 @@ def test_all_games_dau_outside_its_bounds_fails():
         dau = {"a": 3, "b": 2, "all_games": all_games}
         return [Row(eventDate=DAY, game_keyword=game, dau=value) for game, value in dau.items()]
 
-    assert checks.all_games_dau_is_bounded(kpi(4)) == (True, {"days_out_of_bounds": []})
-    assert checks.all_games_dau_is_bounded(kpi(6)) == (False, {"days_out_of_bounds": ["2026-11-23"]})
-    assert checks.all_games_dau_is_bounded(kpi(4)[:2]) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+    assert checks.all_games_dau_is_bounded(kpi(4)) == checks.Outcome(True, {"days_out_of_bounds": []})
+    assert checks.all_games_dau_is_bounded(kpi(6)) == checks.Outcome(
+        False, {"days_out_of_bounds": ["2026-11-23"]}
+    )
+    assert checks.all_games_dau_is_bounded(kpi(4)[:2]) == checks.Outcome(
+        False, {"days_out_of_bounds": ["2026-11-23"]}
+    )
     # A second all-games row of the day is checked too, and a missing DAU is never in bounds.
-    assert checks.all_games_dau_is_bounded(kpi(9) + kpi(4)[2:]) == (
+    assert checks.all_games_dau_is_bounded(kpi(9) + kpi(4)[2:]) == checks.Outcome(
         False,
         {"days_out_of_bounds": ["2026-11-23"]},
     )
-    assert checks.all_games_dau_is_bounded(kpi(None)) == (False, {"days_out_of_bounds": ["2026-11-23"]})
+    assert checks.all_games_dau_is_bounded(kpi(None)) == checks.Outcome(
+        False, {"days_out_of_bounds": ["2026-11-23"]}
+    )
 
 
 def test_null_keys_of_collected_rows_are_counted_per_key():
     rows = [Row(eventDate=DAY, game_keyword="g"), Row(eventDate=None, game_keyword=None)]
-    assert checks.null_keys_in(rows, checks.KPI_KEYS) == (
+    assert checks.null_keys_in(rows, checks.KPI_KEYS) == checks.Outcome(
         False,
         {"rows": 2, "null_rows_by_key": {"eventDate": 1, "game_keyword": 1}},
     )
@@ -118,11 +124,11 @@ def test_null_keys_of_collected_rows_are_counted_per_key():
 def test_sessions_fewer_than_players_or_players_not_the_devices_fail():
     totals = {("2026-11-23", "g"): checks.DayTotals(5, Decimal(0), 2)}
     good = [Row(eventDate=DAY, game_keyword="g", sessions=3, players=2)]
-    assert checks.sessions_cover_players(good, totals)[0]
+    assert checks.sessions_cover_players(good, totals).passed
     fewer = [Row(eventDate=DAY, game_keyword="g", sessions=1, players=2)]
-    assert checks.sessions_cover_players(fewer, totals)[1]["rows_with_fewer_sessions_than_players"] == 1
+    assert checks.sessions_cover_players(fewer, totals).details["rows_with_fewer_sessions_than_players"] == 1
     missing = [Row(eventDate=DAY, game_keyword="g", sessions=3, players=1)]
-    assert list(checks.sessions_cover_players(missing, totals)[1]["mismatches"]) == ["2026-11-23 g"]
+    assert list(checks.sessions_cover_players(missing, totals).details["mismatches"]) == ["2026-11-23 g"]
 
 
 def test_cohorts_larger_than_their_day_or_with_more_returns_fail():
@@ -131,12 +137,12 @@ def test_cohorts_larger_than_their_day_or_with_more_returns_fail():
     def cohort(new: int, d1: int | None, game: str = "g") -> Row:
         return Row(eventDate=DAY, game_keyword=game, new_players=new, retained_d1=d1, retained_d7=None)
 
-    assert checks.cohorts_are_bounded([cohort(4, 2)], totals) == (
+    assert checks.cohorts_are_bounded([cohort(4, 2)], totals) == checks.Outcome(
         True,
         {"cohorts_out_of_bounds": [], "checked": 1},
     )
     outside = [cohort(5, 1), cohort(3, 4), cohort(1, 0, game="unknown")]
-    assert checks.cohorts_are_bounded(outside, totals)[1]["cohorts_out_of_bounds"] == [
+    assert checks.cohorts_are_bounded(outside, totals).details["cohorts_out_of_bounds"] == [
         "2026-11-23 g",
         "2026-11-23 g",
         "2026-11-23 unknown",

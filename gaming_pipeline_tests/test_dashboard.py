@@ -13,6 +13,7 @@ from PIL import Image
 
 from gaming_pipeline.defs.dashboard.assets import DASHBOARD_FILE, kpi_dashboard
 from gaming_pipeline.defs.kpis.assets import kpi_tables
+from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gaming_pipeline.lib import aws, charts
 from gaming_pipeline.lib.files import write_bytes
 from gaming_pipeline.lib.warehouse import table_path
@@ -91,8 +92,8 @@ def test_dashboard_follows_the_kpi_tables_and_draws_three_charts_with_data(
             resources=resources(landing, warehouse),
             instance=instance,
             tags={
-                "dagster/asset_partition_range_start": days[0],
-                "dagster/asset_partition_range_end": days[-1],
+                RANGE_START_TAG: days[0],
+                RANGE_END_TAG: days[-1],
             },
         )
         assert kpis.success

@@ -23,7 +23,8 @@ from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, rollback_job
-from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
+from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.defs.resources import PiiVaultResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import aws, maintenance
@@ -135,7 +136,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     assert vault.read(PLAYER) == [erased]
 
     resources_ = {**resources(landing, warehouse), "pii_vault": vault_resource}
-    derived_range = {RANGE_START: CLOSED[0].isoformat(), RANGE_END: CLOSED[-1].isoformat()}
+    derived_range = {RANGE_START_TAG: CLOSED[0].isoformat(), RANGE_END_TAG: CLOSED[-1].isoformat()}
     with dg.DagsterInstance.ephemeral() as instance:
 
         def build_derived() -> None:
@@ -249,7 +250,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         # The days sensor asks for the player's days; rebuilt, DAU counts one player fewer.
         with dg.build_sensor_context(instance=instance) as context:
             (refresh, *_) = raw_days_sensor(context).run_requests
-        assert (refresh.tags[RANGE_START], refresh.tags[RANGE_END]) == (
+        assert (refresh.tags[RANGE_START_TAG], refresh.tags[RANGE_END_TAG]) == (
             CLOSED[0].isoformat(),
             CLOSED[-1].isoformat(),
         )

@@ -4,6 +4,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from gaming_pipeline.lib import liveops
+from gaming_pipeline.lib.checks import Outcome
 
 DAY = date(2026, 11, 20)
 LATER = datetime(2026, 11, 23)
@@ -38,10 +39,10 @@ def test_a_collapsed_hour_is_an_error_and_a_halved_one_a_warning():
         (two_pm, 2, 40, "ERROR"),
         (three_pm, 20, 40, "WARN"),
     ]
-    passed, details, severity = liveops.drops_outcome(found)
-    assert (passed, severity, details["hours_dropped"]) == (False, "ERROR", 2)
-    assert details["incidents"] == ["ninja_run 2026-11-20 14:00 UTC", "ninja_run 2026-11-20 15:00 UTC"]
-    assert details["drops"][0] == {
+    outcome = liveops.drops_outcome(found)
+    assert (outcome.passed, outcome.severity, outcome.details["hours_dropped"]) == (False, "ERROR", 2)
+    assert outcome.details["incidents"] == ["ninja_run 2026-11-20 14:00 UTC", "ninja_run 2026-11-20 15:00 UTC"]
+    assert outcome.details["drops"][0] == {
         "incident": "ninja_run 2026-11-20 14:00 UTC",
         "game": "ninja_run",
         "hour": "2026-11-20 14:00 UTC",
@@ -73,4 +74,6 @@ def test_small_numbers_too_few_trailing_days_and_unsettled_hours_are_not_judged(
 
 
 def test_a_quiet_check_passes():
-    assert liveops.drops_outcome([]) == (True, {"hours_dropped": 0, "drops": [], "incidents": []}, "WARN")
+    assert liveops.drops_outcome([]) == Outcome(
+        True, {"hours_dropped": 0, "drops": [], "incidents": []}, "WARN"
+    )

@@ -25,8 +25,8 @@ from gaming_pipeline.defs.maintenance.compaction import (
     vacuum_job,
 )
 from gaming_pipeline.defs.maintenance.recovery import rollback_job
-from gaming_pipeline.defs.partitions import REBUILD_DATES
-from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START, raw_days_sensor
+from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, REBUILD_DATES
+from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import checks, kpis, maintenance
@@ -323,7 +323,7 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         # The days sensor asks for the days the restore changed; refreshed, the KPIs are back.
         with dg.build_sensor_context(instance=instance) as context:
             (refresh, *retention_only) = raw_days_sensor(context).run_requests
-        assert (refresh.tags[RANGE_START], refresh.tags[RANGE_END]) == (
+        assert (refresh.tags[RANGE_START_TAG], refresh.tags[RANGE_END_TAG]) == (
             CLOSED[0].isoformat(),
             day.isoformat(),
         )

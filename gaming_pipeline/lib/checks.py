@@ -2,11 +2,12 @@
 tables of events, of rows already collected for the KPI tables (a few rows per day and
 game, checked on the driver rather than with a Spark job each).
 
-Each returns (passed, details): details are small, JSON-friendly facts for the UI.
+Each returns an Outcome: whether the check passed, and small, JSON-friendly facts for the UI.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import NamedTuple
@@ -17,11 +18,23 @@ from pyspark.sql import types as T
 
 from gaming_pipeline.games import ALL_GAMES
 
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a check found: whether it passed, the details shown beside it in the UI, and how
+    much a failure matters (Dagster's check severities: "ERROR", or "WARN" for a signal to
+    look at that leaves the data usable)."""
+
+    passed: bool
+    details: dict
+    severity: str = "ERROR"
+
+
 RAW_KEYS = ("eventDate", "eventTime", "eventName", "eventParams.game_keyword", "_source_object")
 KPI_KEYS = ("eventDate", "game_keyword")
 
 
-def schema_matches(actual: T.StructType, expected: T.StructType) -> tuple[bool, dict]:
+def schema_matches(actual: T.StructType, expected: T.StructType) -> Outcome:
     have = {field.name: field.dataType.simpleString() for field in actual.fields}
     want = {field.name: field.dataType.simpleString() for field in expected.fields}
     differences = {
@@ -29,10 +42,10 @@ def schema_matches(actual: T.StructType, expected: T.StructType) -> tuple[bool, 
         for name in sorted(set(have) | set(want))
         if have.get(name) != want.get(name)
     }
-    return not differences, {"differences": differences}
+    return Outcome(not differences, {"differences": differences})
 
 
-def null_keys_by(df: DataFrame, keys: tuple[str, ...], group: Column) -> dict[str, tuple[bool, dict]]:
+def null_keys_by(df: DataFrame, keys: tuple[str, ...], group: Column) -> dict[str, Outcome]:
     """null_keys for each value of `group`, in one Spark job (the fan-out checks its 30 games
     this way rather than paying a job's fixed cost 30 times). Groups without rows are absent."""
     # Flags by position: a key such as eventParams.game_keyword is no plain column name.
@@ -51,17 +64,17 @@ def null_keys_by(df: DataFrame, keys: tuple[str, ...], group: Column) -> dict[st
     }
 
 
-def _null_keys_found(keys: tuple[str, ...], rows: int, nulls: list[int]) -> tuple[bool, dict]:
+def _null_keys_found(keys: tuple[str, ...], rows: int, nulls: list[int]) -> Outcome:
     by_key = dict(zip(keys, nulls, strict=True))
-    return not any(nulls), {"rows": rows, "null_rows_by_key": by_key}
+    return Outcome(not any(nulls), {"rows": rows, "null_rows_by_key": by_key})
 
 
-def null_keys(df: DataFrame, keys: tuple[str, ...]) -> tuple[bool, dict]:
+def null_keys(df: DataFrame, keys: tuple[str, ...]) -> Outcome:
     """Rows lacking each key, and the rows looked at (in the same pass, for the caller's use)."""
     return null_keys_by(df, keys, F.lit("")).get("", no_rows(keys))
 
 
-def no_rows(keys: tuple[str, ...]) -> tuple[bool, dict]:
+def no_rows(keys: tuple[str, ...]) -> Outcome:
     """null_keys of a table part with no rows at all."""
     return _null_keys_found(keys, 0, [0] * len(keys))
 
@@ -73,17 +86,17 @@ def by_day_and_game(df: DataFrame, value) -> dict:
     }
 
 
-def compare(found: dict, expected: dict) -> tuple[bool, dict]:
+def compare(found: dict, expected: dict) -> Outcome:
     """Figures by (day, game) against what they should be, the first mismatches named."""
     mismatches = {
         f"{day} {game}": {"found": str(found.get((day, game))), "expected": str(expected.get((day, game)))}
         for day, game in sorted(set(found) | set(expected))
         if found.get((day, game)) != expected.get((day, game))
     }
-    return not mismatches, {
-        "checked": len(set(found) | set(expected)),
-        "mismatches": dict(list(mismatches.items())[:20]),
-    }
+    return Outcome(
+        not mismatches,
+        {"checked": len(set(found) | set(expected)), "mismatches": dict(list(mismatches.items())[:20])},
+    )
 
 
 class DayTotals(NamedTuple):
@@ -123,7 +136,7 @@ def within(totals: Totals, first: date, end: date) -> Totals:
     return {key: value for key, value in totals.items() if first.isoformat() <= key[0] < end.isoformat()}
 
 
-def null_keys_in(rows: list[Row], keys: tuple[str, ...]) -> tuple[bool, dict]:
+def null_keys_in(rows: list[Row], keys: tuple[str, ...]) -> Outcome:
     """null_keys of rows already collected."""
     return _null_keys_found(keys, len(rows), [sum(row[key] is None for row in rows) for key in keys])
 
@@ -137,7 +150,7 @@ def _summed_by_day_and_game(rows: list[Row], column: str) -> dict:
     return sums
 
 
-def hours_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
+def hours_add_up_to_days(kpi: list[Row], totals: Totals) -> Outcome:
     """The hourly event counts of each day and game (from the hourly activity) add up to
     the events of that day's players (from the players' activity)."""
     return compare(
@@ -145,14 +158,14 @@ def hours_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
     )
 
 
-def bookings_add_up_to_days(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
+def bookings_add_up_to_days(kpi: list[Row], totals: Totals) -> Outcome:
     """The bookings of each day and game (over its hours or platforms) add up to what that
     day's players spent."""
     booked = {key: value for key, value in _summed_by_day_and_game(kpi, "bookings").items() if value}
     return compare(booked, {key: value.bookings for key, value in totals.items() if value.bookings})
 
 
-def all_games_dau_is_bounded(kpi: list[Row]) -> tuple[bool, dict]:
+def all_games_dau_is_bounded(kpi: list[Row]) -> Outcome:
     """A day's all-games DAU is at least its largest game's and at most the sum of all games'
     (one all-games row a day; a missing DAU is out of bounds)."""
     per_game: dict[date, list[int]] = {}
@@ -175,19 +188,21 @@ def all_games_dau_is_bounded(kpi: list[Row]) -> tuple[bool, dict]:
         for day in sorted(set(per_game) | set(all_games))
         if not bounded(per_game.get(day, []), all_games.get(day, []))
     ]
-    return not outside, {"days_out_of_bounds": outside}
+    return Outcome(not outside, {"days_out_of_bounds": outside})
 
 
-def sessions_cover_players(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
+def sessions_cover_players(kpi: list[Row], totals: Totals) -> Outcome:
     """Each day's players are its active devices, and no day has fewer sessions than players."""
-    passed, details = compare(
+    players = compare(
         _summed_by_day_and_game(kpi, "players"), {key: value.devices for key, value in totals.items()}
     )
     fewer = sum(row.sessions < row.players for row in kpi)
-    return passed and not fewer, {**details, "rows_with_fewer_sessions_than_players": fewer}
+    return Outcome(
+        players.passed and not fewer, {**players.details, "rows_with_fewer_sessions_than_players": fewer}
+    )
 
 
-def cohorts_are_bounded(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
+def cohorts_are_bounded(kpi: list[Row], totals: Totals) -> Outcome:
     """A cohort is at most its day's active devices, and its returns at most the cohort."""
 
     def devices(row: Row) -> int:
@@ -204,4 +219,4 @@ def cohorts_are_bounded(kpi: list[Row], totals: Totals) -> tuple[bool, dict]:
             )
         )
     ]
-    return not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(totals)}
+    return Outcome(not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(totals)})

@@ -29,6 +29,7 @@ from gaming_pipeline.lib.events import (
     raw_events,
     source_object,
 )
+from gaming_pipeline.lib.ledger import covers
 from gaming_pipeline.lib.maintenance import days_changed
 from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
@@ -113,12 +114,8 @@ def pending(
         .where(F.col("object").isin(uris))
         .collect()
     )
-    done = {row.object: row for row in found if row.ingested}
-    todo = [
-        obj
-        for obj in objects
-        if object_uri(obj) not in done or (obj.etag and done[object_uri(obj)].etag != obj.etag)
-    ]
+    recorded = {row.object: row.etag or "" for row in found if row.ingested}
+    todo = [obj for obj in objects if not covers(recorded.get(object_uri(obj)), obj)]
     todo_uris = {object_uri(obj) for obj in todo}
     earlier = {row.modified for row in found if row.object in todo_uris and row.modified is not None}
     return todo, sorted(earlier), any(row.object in todo_uris for row in found)

@@ -7,6 +7,7 @@ which needs no JVM, so a sensor tick stays light.
 from __future__ import annotations
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.s3_events import LandedObject
 
 
 def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
@@ -31,3 +32,11 @@ def ingested_objects(ledger_path: str) -> dict[str, str]:
         return {}
     rows = table.to_pyarrow_table(columns=["object", "etag"]).to_pylist()
     return {row["object"]: row["etag"] or "" for row in rows}
+
+
+def covers(recorded_etag: str | None, obj: LandedObject) -> bool:
+    """Whether the ledger's row for an object (the ETag it recorded; None: no row) covers this
+    version of it, the one rule the sensors and the runs both apply. A new ETag is an object
+    overwritten since, to ingest again; an object known without its ETag is taken as the
+    version the ledger holds (S3's notifications and listings always carry one)."""
+    return recorded_etag is not None and (not obj.etag or recorded_etag == obj.etag)

@@ -17,6 +17,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from statistics import median
 
+from gaming_pipeline.lib.checks import Outcome
+
 TRAILING_DAYS = 7
 MIN_TRAILING_DAYS = 3
 WARN_DROP = Decimal("0.5")
@@ -100,10 +102,10 @@ def hourly_drops(
     return drops
 
 
-def drops_outcome(drops: list[HourlyDrop]) -> tuple[bool, dict, str]:
-    """(passed, details, severity) for an asset check: the worst drop sets the severity."""
+def drops_outcome(drops: list[HourlyDrop]) -> Outcome:
+    """The live-ops check's outcome: the worst drop sets the severity."""
     worst = max(drops, key=lambda drop: drop.drop, default=None)
-    return (
+    return Outcome(
         not drops,
         {
             "hours_dropped": len(drops),

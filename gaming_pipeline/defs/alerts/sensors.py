@@ -9,7 +9,7 @@ import time
 
 import dagster as dg
 
-from gaming_pipeline.defs.refresh.sensors import RANGE_END, RANGE_START
+from gaming_pipeline.defs.partitions import RunDays
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.lib.alerts import Alert, AlertState, check_alert, run_failure_alert, stale_alert
 from gaming_pipeline.lib.tables import RAW_TABLE
@@ -20,12 +20,7 @@ RUNS_PER_TICK = 200
 
 def _where(run: dg.DagsterRun) -> str:
     """The days a run covered, as its tags name them."""
-    tags = run.tags
-    if "dagster/partition" in tags:
-        return tags["dagster/partition"]
-    if RANGE_START in tags:
-        return f"{tags[RANGE_START]}..{tags[RANGE_END]}"
-    return "unpartitioned"
+    return str(RunDays.of(run.tags) or "unpartitioned")
 
 
 def _run_alerts(instance: dg.DagsterInstance, run: dg.DagsterRun, state: AlertState) -> list[Alert]:

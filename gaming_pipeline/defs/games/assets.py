@@ -8,6 +8,7 @@ import dagster as dg
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
@@ -88,7 +89,7 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
 
         def write(game: Game) -> tuple[Commit, T.StructType]:
             game_table(game).ensure(spark, warehouse.root)
-            rows = null_keys[game][1]["rows"]
+            rows = null_keys[game].details["rows"]
             commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
                 raw.where(game_keyword == game.keyword).coalesce(max(1, rows // ROWS_PER_FILE)),
@@ -105,13 +106,12 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     finally:
         raw.unpersist()
     for game, (commit, schema) in written.items():
-        expected_rows = null_keys[game][1]["rows"]
+        expected_rows = null_keys[game].details["rows"]
         outcomes = {
             "schema_matches_raw": checks.schema_matches(schema, RAW_SCHEMA),
             "no_null_keys": null_keys[game],
-            "rows_match_raw": (
-                commit.rows_written == expected_rows,
-                {"raw": expected_rows, "written": commit.rows_written},
+            "rows_match_raw": checks.Outcome(
+                commit.rows_written == expected_rows, {"raw": expected_rows, "written": commit.rows_written}
             ),
         }
         yield dg.MaterializeResult(
@@ -123,10 +123,8 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 "dagster/uri": paths[game],
             },
             check_results=[
-                dg.AssetCheckResult(
-                    asset_key=game.table_name, check_name=name, passed=passed, metadata=details
-                )
-                for name, (passed, details) in outcomes.items()
+                check_result(game.table_name, name, outcome)
+                for name, outcome in outcomes.items()
                 if dg.AssetCheckKey(dg.AssetKey(game.table_name), name) in context.selected_asset_check_keys
             ],
         )

@@ -20,6 +20,8 @@ from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TA
 from gaming_pipeline.lib.warehouse import table_path
 
 INGEST_GROUP = "ingest"
+# The ingestion step, by which the sensors address its config in a run request.
+INGEST_STEP = "ingest_landed_objects"
 
 
 class LandedObjectConfig(dg.Config):
@@ -27,6 +29,10 @@ class LandedObjectConfig(dg.Config):
     key: str
     etag: str = ""
     size: int = 0
+
+    @classmethod
+    def of(cls, obj: LandedObject) -> "LandedObjectConfig":
+        return cls(bucket=obj.bucket, key=obj.key, etag=obj.etag, size=obj.size)
 
     def landed(self) -> LandedObject:
         return LandedObject(self.bucket, self.key, self.etag, self.size)
@@ -40,6 +46,16 @@ class IngestConfig(dg.Config):
             "every object in the landing bucket that the ledger does not hold yet."
         ),
     )
+
+    @classmethod
+    def taking(cls, objects: list[LandedObject]) -> dg.RunConfig:
+        """The run config of an ingestion run asked to take `objects`."""
+        return dg.RunConfig(ops={INGEST_STEP: cls(objects=[LandedObjectConfig.of(obj) for obj in objects])})
+
+    @classmethod
+    def of_run(cls, run: dg.DagsterRun) -> "IngestConfig":
+        """The config an ingestion run was started with."""
+        return cls(**run.run_config.get("ops", {}).get(INGEST_STEP, {}).get("config", {}))
 
 
 def objects_in_bucket(
@@ -63,7 +79,7 @@ def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
 
 
 @dg.multi_asset(
-    name="ingest_landed_objects",
+    name=INGEST_STEP,
     specs=[
         dg.AssetSpec(
             RAW_TABLE,

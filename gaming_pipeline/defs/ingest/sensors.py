@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from gaming_pipeline.defs.ingest.assets import ingest_job, objects_in_bucket
+from gaming_pipeline.defs.ingest.assets import IngestConfig, ingest_job, objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource, WarehouseResource
 from gaming_pipeline.lib.ingest import object_uri
-from gaming_pipeline.lib.ledger import ingested_objects
+from gaming_pipeline.lib.ledger import covers, ingested_objects
 from gaming_pipeline.lib.s3_events import LandedObject, parse_message
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
@@ -50,13 +50,7 @@ IN_FLIGHT = [*WAITING, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED
 
 def requested_objects(run: dg.DagsterRun) -> list[LandedObject]:
     """The objects an ingestion run was asked to take."""
-    return [
-        LandedObject(**obj)
-        for obj in run.run_config.get("ops", {})
-        .get("ingest_landed_objects", {})
-        .get("config", {})
-        .get("objects", [])
-    ]
+    return [obj.landed() for obj in IngestConfig.of_run(run).objects]
 
 
 def in_flight(instance: dg.DagsterInstance) -> set[LandedObject]:
@@ -100,9 +94,7 @@ def not_yet_ingested(
     ledger = ingested_objects(table_path(warehouse.root, LEDGER_TABLE))
     taken = in_flight(instance)
     return sorted(
-        obj
-        for obj in set(objects) - taken
-        if not obj.parked and (ledger.get(object_uri(obj)) != obj.etag or not obj.etag)
+        obj for obj in set(objects) - taken if not obj.parked and not covers(ledger.get(object_uri(obj)), obj)
     )
 
 
@@ -127,18 +119,7 @@ def run_requests(
         requests.append(
             dg.RunRequest(
                 run_key=f"{origin}:{digest}",
-                run_config={
-                    "ops": {
-                        "ingest_landed_objects": {
-                            "config": {
-                                "objects": [
-                                    {"bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size}
-                                    for o in batch
-                                ]
-                            }
-                        }
-                    }
-                },
+                run_config=IngestConfig.taking(batch),
                 tags={"gaming_pipeline/origin": origin, "gaming_pipeline/objects": str(len(batch))},
             )
         )

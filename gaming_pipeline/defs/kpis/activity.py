@@ -4,6 +4,7 @@ materializing a day here rebuilds it from the raw table."""
 import dagster as dg
 from pyspark.sql import functions as F
 
+from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
@@ -71,7 +72,7 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     for table, commit in commits.items():
         path = table_path(warehouse.root, table)
         written = spark.read.format("delta").load(path).where(days)
-        passed, details = checks.compare(checks.by_day_and_game(written, F.sum("events")), expected)
+        events_match = checks.compare(checks.by_day_and_game(written, F.sum("events")), expected)
         yield dg.MaterializeResult(
             asset_key=table,
             metadata={
@@ -80,9 +81,5 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                 "days": days,
                 "dagster/uri": path,
             },
-            check_results=[
-                dg.AssetCheckResult(
-                    asset_key=table, check_name="events_match_raw", passed=passed, metadata=details
-                )
-            ],
+            check_results=[check_result(table, "events_match_raw", events_match)],
         )

@@ -10,6 +10,7 @@ from decimal import Decimal
 import dagster as dg
 from pyspark.sql import DataFrame, Row
 
+from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
 from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
@@ -71,8 +72,7 @@ class ActivityRead:
 class KpiCheck:
     name: str
     description: str
-    # (passed, details) or (passed, details, severity): severity "ERROR" (the default) or "WARN".
-    evaluate: Callable[[KpiRun], tuple]
+    evaluate: Callable[[KpiRun], checks.Outcome]
 
 
 # Which activity table each KPI is computed from.
@@ -148,20 +148,13 @@ class Kpi:
                 "dagster/uri": path,
                 **pictures,
             },
-            check_results=[
-                dg.AssetCheckResult(
-                    asset_key=self.name,
-                    check_name=check,
-                    passed=passed,
-                    metadata=details,
-                    severity=dg.AssetCheckSeverity(severity[0] if severity else "ERROR"),
-                )
-                for check, (passed, details, *severity) in outcomes.items()
-            ],
+            check_results=[check_result(self.name, check, outcome) for check, outcome in outcomes.items()],
         )
 
 
-def adds_up(name: str, description: str, consistent: Callable[[list[Row], checks.Totals], tuple]) -> KpiCheck:
+def adds_up(
+    name: str, description: str, consistent: Callable[[list[Row], checks.Totals], checks.Outcome]
+) -> KpiCheck:
     """A check of the run's KPI rows against the players' activity of the same days."""
     return KpiCheck(name, description, lambda run: consistent(run.written, run.totals))
 
@@ -170,7 +163,7 @@ def holds_up(name: str, what: str, value: str, min_baseline: Decimal) -> KpiChec
     """The live-ops alarm on an hourly KPI: no settled hour of the run's days fell by half or
     more against the same hour over the trailing days."""
 
-    def evaluate(run: KpiRun) -> tuple:
+    def evaluate(run: KpiRun) -> checks.Outcome:
         trailing = run.table.where(days_predicate(run.first - timedelta(days=liveops.TRAILING_DAYS), run.end))
         rows = trailing.select("game_keyword", "window_start", value).collect()
         now = datetime.now(UTC).replace(tzinfo=None)

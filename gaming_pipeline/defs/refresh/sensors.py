@@ -30,12 +30,10 @@ from gaming_pipeline.defs.games.assets import GAMES_GROUP
 from gaming_pipeline.defs.ingest.sensors import WAITING
 from gaming_pipeline.defs.kpis.activity import ACTIVITY_GROUP
 from gaming_pipeline.defs.kpis.assets import KPI_GROUP
-from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES, RunDays
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, REACHES_BACK, RETENTION, RETURN_DAYS
 from gaming_pipeline.lib.tables import RAW_TABLE
-
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 refresh_days_job = dg.define_asset_job(
     "refresh_days_job",
@@ -61,23 +59,6 @@ def consecutive(days: set[date]) -> list[tuple[date, date]]:
     return runs
 
 
-def days_of(run: dg.DagsterRun) -> set[date]:
-    """The days a refresh run covers: its partition, or its range."""
-    if "dagster/partition" in run.tags:
-        return {date.fromisoformat(run.tags["dagster/partition"])}
-    if RANGE_START in run.tags:
-        first, last = date.fromisoformat(run.tags[RANGE_START]), date.fromisoformat(run.tags[RANGE_END])
-        return {first + timedelta(days=n) for n in range((last - first).days + 1)}
-    return set()
-
-
-def refresh_request(first: date, last: date, run_key: str, **kwargs) -> dg.RunRequest:
-    if first == last:
-        return dg.RunRequest(partition_key=first.isoformat(), run_key=run_key, **kwargs)
-    tags = {RANGE_START: first.isoformat(), RANGE_END: last.isoformat(), **kwargs.pop("tags", {})}
-    return dg.RunRequest(run_key=run_key, tags=tags, **kwargs)
-
-
 def cohorts_changed_by(days: set[date]) -> set[date]:
     """The retention cohorts events on `days` can change: those 1 and 7 days before (the
     events are their returns), and every later one up to today (a player's first day can
@@ -97,7 +78,8 @@ def reached_by(days: set[date]) -> set[date]:
 
 def covers(run: dg.DagsterRun, keys: set[dg.AssetKey]) -> set[date]:
     """The days a waiting refresh run will bring `keys` up to date on."""
-    return days_of(run) if run.asset_selection is None or keys <= run.asset_selection else set()
+    days = RunDays.of(run.tags)
+    return days.days() if days and (run.asset_selection is None or keys <= run.asset_selection) else set()
 
 
 @dg.sensor(
@@ -145,14 +127,14 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     cohorts = wanted(cohorts_changed_by(changed), {dg.AssetKey(RETENTION)}, reached_by(changed))
     last = records[-1].storage_id
     requests = (
-        [refresh_request(first, end, f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
+        [RunDays(first, end).request(f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
         + [
-            refresh_request(first, end, f"{first}:{end}:{last}:kpis", asset_selection=KPI_KEYS)
+            RunDays(first, end).request(f"{first}:{end}:{last}:kpis", asset_selection=KPI_KEYS)
             for first, end in consecutive(refresh)
         ]
         + [
-            refresh_request(
-                first, end, f"{first}:{end}:{last}:{RETENTION}", asset_selection=[dg.AssetKey(RETENTION)]
+            RunDays(first, end).request(
+                f"{first}:{end}:{last}:{RETENTION}", asset_selection=[dg.AssetKey(RETENTION)]
             )
             for first, end in ([(min(cohorts), max(cohorts))] if cohorts else [])
         ]
