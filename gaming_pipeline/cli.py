@@ -1,4 +1,4 @@
-"""The `gaming-pipeline` command (CONTRACT.md section 6)."""
+"""The `gaming-pipeline` command (README: The command line)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""The ingest service: game clients post events over HTTP (CONTRACT.md section 2)."""
+"""The ingest service: game clients post events over HTTP (README: The ingest service)."""

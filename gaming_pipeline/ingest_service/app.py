@@ -1,4 +1,4 @@
-"""The ingest service: `POST /v1/events`, `GET /healthz`, `GET /metrics` (CONTRACT.md section 2).
+"""The ingest service: `POST /v1/events`, `GET /healthz`, `GET /metrics` (README: The ingest service).
 
 A request is checked in this order, each with its own answer: the API key (401), the content
 type (415), the size (413), the JSON (400); then each event on its own (202 with a reason for
@@ -89,7 +89,7 @@ class ServiceConfig:
     # Past 2,500 events/s with client ids, the window is shorter than dedup_seconds.
     dedup_max_ids: int = 1_500_000
     shutdown_flush_seconds: float = 30.0
-    # What a client that never finishes may hold (CONTRACT.md section 2: 408, 431, 503).
+    # What a client that never finishes may hold (answered 408, 431 or 503, as the README's service section says).
     # The request line and headers over this size are answered 431.
     max_header_bytes: int = 16 * 1024
     # From a request's first byte to its last header: later is 408.
@@ -505,7 +505,7 @@ class JsonLines(logging.Formatter):
 
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the limits it lacks, so that connections that never finish
-    cannot hold the service (CONTRACT.md section 2):
+    cannot hold the service (README: The ingest service):
     - over `max_connections` open, a new one is answered 503 and closed at once (uvicorn's
       limit_concurrency counts only at a request's head, while idle ones hold descriptors);
     - a new connection that sends nothing is closed after the keep-alive timeout, as an idle

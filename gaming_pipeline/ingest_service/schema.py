@@ -1,4 +1,4 @@
-"""What a game client may send (CONTRACT.md section 2), checked event by event.
+"""What a game client may send (README: The ingest service), checked event by event.
 
 Pure functions, no I/O: a request body becomes the events to land, the PII to keep apart
 and a reason for every event turned away, so one bad event never costs the good ones

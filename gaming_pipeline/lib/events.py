@@ -1,8 +1,8 @@
 """The event schema and the pure transform from landing lines to raw rows and quarantine.
 
-Landing objects are NDJSON, one event per line (CONTRACT.md section 3). Parsing uses an
-explicit schema: it is faster than inference and a new client field cannot silently change
-a table's schema.
+Landing objects are NDJSON (gzipped or not), one event per line, as the ingest service
+writes them and any other producer may. Parsing uses an explicit schema: it is faster than
+inference and a new client field cannot silently change a table's schema.
 """
 
 from __future__ import annotations

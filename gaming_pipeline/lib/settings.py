@@ -1,4 +1,4 @@
-"""Configuration from the environment, each with an embedded default (CONTRACT.md section 5).
+"""Configuration from the environment, each with an embedded default (README: Configuration).
 
 With nothing set, everything lives under ~/.gaming_pipeline and AWS calls go wherever boto3's
 own configuration points (`AWS_ENDPOINT_URL` for the local endpoint, real AWS otherwise).
