@@ -24,6 +24,7 @@ from gaming_pipeline.defs.resources import (
 )
 from gaming_pipeline.lib import aws, charts
 from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator
 
@@ -72,13 +73,19 @@ def put_bad_object(bucket: str) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=BAD_OBJECT_KEY, Body=body)
 
 
-def resources(landing: aws.LandingPath, warehouse: str) -> dict:
-    return {
-        "landing": LandingBucketResource(bucket=landing.bucket, queue_url=landing.queue_url),
+def resources(landing: aws.LandingPath | None, warehouse: str) -> dict:
+    """What the tests' runs and sensor ticks get; runs of the tables alone need no landing path."""
+    tables = {
         "warehouse": WarehouseResource(root=warehouse),
-        "pii_vault": PiiVaultResource(bucket=f"{landing.bucket}-pii"),
         # The session's own Spark: getOrCreate hands the test session to the run.
         "pyspark": SparkResource(),
+    }
+    if landing is None:
+        return tables
+    return {
+        **tables,
+        "landing": LandingBucketResource(bucket=landing.bucket, queue_url=landing.queue_url),
+        "pii_vault": PiiVaultResource(bucket=f"{landing.bucket}-pii"),
     }
 
 
@@ -206,3 +213,14 @@ def erase(
         instance=instance,
         raise_on_error=False,
     )
+
+
+def raw_rows(warehouse: str) -> int:
+    """The raw table's rows, read with delta-rs (no Spark), 0 before it exists."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(table_path(warehouse, RAW_TABLE)).count()
+    except TableNotFoundError:
+        return 0

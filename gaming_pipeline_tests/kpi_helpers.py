@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import dagster as dg
+import numpy
+from PIL import Image
 
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.games import ALL_GAMES, GAMES
@@ -185,3 +187,9 @@ def differences(actual: dict, expected: dict) -> dict:
         if wrong:
             found[kpi] = dict(sorted(wrong.items(), key=str)[:10]) | {"count": len(wrong)}
     return found
+
+
+def colored_pixels(image: Image.Image) -> int:
+    """Pixels clearly coloured, as the charts' series are; text, axes and grid are grey."""
+    rgb = numpy.asarray(image.convert("RGB")).astype(int)
+    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,11 +163,23 @@ def landed(bucket: str, prefix: str = "") -> dict[str, list[dict]]:
     return objects
 
 
-def wait_until(predicate, seconds: float = 30, what: str = "the condition"):
+def wait_until(
+    predicate,
+    seconds: float = 30,
+    what: str = "the condition",
+    interval: float = 0.2,
+    alive: Sequence[subprocess.Popen] = (),
+    diagnosis: Callable[[], str] = str,
+):
+    """The first true value of predicate() within `seconds`, looked at every `interval`; the
+    test fails, with diagnosis(), when time runs out or as soon as a process of `alive` exits."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not hold within {seconds:.0f} s")
+        for process in alive:
+            assert process.poll() is None, f"{process.args[0]} exited before {what}\n{diagnosis()}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {seconds:.0f} s\n{diagnosis()}")
+        time.sleep(interval)

@@ -34,9 +34,9 @@ from gaming_pipeline.local.processes import (
     stop,
     wait_until_serving,
 )
-from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history
+from gaming_pipeline_tests.ingest_helpers import HISTORY_END, load_history, raw_rows
 from gaming_pipeline_tests.kpi_helpers import actual_kpis, expected_kpis, fingerprints
-from gaming_pipeline_tests.test_daemon_end_to_end import raw_rows
+from gaming_pipeline_tests.service_helpers import wait_until
 
 # A backfill's status by its value: Dagster exports no name for the enum.
 BACKFILL_UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
@@ -50,12 +50,7 @@ class Stack:
         self.work, self.processes, self.instance = work, processes, instance
 
     def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            for process in self.processes:
-                assert process.poll() is None, f"{process.args[0]} exited\n{self.diagnosis()}"
-            assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}\n{self.diagnosis()}"
-            time.sleep(3)
+        wait_until(condition, seconds, what, interval=3, alive=self.processes, diagnosis=self.diagnosis)
 
     def diagnosis(self) -> str:
         """The failed runs' errors and the tail of each process's log."""

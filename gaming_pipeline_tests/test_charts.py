@@ -8,22 +8,16 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import numpy
 from PIL import Image
 
 from gaming_pipeline.lib import charts, kpis
+from gaming_pipeline_tests.kpi_helpers import colored_pixels
 
 LAST_DAY = date(2026, 11, 20)
 HOURLY_SCHEMA = "eventDate date, window_start timestamp, window_end timestamp, game_keyword string"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A chart image rides in metadata on every materialization: it must stay small.
 MAX_PNG_BYTES = 60_000
-
-
-def colored_pixels(image: Image.Image) -> int:
-    """Pixels clearly coloured, as the charts' series are; text, axes and grid are grey."""
-    rgb = numpy.asarray(image.convert("RGB")).astype(int)
-    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())
 
 
 def hour(day: date, at: int) -> datetime:

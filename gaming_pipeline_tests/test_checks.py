@@ -36,7 +36,9 @@ def test_schema_differences_are_named():
     actual = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.IntegerType())])
     assert checks.schema_matches(expected, expected) == checks.Outcome(True, {"differences": {}})
     outcome = checks.schema_matches(actual, expected)
-    assert not outcome.passed and outcome.details["differences"] == {"b": {"expected": "bigint", "found": "int"}}
+    assert not outcome.passed and outcome.details["differences"] == {
+        "b": {"expected": "bigint", "found": "int"}
+    }
 
 
 def test_null_keys_are_counted_per_key(spark):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 
 import boto3
@@ -24,6 +23,7 @@ from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from, new_master_k
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import tables_named_in
 from gaming_pipeline.local import ports
+from gaming_pipeline_tests.service_helpers import wait_until
 
 SEED_DAU_QUERY = (
     "select count (distinct eventParams.device_id) as DAU from mobile_events_delta_raw "
@@ -145,11 +145,12 @@ def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
         s3 = session.client("s3", endpoint_url=exports["AWS_ENDPOINT_URL"])
         sqs = session.client("sqs", endpoint_url=exports["AWS_ENDPOINT_URL"])
         s3.put_object(Bucket="cli-landing", Key="events/x.ndjson", Body=b"{}\n")
-        bodies, deadline = [], time.monotonic() + 20
-        while not any("events%2Fx.ndjson" in body for body in bodies) and time.monotonic() < deadline:
+
+        def notified() -> bool:
             messages = sqs.receive_message(QueueUrl=exports["GAMING_PIPELINE_QUEUE_URL"], WaitTimeSeconds=1)
-            bodies += [message["Body"] for message in messages.get("Messages", [])]
-        assert any("events%2Fx.ndjson" in body for body in bodies)
+            return any("events%2Fx.ndjson" in message["Body"] for message in messages.get("Messages", []))
+
+        wait_until(notified, 20, "the object's notification on the queue")
         attributes = sqs.get_queue_attributes(
             QueueUrl=exports["GAMING_PIPELINE_QUEUE_URL"], AttributeNames=["RedrivePolicy"]
         )["Attributes"]

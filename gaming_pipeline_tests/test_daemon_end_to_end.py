@@ -5,19 +5,16 @@ PostgreSQL server; test_backfill runs the daemon on the embedded SQLite instance
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.lib.tables import RAW_TABLE
-from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local.processes import start_daemon_for, stop
-from gaming_pipeline_tests.ingest_helpers import SESSION_SPARK_VARIABLES, load_history
+from gaming_pipeline_tests.ingest_helpers import SESSION_SPARK_VARIABLES, load_history, raw_rows
 from gaming_pipeline_tests.postgres_helpers import postgres_server, successful_runs
+from gaming_pipeline_tests.service_helpers import wait_until
 
 JOB = "ingest_landed_objects_job"
 PRODUCTION_INSTANCE_CONFIG = Path(__file__).parents[1] / "deploy" / "dagster.production.yaml"
@@ -44,14 +41,22 @@ def test_daemon_on_postgres_ingests_landed_objects(landing, tmp_path, postgres, 
     try:
         totals = load_history(landing.bucket, seed=31, events=2000, days=1.0)
         with dg.DagsterInstance.get() as instance:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-                time.sleep(3)
+
+            def ingested() -> list[dg.DagsterRun]:
                 runs = instance.get_runs(dg.RunsFilter(job_name=JOB))
-                if runs and all(run.is_finished for run in runs) and raw_rows(warehouse) == totals.events:
-                    break
-            assert raw_rows(warehouse) == totals.events, (tmp_path / "daemon.log").read_text()[-3000:]
+                finished = (
+                    runs and all(run.is_finished for run in runs) and raw_rows(warehouse) == totals.events
+                )
+                return runs if finished else []
+
+            runs = wait_until(
+                ingested,
+                300,
+                "the landed events in the raw table",
+                interval=3,
+                alive=[daemon],
+                diagnosis=lambda: (tmp_path / "daemon.log").read_text()[-3000:],
+            )
             assert all(run.tags["gaming_pipeline/origin"] == "queue" for run in runs)
             assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
             assert instance.get_latest_materialization_event(dg.AssetKey(RAW_TABLE)) is not None
@@ -60,10 +65,3 @@ def test_daemon_on_postgres_ingests_landed_objects(landing, tmp_path, postgres, 
     # The run history is in Postgres, and nothing fell back to SQLite files.
     assert successful_runs(postgres, JOB) == len(runs)
     assert not list((tmp_path / "dagster").rglob("*.db"))
-
-
-def raw_rows(warehouse: str) -> int:
-    try:
-        return DeltaTable(table_path(warehouse, RAW_TABLE)).count()
-    except TableNotFoundError:
-        return 0

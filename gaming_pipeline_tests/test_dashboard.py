@@ -19,7 +19,7 @@ from gaming_pipeline.lib.files import write_bytes
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator
 from gaming_pipeline_tests.ingest_helpers import HISTORY_END, ingest_everything, load_history, resources
-from gaming_pipeline_tests.test_charts import colored_pixels
+from gaming_pipeline_tests.kpi_helpers import colored_pixels
 
 HISTORY_DAYS = 8.0
 CHARTED_KPIS = [dg.AssetKey(name) for name in charts.CHARTS]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import load_history, own_driver_environ, put_bad_object
+from gaming_pipeline_tests.service_helpers import wait_until
 
 # Runs the ingestion in its own process (its own JVM), like a Dagster run would.
 INGEST_SCRIPT = """
@@ -68,11 +68,13 @@ def test_killed_run_retried_equals_a_clean_run(spark, landing, tmp_path):
     )
     # Version 0 creates the table; version 1 is the run's data. Kill right after it lands,
     # before the ledger records anything.
-    deadline = time.monotonic() + 240
-    while not (raw_log / "00000000000000000001.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(
+        (raw_log / "00000000000000000001.json").exists,
+        240,
+        "the run's data commit",
+        interval=0.02,
+        alive=[process],
+    )
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 

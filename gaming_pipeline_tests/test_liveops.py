@@ -41,7 +41,10 @@ def test_a_collapsed_hour_is_an_error_and_a_halved_one_a_warning():
     ]
     outcome = liveops.drops_outcome(found)
     assert (outcome.passed, outcome.severity, outcome.details["hours_dropped"]) == (False, "ERROR", 2)
-    assert outcome.details["incidents"] == ["ninja_run 2026-11-20 14:00 UTC", "ninja_run 2026-11-20 15:00 UTC"]
+    assert outcome.details["incidents"] == [
+        "ninja_run 2026-11-20 14:00 UTC",
+        "ninja_run 2026-11-20 15:00 UTC",
+    ]
     assert outcome.details["drops"][0] == {
         "incident": "ninja_run 2026-11-20 14:00 UTC",
         "game": "ninja_run",

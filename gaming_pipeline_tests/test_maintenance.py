@@ -27,7 +27,6 @@ from gaming_pipeline.defs.maintenance.compaction import (
 from gaming_pipeline.defs.maintenance.recovery import rollback_job
 from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
-from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import checks, kpis, maintenance
 from gaming_pipeline.lib.erasure import erase_rows
@@ -35,7 +34,7 @@ from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, EVENTS_PER_HOUR, GAME_HOURS, PLAYER_DAYS
 from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import latest_version, table_path
-from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land
+from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land, resources
 
 
 def ingest(spark, bucket: str, warehouse: str, key: str, days: list[date], run_id: str, seed: int) -> int:
@@ -65,12 +64,8 @@ def content(spark, path: str, version: int | None = None) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def resources(warehouse: str) -> dict:
-    return {"warehouse": WarehouseResource(root=warehouse), "pyspark": SparkResource()}
-
-
 def daily_pass(instance: dg.DagsterInstance, warehouse: str) -> dict:
-    result = daily_compaction_job.execute_in_process(instance=instance, resources=resources(warehouse))
+    result = daily_compaction_job.execute_in_process(instance=instance, resources=resources(None, warehouse))
     assert result.success
     observations = {
         event.event_specific_data.asset_observation.asset_key: event.event_specific_data.asset_observation
@@ -224,7 +219,7 @@ def test_vacuum_refuses_a_short_retention_and_a_forced_one_says_why(spark, landi
     def vacuum(**config) -> dg.ExecuteInProcessResult:
         return vacuum_job.execute_in_process(
             run_config={"ops": {"vacuum_tables": {"config": config}}},
-            resources=resources(warehouse),
+            resources=resources(None, warehouse),
             instance=instance,
             raise_on_error=False,
         )
@@ -267,7 +262,7 @@ def refresh_kpi(instance: dg.DagsterInstance, warehouse: str, day: date) -> None
         [activity_tables, kpi_tables],
         selection=[*activity_tables.keys, dg.AssetKey(EVENTS_PER_HOUR)],
         partition_key=day.isoformat(),
-        resources=resources(warehouse),
+        resources=resources(None, warehouse),
         instance=instance,
     ).success
 
@@ -291,7 +286,7 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         def rollback(**config) -> dg.ExecuteInProcessResult:
             return rollback_job.execute_in_process(
                 run_config={"ops": {"restore_tables": {"config": config}}},
-                resources=resources(warehouse),
+                resources=resources(None, warehouse),
                 instance=instance,
                 raise_on_error=False,
             )
