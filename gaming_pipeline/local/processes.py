@@ -3,7 +3,6 @@ as the demo, the end-to-end tests and the benchmarks do."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -57,16 +56,21 @@ def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Po
     main thread."""
     program, *rest = arguments
     ours = Path(sys.executable).parent / program
+    command = [str(ours) if ours.exists() else program, *rest]
     owner = identity(os.getpid())
     with open(log, "ab") as output:
         return subprocess.Popen(
-            [str(ours) if ours.exists() else program, *rest],
+            [*_TERMINATE_WITH_PARENT, *command],
             env={**env, OWNER_VARIABLE: owner} if owner else env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_terminate_with(os.getpid()) if _prctl else None,
         )
+
+
+def described(process: subprocess.Popen) -> str:
+    """The program a process of start() runs, with its first arguments."""
+    return " ".join(map(str, process.args[len(_TERMINATE_WITH_PARENT) :][:3]))
 
 
 def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -107,7 +111,7 @@ def wait_until_serving(address: str, seconds: float, process: subprocess.Popen, 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}: see {log}")
+            raise RuntimeError(f"{described(process)} exited with {process.returncode}: see {log}")
         if serving(address):
             return
         time.sleep(0.25)
@@ -227,30 +231,12 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _load_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-# Looked up once here: what runs in a child between fork and exec must not import or load.
-_prctl = _load_prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def _terminate_with(parent: int):
-    """What a child runs before exec: SIGTERM to it when its parent exits, and exit now if
-    the parent exited already, before the request could take."""
-
-    terminate = int(signal.SIGTERM)
-
-    def request() -> None:
-        _prctl(PR_SET_PDEATHSIG, terminate)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return request
+# The parent-death signal is asked for by util-linux's setpriv, which execs the program,
+# rather than by a preexec_fn: Python code between fork and exec runs the at-fork handlers of
+# a process with threads (a test process's gRPC client to Spark Connect), which aborted a
+# child that way, and without a preexec_fn the child is started by vfork, running nothing.
+_SETPRIV = shutil.which("setpriv")
+_TERMINATE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
 
 
 def start_daemon_for(
