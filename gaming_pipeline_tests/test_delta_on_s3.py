@@ -4,13 +4,17 @@ through the DynamoDB log store on the local endpoint, and no commit is lost or d
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
+import pyspark
 import pytest
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.jars import runtime_jars
+from gaming_pipeline.lib.spark import s3a_config
 from gaming_pipeline.lib.warehouse import table_history
 from gaming_pipeline.local import processes
 from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
@@ -130,3 +134,46 @@ def test_two_drivers_commit_to_one_s3a_table_each_commit_exactly_once(local_aws,
     # Settled claims leave no temporary objects behind (a "folder/" key is s3a's marker).
     listing = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix="warehouse/concurrent/_delta_log/.tmp/")
     assert [item["Key"] for item in listing.get("Contents", []) if not item["Key"].endswith("/")] == []
+
+
+FINISH_RACE = Path(__file__).parent / "jvm" / "FinishRace.java"
+
+
+@pytest.mark.parametrize("moment", ["first-read", "close"])
+def test_a_driver_finishing_a_claim_another_driver_finishes_meanwhile_leaves_its_commit_whole(
+    local_aws, tmp_path, moment
+):
+    """Two drivers recover one claim at once (jvm/FinishRace.java): the other driver copies the
+    commit, completes the claim and removes its temporary object while this one is reading it."""
+    if not shutil.which("javac"):
+        pytest.skip("no javac: the harness (and the log store) are built with the JDK's javac")
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    classpath = [*runtime_jars(), str(Path(pyspark.__file__).parent / "jars" / "*")]
+    classes = tmp_path / "classes"
+    javac = ["javac", "--release", "17", "-nowarn", "-d", str(classes), "-cp", ":".join(classpath)]
+    subprocess.run([*javac, str(FINISH_RACE)], check=True)
+    conf = {key.removeprefix("spark.hadoop."): value for key, value in s3a_config().items()}
+    conf.update(
+        {
+            "gaming_pipeline.commits.table": f"delta-commits-{uuid.uuid4().hex[:10]}",
+            "gaming_pipeline.commits.region": aws.region(),
+            "gaming_pipeline.commits.endpoint": aws.endpoint("DYNAMODB"),
+        }
+    )
+    race = subprocess.run(
+        [
+            "java",
+            "-cp",
+            ":".join([str(classes), *classpath]),
+            "gaming_pipeline_tests.jvm.FinishRace",
+            moment,
+            f"s3a://{bucket}/warehouse/race",
+            *(f"{key}={value}" for key, value in conf.items()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    (tmp_path / "finish-race.log").write_text(race.stdout + race.stderr)
+    assert race.returncode == 0, race.stderr[-3000:] + race.stdout[-3000:]

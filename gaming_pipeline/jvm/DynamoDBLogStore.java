@@ -1,6 +1,5 @@
 package gaming_pipeline.delta;
 
-import java.io.FileNotFoundException;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
@@ -150,8 +149,14 @@ public class DynamoDBLogStore extends HadoopFileSystemLogStore {
         try {
             putClaim(claim, false); // the commit is won or lost here
         } catch (FileAlreadyExistsException lost) {
-            removeQuietly(fs, claim.tempFile());
-            throw lost;
+            // The SDK retries a put whose answer it missed, and the retry's condition then
+            // fails on our own claim: it is ours only if it names our temporary object.
+            // Otherwise removing that object would strand the claim (no one could copy it).
+            Optional<Claim> winner = getClaim(tablePath, qualified.getName());
+            if (winner.isEmpty() || !winner.get().tempPath().equals(claim.tempPath())) {
+                removeQuietly(fs, claim.tempFile());
+                throw lost;
+            }
         }
         try {
             finish(fs, claim);
@@ -192,19 +197,47 @@ public class DynamoDBLogStore extends HadoopFileSystemLogStore {
     /** Copy the claim's actions into its commit file (unless there already) and mark it done. */
     private void finish(FileSystem fs, Claim claim) throws IOException {
         if (!fs.exists(claim.commitFile())) {
-            try (InputStream in = fs.open(claim.tempFile());
-                 FSDataOutputStream out = fs.create(claim.commitFile(), false)) {
-                in.transferTo(out);
-            } catch (FileNotFoundException | org.apache.hadoop.fs.FileAlreadyExistsException raced) {
-                // Another driver finished this claim meanwhile, and may have removed its
-                // temporary object already.
-                if (!fs.exists(claim.commitFile())) {
-                    throw raced;
-                }
-            }
+            copy(fs, claim);
         }
         putClaim(new Claim(claim.tablePath(), claim.fileName(), claim.tempPath(), true), true);
         removeQuietly(fs, claim.tempFile());
+    }
+
+    /**
+     * The claim's temporary object into its commit file, whole or not at all. Several drivers
+     * may copy one claim at once (its winner, and readers or the next writer recovering it):
+     * they all write the same bytes, so whichever PUT lands last is harmless, as long as none
+     * writes a part. An s3a output stream uploads on close, so it is closed only once every
+     * byte is in it, and the temporary object is read whole before N.json is even created.
+     */
+    private static void copy(FileSystem fs, Claim claim) throws IOException {
+        byte[] actions;
+        try (InputStream in = fs.open(claim.tempFile())) {
+            actions = in.readAllBytes();
+        } catch (IOException | RuntimeException unreadable) {
+            // Another driver copied the claim, marked it complete and removed the temporary
+            // object. s3a opens lazily, so that shows at open or at the first read, as a
+            // FileNotFoundException or wrapped in another exception: whatever the type, an
+            // existing commit file means the copy is done.
+            if (fs.exists(claim.commitFile())) {
+                return;
+            }
+            throw unreadable;
+        }
+        FSDataOutputStream out;
+        try {
+            // Not atomic on s3a (a HEAD, then a PUT at close), hence the same bytes only.
+            out = fs.create(claim.commitFile(), false);
+        } catch (org.apache.hadoop.fs.FileAlreadyExistsException copied) {
+            return;
+        }
+        try {
+            out.write(actions);
+        } catch (IOException | RuntimeException e) {
+            out.abort(); // never out.close(): it would publish the part written
+            throw e;
+        }
+        out.close();
     }
 
     private static void removeQuietly(FileSystem fs, Path path) {
