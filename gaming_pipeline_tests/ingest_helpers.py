@@ -224,3 +224,19 @@ def raw_rows(warehouse: str) -> int:
         return DeltaTable(table_path(warehouse, RAW_TABLE)).count()
     except TableNotFoundError:
         return 0
+
+
+def commit_claims(commit_table: str, table: str) -> dict[str, str]:
+    """A Delta table's claims in the DynamoDB commit table: commit file name -> complete."""
+    claims = aws.client("dynamodb").query(
+        TableName=commit_table,
+        KeyConditionExpression="tablePath = :table",
+        ExpressionAttributeValues={":table": {"S": table}},
+        ConsistentRead=True,
+    )["Items"]
+    return {claim["fileName"]["S"]: claim["complete"]["S"] for claim in claims}
+
+
+def settled_claims(versions) -> dict[str, str]:
+    """What commit_claims holds once every one of `versions` is committed."""
+    return {f"{version:020d}.json": "true" for version in versions}

@@ -179,7 +179,9 @@ def wait_until(
         if value:
             return value
         for process in alive:
-            assert process.poll() is None, f"{processes.described(process)} exited before {what}\n{diagnosis()}"
+            assert process.poll() is None, (
+                f"{processes.described(process)} exited before {what}\n{diagnosis()}"
+            )
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} did not hold within {seconds:.0f} s\n{diagnosis()}")
         time.sleep(interval)

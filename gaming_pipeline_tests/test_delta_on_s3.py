@@ -18,7 +18,7 @@ from gaming_pipeline.lib.spark import s3a_config
 from gaming_pipeline.lib.warehouse import table_history
 from gaming_pipeline.local import processes
 from gaming_pipeline_tests.delta_writer import ROWS_PER_BATCH
-from gaming_pipeline_tests.ingest_helpers import own_driver_environ
+from gaming_pipeline_tests.ingest_helpers import commit_claims, own_driver_environ, settled_claims
 from gaming_pipeline_tests.service_helpers import wait_until
 
 BATCHES = 4
@@ -53,22 +53,6 @@ def claim_as_a_dead_driver(bucket: str, table: str, commit_table: str) -> None:
             "complete": {"S": "false"},
         },
     )
-
-
-def commit_claims(commit_table: str, table: str) -> dict[str, str]:
-    """A Delta table's claims in the DynamoDB commit table: commit file name -> complete."""
-    claims = aws.client("dynamodb").query(
-        TableName=commit_table,
-        KeyConditionExpression="tablePath = :table",
-        ExpressionAttributeValues={":table": {"S": table}},
-        ConsistentRead=True,
-    )["Items"]
-    return {claim["fileName"]["S"]: claim["complete"]["S"] for claim in claims}
-
-
-def settled_claims(versions) -> dict[str, str]:
-    """What commit_claims holds once every one of `versions` is committed."""
-    return {f"{version:020d}.json": "true" for version in versions}
 
 
 def wait_for(signal: Path, drivers: list[subprocess.Popen], logs: list[Path]) -> None:

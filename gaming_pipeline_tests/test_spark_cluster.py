@@ -24,8 +24,14 @@ from gaming_pipeline.lib.warehouse import table_history, table_path
 from gaming_pipeline.local import processes
 from gaming_pipeline.local.ports import free_port
 from gaming_pipeline.local.processes import prepare_dagster_home
-from gaming_pipeline_tests.ingest_helpers import fingerprints, load_history, own_driver_environ, resources
-from gaming_pipeline_tests.test_delta_on_s3 import commit_claims, settled_claims
+from gaming_pipeline_tests.ingest_helpers import (
+    commit_claims,
+    fingerprints,
+    load_history,
+    own_driver_environ,
+    resources,
+    settled_claims,
+)
 
 WORKERS = 2
 # What an ingestion run writes from the events themselves (the ledger and intents name the run).
