@@ -120,7 +120,9 @@ DERIVED = [
 ]
 
 
-def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED, selection=None) -> None:
+def refresh(
+    landing, warehouse, instance, first: str, last: str, assets=DERIVED, selection=None
+) -> dg.ExecuteInProcessResult:
     """Materialize the derived tables (those of `selection`, if given) over days [first, last]
     as one run; every check passes and the charted KPIs carry their chart."""
     result = dg.materialize(
@@ -142,6 +144,7 @@ def refresh(landing, warehouse, instance, first: str, last: str, assets=DERIVED,
         if chart:
             markdown = materialization.materialization.metadata["chart"].value
             assert markdown.startswith(f"![{chart.title}](data:image/png;base64,")
+    return result
 
 
 def covered(request: dg.RunRequest) -> list[str]:

@@ -364,6 +364,43 @@ def retention(players: DataFrame, first_cohort: date, end_cohort: date) -> DataF
     return conformed(result, RETENTION)
 
 
+def restatements(table: str, before: list, after: list, settled_before: date) -> list[dict]:
+    """The figures of a KPI table a refresh changed after they were reported: for each row of a
+    day before `settled_before` (today's figures still grow with its events) that `before`
+    held, each figure that had a value and now has another (None: the row is gone). Late
+    events, a rebuild, a rollback or an erasure restate a day this way; a figure filled in for
+    the first time (a cohort's D7 once its return day has events) is not a restatement."""
+    fields = SCHEMAS[table].fields
+    keys = [f.name for f in fields if isinstance(f.dataType, (T.DateType, T.TimestampType, T.StringType))]
+    figures = [f.name for f in fields if f.name not in keys]
+    now = {tuple(row[key] for key in keys): row for row in after}
+    changed = []
+    for row in before:
+        if row.eventDate >= settled_before:
+            continue
+        key = tuple(row[name] for name in keys)
+        later = now.get(key)
+        for figure in figures:
+            reported, restated = row[figure], later[figure] if later else None
+            if reported is not None and reported != restated:
+                changed.append(
+                    {
+                        "kpi": table,
+                        "eventDate": row.eventDate,
+                        "game_keyword": row.game_keyword,
+                        "slice": "; ".join(
+                            f"{name}={row[name]}"
+                            for name in keys
+                            if name not in ("eventDate", "game_keyword")
+                        ),
+                        "figure": figure,
+                        "reported": str(reported),
+                        "restated": None if restated is None else str(restated),
+                    }
+                )
+    return changed
+
+
 class Activity(NamedTuple):
     """The two activity tables, as a KPI transform reads them."""
 

@@ -26,6 +26,8 @@ LEDGER_TABLE = "ingest_ledger"
 INTENT_TABLE = "ingest_intents"
 # One row per GDPR erasure run (lib/erasure.py).
 AUDIT_TABLE = "gdpr_erasure_audit"
+# One row per KPI figure changed after it was reported (kpis.restatements).
+RESTATEMENTS_TABLE = "kpi_restatements"
 
 BY_DAY = ("eventDate",)
 # Batches merge into today's activity rows all day: deletion vectors make a merge rewrite
@@ -70,6 +72,22 @@ INTENT_SCHEMA = T.StructType(
         T.StructField("source_modified_at", T.TimestampType(), False),
         T.StructField("run_id", T.StringType(), False),
         T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+
+RESTATEMENTS_SCHEMA = T.StructType(
+    [
+        T.StructField("kpi", T.StringType(), False),
+        T.StructField("eventDate", T.DateType(), False),
+        T.StructField("game_keyword", T.StringType(), False),
+        # The row's other keys (an hour's window_start, a platform), "" when it has none.
+        T.StructField("slice", T.StringType(), False),
+        T.StructField("figure", T.StringType(), False),
+        T.StructField("reported", T.StringType(), False),
+        # Null: the row is gone.
+        T.StructField("restated", T.StringType()),
+        T.StructField("restated_at", T.TimestampType(), False),
+        T.StructField("run_id", T.StringType(), False),
     ]
 )
 
@@ -200,6 +218,11 @@ INTENTS = Table(
     "Last-modified times of landing objects whose raw rows a run began to write.",
 )
 AUDIT = Table(AUDIT_TABLE, AUDIT_SCHEMA, "One row per GDPR erasure: what was erased, never the PII.")
+RESTATEMENTS = Table(
+    RESTATEMENTS_TABLE,
+    RESTATEMENTS_SCHEMA,
+    "One row per KPI figure of a past day changed after it was reported: old value, new value, when.",
+)
 
 
 def game_table(game: Game) -> Table:
@@ -234,6 +257,7 @@ ALL_TABLES = [
     *(game_table(game) for game in GAMES),
     *ACTIVITY.values(),
     *KPIS.values(),
+    RESTATEMENTS,
     QUARANTINE,
     LEDGER,
     INTENTS,

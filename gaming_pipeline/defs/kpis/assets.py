@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import dagster as dg
 from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, days_predicate, run_days
@@ -16,7 +18,7 @@ from gaming_pipeline.defs.pools import REFRESH_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import charts, checks, kpis, liveops, tables
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
-from gaming_pipeline.lib.warehouse import at_version, latest_version, replace_rows, table_path
+from gaming_pipeline.lib.warehouse import append_rows, at_version, latest_version, replace_rows, table_path
 
 KPI_GROUP = "kpis"
 
@@ -75,6 +77,10 @@ class KpiCheck:
     evaluate: Callable[[KpiRun], checks.Outcome]
 
 
+RESTATED = (
+    "A figure of a past day that changes after it was reported (late events, a rebuild) is "
+    "listed on the materialization that changed it (`restatements`) and kept in `kpi_restatements`."
+)
 # Which activity table each KPI is computed from.
 SOURCE = {
     kpis.EVENTS_PER_HOUR: kpis.GAME_HOURS,
@@ -101,7 +107,7 @@ class Kpi:
             deps=[SOURCE[self.name]],
             partitions_def=DAILY,
             freshness_policy=DERIVED_FRESHNESS,
-            description=self.description,
+            description=f"{self.description} {RESTATED}",
         )
 
     def check_specs(self) -> list[dg.AssetCheckSpec]:
@@ -124,10 +130,14 @@ class Kpi:
         result = kpis.TRANSFORMS[self.name](read.activity, first, end)
         spark = result.sparkSession
         path = tables.KPIS[self.name].ensure(spark, warehouse.root)
+        reported = spark.read.format("delta").load(path).where(days).collect()
         version = replace_rows(result, path, days, {"run_id": run_id}).version
         # What this run wrote, even if a rollback or a later refresh commits meanwhile.
         table = at_version(spark, path, version)
         rows = table.where(days).collect()
+        restated = record_restatements(
+            spark, warehouse, kpis.restatements(self.name, reported, rows, datetime.now(UTC).date()), run_id
+        )
         run = KpiRun(rows, checks.within(read.totals, first, end), table, first, end)
         outcomes = {"no_null_keys": checks.null_keys_in(rows, checks.KPI_KEYS)} | {
             check.name: check.evaluate(run) for check in self.kpi_checks
@@ -146,10 +156,42 @@ class Kpi:
                 "delta_version": version,
                 "days": days,
                 "dagster/uri": path,
+                **restated,
                 **pictures,
             },
             check_results=[check_result(self.name, check, outcome) for check, outcome in outcomes.items()],
         )
+
+
+# Restated figures listed on the asset; all of them are in the restatements table.
+RESTATEMENTS_SHOWN = 20
+
+
+def record_restatements(spark, warehouse: WarehouseResource, changed: list[dict], run_id: str) -> dict:
+    """Append a refresh's restated figures (kpis.restatements) to the restatements table, and
+    return the asset metadata that shows them: how many, and the first few, old value to new."""
+    if not changed:
+        return {}
+    schema = tables.RESTATEMENTS_SCHEMA
+    given = T.StructType([field for field in schema.fields if field.name != "restated_at"])
+    rows = spark.createDataFrame([{**change, "run_id": run_id} for change in changed], given)
+    append_rows(
+        rows.withColumn("restated_at", F.current_timestamp()).select(*schema.names),
+        tables.RESTATEMENTS.path(warehouse.root),
+        {"run_id": run_id},
+    )
+    shown = [
+        f"| {c['eventDate']} | {c['game_keyword']} | {c['slice']} | {c['figure']} | {c['reported']} | {c['restated']} |"
+        for c in changed[:RESTATEMENTS_SHOWN]
+    ]
+    more = len(changed) - len(shown)
+    table = "| day | game | slice | figure | reported | now |\n|---|---|---|---|---|---|\n" + "\n".join(shown)
+    return {
+        "restated_figures": len(changed),
+        "restatements": dg.MetadataValue.md(
+            table + (f"\n\n...and {more} more in kpi_restatements" if more else "")
+        ),
+    }
 
 
 def adds_up(
@@ -300,5 +342,7 @@ def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
     first, end = run_days(context)
     selected = [kpi for kpi in KPIS if dg.AssetKey(kpi.name) in context.selected_asset_keys]
     read = ActivityRead.of(spark, warehouse, first, end)
+    # Made here, not by the KPIs' first appends: two appends creating one table conflict.
+    tables.RESTATEMENTS.ensure(spark, warehouse.root)
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         yield from pool.map(lambda kpi: kpi.refresh(warehouse, read, context.run.run_id), selected)
