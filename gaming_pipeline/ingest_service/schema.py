@@ -151,9 +151,9 @@ def _reason(event: ClientEvent) -> str | None:
     a client's time is a real instant within the pipeline's span."""
     params = event.eventParams
     if event.eventName == PURCHASE and params.amount is None:
-        return "a purchaseEvent needs eventParams.amount"
+        return f"a {PURCHASE} needs eventParams.amount"
     if event.eventName != PURCHASE and params.amount is not None:
-        return f"eventParams.amount is for purchaseEvent only, not {event.eventName}"
+        return f"eventParams.amount is for {PURCHASE} only, not {event.eventName}"
     if params.client_event_time is not None:
         return client_time_reason(params.client_event_time)
     return None

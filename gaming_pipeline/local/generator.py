@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from gaming_pipeline.event_names import PURCHASE
 from gaming_pipeline.games import GAMES, Game
 
 EVENT_MIX = {
@@ -27,7 +28,7 @@ EVENT_MIX = {
     "levelUp": 0.16,
     "scoreAdjustment": 0.52,
     "itemCollected": 0.10,
-    "purchaseEvent": 0.04,
+    PURCHASE: 0.04,
     "gameEnd": 0.04,
 }
 PRICE_POINTS = (0.99, 1.99, 2.99, 4.99, 9.99, 19.99, 49.99, 99.99)
@@ -57,7 +58,7 @@ class Totals:
         self.per_day_game[(day, params["game_keyword"])] += 1
         self.devices.add(params["device_id"])
         self.devices_per_day[day].add(params["device_id"])
-        if event["eventName"] == "purchaseEvent":
+        if event["eventName"] == PURCHASE:
             self.purchases += 1
             self.purchase_cents += int(Decimal(str(params["amount"])) * 100)
 
@@ -116,7 +117,7 @@ class EventFactory:
             "device_id": device,
             "client_event_time": client_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
-        if name == "purchaseEvent":
+        if name == PURCHASE:
             params["amount"] = rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0]
         return {
             "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
