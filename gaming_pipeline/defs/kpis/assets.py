@@ -1,6 +1,7 @@
 """KPI tables, per day and per game (and all games), recomputed exactly for each day from
 the activity tables: a refresh reads a day's activity sums, never its raw events."""
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -130,13 +131,20 @@ class Kpi:
         result = kpis.TRANSFORMS[self.name](read.activity, first, end)
         spark = result.sparkSession
         path = tables.KPIS[self.name].ensure(spark, warehouse.root)
-        reported = spark.read.format("delta").load(path).where(days).collect()
+        # Only a past day's figures can be restated: a refresh of today alone (the steady
+        # path) reads nothing more.
+        today = datetime.now(UTC).date()
+        reported = (
+            spark.read.format("delta").load(path).where(days_predicate(first, min(end, today))).collect()
+            if first < today
+            else []
+        )
         version = replace_rows(result, path, days, {"run_id": run_id}).version
         # What this run wrote, even if a rollback or a later refresh commits meanwhile.
         table = at_version(spark, path, version)
         rows = table.where(days).collect()
         restated = record_restatements(
-            spark, warehouse, kpis.restatements(self.name, reported, rows, datetime.now(UTC).date()), run_id
+            spark, warehouse, kpis.restatements(self.name, reported, rows, today), run_id
         )
         run = KpiRun(rows, checks.within(read.totals, first, end), table, first, end)
         outcomes = {"no_null_keys": checks.null_keys_in(rows, checks.KPI_KEYS)} | {
@@ -165,6 +173,7 @@ class Kpi:
 
 # Restated figures listed on the asset; all of them are in the restatements table.
 RESTATEMENTS_SHOWN = 20
+_MAKING_RESTATEMENTS = threading.Lock()
 
 
 def record_restatements(spark, warehouse: WarehouseResource, changed: list[dict], run_id: str) -> dict:
@@ -172,13 +181,15 @@ def record_restatements(spark, warehouse: WarehouseResource, changed: list[dict]
     return the asset metadata that shows them: how many, and the first few, old value to new."""
     if not changed:
         return {}
+    # Made when first needed, not by every refresh; the lock keeps the KPIs of one run, in
+    # threads, from making it at once (two creations of one table conflict).
+    with _MAKING_RESTATEMENTS:
+        path = tables.RESTATEMENTS.ensure(spark, warehouse.root)
     schema = tables.RESTATEMENTS_SCHEMA
     given = T.StructType([field for field in schema.fields if field.name != "restated_at"])
     rows = spark.createDataFrame([{**change, "run_id": run_id} for change in changed], given)
     append_rows(
-        rows.withColumn("restated_at", F.current_timestamp()).select(*schema.names),
-        tables.RESTATEMENTS.path(warehouse.root),
-        {"run_id": run_id},
+        rows.withColumn("restated_at", F.current_timestamp()).select(*schema.names), path, {"run_id": run_id}
     )
     shown = [
         f"| {c['eventDate']} | {c['game_keyword']} | {c['slice']} | {c['figure']} | {c['reported']} | {c['restated']} |"
@@ -342,7 +353,5 @@ def kpi_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
     first, end = run_days(context)
     selected = [kpi for kpi in KPIS if dg.AssetKey(kpi.name) in context.selected_asset_keys]
     read = ActivityRead.of(spark, warehouse, first, end)
-    # Made here, not by the KPIs' first appends: two appends creating one table conflict.
-    tables.RESTATEMENTS.ensure(spark, warehouse.root)
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         yield from pool.map(lambda kpi: kpi.refresh(warehouse, read, context.run.run_id), selected)
