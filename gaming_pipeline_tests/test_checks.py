@@ -137,7 +137,14 @@ def test_cohorts_larger_than_their_day_or_with_more_returns_fail():
     totals = {("2026-11-23", "g"): checks.DayTotals(9, Decimal(0), 4)}
 
     def cohort(new: int, d1: int | None, game: str = "g") -> Row:
-        return Row(eventDate=DAY, game_keyword=game, new_players=new, retained_d1=d1, retained_d7=None)
+        return Row(
+            eventDate=DAY,
+            game_keyword=game,
+            new_players=new,
+            retained_d1=d1,
+            retained_d7=None,
+            retained_d30=None,
+        )
 
     assert checks.cohorts_are_bounded([cohort(4, 2)], totals) == checks.Outcome(
         True,
@@ -149,3 +156,43 @@ def test_cohorts_larger_than_their_day_or_with_more_returns_fail():
         "2026-11-23 g",
         "2026-11-23 unknown",
     ]
+
+
+def test_active_users_must_add_up_to_the_days_devices():
+    totals = {("2026-11-23", "g"): checks.DayTotals(9, Decimal(0), 4)}
+
+    def day(dau: int, wau: int, mau: int, new: int) -> Row:
+        return Row(
+            eventDate=DAY,
+            game_keyword="g",
+            dau=dau,
+            wau=wau,
+            mau=mau,
+            new_players=new,
+            returning_players=dau - new,
+        )
+
+    assert checks.active_users_add_up([day(4, 6, 9, 1)], totals).passed
+    for wrong in (day(3, 6, 9, 1), day(4, 3, 9, 1), day(4, 6, 5, 1), day(4, 6, 9, 5)):
+        assert not checks.active_users_add_up([wrong], totals).passed, wrong
+
+
+def test_payers_and_cohort_spending_are_bounded():
+    totals = {("2026-11-23", "g"): checks.DayTotals(9, Decimal(0), 4)}
+
+    def payers(dau: int, paying: int, first_time: int) -> Row:
+        return Row(
+            eventDate=DAY, game_keyword="g", dau=dau, paying_users=paying, first_time_payers=first_time
+        )
+
+    assert checks.payers_within_players([payers(4, 2, 1)], totals).passed
+    assert not checks.payers_within_players([payers(4, 1, 2)], totals).passed
+    assert not checks.payers_within_players([payers(4, 5, 1)], totals).passed
+
+    def cohort(d1, d7, d30) -> Row:
+        return Row(
+            eventDate=DAY, game_keyword="g", new_players=2, bookings_d1=d1, bookings_d7=d7, bookings_d30=d30
+        )
+
+    assert checks.cohort_bookings_accumulate([cohort(Decimal(1), Decimal(3), None)], totals).passed
+    assert not checks.cohort_bookings_accumulate([cohort(Decimal(3), Decimal(1), None)], totals).passed

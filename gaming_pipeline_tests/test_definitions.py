@@ -20,6 +20,11 @@ def test_graph_is_pinned():
         "kpi_revenue_by_platform",
         "kpi_sessions",
         "kpi_retention",
+        "kpi_active_users",
+        "kpi_payers",
+        "kpi_cohort_revenue",
+        "kpi_concurrent_players",
+        "kpi_hourly_slices",
     }
     activity = {"activity_game_hours", "activity_player_days"}
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
@@ -103,6 +108,20 @@ def test_graph_is_pinned():
         ("kpi_sessions", "players_match_activity"),
         ("kpi_retention", "no_null_keys"),
         ("kpi_retention", "cohorts_within_activity"),
+        ("kpi_active_users", "no_null_keys"),
+        ("kpi_active_users", "active_users_add_up"),
+        ("kpi_payers", "no_null_keys"),
+        ("kpi_payers", "payers_within_players"),
+        ("kpi_payers", "bookings_add_up_to_activity"),
+        ("kpi_cohort_revenue", "no_null_keys"),
+        ("kpi_cohort_revenue", "cohort_bookings_accumulate"),
+        ("kpi_concurrent_players", "no_null_keys"),
+        ("kpi_concurrent_players", "windows_within_players"),
+        ("kpi_hourly_slices", "no_null_keys"),
+        ("kpi_hourly_slices", "hours_add_up_to_activity"),
+        ("kpi_hourly_slices", "bookings_add_up_to_activity"),
+        ("kpi_hourly_slices", "volume_holds_up_per_slice"),
+        ("kpi_hourly_slices", "bookings_hold_up_per_slice"),
         ("activity_game_hours", "events_match_raw"),
         ("activity_player_days", "events_match_raw"),
     }

@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 
 from gaming_pipeline.cli import main
-from gaming_pipeline.defs.kpis.assets import KPIS, ActivityRead
+from gaming_pipeline.defs.kpis.assets import KPIS, ActivityRead, reached_back
 from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
-from gaming_pipeline.defs.refresh.sensors import consecutive, reached_by
+from gaming_pipeline.defs.refresh.sensors import consecutive
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import kpis
@@ -62,15 +62,14 @@ def ingest(landing, warehouse, instance) -> dict:
     return {key: value.value for key, value in raw.metadata.items()}
 
 
-def cohorts_of(days: list[str]) -> list[str]:
-    """The cohorts a retention run of their own refreshes when events on `days` land: from
-    the first to the last of the later days through today (a player's first day can move to
-    them), less those the days' own refresh rewrites (each day's and the 7 before it: the
-    events are their returns)."""
+def later_of(days: list[str]) -> list[str]:
+    """The days a run of the KPIs that follow earlier days refreshes when events on `days`
+    land: from the first to the last of the days after them through today (a player's first
+    day can move to them, their trailing weeks and months hold the events), less the days
+    themselves, which their own refresh rewrites."""
     today = datetime.now(UTC).date()
     added = {date.fromisoformat(day) for day in days}
-    later = {min(added) + timedelta(days=n) for n in range(1, (today - min(added)).days + 1)}
-    changed = later - {day - timedelta(days=n) for day in added for n in range(8)}
+    changed = {min(added) + timedelta(days=n) for n in range(1, (today - min(added)).days + 1)} - added
     if not changed:
         return []
     return [
@@ -88,8 +87,10 @@ def test_a_batch_of_todays_events_costs_one_refresh_run_its_cohorts_returns_incl
         (request,) = DaysSensor(instance).requests()
     assert request.partition_key == today.isoformat()
     assert set(request.asset_selection) == {dg.AssetKey(table) for table in kpis.KPI_TABLES}
-    # The cohorts whose returns the day holds, 1 to 7 days back, are rewritten by that run.
-    assert reached_by({today}) == {today - timedelta(days=n) for n in range(8)}
+    # The cohorts whose returns and spending the day holds, 1 to 30 days back, are rewritten
+    # by that run.
+    for kpi in (kpis.RETENTION, kpis.COHORT_REVENUE):
+        assert reached_back(today, kpis.REACHES_BACK[kpi]) == today - timedelta(days=30)
 
 
 @pytest.mark.slow
@@ -109,7 +110,7 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
             returns they are), one for the retention of later cohorts they can change."""
             added = sorted({day for batch in batches for day in batch[EVENT_DATES]})
             requests = sensor.requests()
-            assert requested_days(requests) == (added, cohorts_of(added))
+            assert requested_days(requests) == (added, later_of(added))
             refresh_as_requested(landing, warehouse, instance, requests)
 
         land(landing.bucket, "events/batch-1a.ndjson.gz", first[:250])

@@ -33,8 +33,10 @@ def retention(day: date, d7: int | None) -> Row:
         new_players=10,
         retained_d1=4,
         retained_d7=d7,
+        retained_d30=None,
         d1_retention=Decimal("0.4"),
         d7_retention=share,
+        d30_retention=None,
     )
 
 

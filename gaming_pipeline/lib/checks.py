@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.games import ALL_GAMES
+from gaming_pipeline.lib.kpis import RETURN_DAYS
 
 
 @dataclass(frozen=True)
@@ -202,21 +203,79 @@ def sessions_cover_players(kpi: list[Row], totals: Totals) -> Outcome:
     )
 
 
+def _devices_of(totals: Totals, row: Row) -> int:
+    """The active devices of a KPI row's day and game."""
+    day = totals.get((row.eventDate.isoformat(), row.game_keyword))
+    return day.devices if day else 0
+
+
+def _rows_that_fail(kpi: list[Row], holds, name: str, checked: int | None = None) -> Outcome:
+    """Each KPI row must hold `holds`; the first rows that do not are named."""
+    outside = [f"{row.eventDate} {row.game_keyword}" for row in kpi if not holds(row)]
+    return Outcome(not outside, {name: outside[:20], "checked": len(kpi) if checked is None else checked})
+
+
+def _ascending(*figures) -> bool:
+    """Figures known so far (None: not yet) never decrease."""
+    known = [figure for figure in figures if figure is not None]
+    return all(a <= b for a, b in zip(known, known[1:], strict=False))
+
+
 def cohorts_are_bounded(kpi: list[Row], totals: Totals) -> Outcome:
     """A cohort is at most its day's active devices, and its returns at most the cohort."""
+    return _rows_that_fail(
+        kpi,
+        lambda row: (
+            0 < row.new_players <= _devices_of(totals, row)
+            and all(_ascending(0, row[f"retained_d{n}"], row.new_players) for n in RETURN_DAYS)
+        ),
+        "cohorts_out_of_bounds",
+        checked=len(totals),
+    )
 
-    def devices(row: Row) -> int:
-        day = totals.get((row.eventDate.isoformat(), row.game_keyword))
-        return day.devices if day else 0
 
-    outside = [
-        f"{row.eventDate} {row.game_keyword}"
-        for row in kpi
-        if not (
-            0 < row.new_players <= devices(row)
-            and all(
-                back is None or 0 <= back <= row.new_players for back in (row.retained_d1, row.retained_d7)
-            )
-        )
-    ]
-    return Outcome(not outside, {"cohorts_out_of_bounds": outside[:20], "checked": len(totals)})
+def cohort_bookings_accumulate(kpi: list[Row], totals: Totals) -> Outcome:
+    """A cohort is at most its day's active devices, and what it has spent by day 1, 7 and 30
+    never shrinks from one to the next."""
+    return _rows_that_fail(
+        kpi,
+        lambda row: (
+            0 < row.new_players <= _devices_of(totals, row)
+            and _ascending(0, *(row[f"bookings_d{n}"] for n in RETURN_DAYS))
+        ),
+        "cohorts_out_of_bounds",
+    )
+
+
+def active_users_add_up(kpi: list[Row], totals: Totals) -> Outcome:
+    """Each day's DAU is its active devices; DAU <= WAU <= MAU; new and returning players
+    make up the DAU."""
+    return _rows_that_fail(
+        kpi,
+        lambda row: (
+            row.dau == _devices_of(totals, row)
+            and _ascending(1, row.dau, row.wau, row.mau)
+            and row.new_players + row.returning_players == row.dau
+            and row.returning_players >= 0
+        ),
+        "rows_not_adding_up",
+    )
+
+
+def payers_within_players(kpi: list[Row], totals: Totals) -> Outcome:
+    """Each day's DAU is its active devices, and first-time payers <= paying users <= DAU."""
+    return _rows_that_fail(
+        kpi,
+        lambda row: (
+            row.dau == _devices_of(totals, row)
+            and _ascending(0, row.first_time_payers, row.paying_users, row.dau)
+        ),
+        "rows_out_of_bounds",
+    )
+
+
+def windows_within_players(kpi: list[Row], totals: Totals) -> Outcome:
+    """No 5-minute window has more players online than its day has active devices."""
+    return _rows_that_fail(
+        kpi, lambda row: 0 < row.players <= _devices_of(totals, row), "windows_out_of_bounds"
+    )

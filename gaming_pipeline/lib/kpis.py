@@ -39,6 +39,11 @@ DAILY_REVENUE = "kpi_daily_revenue"
 REVENUE_BY_PLATFORM = "kpi_revenue_by_platform"
 SESSIONS = "kpi_sessions"
 RETENTION = "kpi_retention"
+ACTIVE_USERS = "kpi_active_users"
+PAYERS = "kpi_payers"
+COHORT_REVENUE = "kpi_cohort_revenue"
+CONCURRENT_PLAYERS = "kpi_concurrent_players"
+HOURLY_SLICES = "kpi_hourly_slices"
 KPI_TABLES = (
     EVENTS_PER_HOUR,
     BOOKINGS_PER_HOUR,
@@ -47,6 +52,11 @@ KPI_TABLES = (
     REVENUE_BY_PLATFORM,
     SESSIONS,
     RETENTION,
+    ACTIVE_USERS,
+    PAYERS,
+    COHORT_REVENUE,
+    CONCURRENT_PLAYERS,
+    HOURLY_SLICES,
 )
 # An amount as a client sends it, to the cent; BOOKINGS holds any sum of them.
 MONEY = "decimal(18,2)"
@@ -56,21 +66,30 @@ SECONDS = "decimal(24,6)"
 SHARE = "decimal(5,4)"
 # A pause longer than this ends a session: the common mobile-analytics convention.
 SESSION_GAP_MICROS = 30 * 60 * 1_000_000
-RETURN_DAYS = (1, 7)
+# The days after a cohort's first day that retention and cohort revenue are measured at.
+RETURN_DAYS = (1, 7, 30)
+# The trailing days of weekly and monthly active users, the day itself included.
+WEEK, MONTH = 7, 30
 # How many days before a refresh's first day a KPI rewrites too. A day's events are the
-# returns of the cohorts 1 and 7 days before it: a retention refresh takes those cohorts
-# along (it reads every player's first day whatever the number of cohorts), so new events
-# need no retention run of their own.
-REACHES_BACK = {RETENTION: max(RETURN_DAYS)}
+# returns and the spending of the cohorts up to 30 days before it: a refresh takes those
+# cohorts along (it reads every player's first day whatever the number of cohorts), so new
+# events need no cohort run of their own.
+REACHES_BACK = {RETENTION: max(RETURN_DAYS), COHORT_REVENUE: max(RETURN_DAYS)}
+# The KPIs whose figures of a day follow from the days before it too: a player's first day
+# (new players, cohorts, first purchases) and the trailing weeks and months. Events of a past
+# day change these KPIs of every later day, which the refresh sensor refreshes in one run.
+FOLLOW_EARLIER_DAYS = (RETENTION, ACTIVE_USERS, PAYERS, COHORT_REVENUE)
+FIVE_MINUTES = 5 * 60
 GAME = "eventParams.game_keyword"
 DEVICE = "eventParams.device_id"
 
 
 _DATE, _TIME, _TEXT, _COUNT = T.DateType(), T.TimestampType(), T.StringType(), T.LongType()
-_BOOKINGS = T.DecimalType(28, 2)
+_BOOKINGS, _PER_USER, _SHARE = T.DecimalType(28, 2), T.DecimalType(18, 4), T.DecimalType(5, 4)
 _SPAN = T.StructType([T.StructField("first_at", _TIME), T.StructField("last_at", _TIME)])
 SPAN = _SPAN.simpleString()
 _HOUR = [("eventDate", _DATE), ("window_start", _TIME), ("window_end", _TIME), ("game_keyword", _TEXT)]
+_SLICE = [("platform", _TEXT), ("app_version", _TEXT)]
 _DAY = [("eventDate", _DATE), ("game_keyword", _TEXT)]
 
 
@@ -81,9 +100,7 @@ def _columns(*columns: tuple[str, T.DataType]) -> T.StructType:
 # Each table's columns, declared once: the tables are created with these, and every
 # transform's rows are cast to them, so a table's schema never depends on a transform.
 SCHEMAS: dict[str, T.StructType] = {
-    GAME_HOURS: _columns(
-        *_HOUR, ("platform", _TEXT), ("events", _COUNT), ("purchases", _COUNT), ("bookings", _BOOKINGS)
-    ),
+    GAME_HOURS: _columns(*_HOUR, *_SLICE, ("events", _COUNT), ("purchases", _COUNT), ("bookings", _BOOKINGS)),
     PLAYER_DAYS: _columns(
         *_DAY,
         ("device_id", _TEXT),
@@ -100,7 +117,7 @@ SCHEMAS: dict[str, T.StructType] = {
         ("dau", _COUNT),
         ("paying_users", _COUNT),
         ("bookings", _BOOKINGS),
-        ("arpdau", T.DecimalType(18, 4)),
+        ("arpdau", _PER_USER),
     ),
     REVENUE_BY_PLATFORM: _columns(
         ("eventDate", _DATE),
@@ -119,15 +136,42 @@ SCHEMAS: dict[str, T.StructType] = {
     RETENTION: _columns(
         *_DAY,
         ("new_players", _COUNT),
-        ("retained_d1", _COUNT),
-        ("retained_d7", _COUNT),
-        ("d1_retention", T.DecimalType(5, 4)),
-        ("d7_retention", T.DecimalType(5, 4)),
+        *((f"retained_d{n}", _COUNT) for n in RETURN_DAYS),
+        *((f"d{n}_retention", _SHARE) for n in RETURN_DAYS),
+    ),
+    ACTIVE_USERS: _columns(
+        *_DAY,
+        ("dau", _COUNT),
+        ("wau", _COUNT),
+        ("mau", _COUNT),
+        ("stickiness", _SHARE),
+        ("new_players", _COUNT),
+        ("returning_players", _COUNT),
+    ),
+    PAYERS: _columns(
+        *_DAY,
+        ("dau", _COUNT),
+        ("paying_users", _COUNT),
+        ("payer_conversion", _SHARE),
+        ("bookings", _BOOKINGS),
+        ("arppu", _PER_USER),
+        ("first_time_payers", _COUNT),
+        ("avg_days_to_first_purchase", T.DecimalType(10, 2)),
+    ),
+    COHORT_REVENUE: _columns(
+        *_DAY,
+        ("new_players", _COUNT),
+        *((f"bookings_d{n}", _BOOKINGS) for n in RETURN_DAYS),
+        *((f"bookings_per_player_d{n}", _PER_USER) for n in RETURN_DAYS),
+    ),
+    CONCURRENT_PLAYERS: _columns(*_HOUR, ("players", _COUNT)),
+    HOURLY_SLICES: _columns(
+        *_HOUR, *_SLICE, ("events", _COUNT), ("purchases", _COUNT), ("bookings", _BOOKINGS)
     ),
 }
 # The activity tables' keys: a batch's row with the same key is added to the table's row.
 KEYS = {
-    GAME_HOURS: ("eventDate", "window_start", "game_keyword", "platform"),
+    GAME_HOURS: ("eventDate", "window_start", "game_keyword", "platform", "app_version"),
     PLAYER_DAYS: ("eventDate", "game_keyword", "device_id"),
 }
 
@@ -176,7 +220,7 @@ def _purchase_sums() -> tuple[Column, Column]:
 
 def game_hours(events: DataFrame) -> DataFrame:
     """Raw events summed per hour (the seed's `window("eventTime", "60 minute")`, flattened to
-    columns SQL users can use), game and platform."""
+    columns SQL users can use), game, platform and app version."""
     window = F.window("eventTime", "60 minutes")
     return conformed(
         events.groupBy(
@@ -185,6 +229,7 @@ def game_hours(events: DataFrame) -> DataFrame:
             window.end.alias("window_end"),
             F.col(GAME).alias("game_keyword"),
             F.col("eventParams.platform").alias("platform"),
+            F.col("eventParams.app_version").alias("app_version"),
         ).agg(F.count(F.lit(1)).alias("events"), *_purchase_sums()),
         GAME_HOURS,
     )
@@ -320,48 +365,230 @@ def sessions(players: DataFrame) -> DataFrame:
 
 
 def retention_source(first_cohort: date, end_cohort: date) -> str:
-    """The days retention of cohorts [first_cohort, end_cohort) needs: every day before
-    them (to tell new players) and the return days after them."""
+    """The days the cohorts [first_cohort, end_cohort) need: every day before them (to tell
+    new players) and the 30 days after them (their returns and spending)."""
     return f"eventDate < DATE'{end_cohort + timedelta(days=max(RETURN_DAYS)):%Y-%m-%d}'"
 
 
-def retention(players: DataFrame, first_cohort: date, end_cohort: date) -> DataFrame:
-    """Day-1 and day-7 retention of new players. A day's cohort (`eventDate`) is the devices
-    first seen in a game that day (`new_players`; for all games, first seen in any game);
-    `retained_d1` / `retained_d7` count those that play again exactly 1 / 7 days later, and
-    `d1_retention` / `d7_retention` are the shares. A return day with no events at all yet
-    shows null, not 0. `players` must hold every day `retention_source` names."""
-    played = players.select("eventDate", "game_keyword", F.col("device_id").alias("device"))
-    played = played.unionByName(played.withColumn("game_keyword", F.lit(ALL_GAMES)).distinct())
-    cohorts = (
-        played.groupBy("game_keyword", "device")
-        .agg(F.min("eventDate").alias("eventDate"))
-        .where(F.col("eventDate").between(F.lit(first_cohort), F.lit(end_cohort - timedelta(days=1))))
+def per_game_and_all(players: DataFrame) -> DataFrame:
+    """Each player's day in each game, and in all games together (`game_keyword` =
+    `all_games`): events, purchases and bookings of the day summed over the games played."""
+    columns = ["eventDate", "game_keyword", "device_id", "events", "purchases", "bookings"]
+    all_games = players.groupBy("eventDate", "device_id").agg(
+        *(F.sum(column).alias(column) for column in ("events", "purchases", "bookings")),
+        F.lit(ALL_GAMES).alias("game_keyword"),
     )
-    returns = played.select("game_keyword", "device", F.col("eventDate").alias("back_on"))
+    return players.select(*columns).unionByName(all_games.select(*columns))
+
+
+def first_days(played: DataFrame) -> DataFrame:
+    """Per game (all games included) and player of per_game_and_all rows: the first day
+    played (`first_seen`) and the first day with a purchase (`first_purchase`, null: none)."""
+    return played.groupBy("game_keyword", "device_id").agg(
+        F.min("eventDate").alias("first_seen"),
+        F.min(F.when(F.col("purchases") > 0, F.col("eventDate"))).alias("first_purchase"),
+    )
+
+
+def cohorts(played: DataFrame, first_cohort: date, end_cohort: date) -> DataFrame:
+    """The players first seen on the days [first_cohort, end_cohort), by game (all games
+    included): game_keyword, device_id and their cohort day `eventDate`."""
+    return (
+        first_days(played)
+        .where(F.col("first_seen").between(F.lit(first_cohort), F.lit(end_cohort - timedelta(days=1))))
+        .select("game_keyword", "device_id", F.col("first_seen").alias("eventDate"))
+    )
+
+
+def null_until_measured(result: DataFrame, players: DataFrame, columns: dict[int, list[str]]) -> DataFrame:
+    """A cohort's figures at day N (`columns[N]`) as null while its day N has no events in any
+    game yet: not yet known, rather than 0."""
+    for n, named in columns.items():
+        measured = players.select(F.date_sub("eventDate", n).alias("eventDate")).distinct()
+        result = result.join(measured.withColumn("measured", F.lit(True)), "eventDate", "left")
+        result = result.select(
+            *(F.when(F.col("measured"), F.col(c)).alias(c) if c in named else c for c in result.columns)
+        ).drop("measured")
+    return result
+
+
+def retention(players: DataFrame, first_cohort: date, end_cohort: date) -> DataFrame:
+    """Day-1, day-7 and day-30 retention of new players. A day's cohort (`eventDate`) is the
+    devices first seen in a game that day (`new_players`; for all games, first seen in any
+    game); `retained_dN` counts those that play again exactly N days later, and
+    `dN_retention` is the share. A return day with no events at all yet shows null, not 0.
+    `players` must hold every day `retention_source` names."""
+    played = per_game_and_all(players)
+    returns = played.select("game_keyword", "device_id", F.col("eventDate").alias("back_on"))
     came_back = {n: F.max(F.col("back_on") == F.date_add("eventDate", n)) for n in RETURN_DAYS}
     per_device = (
-        cohorts.join(returns, ["game_keyword", "device"])
-        .groupBy("eventDate", "game_keyword", "device")
+        cohorts(played, first_cohort, end_cohort)
+        .join(returns, ["game_keyword", "device_id"])
+        .groupBy("eventDate", "game_keyword", "device_id")
         .agg(*(came_back[n].alias(f"d{n}") for n in RETURN_DAYS))
     )
-    days_with_events = {
-        n: players.select(F.date_sub("eventDate", n).alias("eventDate")).distinct() for n in RETURN_DAYS
-    }
     result = per_device.groupBy("eventDate", "game_keyword").agg(
         F.count(F.lit(1)).alias("new_players"),
         *(F.count_if(f"d{n}").alias(f"retained_d{n}") for n in RETURN_DAYS),
     )
-    for n in RETURN_DAYS:
-        measured = days_with_events[n].withColumn(f"has_d{n}", F.lit(True))
-        retained = F.when(F.col(f"has_d{n}"), F.col(f"retained_d{n}"))
-        result = (
-            result.join(measured, "eventDate", "left")
-            .withColumn(f"retained_d{n}", retained)
-            .withColumn(f"d{n}_retention", (F.col(f"retained_d{n}") / F.col("new_players")).cast(SHARE))
-            .drop(f"has_d{n}")
+    result = null_until_measured(result, players, {n: [f"retained_d{n}"] for n in RETURN_DAYS})
+    return conformed(
+        result.select(
+            "*",
+            *(
+                (F.col(f"retained_d{n}") / F.col("new_players")).cast(SHARE).alias(f"d{n}_retention")
+                for n in RETURN_DAYS
+            ),
+        ),
+        RETENTION,
+    )
+
+
+def cohort_revenue(players: DataFrame, first_cohort: date, end_cohort: date) -> DataFrame:
+    """The start of each cohort's LTV curve: `bookings_dN` is what the players first seen on
+    a day (`eventDate`, as in retention) spent from that day through day N after it, and
+    `bookings_per_player_dN` that divided by `new_players`. Null until day N has events.
+    `players` must hold every day `retention_source` names."""
+    played = per_game_and_all(players)
+    spent = played.select("game_keyword", "device_id", F.col("eventDate").alias("spent_on"), "bookings")
+    by_day = {
+        n: F.coalesce(F.sum(F.when(F.datediff("spent_on", "eventDate") <= n, F.col("bookings"))), F.lit(0))
+        for n in RETURN_DAYS
+    }
+    result = (
+        cohorts(played, first_cohort, end_cohort)
+        .join(spent, ["game_keyword", "device_id"])
+        .groupBy("eventDate", "game_keyword")
+        .agg(
+            F.count_distinct("device_id").alias("new_players"),
+            *(by_day[n].cast(BOOKINGS).alias(f"bookings_d{n}") for n in RETURN_DAYS),
         )
-    return conformed(result, RETENTION)
+    )
+    result = null_until_measured(result, players, {n: [f"bookings_d{n}"] for n in RETURN_DAYS})
+    return conformed(
+        result.select(
+            "*",
+            *(
+                (F.col(f"bookings_d{n}") / F.col("new_players"))
+                .cast(PER_USER)
+                .alias(f"bookings_per_player_d{n}")
+                for n in RETURN_DAYS
+            ),
+        ),
+        COHORT_REVENUE,
+    )
+
+
+def active_users(players: DataFrame, first: date, end: date) -> DataFrame:
+    """Per day with events: `dau`, `wau` and `mau` (distinct players over the 1, 7 and 30 days
+    ending that day), `stickiness` (DAU / MAU), `new_players` (first seen that day, as in
+    retention) and `returning_players` (the rest of the DAU). `players` must hold every day
+    before `end`: a player's first day may be any of them."""
+    played = per_game_and_all(players)
+    last = end - timedelta(days=1)
+    # A day's play counts toward the MAU of that day and the 29 after it.
+    counted_on = F.explode(F.sequence("eventDate", F.least(F.date_add("eventDate", MONTH - 1), F.lit(last))))
+    active = (
+        played.where(F.col("eventDate") >= F.lit(first - timedelta(days=MONTH - 1)))
+        .select("game_keyword", "device_id", "eventDate", counted_on.alias("day"))
+        .where(F.col("day") >= F.lit(first))
+        .groupBy("day", "game_keyword", "device_id")
+        .agg(F.max("eventDate").alias("last_played"))
+        .join(first_days(played), ["game_keyword", "device_id"])
+    )
+    return conformed(
+        active.groupBy(F.col("day").alias("eventDate"), "game_keyword")
+        .agg(
+            F.count_if(F.col("last_played") == F.col("day")).alias("dau"),
+            F.count_if(F.datediff("day", "last_played") < WEEK).alias("wau"),
+            F.count(F.lit(1)).alias("mau"),
+            F.count_if(F.col("first_seen") == F.col("day")).alias("new_players"),
+        )
+        .where(F.col("dau") > 0)
+        .select(
+            "*",
+            (F.col("dau") / F.col("mau")).cast(SHARE).alias("stickiness"),
+            (F.col("dau") - F.col("new_players")).alias("returning_players"),
+        ),
+        ACTIVE_USERS,
+    )
+
+
+def payers(players: DataFrame, first: date, end: date) -> DataFrame:
+    """Per day: `dau`, `paying_users` (players with a purchase that day), `payer_conversion`
+    (paying users / DAU), `bookings`, `arppu` (bookings per paying user; null with none),
+    `first_time_payers` (players whose first purchase in the game, or in any game for all
+    games, was that day) and `avg_days_to_first_purchase` (their days from first seen to
+    it). `players` must hold every day before `end`."""
+    played = per_game_and_all(players)
+    first_purchase = F.col("first_purchase") == F.col("eventDate")
+    waited = F.when(first_purchase, F.datediff("eventDate", "first_seen"))
+    result = (
+        _days(played, first, end)
+        .join(first_days(played), ["game_keyword", "device_id"])
+        .groupBy("eventDate", "game_keyword")
+        .agg(
+            F.count(F.lit(1)).alias("dau"),
+            F.count_if(F.col("purchases") > 0).alias("paying_users"),
+            F.sum("bookings").alias("bookings"),
+            F.count_if(first_purchase).alias("first_time_payers"),
+            (F.sum(waited).cast("decimal(20,0)") / F.count(waited)).alias("avg_days_to_first_purchase"),
+        )
+    )
+    return conformed(
+        result.select(
+            "*",
+            (F.col("paying_users") / F.col("dau")).cast(SHARE).alias("payer_conversion"),
+            F.when(F.col("paying_users") > 0, F.col("bookings") / F.col("paying_users"))
+            .cast(PER_USER)
+            .alias("arppu"),
+        ),
+        PAYERS,
+    )
+
+
+def _five_minutes(at: Column) -> Column:
+    return F.timestamp_seconds(F.floor(F.unix_seconds(at) / FIVE_MINUTES) * FIVE_MINUTES)
+
+
+def concurrent_players(players: DataFrame) -> DataFrame:
+    """Players online in each 5-minute window (`window_start`, `window_end`) of the day: those
+    with a session (activity_player_days' spans) overlapping it, per game and for all games
+    (a player of two games at once counts once). The day's peak is the largest window, its
+    average the windows' sum over 288."""
+    span = F.explode("sessions")
+    step = F.expr(f"INTERVAL {FIVE_MINUTES} SECONDS")
+    windows = (
+        players.select("eventDate", "game_keyword", "device_id", span.alias("span"))
+        .select(
+            "eventDate",
+            "game_keyword",
+            "device_id",
+            F.explode(
+                F.sequence(_five_minutes(F.col("span.first_at")), _five_minutes(F.col("span.last_at")), step)
+            ).alias("window_start"),
+        )
+        .withColumn("window_end", F.col("window_start") + step)
+    )
+    return conformed(
+        for_each_game_and_all(
+            windows,
+            ["eventDate", "window_start", "window_end"],
+            lambda df, keys: df.groupBy(*keys).agg(F.count_distinct("device_id").alias("players")),
+        ),
+        CONCURRENT_PLAYERS,
+    )
+
+
+def hourly_slices(hours: DataFrame) -> DataFrame:
+    """Events, purchases and bookings per hour, game, `platform` and `app_version`: a bad patch
+    on one platform shows in its own slice while the others hold the totals up."""
+    return conformed(
+        for_each_game_and_all(
+            hours, [*HOUR, "platform", "app_version"], _summed("events", "purchases", "bookings")
+        ),
+        HOURLY_SLICES,
+    )
 
 
 def restatements(table: str, before: list, after: list, settled_before: date) -> list[dict]:
@@ -416,6 +643,10 @@ def _days(rows: DataFrame, first: date, end: date) -> DataFrame:
     return rows.where(F.col("eventDate").between(F.lit(first), F.lit(end - timedelta(days=1))))
 
 
+def _before(rows: DataFrame, end: date) -> DataFrame:
+    return rows.where(F.col("eventDate") < F.lit(end))
+
+
 TRANSFORMS: dict[str, Transform] = {
     EVENTS_PER_HOUR: lambda a, first, end: events_per_hour(_days(a.hours, first, end)),
     BOOKINGS_PER_HOUR: lambda a, first, end: bookings_per_hour(_days(a.hours, first, end)),
@@ -424,4 +655,11 @@ TRANSFORMS: dict[str, Transform] = {
     DAILY_REVENUE: lambda a, first, end: daily_revenue(_days(a.players, first, end)),
     SESSIONS: lambda a, first, end: sessions(_days(a.players, first, end)),
     RETENTION: lambda a, first, end: retention(a.players.where(retention_source(first, end)), first, end),
+    COHORT_REVENUE: lambda a, first, end: cohort_revenue(
+        a.players.where(retention_source(first, end)), first, end
+    ),
+    ACTIVE_USERS: lambda a, first, end: active_users(_before(a.players, end), first, end),
+    PAYERS: lambda a, first, end: payers(_before(a.players, end), first, end),
+    CONCURRENT_PLAYERS: lambda a, first, end: concurrent_players(_days(a.players, first, end)),
+    HOURLY_SLICES: lambda a, first, end: hourly_slices(_days(a.hours, first, end)),
 }

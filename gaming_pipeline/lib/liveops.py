@@ -59,6 +59,24 @@ class HourlyDrop:
         }
 
 
+def sliced(
+    rows: Iterable, sliced_by: tuple[str, ...], value: str
+) -> list[tuple[str, datetime, Decimal | int]]:
+    """(series, hour start, value) of hourly KPI rows for hourly_drops: each game's own series,
+    or with `sliced_by` (columns of the rows) one series per leading part of the slice, so
+    `galaxy_miners android` and `galaxy_miners android 2.4.1` are judged each on its own
+    (a slice a client left out is `unknown`)."""
+    series = []
+    for row in rows:
+        parts = [row.game_keyword]
+        for column in sliced_by:
+            parts.append(row[column] or "unknown")
+            series.append((" ".join(parts), row.window_start, row[value]))
+        if not sliced_by:
+            series.append((row.game_keyword, row.window_start, row[value]))
+    return series
+
+
 def hourly_drops(
     rows: Iterable[tuple[str, datetime, Decimal | int]],
     first_day: date,

@@ -124,6 +124,28 @@ def ensure_table(
         f"{partitioned}{described}{f' TBLPROPERTIES ({settings})' if settings else ''}"
     )
     retry_on_conflict(lambda: spark.sql(statement))
+    _add_missing_columns(spark, path, schema)
+
+
+# The tables this process has already brought up to their declared columns.
+_COLUMNS_CHECKED: set[str] = set()
+
+
+def _add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -> None:
+    """Add the declared columns a table made by an earlier release lacks (null in its old
+    rows), once per table and process: a new column never needs a table dropped and made."""
+    if path in _COLUMNS_CHECKED:
+        return
+    present = set(spark.read.format("delta").load(path).schema.names)
+    # Nullable: the table's old rows have no value.
+    missing = T.StructType(
+        [T.StructField(f.name, f.dataType) for f in schema.fields if f.name not in present]
+    )
+    if missing.fields:
+        retry_on_conflict(
+            lambda: spark.sql(f"ALTER TABLE {delta_at(path)} ADD COLUMNS ({_ddl_fields(missing)})")
+        )
+    _COLUMNS_CHECKED.add(path)
 
 
 def is_delta_table(spark: SparkSession, path: str) -> bool:
@@ -248,7 +270,8 @@ def merge_into(
 
     A conflict with a concurrent writer is retried: the losing commit changed nothing, so
     even an update that adds to a row is applied once."""
-    condition = " AND ".join([f"t.{key} = s.{key}" for key in keys] + ([scope] if scope else []))
+    # Null-safe: a key a client left out (a platform) is still one row, not a new one per batch.
+    condition = " AND ".join([f"t.{key} <=> s.{key}" for key in keys] + ([scope] if scope else []))
     assignments = ", ".join(f"{column} = {value}" for column, value in updates.items())
     # A view name of this call's own: concurrent merges in one session must not swap rows.
     source = f"merge_source_{uuid.uuid4().hex}"

@@ -91,6 +91,11 @@ SOURCE = {
     kpis.DAILY_REVENUE: kpis.PLAYER_DAYS,
     kpis.SESSIONS: kpis.PLAYER_DAYS,
     kpis.RETENTION: kpis.PLAYER_DAYS,
+    kpis.ACTIVE_USERS: kpis.PLAYER_DAYS,
+    kpis.PAYERS: kpis.PLAYER_DAYS,
+    kpis.COHORT_REVENUE: kpis.PLAYER_DAYS,
+    kpis.CONCURRENT_PLAYERS: kpis.PLAYER_DAYS,
+    kpis.HOURLY_SLICES: kpis.GAME_HOURS,
 }
 
 
@@ -212,26 +217,35 @@ def adds_up(
     return KpiCheck(name, description, lambda run: consistent(run.written, run.totals))
 
 
-def holds_up(name: str, what: str, value: str, min_baseline: Decimal) -> KpiCheck:
+def holds_up(
+    name: str, what: str, value: str, min_baseline: Decimal, sliced_by: tuple[str, ...] = ()
+) -> KpiCheck:
     """The live-ops alarm on an hourly KPI: no settled hour of the run's days fell by half or
-    more against the same hour over the trailing days."""
+    more against the same hour over the trailing days, per game (and all games) or, with
+    `sliced_by`, per each game's slices by those columns (platform, then platform and app
+    version): a patch that breaks one platform drops its slice while the others hold the
+    game's total up."""
 
     def evaluate(run: KpiRun) -> checks.Outcome:
         trailing = run.table.where(days_predicate(run.first - timedelta(days=liveops.TRAILING_DAYS), run.end))
-        rows = trailing.select("game_keyword", "window_start", value).collect()
+        rows = trailing.select("game_keyword", *sliced_by, "window_start", value).collect()
         now = datetime.now(UTC).replace(tzinfo=None)
-        return liveops.drops_outcome(liveops.hourly_drops(rows, run.first, run.end, now, min_baseline))
+        series = liveops.sliced(rows, sliced_by, value)
+        return liveops.drops_outcome(liveops.hourly_drops(series, run.first, run.end, now, min_baseline))
 
+    per = f"per game and {' and '.join(sliced_by)}" if sliced_by else "per game"
     return KpiCheck(
         name,
-        f"No game's {what} in an hour fell by {liveops.WARN_DROP:.0%} or more against the median of the same "
-        f"hour over the previous {liveops.TRAILING_DAYS} days (WARN; ERROR from {liveops.ERROR_DROP:.0%}). "
+        f"No {what} in an hour ({per}) fell by {liveops.WARN_DROP:.0%} or more against the median of the "
+        f"same hour over the previous {liveops.TRAILING_DAYS} days (WARN; ERROR from {liveops.ERROR_DROP:.0%}). "
         f"Judged for hours whose median is at least {min_baseline} {what}, {liveops.SETTLE.seconds // 60} "
         "minutes after they end.",
         evaluate,
     )
 
 
+# The columns the hourly slices are judged by, coarser first.
+SLICES = ("platform", "app_version")
 KPIS = [
     Kpi(
         kpis.EVENTS_PER_HOUR,
@@ -326,13 +340,118 @@ KPIS = [
                 checks.cohorts_are_bounded,
             )
         ],
-        "Day-1 and day-7 retention of new players. `eventDate` is the cohort's day: the devices first "
-        "seen in a game that day (`new_players`; for `all_games`, first seen in any game). "
-        "`retained_d1` / `retained_d7` count those that play again exactly 1 / 7 days later, and "
-        "`d1_retention` / `d7_retention` are the shares. Null until the return day has events. "
-        "A refresh of a day rewrites the cohorts of the 7 days before it too (the day's events "
-        "are their returns); a cohort also refreshes when an earlier day gets its players' "
-        "first events.",
+        "Day-1, day-7 and day-30 retention of new players. `eventDate` is the cohort's day: the "
+        "devices first seen in a game that day (`new_players`; for `all_games`, first seen in any "
+        "game). `retained_d1` / `retained_d7` / `retained_d30` count those that play again exactly "
+        "1 / 7 / 30 days later, and `d1_retention` / `d7_retention` / `d30_retention` are the "
+        "shares. Null until the return day has events. A refresh of a day rewrites the cohorts of "
+        "the 30 days before it too (the day's events are their returns); a cohort also refreshes "
+        "when an earlier day gets its players' first events.",
+    ),
+    Kpi(
+        kpis.ACTIVE_USERS,
+        [
+            adds_up(
+                "active_users_add_up",
+                "Each day's DAU equals its active devices in activity_player_days; DAU <= WAU <= MAU; "
+                "new and returning players make up the DAU.",
+                checks.active_users_add_up,
+            )
+        ],
+        "Daily, weekly and monthly active users per day with events: `dau`, `wau` and `mau` "
+        "(distinct devices over the 1, 7 and 30 days ending that day; for `all_games` a player of "
+        "two games counts once), `stickiness` (DAU / MAU: how much of the month's audience plays "
+        "each day), `new_players` (first seen that day, as in kpi_retention) and "
+        "`returning_players` (the rest of the DAU). Late events of a day refresh every later day "
+        "too (their WAU, MAU and new players follow from it).",
+    ),
+    Kpi(
+        kpis.PAYERS,
+        [
+            adds_up(
+                "payers_within_players",
+                "Each day's DAU equals its active devices, and first-time payers <= paying users <= DAU.",
+                checks.payers_within_players,
+            ),
+            adds_up(
+                "bookings_add_up_to_activity",
+                "Each day's bookings, per game and for all games, equal what that day's players spent "
+                "in activity_player_days.",
+                checks.bookings_add_up_to_days,
+            ),
+        ],
+        "Who pays, per day: `dau`, `paying_users` (devices with a purchase that day), "
+        "`payer_conversion` (paying users / DAU), `bookings`, `arppu` (bookings per paying user; "
+        "null on a day without payers), `first_time_payers` (devices whose first purchase in the "
+        "game, or in any game for `all_games`, was that day) and `avg_days_to_first_purchase` "
+        "(their days from first seen to first purchase). Late events of a day refresh every "
+        "later day too (a first purchase may move to it).",
+    ),
+    Kpi(
+        kpis.COHORT_REVENUE,
+        [
+            adds_up(
+                "cohort_bookings_accumulate",
+                "Each cohort is at most its day's active devices, and what it spent by day 1, 7 and 30 "
+                "never shrinks.",
+                checks.cohort_bookings_accumulate,
+            )
+        ],
+        "The start of each cohort's LTV curve. `eventDate` is the cohort's day (players first seen "
+        "then, as in kpi_retention; `new_players`); `bookings_d1` / `bookings_d7` / `bookings_d30` "
+        "are what they spent from that day through 1 / 7 / 30 days later, and "
+        "`bookings_per_player_d1` / `_d7` / `_d30` the same per new player. Null until that day "
+        "has events. Refreshed with the 30 days after each cohort, like retention.",
+    ),
+    Kpi(
+        kpis.CONCURRENT_PLAYERS,
+        [
+            adds_up(
+                "windows_within_players",
+                "No 5-minute window has more players online than its day has active devices.",
+                checks.windows_within_players,
+            )
+        ],
+        "Players online in each 5-minute window (`window_start`, `window_end`) of the day: devices "
+        "with a session (events less than 30 minutes apart) overlapping the window, per game and "
+        "for `all_games` (a player of two games at once counts once). A window with nobody online "
+        "has no row. The day's peak is `max(players)`; its average over the day "
+        "`sum(players) / 288`.",
+    ),
+    Kpi(
+        kpis.HOURLY_SLICES,
+        [
+            adds_up(
+                "hours_add_up_to_activity",
+                "Each day's slices, per game and for all games, add up to the events of that day's "
+                "players in activity_player_days.",
+                checks.hours_add_up_to_days,
+            ),
+            adds_up(
+                "bookings_add_up_to_activity",
+                "Each day's slices' bookings add up to what that day's players spent.",
+                checks.bookings_add_up_to_days,
+            ),
+            holds_up(
+                "volume_holds_up_per_slice",
+                "events",
+                "events",
+                min_baseline=Decimal(100),
+                sliced_by=SLICES,
+            ),
+            holds_up(
+                "bookings_hold_up_per_slice",
+                "bookings",
+                "bookings",
+                min_baseline=Decimal(20),
+                sliced_by=SLICES,
+            ),
+        ],
+        "Events, purchases and bookings per hour, game, `platform` and `app_version`, and for "
+        "`all_games`: where a bad patch shows as what it is. The drop checks judge each platform "
+        "and each platform's app version on its own, so a release that breaks purchases on "
+        "android 2.4.1 alerts even while iOS holds the game's total up. Hours ingested before "
+        "this table existed have a null `app_version` until their day is rebuilt.",
     ),
 ]
 

@@ -3,9 +3,10 @@ already counted have changed.
 
 Each ingestion run adds its batch to the per-game and activity tables itself and records the
 days it added events to (`event_dates`); this sensor then asks for those days' KPIs, which
-read only the activity tables. A day's events also decide the retention of the cohorts 1
-and 7 days before it, which its refresh rewrites too, and, by moving a player's first day,
-of any later cohort, which a retention run refreshes. When rows counted before
+read only the activity tables. A day's events also decide the retention and spending of the
+cohorts up to 30 days before it, which its refresh rewrites too, and the KPIs of every later
+day that follow the days before them (first days, trailing weeks and months), which one run
+of those KPIs refreshes. When rows counted before
 changed (an object written again, a rollback, an erasure), the writer records the days to
 rebuild (`rebuild_dates`) and the sensor asks for a rebuild of everything derived from them.
 
@@ -15,11 +16,12 @@ run's metadata, and only they are refreshed, however late they are.
 
 Consecutive days go in one run (a partition range, as a single-run backfill would), and a
 day already waiting in a run that will cover it is not asked for again: while runs are in
-flight, new batches coalesce into the next run. A day's refresh rewrites the retention of
-the cohorts 1 to 7 days before it too (its events are their returns): a retention refresh
-reads every player's first day whatever the number of cohorts, so they cost no run of their
-own. Only later cohorts (a player's first day moving to an earlier day) get a retention run,
-all of them in one, from the first to the last.
+flight, new batches coalesce into the next run. A day's refresh rewrites the cohorts of the
+30 days before it too (its events are their returns): a cohort refresh reads every player's
+first day whatever the number of cohorts, so they cost no run of their own. Only later days
+get a run of their own, of the KPIs that follow earlier days (lib/kpis.py
+FOLLOW_EARLIER_DAYS), all of them in one, from the first to the last; today's events alone
+have no later day, so the steady path is one run.
 """
 
 from datetime import date, timedelta
@@ -32,7 +34,7 @@ from gaming_pipeline.defs.kpis.activity import ACTIVITY_GROUP
 from gaming_pipeline.defs.kpis.assets import KPI_GROUP
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES, RunDays
 from gaming_pipeline.games import GAMES
-from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, KPI_TABLES, REACHES_BACK, RETENTION, RETURN_DAYS
+from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, FOLLOW_EARLIER_DAYS, KPI_TABLES
 from gaming_pipeline.lib.tables import RAW_TABLE
 
 refresh_days_job = dg.define_asset_job(
@@ -45,6 +47,7 @@ refresh_days_job = dg.define_asset_job(
     ),
 )
 KPI_KEYS = [dg.AssetKey(table) for table in KPI_TABLES]
+FOLLOWING_KEYS = [dg.AssetKey(table) for table in FOLLOW_EARLIER_DAYS]
 DERIVED_KEYS = [dg.AssetKey(t) for t in (*(game.table_name for game in GAMES), *ACTIVITY_TABLES, *KPI_TABLES)]
 
 
@@ -59,21 +62,14 @@ def consecutive(days: set[date]) -> list[tuple[date, date]]:
     return runs
 
 
-def cohorts_changed_by(days: set[date]) -> set[date]:
-    """The retention cohorts events on `days` can change: those 1 and 7 days before (the
-    events are their returns), and every later one up to today (a player's first day can
-    move to or from it)."""
+def later_days(days: set[date]) -> set[date]:
+    """The days after the first of `days` through today, but `days` themselves: their KPIs that
+    follow the days before them (FOLLOW_EARLIER_DAYS: a player's first day may move to or from
+    them, the trailing week and month hold the events) can change."""
     if not days:
         return set()
     today = date.fromisoformat(DAILY.get_last_partition_key())
-    later = {min(days) + timedelta(days=n) for n in range(1, (today - min(days)).days + 1)}
-    return {day - timedelta(days=n) for day in days for n in RETURN_DAYS} | later
-
-
-def reached_by(days: set[date]) -> set[date]:
-    """The retention cohorts a refresh of `days` rewrites: each day's and those it reaches
-    back to (REACHES_BACK), whose returns it holds."""
-    return {day - timedelta(days=n) for day in days for n in range(REACHES_BACK[RETENTION] + 1)}
+    return {min(days) + timedelta(days=n) for n in range(1, (today - min(days)).days + 1)} - days
 
 
 def covers(run: dg.DagsterRun, keys: set[dg.AssetKey]) -> set[date]:
@@ -123,8 +119,8 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     rebuild = wanted(asked[REBUILD_DATES], set(DERIVED_KEYS))
     refresh = wanted(asked[EVENT_DATES], set(KPI_KEYS), rebuild)
     changed = asked[REBUILD_DATES] | asked[EVENT_DATES]
-    # Each changed day's refresh (or rebuild) rewrites the cohorts it is the return day of.
-    cohorts = wanted(cohorts_changed_by(changed), {dg.AssetKey(RETENTION)}, reached_by(changed))
+    # Each changed day's refresh (or rebuild) rewrites the cohorts it is a return day of itself.
+    later = wanted(later_days(changed), set(FOLLOWING_KEYS))
     last = records[-1].storage_id
     requests = (
         [RunDays(first, end).request(f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
@@ -133,10 +129,8 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             for first, end in consecutive(refresh)
         ]
         + [
-            RunDays(first, end).request(
-                f"{first}:{end}:{last}:{RETENTION}", asset_selection=[dg.AssetKey(RETENTION)]
-            )
-            for first, end in ([(min(cohorts), max(cohorts))] if cohorts else [])
+            RunDays(first, end).request(f"{first}:{end}:{last}:later", asset_selection=FOLLOWING_KEYS)
+            for first, end in ([(min(later), max(later))] if later else [])
         ]
     )
     return dg.SensorResult(run_requests=requests, cursor=str(last))
