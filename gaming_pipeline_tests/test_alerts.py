@@ -19,7 +19,7 @@ from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
-from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR
+from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR, HOURLY_SLICES
 from gaming_pipeline.local import ports
 from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
@@ -31,6 +31,7 @@ PURCHASES_PER_HOUR = 6
 
 
 BOOKINGS = dg.AssetKey(BOOKINGS_PER_HOUR)
+SLICES = dg.AssetKey(HOURLY_SLICES)
 
 
 class Receiver:
@@ -61,27 +62,50 @@ def receiver():
     server.server.shutdown()
 
 
+def event(name: str, at: datetime, device: str, platform: str = "ios", app_version: str = "2.0.0") -> dict:
+    params = {
+        "game_keyword": GAME.keyword,
+        "app_name": GAME.app_name,
+        "platform": platform,
+        "app_version": app_version,
+        "device_id": device,
+        "amount": 4.99 if name == "purchaseEvent" else None,
+    }
+    return {
+        "event_id": uuid.uuid4().hex,
+        "eventName": name,
+        "eventTime": int(at.timestamp()),
+        "eventParams": params,
+    }
+
+
+def hours_of(day: datetime) -> list[datetime]:
+    return [day + timedelta(hours=h) for h in range(24)]
+
+
 def purchases(day: datetime, drop_at: datetime | None = None) -> list[dict]:
     """PURCHASES_PER_HOUR purchases of 4.99 in every hour of `day`, one only at `drop_at`."""
+    return [
+        event("purchaseEvent", hour + timedelta(minutes=5 * n + 1), f"d-{n}")
+        for hour in hours_of(day)
+        for n in range(1 if hour == drop_at else PURCHASES_PER_HOUR)
+    ]
+
+
+def platform_purchases(day: datetime, broken_from: datetime | None = None) -> list[dict]:
+    """PURCHASES_PER_HOUR purchases an hour on ios 2.0.0 and as many on android 2.4.1, but from
+    `broken_from` on android players only play while iOS buys twice as much: the game's total
+    holds up."""
     events = []
-    for hour in (day + timedelta(hours=h) for h in range(24)):
-        for n in range(1 if hour == drop_at else PURCHASES_PER_HOUR):
+    for hour in hours_of(day):
+        broken = broken_from is not None and hour >= broken_from
+        for n in range(PURCHASES_PER_HOUR):
             at = hour + timedelta(minutes=5 * n + 1)
-            params = {
-                "game_keyword": GAME.keyword,
-                "app_name": GAME.app_name,
-                "platform": "ios",
-                "app_version": "2.0.0",
-                "device_id": f"d-{n}",
-                "amount": 4.99,
-            }
+            events.append(event("purchaseEvent", at, f"ios-{n}"))
+            if broken:
+                events.append(event("purchaseEvent", at + timedelta(minutes=1), f"ios-{n}"))
             events.append(
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "eventName": "purchaseEvent",
-                    "eventTime": int(at.timestamp()),
-                    "eventParams": params,
-                }
+                event("levelUp" if broken else "purchaseEvent", at, f"android-{n}", "android", "2.4.1")
             )
     return events
 
@@ -156,6 +180,55 @@ def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, lan
         sensor.tick()
         sensor.tick()
         assert len(receiver.received) == 1
+
+
+def test_a_patch_breaking_one_platform_alerts_while_the_other_holds_the_total_up(
+    spark, landing, warehouse, receiver
+):
+    with dg.instance_for_test() as instance:
+        sensor = AlertsSensor(instance, receiver.url)
+        for n in range(8):
+            land(
+                landing.bucket,
+                FIRST_DAY + timedelta(days=n),
+                platform_purchases(FIRST_DAY + timedelta(days=n)),
+            )
+        land(landing.bucket, DROP_DAY, platform_purchases(DROP_DAY, broken_from=DROP_HOUR))
+        ingest_everything(landing, warehouse, instance)
+        week = (FIRST_DAY.date().isoformat(), (DROP_DAY - timedelta(days=1)).date().isoformat())
+        refresh(landing, warehouse, instance, *week, [kpi_tables], [BOOKINGS, SLICES])
+        sensor.tick()
+        assert receiver.received == [], "a steady week is quiet"
+
+        result = dg.materialize(
+            [kpi_tables],
+            selection=[BOOKINGS, SLICES],
+            resources=resources(landing, warehouse),
+            instance=instance,
+            partition_key=DROP_DAY.date().isoformat(),
+        )
+        outcomes = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert outcomes["bookings_hold_up"].passed, "the game's total holds up"
+        broken = outcomes["bookings_hold_up_per_slice"]
+        assert not broken.passed and broken.severity == dg.AssetCheckSeverity.ERROR
+        incidents = broken.metadata["incidents"].value
+        hours = [hour for hour in hours_of(DROP_DAY) if hour >= DROP_HOUR]
+        assert sorted(incidents) == sorted(
+            f"{game} android{version} {hour:%Y-%m-%d %H}:00 UTC"
+            for game in (GAME.keyword, "all_games")
+            for version in ("", " 2.4.1")
+            for hour in hours
+        ), "android and its 2.4.1 drop, iOS does not"
+        sensor.tick()
+        sensor.tick()
+        (message,) = receiver.received
+        assert message["text"].startswith(
+            ":rotating_light: [ERROR] bookings_hold_up_per_slice failed on kpi_hourly_slices"
+        )
+        assert (
+            f"{GAME.keyword} android 2.4.1 {DROP_HOUR:%Y-%m-%d %H}:00 UTC: 0.00 against a usual 29.94"
+            in (message["text"])
+        )
 
 
 def test_an_incident_is_said_once_and_survives_the_cursor():
