@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import dagster as dg
 import pytest
+from pyspark.sql import types as T
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.kpis.assets import KPIS, ActivityRead, reached_back
@@ -26,7 +28,7 @@ from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.events import classify_lines, raw_events
 from gaming_pipeline.lib.tables import ACTIVITY, RAW_TABLE
-from gaming_pipeline.lib.warehouse import merge_into, table_path
+from gaming_pipeline.lib.warehouse import ensure_table, merge_into, table_path
 from gaming_pipeline.local import generator
 from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
@@ -232,3 +234,43 @@ def raw_rows(spark, events: list[dict]):
         "value string, _source_object string, _source_modified_at timestamp",
     )
     return raw_events(classify_lines(lines), datetime.now(UTC), "test-run")
+
+
+def test_an_activity_table_made_before_app_version_gains_it_and_a_missing_platform_is_one_row(
+    spark, tmp_path
+):
+    """A lake made by an earlier release: its hourly activity has no `app_version`. The next
+    batch adds the column (old rows keep null) instead of failing, and events that leave out
+    the platform merge into one row per hour, batch after batch, as a rebuild would make."""
+    table = ACTIVITY[kpis.GAME_HOURS]
+    path = table.path(str(tmp_path))
+    old_schema = T.StructType([field for field in table.schema.fields if field.name != "app_version"])
+    ensure_table(spark, path, old_schema, table.partition_by)
+    at = datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()
+    old = spark.createDataFrame(
+        [
+            (
+                date(2026, 11, 19),
+                datetime(2026, 11, 19, 8),
+                datetime(2026, 11, 19, 9),
+                "g",
+                "ios",
+                3,
+                0,
+                Decimal(0),
+            )
+        ],
+        old_schema,
+    )
+    old.write.format("delta").mode("append").save(path)
+
+    event = generator.EventFactory(3).event(at)
+    event["eventParams"].pop("platform")
+    table.ensure(spark, str(tmp_path))
+    for _ in range(2):
+        batch = kpis.game_hours(raw_rows(spark, [event]))
+        merge_into(batch, path, kpis.KEYS[kpis.GAME_HOURS], kpis.ADDED[kpis.GAME_HOURS], {"run_id": "test"})
+    rows = {row.eventDate: row for row in spark.read.format("delta").load(path).collect()}
+    assert (rows[date(2026, 11, 19)].app_version, rows[date(2026, 11, 19)].events) == (None, 3)
+    today = rows[date(2026, 11, 20)]
+    assert (today.platform, today.app_version, today.events) == (None, event["eventParams"]["app_version"], 2)

@@ -127,14 +127,15 @@ def ensure_table(
     _add_missing_columns(spark, path, schema)
 
 
-# The tables this process has already brought up to their declared columns.
-_COLUMNS_CHECKED: set[str] = set()
+# The tables (and the columns) this process has already brought up to their declaration.
+_COLUMNS_CHECKED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def _add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -> None:
     """Add the declared columns a table made by an earlier release lacks (null in its old
     rows), once per table and process: a new column never needs a table dropped and made."""
-    if path in _COLUMNS_CHECKED:
+    checked = (path, tuple(schema.names))
+    if checked in _COLUMNS_CHECKED:
         return
     present = set(spark.read.format("delta").load(path).schema.names)
     # Nullable: the table's old rows have no value.
@@ -145,7 +146,7 @@ def _add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -
         retry_on_conflict(
             lambda: spark.sql(f"ALTER TABLE {delta_at(path)} ADD COLUMNS ({_ddl_fields(missing)})")
         )
-    _COLUMNS_CHECKED.add(path)
+    _COLUMNS_CHECKED.add(checked)
 
 
 def is_delta_table(spark: SparkSession, path: str) -> bool:
