@@ -49,10 +49,9 @@ def test_hourly_points_are_the_all_games_rows_of_the_days_shown_in_utc(spark):
         ],
     )
     spec = charts.CHARTS[kpis.EVENTS_PER_HOUR]
-    assert charts.chart_points(spec, table, yesterday, LAST_DAY) == [
-        (hour(yesterday, 23), 20.0),
-        (hour(LAST_DAY, 9), 30.0),
-    ]
+    assert charts.chart_points(spec, table, yesterday, LAST_DAY) == {
+        "events": [(hour(yesterday, 23), 20.0), (hour(LAST_DAY, 9), 30.0)]
+    }
 
 
 def test_daily_points_start_at_midnight_utc(spark):
@@ -61,9 +60,26 @@ def test_daily_points_start_at_midnight_utc(spark):
         "eventDate date, game_keyword string, dau long",
     )
     spec = charts.CHARTS[kpis.DAILY_ACTIVE_USERS]
-    assert charts.chart_points(spec, table, LAST_DAY - timedelta(days=29), LAST_DAY) == [
-        (hour(LAST_DAY, 0), 12.0)
-    ]
+    assert charts.chart_points(spec, table, LAST_DAY - timedelta(days=29), LAST_DAY) == {
+        "dau": [(hour(LAST_DAY, 0), 12.0)]
+    }
+
+
+def test_a_cohort_chart_has_a_line_per_return_day_each_ending_where_it_is_not_known(spark):
+    table = spark.createDataFrame(
+        [
+            (LAST_DAY - timedelta(days=1), "all_games", Decimal("0.5"), None, None),
+            (LAST_DAY, "all_games", None, None, None),
+        ],
+        "eventDate date, game_keyword string, d1_retention decimal(5,4), d7_retention decimal(5,4), "
+        "d30_retention decimal(5,4)",
+    )
+    spec = charts.CHARTS[kpis.RETENTION]
+    assert charts.chart_points(spec, table, LAST_DAY - timedelta(days=29), LAST_DAY) == {
+        "day 1": [(hour(LAST_DAY - timedelta(days=1), 0), 0.5)],
+        "day 7": [],
+        "day 30": [],
+    }
 
 
 def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
@@ -81,6 +97,26 @@ def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
             [(LAST_DAY - timedelta(days=n), "all_games", 1000 + 7 * n) for n in range(30)],
             "eventDate date, game_keyword string, dau long",
         ),
+        kpis.ACTIVE_USERS: spark.createDataFrame(
+            [(LAST_DAY - timedelta(days=n), "all_games", 1000, 3000, 9000) for n in range(30)],
+            "eventDate date, game_keyword string, dau long, wau long, mau long",
+        ),
+        kpis.RETENTION: spark.createDataFrame(
+            [
+                (LAST_DAY - timedelta(days=n), "all_games", Decimal("0.4"), Decimal("0.2"), None)
+                for n in range(30)
+            ],
+            "eventDate date, game_keyword string, d1_retention decimal(5,4), d7_retention decimal(5,4), "
+            "d30_retention decimal(5,4)",
+        ),
+        kpis.COHORT_REVENUE: spark.createDataFrame(
+            [
+                (LAST_DAY - timedelta(days=n), "all_games", Decimal("0.5"), Decimal("1.5"), None)
+                for n in range(30)
+            ],
+            "eventDate date, game_keyword string, bookings_per_player_d1 decimal(18,4), "
+            "bookings_per_player_d7 decimal(18,4), bookings_per_player_d30 decimal(18,4)",
+        ),
     }
     assert set(tables) == set(charts.CHARTS)
     for name, table in tables.items():
@@ -94,7 +130,7 @@ def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
 
 def test_a_chart_without_rows_draws_no_series():
     spec = charts.CHARTS[kpis.BOOKINGS_PER_HOUR]
-    png = charts.render_chart(spec, [], LAST_DAY - timedelta(days=1), LAST_DAY)
+    png = charts.render_chart(spec, {}, LAST_DAY - timedelta(days=1), LAST_DAY)
     assert colored_pixels(Image.open(io.BytesIO(png))) == 0
 
 

@@ -43,49 +43,107 @@ DAY = Period(timedelta(days=1), "unix_date(eventDate) * 86400", "day (UTC)", dra
 
 
 @dataclass(frozen=True)
+class Series:
+    """One line (or the bars) of a chart: a column of the KPI table, its legend and colour."""
+
+    column: str
+    label: str
+    color: str
+
+
+@dataclass(frozen=True)
 class ChartSpec:
     title: str
-    value_column: str
+    series: tuple[Series, ...]
     value_label: str
     period: Period
     days: int
     bars: bool
-    color: str
     caption: str
+    # How the value axis reads: "count" (whole numbers), "money" (two decimals) or "share"
+    # (a fraction drawn as a percentage).
+    scale: str = "count"
+
+
+def _one(column: str, color: str) -> tuple[Series, ...]:
+    return (Series(column, column, color),)
+
+
+def _at_days(prefix: str, label: str) -> tuple[Series, ...]:
+    """A cohort KPI's series at D1, D7 and D30, darker further out."""
+    colors = ("#9ecae1", "#4292c6", "#08519c")
+    return tuple(
+        Series(prefix.format(n=n), label.format(n=n), color)
+        for n, color in zip(kpis.RETURN_DAYS, colors, strict=True)
+    )
 
 
 CHARTS: dict[str, ChartSpec] = {
     kpis.EVENTS_PER_HOUR: ChartSpec(
         title="Events per hour",
-        value_column="events",
+        series=_one("events", "#1f77b4"),
         value_label="events",
         period=HOUR,
         days=2,
         bars=True,
-        color="#1f77b4",
         caption="Events received per hour over the last two days, all games together. A sudden "
         "drop is the first sign of a service or client problem.",
     ),
     kpis.BOOKINGS_PER_HOUR: ChartSpec(
         title="Bookings per hour",
-        value_column="bookings",
+        series=_one("bookings", "#2ca02c"),
         value_label="bookings (sum of purchases)",
         period=HOUR,
         days=2,
         bars=False,
-        color="#2ca02c",
         caption="Sum of purchase amounts per hour over the last two days, all games together. An "
         "hour with play but no purchase shows 0.",
+        scale="money",
     ),
     kpis.DAILY_ACTIVE_USERS: ChartSpec(
         title="Daily active users",
-        value_column="dau",
+        series=_one("dau", "#d62728"),
         value_label="distinct devices",
         period=DAY,
         days=30,
         bars=False,
-        color="#d62728",
         caption="Distinct devices per day over the last 30 days; a player of two games counts once.",
+    ),
+    kpis.ACTIVE_USERS: ChartSpec(
+        title="DAU, WAU and MAU",
+        series=(
+            Series("dau", "DAU", "#d62728"),
+            Series("wau", "WAU (7 days)", "#ff7f0e"),
+            Series("mau", "MAU (30 days)", "#9467bd"),
+        ),
+        value_label="distinct devices",
+        period=DAY,
+        days=30,
+        bars=False,
+        caption="Distinct devices over the day, the trailing 7 days and the trailing 30 days; "
+        "DAU / MAU is the stickiness.",
+    ),
+    kpis.RETENTION: ChartSpec(
+        title="Retention by cohort day",
+        series=_at_days("d{n}_retention", "day {n}"),
+        value_label="share of new players back",
+        period=DAY,
+        days=30,
+        bars=False,
+        caption="Of the players first seen each day, the share playing again 1, 7 and 30 days "
+        "later; a line ends where its return day has not come yet.",
+        scale="share",
+    ),
+    kpis.COHORT_REVENUE: ChartSpec(
+        title="Cohort revenue per player",
+        series=_at_days("bookings_per_player_d{n}", "by day {n}"),
+        value_label="bookings per new player",
+        period=DAY,
+        days=30,
+        bars=False,
+        caption="What the players first seen each day spent by 1, 7 and 30 days later, per "
+        "player: the start of the LTV curve of each cohort.",
+        scale="money",
     ),
 }
 
@@ -97,7 +155,7 @@ def latest_day(table: DataFrame) -> date | None:
 
 def kpi_chart(table_name: str, table: DataFrame, last_day: date) -> bytes | None:
     """The PNG chart of a KPI table's all-games rows over its days up to `last_day` (the last
-    2 for hourly tables, 30 for daily active users), or None for a table that has no chart.
+    2 for hourly tables, 30 for daily ones), or None for a table that has no chart.
 
     Only the rows of those days are read (`eventDate` is the tables' partition column).
     """
@@ -110,45 +168,67 @@ def kpi_chart(table_name: str, table: DataFrame, last_day: date) -> bytes | None
 
 def chart_points(
     spec: ChartSpec, table: DataFrame, first_day: date, last_day: date
-) -> list[tuple[datetime, float]]:
-    """The all-games (period start in UTC, value) pairs of a KPI table's days from `first_day`
-    to `last_day`, in time order."""
+) -> dict[str, list[tuple[datetime, float]]]:
+    """Per series (by its label), the all-games (period start in UTC, value) pairs of a KPI
+    table's days from `first_day` to `last_day` that have a value, in time order."""
     rows = (
         table.where((F.col("game_keyword") == ALL_GAMES) & F.col("eventDate").between(first_day, last_day))
         .select(
             F.expr(spec.period.start_seconds_sql).alias("start"),
-            F.col(spec.value_column).cast("double").alias("value"),
+            *(F.col(series.column).cast("double").alias(series.column) for series in spec.series),
         )
         .orderBy("start")
         .collect()
     )
-    return [(datetime.fromtimestamp(row.start, UTC), row.value) for row in rows]
+    return {
+        series.label: [
+            (datetime.fromtimestamp(row.start, UTC), row[series.column])
+            for row in rows
+            if row[series.column] is not None
+        ]
+        for series in spec.series
+    }
 
 
 def render_chart(
-    spec: ChartSpec, points: list[tuple[datetime, float]], first_day: date, last_day: date
+    spec: ChartSpec, points: dict[str, list[tuple[datetime, float]]], first_day: date, last_day: date
 ) -> bytes:
-    """The PNG of `points` (period start in UTC, value) drawn as `spec` says, over whole days."""
+    """The PNG of each series' `points` (period start in UTC, value) drawn as `spec` says,
+    over whole days."""
     # Here, not at the top: matplotlib, Pillow and numpy take half a second to import, and
     # only a run that draws a chart needs them, not every run that loads the code location.
     import numpy
     from matplotlib import dates as mdates
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
     from PIL import Image
 
     figure = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
     period = spec.period
-    positions = [start + period.drawn_at for start, _ in points]
-    values = [value for _, value in points]
-    if spec.bars:
-        axes.bar(positions, values, width=period.length * 0.8, color=spec.color)
-    else:
-        axes.plot(positions, values, color=spec.color, linewidth=2, marker="o", markersize=3)
-    if not points:
+    highest = 0.0
+    for series in spec.series:
+        drawn = points.get(series.label, [])
+        positions = [start + period.drawn_at for start, _ in drawn]
+        values = [value for _, value in drawn]
+        highest = max(highest, *values) if values else highest
+        if spec.bars:
+            axes.bar(positions, values, width=period.length * 0.8, color=series.color, label=series.label)
+        else:
+            axes.plot(
+                positions,
+                values,
+                color=series.color,
+                linewidth=2,
+                marker="o",
+                markersize=3,
+                label=series.label,
+            )
+    if not any(points.values()):
         axes.text(0.5, 0.5, "no data for these days", transform=axes.transAxes, ha="center", color="0.4")
+    elif len(spec.series) > 1:
+        axes.legend(loc="upper left", ncols=len(spec.series), fontsize="small", frameon=False)
     # Exactly the periods of the days shown, so an hour or day without rows shows as a gap.
     margin = period.drawn_at - period.length / 2
     axes.set_xlim(_midnight(first_day) + margin, _midnight(last_day + timedelta(days=1)) + margin)
@@ -157,11 +237,18 @@ def render_chart(
     axes.xaxis.set_major_formatter(
         mdates.ConciseDateFormatter(locator, tz=UTC, zero_formats=ZERO_FORMATS, show_offset=False)
     )
-    # From 0 with headroom above the highest value, and at least to 1 so an empty or all-zero
-    # chart still has a readable axis.
-    axes.set_ylim(0, max(max(values, default=0) * 1.1, 1))
-    axes.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-    axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    # From 0 with headroom above the highest value (room for the legend too), and at least to
+    # a readable unit so an empty or all-zero chart still has an axis.
+    axes.set_ylim(
+        0, max(highest * (1.35 if len(spec.series) > 1 else 1.1), 0.1 if spec.scale == "share" else 1)
+    )
+    if spec.scale == "share":
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    else:
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=spec.scale == "count"))
+        axes.yaxis.set_major_formatter(
+            StrMethodFormatter("{x:,.0f}" if spec.scale == "count" else "{x:,.2f}")
+        )
     axes.grid(axis="y", color="0.9")
     axes.set_axisbelow(True)
     axes.set_title(f"{spec.title}, all games, {_day_range(first_day, last_day)} (UTC)", loc="left")

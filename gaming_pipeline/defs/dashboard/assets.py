@@ -47,10 +47,10 @@ def charted_tables(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
 )
 def kpi_dashboard(warehouse: WarehouseResource, pyspark: SparkResource) -> dg.MaterializeResult:
     """One web page with the portfolio's KPIs, all games together, in UTC: events per hour
-    and bookings per hour over the last two days, and daily active users over the last 30.
-    The days shown end on the last day with data. It refreshes itself after any day of
-    `kpi_events_per_hour`, `kpi_bookings_per_hour` or `kpi_daily_active_users` is
-    rewritten. Open the file at `dagster/uri` in a browser (it needs no network), or see
+    and bookings per hour over the last two days; daily active users, DAU / WAU / MAU,
+    retention at day 1, 7 and 30 and cohort revenue per player by day 1, 7 and 30 over the
+    last 30. The days shown end on the last day with data. It refreshes itself after any day
+    of the KPI tables it charts is rewritten. Open the file at `dagster/uri` in a browser (it needs no network), or see
     the charts right here in the materialization's `preview`."""
     spark = pyspark.spark_session
     tables = charted_tables(spark, warehouse.root)
