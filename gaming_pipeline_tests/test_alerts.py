@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,13 +14,24 @@ import dagster as dg
 import pytest
 
 from gaming_pipeline.definitions import defs
-from gaming_pipeline.defs.alerts.sensors import alerts_sensor
+from gaming_pipeline.defs.alerts.sensors import alerts_sensor, build_alerts_sensor
 from gaming_pipeline.defs.kpis.assets import kpi_tables
+from gaming_pipeline.defs.partitions import EVENTS_PER_GAME
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.alerts import AlertState, check_alert, run_failure_alert
+from gaming_pipeline.lib.alerts import (
+    MIN_EXPECTED_EVENTS,
+    USUAL_WINDOW_SECONDS,
+    AlertState,
+    Arrival,
+    check_alert,
+    outage_alert,
+    run_failure_alert,
+    silent_games,
+)
 from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR, HOURLY_SLICES
+from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.local import ports
 from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
@@ -118,8 +130,8 @@ def land(bucket: str, day: datetime, events: list[dict]) -> None:
 class AlertsSensor:
     """alerts_sensor evaluated tick after tick, its cursor carried as the daemon would."""
 
-    def __init__(self, instance: dg.DagsterInstance, url: str):
-        self.instance, self.url, self.cursor = instance, url, None
+    def __init__(self, instance: dg.DagsterInstance, url: str, sensor: dg.SensorDefinition = alerts_sensor):
+        self.instance, self.url, self.cursor, self.sensor = instance, url, None, sensor
         self.repository = defs().get_repository_def()
 
     def tick(self) -> None:
@@ -129,7 +141,7 @@ class AlertsSensor:
             repository_def=self.repository,
             resources={"alert_webhook": AlertWebhookResource(url=self.url)},
         ) as context:
-            self.cursor = alerts_sensor(context).cursor
+            self.cursor = self.sensor(context).cursor
 
 
 def test_a_drop_in_purchases_alerts_once_and_quiet_hours_send_nothing(spark, landing, warehouse, receiver):
@@ -269,4 +281,63 @@ def test_other_checks_and_failed_runs_are_one_incident_each():
     assert (
         failed.slack()["text"]
         == ":rotating_light: [ERROR] run of refresh_days_job failed (2026-11-20)\n• Spark died\n• run abc"
+    )
+
+
+def test_a_game_gone_silent_alerts_once_even_with_nothing_landing_and_a_small_game_does_not(receiver):
+    silence = 2.0
+    # The pace that makes a usual sender: MIN_EXPECTED_EVENTS in `silence` seconds.
+    busy = int(MIN_EXPECTED_EVENTS * USUAL_WINDOW_SECONDS / silence) + 1
+    with dg.instance_for_test() as instance:
+        sensor = AlertsSensor(instance, receiver.url, build_alerts_sensor(silence))
+
+        def ingested(events: dict[str, int]) -> None:
+            """An ingestion run's record of its new events, as ingest_landed_objects writes it."""
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(RAW_TABLE, metadata={EVENTS_PER_GAME: events})
+            )
+
+        ingested({"galaxy_miners": busy, "ninja_run": 3})
+        sensor.tick()
+        assert receiver.received == [], "nothing is silent yet"
+        # Then nothing lands at all: no object, no run, nothing but time passing.
+        time.sleep(silence + 0.5)
+        sensor.tick()
+        sensor.tick()
+        (message,) = receiver.received
+        assert message["text"].startswith(":rotating_light: [ERROR] 1 game(s) sent no events for")
+        assert "galaxy_miners: no events for" in message["text"] and "ninja_run" not in message["text"]
+
+        # It sends again, then goes silent again: a new incident.
+        ingested({"galaxy_miners": busy})
+        sensor.tick()
+        assert len(receiver.received) == 1
+        time.sleep(silence + 0.5)
+        sensor.tick()
+        assert len(receiver.received) == 2
+
+
+@pytest.mark.unit
+def test_silence_is_judged_against_the_games_usual_pace():
+    hour = USUAL_WINDOW_SECONDS
+    arrivals = [
+        Arrival(1, 1000.0, {"busy": 600, "small": 10}),
+        Arrival(2, 1000.0 + hour / 2, {"busy": 600, "small": 5, "back": 900}),
+        Arrival(3, 1000.0 + hour + 840, {"back": 900}),
+    ]
+    now = 1000.0 + hour + 900
+    silent = silent_games(arrivals, now, silence_seconds=900)
+    # busy: 1200 an hour would have sent 300 in 15 minutes; small: 15 an hour, 3.75.
+    assert [(s.game, s.since.storage_id, round(s.seconds), round(s.usual)) for s in silent] == [
+        ("busy", 2, 2700, 300)
+    ]
+    assert silent_games(arrivals, now, silence_seconds=0) == []
+    state = AlertState()
+    alert = outage_alert(silent, games_seen=3, state=state)
+    assert alert.headline == "1 game(s) sent no events for 45 minutes or more"
+    state.remember(alert)
+    assert outage_alert(silent, games_seen=3, state=state) is None
+    everyone = silent_games(arrivals, now + 3 * hour, silence_seconds=900)
+    assert outage_alert(everyone, games_seen=2, state=AlertState()).headline.startswith(
+        "no events at all for"
     )

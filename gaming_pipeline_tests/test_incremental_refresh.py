@@ -12,6 +12,7 @@ of both at once, sessions spanning the two batches included."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -21,7 +22,7 @@ from pyspark.sql import types as T
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.defs.kpis.assets import KPIS, ActivityRead, reached_back
-from gaming_pipeline.defs.partitions import EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.defs.partitions import EVENT_DATES, EVENTS_PER_GAME, REBUILD_DATES
 from gaming_pipeline.defs.refresh.sensors import consecutive
 from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
@@ -119,6 +120,8 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
         land(landing.bucket, "events/batch-1b.ndjson.gz", first[250:])
         added = ingest(landing, warehouse, instance)
         assert added[REBUILD_DATES] == [] and added[EVENT_DATES]
+        # What the alerts sensor tells a silent game by.
+        assert added[EVENTS_PER_GAME] == Counter(event["eventParams"]["game_keyword"] for event in first)
         steady(added)
 
         # Later events; then late ones of the middle day, some of them first-day players

@@ -15,6 +15,7 @@ def test_defaults_live_under_home():
     assert settings.queue_url == ""
     assert settings.spark_master == "local[*]"
     assert settings.batch_interval_seconds == 300
+    assert settings.outage_seconds == 900
 
 
 def test_every_setting_comes_from_its_variable():
@@ -40,9 +41,12 @@ def test_every_setting_comes_from_its_variable():
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
-def test_a_batch_interval_that_is_no_number_of_seconds_is_refused_by_name(value):
-    with pytest.raises(ValueError, match=f"GAMING_PIPELINE_BATCH_INTERVAL_SECONDS .* not '{value}'"):
-        Settings.from_env({"GAMING_PIPELINE_BATCH_INTERVAL_SECONDS": value})
+@pytest.mark.parametrize(
+    "variable", ["GAMING_PIPELINE_BATCH_INTERVAL_SECONDS", "GAMING_PIPELINE_OUTAGE_SECONDS"]
+)
+def test_a_duration_that_is_no_number_of_seconds_is_refused_by_name(value, variable):
+    with pytest.raises(ValueError, match=f"{variable} .* not '{value}'"):
+        Settings.from_env({variable: value})
 
 
 def test_s3a_follows_boto3_endpoint_or_stays_on_aws():

@@ -38,6 +38,9 @@ def window_predicate(context: dg.AssetExecutionContext) -> str:
 EVENT_DATES = "event_dates"
 # ...and the days whose rows counted before changed, to rebuild from the raw table.
 REBUILD_DATES = "rebuild_dates"
+# The new events of each game a run added (game keyword -> count; games without any left
+# out), from which alerts_sensor tells a game gone silent.
+EVENTS_PER_GAME = "events_per_game"
 
 
 # The tags by which Dagster says which partitions a run covers: one, or a backfill's range.

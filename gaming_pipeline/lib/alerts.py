@@ -103,3 +103,79 @@ def stale_alert(stale: dict[str, tuple[str, float]], state: AlertState) -> Alert
     if not lines:
         return None
     return Alert("ERROR", f"{len(lines)} table(s) behind the raw events", lines, sorted(fresh))
+
+
+# A game's usual arrivals are judged over the hour before it went quiet...
+USUAL_WINDOW_SECONDS = 3600
+# ...and it usually sends events when that pace would have put at least this many in the
+# silence: a small game's or a night's lull between two batches is no outage.
+MIN_EXPECTED_EVENTS = 20
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One ingestion run's new events, per game, and when it recorded them."""
+
+    storage_id: int
+    at: float  # seconds since the epoch
+    events: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Silence:
+    game: str
+    since: Arrival  # the game's last arrival
+    seconds: float
+    usual: float  # the events the game's usual pace would have sent in `seconds`
+
+    @property
+    def incident(self) -> str:
+        return f"outage/{self.game}/{self.since.storage_id}"
+
+
+def silent_games(arrivals: list[Arrival], now: float, silence_seconds: float) -> list[Silence]:
+    """The games that usually send events and have sent none for `silence_seconds` or more:
+    their last arrival is that old, and over the USUAL_WINDOW_SECONDS before it they sent at a
+    pace that would have put MIN_EXPECTED_EVENTS or more in that time. `arrivals` must reach
+    back USUAL_WINDOW_SECONDS before the last arrival of any game that matters; nothing
+    landing at all is exactly what this sees as silence."""
+    last: dict[str, Arrival] = {}
+    for arrival in sorted(arrivals, key=lambda arrival: arrival.at):
+        for game, events in arrival.events.items():
+            if events:
+                last[game] = arrival
+    silent = []
+    for game, since in sorted(last.items()):
+        quiet = now - since.at
+        if not silence_seconds or quiet < silence_seconds:
+            continue
+        sent = sum(
+            arrival.events.get(game, 0)
+            for arrival in arrivals
+            if since.at - USUAL_WINDOW_SECONDS <= arrival.at <= since.at
+        )
+        usual = sent * silence_seconds / USUAL_WINDOW_SECONDS
+        if usual >= MIN_EXPECTED_EVENTS:
+            silent.append(Silence(game, since, quiet, usual))
+    return silent
+
+
+def outage_alert(silent: list[Silence], games_seen: int, state: AlertState) -> Alert | None:
+    """One alert for the games newly gone silent; when every game seen sending is silent,
+    it says so: nothing arrives at all (the ingest service, the landing bucket or ingestion
+    is down, rather than one game's clients)."""
+    fresh = set(state.new([silence.incident for silence in silent]))
+    new = [silence for silence in silent if silence.incident in fresh]
+    if not new:
+        return None
+    lines = [
+        f"{s.game}: no events for {s.seconds / 60:.0f} minutes (its usual pace: about {s.usual:.0f} in that time)"
+        for s in new
+    ]
+    minutes = min(s.seconds for s in new) / 60
+    headline = (
+        f"no events at all for {minutes:.0f} minutes: every game is silent"
+        if len(silent) == games_seen
+        else f"{len(new)} game(s) sent no events for {minutes:.0f} minutes or more"
+    )
+    return Alert("ERROR", headline, lines, sorted(fresh))

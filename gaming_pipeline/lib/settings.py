@@ -23,6 +23,9 @@ PII_KEY_SOURCES = ("kms", "local")
 # 2 cores. At a trickle, objects wait up to this long to share one batch:
 # the demo's 50 events/s then keeps under half of a 2-core machine busy.
 DEFAULT_BATCH_INTERVAL_SECONDS = 300
+# A game that usually sends events and sent none for this long is an outage: three batch
+# intervals, so a quiet batch or two is no incident.
+DEFAULT_OUTAGE_SECONDS = 900
 
 
 def _choice(variable: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -75,6 +78,9 @@ class Settings:
     # At a trickle (the last ingestion run took under 2 MB), the least time between the
     # starts of two ingestion runs the queue sensor asks for.
     batch_interval_seconds: float
+    # How long a game that usually sends events may send none before alerts_sensor says so
+    # (lib/alerts.py silent_games); 0: never.
+    outage_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +108,9 @@ class Settings:
                 VARIABLES["batch_interval_seconds"],
                 value("batch_interval_seconds"),
                 DEFAULT_BATCH_INTERVAL_SECONDS,
+            ),
+            outage_seconds=_seconds(
+                VARIABLES["outage_seconds"], value("outage_seconds"), DEFAULT_OUTAGE_SECONDS
             ),
         )
 
@@ -155,5 +164,6 @@ VARIABLES = {
     "api_keys_file": "GAMING_PIPELINE_API_KEYS",
     "delta_commit_table": "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
     "batch_interval_seconds": "GAMING_PIPELINE_BATCH_INTERVAL_SECONDS",
+    "outage_seconds": "GAMING_PIPELINE_OUTAGE_SECONDS",
 }
 assert set(VARIABLES) == {field.name for field in fields(Settings)}, "a setting without its variable"

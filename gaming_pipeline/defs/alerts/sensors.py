@@ -1,4 +1,5 @@
-"""Delivers what needs a person: failed checks, failed runs and tables falling behind.
+"""Delivers what needs a person: failed checks, failed runs, tables falling behind and games
+gone silent.
 
 Each incident is delivered once to the webhook in GAMING_PIPELINE_ALERT_WEBHOOK (Slack's
 incoming-webhook JSON). A delivery that fails is tried again on the next tick, so nothing is
@@ -9,9 +10,20 @@ import time
 
 import dagster as dg
 
-from gaming_pipeline.defs.partitions import RunDays
+from gaming_pipeline.defs.partitions import EVENTS_PER_GAME, RunDays
 from gaming_pipeline.defs.resources import AlertWebhookResource
-from gaming_pipeline.lib.alerts import Alert, AlertState, check_alert, run_failure_alert, stale_alert
+from gaming_pipeline.lib.alerts import (
+    USUAL_WINDOW_SECONDS,
+    Alert,
+    AlertState,
+    Arrival,
+    check_alert,
+    outage_alert,
+    run_failure_alert,
+    silent_games,
+    stale_alert,
+)
+from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import RAW_TABLE
 
 FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE)
@@ -75,16 +87,50 @@ def _stale_tables(context: dg.SensorEvaluationContext, now: float) -> dict[str, 
     return stale
 
 
-@dg.sensor(
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Delivers failed asset checks (the live-ops drops among them), failed runs and tables behind "
-        "their freshness policy to the alert webhook, once per incident."
-    ),
-)
-def alerts_sensor(
-    context: dg.SensorEvaluationContext, alert_webhook: AlertWebhookResource
+def recent_arrivals(context: dg.SensorEvaluationContext, now: float, silence_seconds: float) -> list[Arrival]:
+    """The ingestion runs' new events per game, as far back as silent_games needs to judge a
+    game silent for up to twice `silence_seconds` (a longer silence was said when it began)."""
+    found, after = [], None
+    while True:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(RAW_TABLE),
+                after_timestamp=now - USUAL_WINDOW_SECONDS - 2 * silence_seconds,
+                after_storage_id=after,
+            ),
+            limit=RUNS_PER_TICK,
+            ascending=True,
+        ).records
+        for record in records:
+            events = record.asset_materialization.metadata.get(EVENTS_PER_GAME)
+            found.append(Arrival(record.storage_id, record.timestamp, dict(events.value) if events else {}))
+        if len(records) < RUNS_PER_TICK:
+            return found
+        after = records[-1].storage_id
+
+
+def build_alerts_sensor(outage_seconds: float) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="alerts_sensor",
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Delivers failed asset checks (the live-ops drops among them), failed runs, tables behind "
+            "their freshness policy and games gone silent (no events for "
+            f"{outage_seconds / 60:g} minutes from a game that usually sends them, "
+            "GAMING_PIPELINE_OUTAGE_SECONDS) to the alert webhook, once per incident."
+        ),
+    )
+    def alerts_sensor(
+        context: dg.SensorEvaluationContext, alert_webhook: AlertWebhookResource
+    ) -> dg.SensorResult:
+        return deliver_alerts(context, alert_webhook, outage_seconds)
+
+    return alerts_sensor
+
+
+def deliver_alerts(
+    context: dg.SensorEvaluationContext, alert_webhook: AlertWebhookResource, outage_seconds: float
 ) -> dg.SensorResult:
     # Only this sensor's ticks need requests: runs, which load this module too, skip importing it.
     import requests
@@ -110,10 +156,15 @@ def alerts_sensor(
                 deliver(context, alert_webhook, alert, state)
                 delivered += 1
             state.after_storage_id = record.storage_id
-        stale = stale_alert(_stale_tables(context, time.time()), state)
-        if stale:
-            deliver(context, alert_webhook, stale, state)
-            delivered += 1
+        now = time.time()
+        stale = stale_alert(_stale_tables(context, now), state)
+        arrivals = recent_arrivals(context, now, outage_seconds) if outage_seconds else []
+        games_seen = len({game for arrival in arrivals for game, events in arrival.events.items() if events})
+        outage = outage_alert(silent_games(arrivals, now, outage_seconds), games_seen, state)
+        for alert in (stale, outage):
+            if alert:
+                deliver(context, alert_webhook, alert, state)
+                delivered += 1
     except requests.RequestException as error:  # the webhook is down: keep what is unsaid for the next tick
         context.log.error(f"alert delivery failed, will retry: {error}")
     return dg.SensorResult(
@@ -131,3 +182,6 @@ def deliver(
     else:
         context.log.warning(f"no GAMING_PIPELINE_ALERT_WEBHOOK set; alert: {message['text']}")
     state.remember(alert)
+
+
+alerts_sensor = build_alerts_sensor(Settings.from_env().outage_seconds)

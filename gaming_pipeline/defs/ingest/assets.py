@@ -6,7 +6,7 @@ from datetime import datetime
 import dagster as dg
 from pydantic import Field
 
-from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, EVENTS_PER_GAME, REBUILD_DATES
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import (
     LandingBucketResource,
@@ -14,6 +14,7 @@ from gaming_pipeline.defs.resources import (
     SparkResource,
     WarehouseResource,
 )
+from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
@@ -187,6 +188,11 @@ def ingest_landed_objects(
             "delta_version": result.raw_version,
             EVENT_DATES: [day.isoformat() for day in result.event_dates],
             REBUILD_DATES: [day.isoformat() for day in result.rebuild_dates],
+            EVENTS_PER_GAME: {
+                game.keyword: sum(result.added[game.table_name].values())
+                for game in GAMES
+                if sum(result.added.get(game.table_name, {}).values())
+            },
             "rows_per_second": round(result.rows_in / result.seconds) if result.seconds else 0,
         },
     )
