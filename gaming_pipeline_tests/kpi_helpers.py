@@ -13,6 +13,7 @@ from PIL import Image
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, FOLLOW_EARLIER_DAYS, KPI_TABLES, RETURN_DAYS
+from gaming_pipeline.lib.player_state import PLAYER_STATE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests import ingest_helpers
 from gaming_pipeline_tests.ingest_helpers import covered
@@ -255,6 +256,69 @@ def expected_hourly_slices(events: list[dict]) -> dict:
     return {key: (count, spent.quantize(Decimal("0.01"))) for key, (count, spent) in found.items()}
 
 
+def expected_player_state(events: list[dict]) -> dict:
+    """Per game and device: first and last seen, days active, sessions, purchases, bookings,
+    the latest purchase (time, amount) and the platform and app version of the latest event
+    (ties broken by the larger values, as the table breaks them)."""
+    sessions = session_spans(events)
+    state = {}
+    for event in sorted(events, key=lambda e: e["eventTime"]):
+        params = event["eventParams"]
+        key = (params["game_keyword"], params["device_id"])
+        at = datetime.fromtimestamp(event["eventTime"], UTC).replace(tzinfo=None)
+        row = state.setdefault(
+            key, {"first": at, "purchases": 0, "bookings": Decimal(0), "purchase": None, "latest": None}
+        )
+        row["last"] = at
+        row["latest"] = max(filter(None, [row["latest"], (at, params["platform"], params["app_version"])]))
+        if event["eventName"] == "purchaseEvent":
+            row["purchases"] += 1
+            row["bookings"] += _amount(event)
+            row["purchase"] = max(filter(None, [row["purchase"], (at, _amount(event))]))
+    return {
+        (game, device): (
+            row["first"],
+            row["last"],
+            sum(1 for (_, g, d) in sessions if (g, d) == (game, device)),
+            sum(len(spans) for (_, g, d), spans in sessions.items() if (g, d) == (game, device)),
+            row["purchases"],
+            row["bookings"].quantize(Decimal("0.01")),
+            *(row["purchase"] or (None, None)),
+            *row["latest"][1:],
+        )
+        for (game, device), row in state.items()
+    }
+
+
+def player_row_by_delta_rs(warehouse: str, game: str, device: str) -> list[dict]:
+    """One player's row of player_state as the README reads it with delta-rs, no Spark (its
+    QueryBuilder applies the deletion vectors merges leave; to_pyarrow_dataset refuses them)."""
+    import pyarrow
+    from deltalake import DeltaTable, QueryBuilder
+
+    state = DeltaTable(table_path(warehouse, PLAYER_STATE))
+    query = f"SELECT * FROM player_state WHERE game_keyword = '{game}' AND device_id = '{device}'"
+    return pyarrow.table(QueryBuilder().register("player_state", state).execute(query).read_all()).to_pylist()
+
+
+def actual_player_state(spark, warehouse: str) -> dict:
+    return {
+        (r.game_keyword, r.device_id): (
+            r.first_seen,
+            r.last_seen,
+            r.days_active,
+            r.sessions,
+            r.purchases,
+            r.bookings,
+            r.last_purchase_at,
+            r.last_purchase_amount,
+            r.platform,
+            r.app_version,
+        )
+        for r in spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE)).collect()
+    }
+
+
 def actual_kpis(spark, warehouse: str) -> dict:
     def load(table):
         return spark.read.format("delta").load(table_path(warehouse, table)).collect()
@@ -320,7 +384,9 @@ def actual_kpis(spark, warehouse: str) -> dict:
 def fingerprints(spark, warehouse: str) -> dict:
     """Every per-game, activity and KPI table's fingerprint."""
     return ingest_helpers.fingerprints(
-        spark, warehouse, [game.table_name for game in GAMES] + list(ACTIVITY_TABLES) + list(KPI_TABLES)
+        spark,
+        warehouse,
+        [game.table_name for game in GAMES] + list(ACTIVITY_TABLES) + [PLAYER_STATE] + list(KPI_TABLES),
     )
 
 

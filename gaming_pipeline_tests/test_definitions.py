@@ -37,6 +37,7 @@ def test_graph_is_pinned():
         *kpis,
         "kpi_dashboard",
         "gdpr_erasure_audit",
+        "player_state",
     }
     assert {sensor.name for sensor in repo.sensor_defs} == {
         "landing_queue_sensor",
@@ -138,6 +139,7 @@ def test_graph_is_pinned():
             "activity_player_days",
             "kpi_events_per_hour",
             "kpi_dashboard",
+            "player_state",
         )
     }
     assert pools == {
@@ -146,6 +148,7 @@ def test_graph_is_pinned():
         "activity_player_days": "ingest",
         "kpi_events_per_hour": "refresh",
         "kpi_dashboard": "refresh",
+        "player_state": "ingest",
     }
     assert set(repo.get_top_level_resources()) == {
         "landing",

@@ -32,6 +32,7 @@ from gaming_pipeline.lib.erasure import export_player
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased
+from gaming_pipeline.lib.player_state import PLAYER_STATE
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX, LandedObject
 from gaming_pipeline.lib.tables import AUDIT_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_history, table_path
@@ -112,6 +113,10 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         put_lines(landing.bucket, "players/broken.ndjson", broken),
     ]
     ingest_objects(spark, warehouse, objects, "ingest-run")
+
+    def games_of(device: str) -> set[str]:
+        return {e["eventParams"]["game_keyword"] for e in events if e["eventParams"]["device_id"] == device}
+
     # An unknown game's events, parked: never ingested, still to be erased.
     parked = {
         **played_by(PLAYER, events[:1])[0],
@@ -166,6 +171,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
+            PLAYER_STATE: len(games_of(PLAYER)),
             QUARANTINE_TABLE: 2,
         }
         assert {row["eventParams"]["device_id"] for row in held["tables"][RAW_TABLE]} == {PLAYER}
@@ -182,6 +188,9 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         players = spark.read.format("delta").load(table_path(warehouse, PLAYER_DAYS))
         assert players.where(F.col("device_id") == PLAYER).count() == 0
         assert players.where(F.col("device_id") == OTHER).count() == 2
+        state = spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE))
+        assert state.where(F.col("device_id") == PLAYER).count() == 0
+        assert state.where(F.col("device_id") == OTHER).count() == len(games_of(OTHER))
         # Out of the quarantine and the landing objects too; lines of others stay, the
         # longer id's included; an object left with no line is gone.
         lines = [row.line for row in spark.read.format("delta").load(quarantine).collect()]
@@ -228,6 +237,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
+            PLAYER_STATE: len(games_of(PLAYER)),
             QUARANTINE_TABLE: 2,
         }
         assert sorted(next(e.days for e in audit.tables if e.table == RAW_TABLE)) == CLOSED

@@ -43,10 +43,13 @@ from gaming_pipeline_tests.ingest_helpers import (
 from gaming_pipeline_tests.kpi_helpers import (
     DaysSensor,
     actual_kpis,
+    actual_player_state,
     differences,
     expected_kpis,
+    expected_player_state,
     expected_retention,
     fingerprints,
+    player_row_by_delta_rs,
     requested_days,
 )
 
@@ -141,6 +144,19 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
         late_batch = ingest(landing, warehouse, instance)
         assert late_batch[EVENT_DATES] == [days[1]]
         steady(later, late_batch)
+        # The player state merged batch by batch, late events included, is Python's.
+        events_so_far = first + second + third + late
+        player_state = {"player_state": actual_player_state(spark, warehouse)}
+        assert differences(player_state, {"player_state": expected_player_state(events_so_far)}) == {}
+        # Any Delta reader reads it: one player's row with delta-rs, as the README shows.
+        (game, device), state = next(iter(player_state["player_state"].items()))
+        (row,) = player_row_by_delta_rs(warehouse, game, device)
+        assert (row["days_active"], row["sessions"], row["bookings"], row["platform"]) == (
+            state[2],
+            state[3],
+            state[5],
+            state[8],
+        )
 
         # An object written again with other events: its old rows must go everywhere.
         rewritten = first[250:400] + [generator.EventFactory(7).event(late_at + 3600 + n) for n in range(25)]
@@ -153,6 +169,8 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
 
         events = first[:250] + rewritten + second + third + late
         assert differences(actual_kpis(spark, warehouse), expected_kpis(events)) == {}
+        rebuilt_state = {"player_state": actual_player_state(spark, warehouse)}
+        assert differences(rebuilt_state, {"player_state": expected_player_state(events)}) == {}
         per_game = {
             game.keyword: spark.read.format("delta").load(table_path(warehouse, game.table_name)).count()
             for game in GAMES

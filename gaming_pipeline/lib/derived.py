@@ -22,10 +22,16 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
-from gaming_pipeline.lib import kpis
+from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.maintenance import days_in
-from gaming_pipeline.lib.tables import ACTIVITY, game_table
-from gaming_pipeline.lib.warehouse import append_rows, merge_into, replace_rows
+from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
+from gaming_pipeline.lib.warehouse import (
+    append_rows,
+    at_version,
+    merge_into,
+    replace_rows,
+    version_tagged,
+)
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
@@ -75,7 +81,35 @@ def add_batch(
             activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
         )
         added[table] = events_per_day
+    add_to_player_state(spark, warehouse, rows, days, marker)
     return added
+
+
+def add_to_player_state(
+    spark: SparkSession, warehouse: str, rows: DataFrame, days: list[date], marker: dict
+) -> None:
+    """Merge a batch's players into player_state: their facts, and the days and sessions by
+    which the batch changed activity_player_days (its version before the batch's merge,
+    marked `marker`, and that merge's), read on the batch's days for its players only."""
+    path = ACTIVITY[kpis.PLAYER_DAYS].path(warehouse)
+    after = version_tagged(spark, path, marker, "MERGE")
+    # The merge's parent: ingestion is the table's one writer but for an erasure's DELETE.
+    before = after - 1
+    keys = list(kpis.KEYS[kpis.PLAYER_DAYS])
+    players = kpis.player_days(rows).select(*keys)
+
+    def on_batch_days(version: int) -> DataFrame:
+        return at_version(spark, path, version).where(days_in(days)).join(players, keys, "left_semi")
+
+    changes = player_state.batch_changes(rows, on_batch_days(before), on_batch_days(after))
+    merge_into(changes, PLAYER_STATE.ensure(spark, warehouse), player_state.KEYS, player_state.MERGED, marker)
+
+
+def rebuild_player_state(spark: SparkSession, warehouse: str, raw: DataFrame, run_id: str):
+    """Replace player_state with the state of every player in `raw` (all the raw table's rows);
+    returns the commit."""
+    path = PLAYER_STATE.ensure(spark, warehouse)
+    return replace_rows(player_state.rebuilt(raw), path, "true", {"run_id": run_id})
 
 
 def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: str, run_id: str) -> dict:

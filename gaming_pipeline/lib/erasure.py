@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
+from gaming_pipeline.lib.player_state import PLAYER_STATE
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
@@ -51,7 +52,7 @@ LOG_RETENTION = timedelta(days=30)
 REWRITE_ATTEMPTS = 5
 
 # Where a table other than the event tables keeps the device id.
-DEVICE_COLUMNS = {PLAYER_DAYS: "device_id"}
+DEVICE_COLUMNS = {PLAYER_DAYS: "device_id", PLAYER_STATE: "device_id"}
 
 
 @dataclass(frozen=True)
@@ -242,22 +243,27 @@ def _holding(spark: SparkSession, path: str, table: str, device_id: str) -> Data
 
 
 def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marker: dict) -> TableErasure:
-    """Delete every row of one device from a table partitioned by day (an event table, or
-    one of DEVICE_COLUMNS), in one commit. Repeating it deletes nothing more, so a conflict
-    with a concurrent writer is simply retried."""
-    found = _holding(spark, path, table, device_id).groupBy("eventDate").count().collect()
-    if not found:
+    """Delete every row of one device from an event table or one of DEVICE_COLUMNS, in one
+    commit. Repeating it deletes nothing more, so a conflict with a concurrent writer is
+    simply retried."""
+    holding = _holding(spark, path, table, device_id)
+    by_day = "eventDate" in holding.columns
+    found = (holding.groupBy("eventDate") if by_day else holding.groupBy()).count().collect()
+    if not found or not found[0]["count"]:
         return TableErasure(table, 0, latest_version(spark, path))
-    days = sorted(row.eventDate for row in found)
+    days = sorted(row.eventDate for row in found) if by_day else []
     column = DEVICE_COLUMNS.get(table, DEVICE)
-    # Naming the days lets Delta rewrite only those partitions' files.
-    version = _delete(spark, path, f"{days_in(days)} AND sha2({column}, 256) = '{sha256(device_id)}'", marker)
+    # Naming the days lets Delta rewrite only those partitions' files (player_state has none).
+    where = days_in(days) if by_day else "true"
+    version = _delete(spark, path, f"{where} AND sha2({column}, 256) = '{sha256(device_id)}'", marker)
     # A table with deletion vectors (the activity tables) only marks the rows deleted: their
     # files, still current, keep them, and no VACUUM would ever remove those. Purging
     # rewrites those files without them (nothing to do on a table without deletion vectors).
     with commits_tagged(spark, marker):
         retry_on_conflict(
-            lambda: spark.sql(f"REORG TABLE {delta_at(path)} WHERE {days_in(days)} APPLY (PURGE)").collect()
+            lambda: spark.sql(
+                f"REORG TABLE {delta_at(path)}{f' WHERE {where}' if by_day else ''} APPLY (PURGE)"
+            ).collect()
         )
     return TableErasure(table, sum(row["count"] for row in found), version, days)
 

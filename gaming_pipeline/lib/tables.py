@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from gaming_pipeline.games import GAMES, Game
-from gaming_pipeline.lib import kpis
+from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.events import RAW_SCHEMA
 from gaming_pipeline.lib.warehouse import ensure_table, is_delta_table, latest_version, table_path
 
@@ -252,10 +252,21 @@ KPIS = {
     )
     for name in kpis.KPI_TABLES
 }
+PLAYER_STATE = Table(
+    player_state.PLAYER_STATE,
+    player_state.SCHEMA,
+    "One row per player and game: first and last seen, days active, sessions, lifetime bookings "
+    "and purchases, last purchase, current platform and app version.",
+    # Every batch merges its players in: deletion vectors and auto compaction, as for the
+    # activity tables.
+    properties=ACTIVITY_PROPERTIES,
+    identifying=("device_id",),
+)
 ALL_TABLES = [
     RAW,
     *(game_table(game) for game in GAMES),
     *ACTIVITY.values(),
+    PLAYER_STATE,
     *KPIS.values(),
     RESTATEMENTS,
     QUARANTINE,

@@ -9,6 +9,7 @@ from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_pre
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
+from gaming_pipeline.lib.player_state import PLAYER_STATE
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
@@ -62,9 +63,12 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     """Rebuild the run's days of both activity tables from the raw table, read once."""
     spark = pyspark.spark_session
     days = window_predicate(context)
-    raw = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE)).where(days).persist()
+    every_day = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE))
+    raw = every_day.where(days).persist()
     try:
         commits = derived.rebuild_activity(spark, warehouse.root, raw, days, context.run.run_id)
+        # A player's state spans every day played: rebuilt whole, from every raw row.
+        state = derived.rebuild_player_state(spark, warehouse.root, every_day, context.run.run_id)
         per_game = raw.withColumn("game_keyword", F.col(kpis.GAME))
         expected = checks.by_day_and_game(per_game, F.count(F.lit(1)))
     finally:
@@ -83,3 +87,12 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             },
             check_results=[check_result(table, "events_match_raw", events_match)],
         )
+    yield dg.AssetMaterialization(
+        asset_key=PLAYER_STATE,
+        description="Rebuilt with the days above.",
+        metadata={
+            "rows": state.rows_written,
+            "delta_version": state.version,
+            "dagster/uri": table_path(warehouse.root, PLAYER_STATE),
+        },
+    )
