@@ -28,7 +28,10 @@ from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator
 
-HISTORY_END = datetime(2026, 11, 20, 12, tzinfo=UTC)
+# Generated history ends yesterday at noon (UTC), so its days are closed. Relative to the clock,
+# not a date: late events make the KPIs that follow earlier days refresh from their day
+# through today, and from a fixed date those runs grew by a day every day.
+HISTORY_END = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), time(12), UTC)
 # What points this process at the test session's Spark Connect server (conftest.py), and
 # what pyspark sets in it once it holds a Connect session (a child inheriting that cannot
 # start a driver of its own).

@@ -85,8 +85,8 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
 
     assert main(["tables", "--json"]) == 0
     tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
-    # Ingestion adds its batch to the per-game tables of the games it has events of, and to
-    # the activity tables.
+    # Ingestion adds its batch to the per-game tables of the games it has events of, to the
+    # activity tables and to the player state.
     games = {name for name in tables if name.startswith("game_")}
     assert games <= {game.table_name for game in GAMES} and games
     assert set(tables) - games == {
@@ -96,6 +96,7 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
         "ingest_intents",
         "activity_game_hours",
         "activity_player_days",
+        "player_state",
     }
     assert sum(tables[name]["rows"] for name in games) == 800
     assert tables["mobile_events_delta_raw"]["rows"] == 800

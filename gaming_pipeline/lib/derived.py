@@ -25,13 +25,7 @@ from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.maintenance import days_in
 from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
-from gaming_pipeline.lib.warehouse import (
-    append_rows,
-    at_version,
-    merge_into,
-    replace_rows,
-    version_tagged,
-)
+from gaming_pipeline.lib.warehouse import append_rows, at_version, latest_version, merge_into, replace_rows
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
@@ -75,26 +69,35 @@ def add_batch(
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
     events_per_day = {day: sum(row["count"] for row in counted if row.eventDate == day) for day in days}
+    # What the batch changes in its players' days and sessions is read off activity_player_days
+    # between its versions before and after the batch's merge. Its other writers meanwhile
+    # change no row of the batch's players: compaction changes no row, rebuilds wait in the
+    # ingest pool, and an erasure's player is dropped from batches.
+    player_days = ACTIVITY[kpis.PLAYER_DAYS].ensure(spark, warehouse)
+    before = latest_version(spark, player_days)
     for table, activity in kpis.ACTIVITY.items():
         path = ACTIVITY[table].ensure(spark, warehouse)
         merge_into(
             activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
         )
         added[table] = events_per_day
-    add_to_player_state(spark, warehouse, rows, days, marker)
+    add_to_player_state(spark, warehouse, rows, days, marker, (before, latest_version(spark, player_days)))
     return added
 
 
 def add_to_player_state(
-    spark: SparkSession, warehouse: str, rows: DataFrame, days: list[date], marker: dict
+    spark: SparkSession,
+    warehouse: str,
+    rows: DataFrame,
+    days: list[date],
+    marker: dict,
+    versions: tuple[int, int],
 ) -> None:
     """Merge a batch's players into player_state: their facts, and the days and sessions by
-    which the batch changed activity_player_days (its version before the batch's merge,
-    marked `marker`, and that merge's), read on the batch's days for its players only."""
+    which the batch changed activity_player_days (`versions`: the table's before and after
+    the batch's merge), read on the batch's days for its players only."""
     path = ACTIVITY[kpis.PLAYER_DAYS].path(warehouse)
-    after = version_tagged(spark, path, marker, "MERGE")
-    # The merge's parent: ingestion is the table's one writer but for an erasure's DELETE.
-    before = after - 1
+    before, after = versions
     keys = list(kpis.KEYS[kpis.PLAYER_DAYS])
     players = kpis.player_days(rows).select(*keys)
 
