@@ -402,13 +402,16 @@ def cohorts(played: DataFrame, first_cohort: date, end_cohort: date) -> DataFram
 
 def null_until_measured(result: DataFrame, players: DataFrame, columns: dict[int, list[str]]) -> DataFrame:
     """A cohort's figures at day N (`columns[N]`) as null while its day N has no events in any
-    game yet: not yet known, rather than 0."""
+    game yet: not yet known, rather than 0.
+
+    The days with events are collected (one row a day) and named in the plan: a join with
+    them per N made retention and cohort revenue cost 6 s instead of 1 s on a small table."""
+    measured = [row.eventDate for row in players.select("eventDate").distinct().collect()]
     for n, named in columns.items():
-        measured = players.select(F.date_sub("eventDate", n).alias("eventDate")).distinct()
-        result = result.join(measured.withColumn("measured", F.lit(True)), "eventDate", "left")
+        known = F.date_add("eventDate", n).isin(measured)
         result = result.select(
-            *(F.when(F.col("measured"), F.col(c)).alias(c) if c in named else c for c in result.columns)
-        ).drop("measured")
+            *(F.when(known, F.col(c)).alias(c) if c in named else c for c in result.columns)
+        )
     return result
 
 
