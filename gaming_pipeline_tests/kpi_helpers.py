@@ -13,7 +13,7 @@ from PIL import Image
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, FOLLOW_EARLIER_DAYS, KPI_TABLES, RETURN_DAYS
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests import ingest_helpers
 from gaming_pipeline_tests.ingest_helpers import covered
@@ -296,7 +296,7 @@ def player_row_by_delta_rs(warehouse: str, game: str, device: str) -> list[dict]
     import pyarrow
     from deltalake import DeltaTable, QueryBuilder
 
-    state = DeltaTable(table_path(warehouse, PLAYER_STATE))
+    state = DeltaTable(table_path(warehouse, PLAYER_STATE_TABLE))
     query = f"SELECT * FROM player_state WHERE game_keyword = '{game}' AND device_id = '{device}'"
     return pyarrow.table(QueryBuilder().register("player_state", state).execute(query).read_all()).to_pylist()
 
@@ -315,7 +315,7 @@ def actual_player_state(spark, warehouse: str) -> dict:
             r.platform,
             r.app_version,
         )
-        for r in spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE)).collect()
+        for r in spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE_TABLE)).collect()
     }
 
 
@@ -386,7 +386,7 @@ def fingerprints(spark, warehouse: str) -> dict:
     return ingest_helpers.fingerprints(
         spark,
         warehouse,
-        [game.table_name for game in GAMES] + list(ACTIVITY_TABLES) + [PLAYER_STATE] + list(KPI_TABLES),
+        [game.table_name for game in GAMES] + list(ACTIVITY_TABLES) + [PLAYER_STATE_TABLE] + list(KPI_TABLES),
     )
 
 

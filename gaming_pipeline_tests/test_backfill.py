@@ -24,7 +24,7 @@ from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
 from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor, refresh_days_job
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.local import generator
 from gaming_pipeline.local.ports import free_port
@@ -122,7 +122,7 @@ def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
             assert unrefreshed == [], stack.diagnosis()
             expected = fingerprints(spark, warehouse)
             # The player state too: rebuilt whole with any days of the activity tables.
-            assert set(expected) == {key.to_user_string() for key in derived} | {PLAYER_STATE}
+            assert set(expected) == {key.to_user_string() for key in derived} | {PLAYER_STATE_TABLE}
             # Every partition is built already, so the backfill is a re-run that must change no
             # row. The KPIs are compared with Python's while it starts: whichever snapshot they
             # are read at, right tables equal Python's figures, and the suite saves half a minute.

@@ -32,7 +32,7 @@ from gaming_pipeline.lib.erasure import export_player
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import DAILY_ACTIVE_USERS, PLAYER_DAYS
 from gaming_pipeline.lib.pii import PlayerErased
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.s3_events import PARKED_PREFIX, LandedObject
 from gaming_pipeline.lib.tables import AUDIT_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import is_delta_table, latest_version, table_history, table_path
@@ -171,7 +171,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
-            PLAYER_STATE: len(games_of(PLAYER)),
+            PLAYER_STATE_TABLE: len(games_of(PLAYER)),
             QUARANTINE_TABLE: 2,
         }
         assert {row["eventParams"]["device_id"] for row in held["tables"][RAW_TABLE]} == {PLAYER}
@@ -188,7 +188,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         players = spark.read.format("delta").load(table_path(warehouse, PLAYER_DAYS))
         assert players.where(F.col("device_id") == PLAYER).count() == 0
         assert players.where(F.col("device_id") == OTHER).count() == 2
-        state = spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE))
+        state = spark.read.format("delta").load(table_path(warehouse, PLAYER_STATE_TABLE))
         assert state.where(F.col("device_id") == PLAYER).count() == 0
         assert state.where(F.col("device_id") == OTHER).count() == len(games_of(OTHER))
         # Out of the quarantine and the landing objects too; lines of others stay, the
@@ -237,7 +237,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             RAW_TABLE: 20,
             GAME.table_name: 20,
             PLAYER_DAYS: 2,
-            PLAYER_STATE: len(games_of(PLAYER)),
+            PLAYER_STATE_TABLE: len(games_of(PLAYER)),
             QUARANTINE_TABLE: 2,
         }
         assert sorted(next(e.days for e in audit.tables if e.table == RAW_TABLE)) == CLOSED

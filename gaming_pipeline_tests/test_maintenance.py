@@ -32,7 +32,7 @@ from gaming_pipeline.lib import checks, kpis, maintenance
 from gaming_pipeline.lib.erasure import erase_rows
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, EVENTS_PER_HOUR, GAME_HOURS, PLAYER_DAYS
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import latest_version, table_path
 from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land, resources
@@ -311,7 +311,7 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         assert raw_metadata[REBUILD_DATES].value == sorted({CLOSED[0].isoformat(), day.isoformat()})
         assert "| version |" in raw_metadata["history"].value
         # Every table the bad run wrote: the raw table and those its batch was added to.
-        followers = [*ACTIVITY_TABLES, PLAYER_STATE, *(game.table_name for game in GAMES)]
+        followers = [*ACTIVITY_TABLES, PLAYER_STATE_TABLE, *(game.table_name for game in GAMES)]
         assert set(materialized) <= {
             dg.AssetKey(table) for table in (RAW_TABLE, QUARANTINE_TABLE, *followers)
         }

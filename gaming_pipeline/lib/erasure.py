@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
@@ -52,7 +52,7 @@ LOG_RETENTION = timedelta(days=30)
 REWRITE_ATTEMPTS = 5
 
 # Where a table other than the event tables keeps the device id.
-DEVICE_COLUMNS = {PLAYER_DAYS: "device_id", PLAYER_STATE: "device_id"}
+DEVICE_COLUMNS = {PLAYER_DAYS: "device_id", PLAYER_STATE_TABLE: "device_id"}
 
 
 @dataclass(frozen=True)

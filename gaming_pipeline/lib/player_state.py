@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 from gaming_pipeline.event_names import PURCHASE
 from gaming_pipeline.lib import kpis
 
-PLAYER_STATE = "player_state"
+PLAYER_STATE_TABLE = "player_state"
 KEYS = ("game_keyword", "device_id")
 
 _TIME, _TEXT, _COUNT = T.TimestampType(), T.StringType(), T.LongType()

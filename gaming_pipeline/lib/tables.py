@@ -253,7 +253,7 @@ KPIS = {
     for name in kpis.KPI_TABLES
 }
 PLAYER_STATE = Table(
-    player_state.PLAYER_STATE,
+    player_state.PLAYER_STATE_TABLE,
     player_state.SCHEMA,
     "One row per player and game: first and last seen, days active, sessions, lifetime bookings "
     "and purchases, last purchase, current platform and app version.",

@@ -16,7 +16,7 @@ from gaming_pipeline.defs.resources import (
 )
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
@@ -213,7 +213,7 @@ def ingest_landed_objects(
     if result.added:
         # The batch's players are merged into it (derived.add_batch).
         yield dg.AssetMaterialization(
-            asset_key=PLAYER_STATE, metadata=_table_metadata(warehouse, PLAYER_STATE)
+            asset_key=PLAYER_STATE_TABLE, metadata=_table_metadata(warehouse, PLAYER_STATE_TABLE)
         )
     # The batch's days of the per-game and activity tables are fresh now: the UI shows them
     # materialized by this run, as a rebuild of those days would.

@@ -9,7 +9,7 @@ from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_pre
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
@@ -88,11 +88,11 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             check_results=[check_result(table, "events_match_raw", events_match)],
         )
     yield dg.AssetMaterialization(
-        asset_key=PLAYER_STATE,
+        asset_key=PLAYER_STATE_TABLE,
         description="Rebuilt with the days above.",
         metadata={
             "rows": state.rows_written,
             "delta_version": state.version,
-            "dagster/uri": table_path(warehouse.root, PLAYER_STATE),
+            "dagster/uri": table_path(warehouse.root, PLAYER_STATE_TABLE),
         },
     )

@@ -6,7 +6,7 @@ import dagster as dg
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib.derived import rebuild_player_state
-from gaming_pipeline.lib.player_state import PLAYER_STATE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
@@ -14,7 +14,7 @@ PLAYERS_GROUP = "players"
 
 
 @dg.asset(
-    name=PLAYER_STATE,
+    name=PLAYER_STATE_TABLE,
     group_name=PLAYERS_GROUP,
     kinds={"spark", "delta"},
     deps=[RAW_TABLE],
@@ -35,7 +35,7 @@ def player_state(
     spark = pyspark.spark_session
     raw = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE))
     commit = rebuild_player_state(spark, warehouse.root, raw, context.run.run_id)
-    path = table_path(warehouse.root, PLAYER_STATE)
+    path = table_path(warehouse.root, PLAYER_STATE_TABLE)
     return dg.MaterializeResult(
         metadata={"rows": commit.rows_written, "delta_version": commit.version, "dagster/uri": path}
     )
