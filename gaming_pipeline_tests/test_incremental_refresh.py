@@ -56,9 +56,11 @@ from gaming_pipeline_tests.kpi_helpers import (
 SEED = 29
 
 
-def ingest(landing, warehouse, instance) -> dict:
-    """One ingestion run of every object not yet in the ledger; its raw-table metadata."""
-    (request,) = evaluate_reconcile(landing, warehouse, instance)
+def ingest(landing, warehouse, instance, request: dg.RunRequest | None = None) -> dict:
+    """One ingestion run of every object not yet in the ledger (or the run `request` asks
+    for); its raw-table metadata."""
+    if request is None:
+        (request,) = evaluate_reconcile(landing, warehouse, instance)
     result = run(request, landing, warehouse, instance)
     (raw,) = [
         m
@@ -121,11 +123,18 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
 
         land(landing.bucket, "events/batch-1a.ndjson.gz", first[:250])
         land(landing.bucket, "events/batch-1b.ndjson.gz", first[250:])
-        added = ingest(landing, warehouse, instance)
+        (first_run,) = evaluate_reconcile(landing, warehouse, instance)
+        added = ingest(landing, warehouse, instance, first_run)
         assert added[REBUILD_DATES] == [] and added[EVENT_DATES]
         # What the alerts sensor tells a silent game by.
         assert added[EVENTS_PER_GAME] == Counter(event["eventParams"]["game_keyword"] for event in first)
         steady(added)
+        # The same objects replayed (their notifications delivered again, the run re-executed):
+        # nothing is added, and no table has anything to refresh.
+        replayed = ingest(landing, warehouse, instance, first_run)
+        assert (replayed["objects_already_ingested"], replayed["rows_written"]) == (2, 0)
+        assert (replayed[EVENT_DATES], replayed[REBUILD_DATES]) == ([], [])
+        assert sensor.requests() == []
 
         # Later events; then late ones of the middle day, some of them first-day players
         # coming back, so the first day's retention changes too.
@@ -144,7 +153,7 @@ def test_batches_late_events_and_a_rewritten_object_leave_the_tables_a_rebuild_g
         late_batch = ingest(landing, warehouse, instance)
         assert late_batch[EVENT_DATES] == [days[1]]
         steady(later, late_batch)
-        # The player state merged batch by batch, late events included, is Python's.
+        # The player state merged batch by batch, late events and a replay included, is Python's.
         events_so_far = first + second + third + late
         player_state = {"player_state": actual_player_state(spark, warehouse)}
         assert differences(player_state, {"player_state": expected_player_state(events_so_far)}) == {}
