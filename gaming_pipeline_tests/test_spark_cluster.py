@@ -134,7 +134,7 @@ def ingest_with_the_cli(landing, warehouse: str, address: str, work: Path) -> No
 def test_ingestion_and_fan_out_on_a_standalone_cluster_equal_local_mode(
     spark, cluster_address, landing, tmp_path
 ):
-    totals = load_history(landing.bucket, seed=41, events=3000, days=2.0)
+    totals = load_history(landing.bucket, seed=41, events=1500, days=1.0)
     lake = f"lake-{uuid.uuid4().hex[:10]}"
     aws.client("s3").create_bucket(Bucket=lake)
     # The cluster's warehouse is on S3: nothing it writes or reads is a path on the driver.
