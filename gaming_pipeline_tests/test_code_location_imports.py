@@ -101,3 +101,19 @@ def test_a_plain_install_loads_the_definitions_with_no_jars_fetched(tmp_path):
     )
     assert located.stdout.startswith(str(target)), located.stdout
     assert not (tmp_path / "no-cache").exists()
+
+
+@pytest.mark.e2e
+def test_the_clone_top_level_workspace_loads_the_code_location(tmp_path):
+    """`dagster dev` in a clone reads workspace.yaml at the top: it loads the module, as the
+    README shows (the production workspace, deploy/workspace.yaml, names a gRPC server)."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    validated = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert validated.returncode == 0, (validated.stdout + validated.stderr)[-3000:]
+    assert "Validation successful" in validated.stdout + validated.stderr
