@@ -24,8 +24,16 @@ from pyspark.sql import functions as F
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.maintenance import days_in
-from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
-from gaming_pipeline.lib.warehouse import append_rows, at_version, latest_version, merge_into, replace_rows
+from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, RAW_TABLE, game_table
+from gaming_pipeline.lib.warehouse import (
+    Commit,
+    append_rows,
+    at_version,
+    latest_version,
+    merge_into,
+    replace_rows,
+    table_path,
+)
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
@@ -73,15 +81,20 @@ def add_batch(
     # between its versions before and after the batch's merge. Its other writers meanwhile
     # change no row of the batch's players: compaction changes no row, rebuilds wait in the
     # ingest pool, and an erasure's player is dropped from batches.
-    player_days = ACTIVITY[kpis.PLAYER_DAYS].ensure(spark, warehouse)
-    before = latest_version(spark, player_days)
+    paths = {table: ACTIVITY[table].ensure(spark, warehouse) for table in kpis.ACTIVITY}
+    before = latest_version(spark, paths[kpis.PLAYER_DAYS])
     for table, activity in kpis.ACTIVITY.items():
-        path = ACTIVITY[table].ensure(spark, warehouse)
         merge_into(
-            activity(rows), path, kpis.KEYS[table], kpis.ADDED[table], marker, scope="t." + days_in(days)
+            activity(rows),
+            paths[table],
+            kpis.KEYS[table],
+            kpis.ADDED[table],
+            marker,
+            scope="t." + days_in(days),
         )
         added[table] = events_per_day
-    add_to_player_state(spark, warehouse, rows, days, marker, (before, latest_version(spark, player_days)))
+    player_days = (paths[kpis.PLAYER_DAYS], before, latest_version(spark, paths[kpis.PLAYER_DAYS]))
+    add_to_player_state(spark, warehouse, rows, days, marker, player_days)
     return added
 
 
@@ -91,13 +104,12 @@ def add_to_player_state(
     rows: DataFrame,
     days: list[date],
     marker: dict,
-    versions: tuple[int, int],
+    player_days: tuple[str, int, int],
 ) -> None:
     """Merge a batch's players into player_state: their facts, and the days and sessions by
-    which the batch changed activity_player_days (`versions`: the table's before and after
-    the batch's merge), read on the batch's days for its players only."""
-    path = ACTIVITY[kpis.PLAYER_DAYS].path(warehouse)
-    before, after = versions
+    which the batch changed activity_player_days (`player_days`: its path, and its versions
+    before and after the batch's merge), read on the batch's days for its players only."""
+    path, before, after = player_days
     keys = list(kpis.KEYS[kpis.PLAYER_DAYS])
     players = kpis.player_days(rows).select(*keys)
 
@@ -108,9 +120,10 @@ def add_to_player_state(
     merge_into(changes, PLAYER_STATE.ensure(spark, warehouse), player_state.KEYS, player_state.MERGED, marker)
 
 
-def rebuild_player_state(spark: SparkSession, warehouse: str, raw: DataFrame, run_id: str):
-    """Replace player_state with the state of every player in `raw` (all the raw table's rows);
-    returns the commit."""
+def rebuild_player_state(spark: SparkSession, warehouse: str, run_id: str) -> Commit:
+    """Replace player_state with the state of every player of the raw table, read whole (a
+    player's state spans every day played); returns the commit."""
+    raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
     path = PLAYER_STATE.ensure(spark, warehouse)
     return replace_rows(player_state.rebuilt(raw), path, "true", {"run_id": run_id})
 

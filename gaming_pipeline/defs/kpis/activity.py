@@ -6,6 +6,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
+from gaming_pipeline.defs.players.assets import rebuild as rebuild_player_state
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
@@ -63,12 +64,10 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     """Rebuild the run's days of both activity tables from the raw table, read once."""
     spark = pyspark.spark_session
     days = window_predicate(context)
-    every_day = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE))
-    raw = every_day.where(days).persist()
+    raw = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE)).where(days).persist()
     try:
         commits = derived.rebuild_activity(spark, warehouse.root, raw, days, context.run.run_id)
-        # A player's state spans every day played: rebuilt whole, from every raw row.
-        state = derived.rebuild_player_state(spark, warehouse.root, every_day, context.run.run_id)
+        state = rebuild_player_state(spark, warehouse, context.run.run_id)
         per_game = raw.withColumn("game_keyword", F.col(kpis.GAME))
         expected = checks.by_day_and_game(per_game, F.count(F.lit(1)))
     finally:
@@ -90,9 +89,5 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     yield dg.AssetMaterialization(
         asset_key=PLAYER_STATE_TABLE,
         description="Rebuilt with the days above.",
-        metadata={
-            "rows": state.rows_written,
-            "delta_version": state.version,
-            "dagster/uri": table_path(warehouse.root, PLAYER_STATE_TABLE),
-        },
+        metadata=state,
     )

@@ -32,10 +32,14 @@ def player_state(
     batch is ingested); a rebuild of days (a rewritten object, a rollback, an erasure)
     rebuilds it from the raw table, and so does materializing it here. An erased player's
     rows are deleted with the rest. Any Delta reader can read it (delta-rs included)."""
-    spark = pyspark.spark_session
-    raw = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE))
-    commit = rebuild_player_state(spark, warehouse.root, raw, context.run.run_id)
-    path = table_path(warehouse.root, PLAYER_STATE_TABLE)
-    return dg.MaterializeResult(
-        metadata={"rows": commit.rows_written, "delta_version": commit.version, "dagster/uri": path}
-    )
+    return dg.MaterializeResult(metadata=rebuild(pyspark.spark_session, warehouse, context.run.run_id))
+
+
+def rebuild(spark, warehouse: WarehouseResource, run_id: str) -> dict:
+    """Rebuild player_state whole from the raw table; the metadata its materialization shows."""
+    commit = rebuild_player_state(spark, warehouse.root, run_id)
+    return {
+        "rows": commit.rows_written,
+        "delta_version": commit.version,
+        "dagster/uri": table_path(warehouse.root, PLAYER_STATE_TABLE),
+    }
