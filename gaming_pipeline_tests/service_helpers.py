@@ -92,13 +92,16 @@ class IngestService:
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM, as systemd or Kubernetes would send: the service flushes and stops."""
         os.killpg(self.process.pid, signal.SIGTERM)
-        # uvicorn stops cleanly, then re-raises the signal it caught, so the code is -SIGTERM.
-        assert self.process.wait(timeout) == -signal.SIGTERM
+        try:
+            # uvicorn stops cleanly, then re-raises the signal it caught: the code is -SIGTERM.
+            assert self.process.wait(timeout) == -signal.SIGTERM
+        finally:
+            self.kill()  # on every path: a failed stop leaves nothing running
         assert '"message": "stopped"' in self.log.read_text().splitlines()[-3]
 
     def kill(self) -> None:
         """kill -9: no flush, no goodbye."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        processes.signal_groups([self.process], signal.SIGKILL)
         self.process.wait()
 
     def post(self, body: bytes, key: str | None, content_type="application/json", **headers):

@@ -175,7 +175,11 @@ def test_stopping_goes_on_when_nobody_reads_the_output(tmp_path):
     telling = subprocess.Popen([sys.executable, "-c", tell, str(went_on)], stderr=subprocess.PIPE)
     telling.stderr.close()
 
-    assert telling.wait(timeout=60) == 0
+    try:
+        assert telling.wait(timeout=60) == 0
+    finally:
+        telling.kill()
+        telling.wait()
     assert went_on.exists()
 
 
@@ -228,3 +232,25 @@ def test_orphans_are_those_whose_owner_died(tmp_path):
         owner.kill()
         if grandchild and identity(grandchild):
             os.kill(grandchild, signal.SIGKILL)
+
+
+def test_what_start_launches_stops_on_sigterm_whoever_started_us(tmp_path):
+    """Started from a background job, nohup or a wrapper that ignores SIGTERM, a process
+    inherits the signals it ignores: a child that ignored SIGTERM would outlive the demo's
+    stop and its parent-death signal, and uvicorn would stop on it and exit 0."""
+    kept = {each: signal.getsignal(each) for each in cli.STOP_SIGNALS}
+    try:
+        for each in cli.STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        child = processes.start(["sleep", "600"], {}, tmp_path / "sleep.log")
+    finally:
+        for each, handler in kept.items():
+            signal.signal(each, handler)
+    try:
+        # Once it runs sleep: a signal the launcher ignores on the way there is lost.
+        wait_until(lambda: (PROC / str(child.pid) / "cmdline").read_bytes().startswith(b"sleep"), 10, "sleep")
+        os.kill(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()

@@ -53,14 +53,14 @@ def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Po
     stopping it stops its children. It carries this process's identity in its environment
     (stop_orphans finds it by that if this process dies without stopping it) and, on Linux,
     gets SIGTERM when the thread that started it exits, even by SIGKILL: start it from the
-    main thread."""
+    main thread. Every signal has its default handling in it, whatever this process ignores."""
     program, *rest = arguments
     ours = Path(sys.executable).parent / program
     command = [str(ours) if ours.exists() else program, *rest]
     owner = identity(os.getpid())
     with open(log, "ab") as output:
         return subprocess.Popen(
-            [*_TERMINATE_WITH_PARENT, *command],
+            [*_LAUNCHER, *command],
             env={**env, OWNER_VARIABLE: owner} if owner else env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -70,7 +70,7 @@ def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Po
 
 def described(process: subprocess.Popen) -> str:
     """The program a process of start() runs, with its first arguments."""
-    return " ".join(map(str, process.args[len(_TERMINATE_WITH_PARENT) :][:3]))
+    return " ".join(map(str, process.args[len(_LAUNCHER) :][:3]))
 
 
 def start_dagster(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -236,7 +236,12 @@ def _group_alive(pgid: int) -> bool:
 # a process with threads (a test process's gRPC client to Spark Connect), which aborted a
 # child that way, and without a preexec_fn the child is started by vfork, running nothing.
 _SETPRIV = shutil.which("setpriv")
-_TERMINATE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
+# What we start we stop by signals, so it gets every signal's default handling whoever
+# started us: a shell's background job or nohup passes SIGINT, SIGHUP (and some wrappers
+# SIGTERM) on ignored, and a child ignoring SIGTERM outlives its parent-death signal and our
+# stop (uvicorn even stops on it, then re-raises it into the inherited SIG_IGN: exit 0).
+DEFAULT_SIGNALS = [shutil.which("env") or "/usr/bin/env", "--default-signal"]
+_LAUNCHER = [*([_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []), *DEFAULT_SIGNALS]
 
 
 def start_daemon_for(
