@@ -22,7 +22,7 @@ from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from, new_master_key
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import tables_named_in
-from gaming_pipeline.local import ports
+from gaming_pipeline.local import ports, processes
 from gaming_pipeline_tests.service_helpers import wait_until
 
 SEED_DAU_QUERY = (
@@ -123,8 +123,9 @@ def test_sql_reports_a_bad_query_clearly(spark, pipeline_env, capsys):
 def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["GAMING_PIPELINE_LANDING_BUCKET"] = "cli-landing"
+    # Ctrl-C reaches it however this suite was started (nohup passes SIGINT on ignored).
     process = subprocess.Popen(
-        [sys.executable, "-m", "gaming_pipeline.cli", "local-aws", "--port", "0"],
+        [*processes.DEFAULT_SIGNALS, sys.executable, "-m", "gaming_pipeline.cli", "local-aws", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -158,7 +159,11 @@ def test_local_aws_starts_provisions_and_stops_on_ctrl_c(tmp_path):
         assert "-dlq" in json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"]
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 0
+        try:
+            assert process.wait(timeout=20) == 0
+        finally:
+            process.kill()
+            process.wait()
 
 
 def test_provisioning_twice_changes_nothing(local_aws):
