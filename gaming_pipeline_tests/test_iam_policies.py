@@ -122,6 +122,25 @@ def deployment(local_aws, landing):
         yield names, client, vault, credentials
 
 
+# deploy/helm/values.yaml's computeLogManager: every run pod writes its step logs there.
+COMPUTE_LOGS = "dagster/compute-logs"
+
+
+def compute_logs(role_credentials: dict, names: Names, local_dir: Path) -> S3ComputeLogManager:
+    """Dagster's S3 compute log manager as values.yaml configures it, in a pod of the role."""
+    with pytest.MonkeyPatch.context() as environment:
+        # A default session of its own, made from the role's credentials.
+        environment.setattr(boto3, "DEFAULT_SESSION", None)
+        environment.setenv("AWS_ACCESS_KEY_ID", role_credentials["aws_access_key_id"])
+        environment.setenv("AWS_SECRET_ACCESS_KEY", role_credentials["aws_secret_access_key"])
+        return S3ComputeLogManager(
+            bucket=names["ops-bucket"],
+            prefix=COMPUTE_LOGS,
+            endpoint_url=aws.endpoint("S3"),
+            local_dir=str(local_dir),
+        )
+
+
 def kms_arn(alias: str) -> str:
     return aws.client("kms").describe_key(KeyId=alias)["KeyMetadata"]["Arn"]
 
@@ -199,21 +218,11 @@ def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing
         ExpressionAttributeValues={":path": item["tablePath"]},
     )
     # Step logs, as Dagster's S3 compute log manager writes and reads them.
-    with pytest.MonkeyPatch.context() as environment:
-        # A default session of its own, made from the role's credentials.
-        environment.setattr(boto3, "DEFAULT_SESSION", None)
-        environment.setenv("AWS_ACCESS_KEY_ID", credentials["pipeline"]["aws_access_key_id"])
-        environment.setenv("AWS_SECRET_ACCESS_KEY", credentials["pipeline"]["aws_secret_access_key"])
-        logs = S3ComputeLogManager(
-            bucket=names["ops-bucket"],
-            prefix="dagster/compute-logs",
-            endpoint_url=aws.endpoint("S3"),
-            local_dir=str(tmp_path / "compute-logs"),
-        )
+    logs = compute_logs(credentials["pipeline"], names, tmp_path / "compute-logs")
     log_key = ["run-1", "compute_logs", "step-1"]
     with logs.capture_logs(log_key):
         print("step output", flush=True)
-    prefix = "dagster/compute-logs/storage/run-1/compute_logs/"
+    prefix = f"{COMPUTE_LOGS}/storage/run-1/compute_logs/"
     assert {
         obj["Key"] for obj in s3.list_objects_v2(Bucket=names["ops-bucket"], Prefix=prefix)["Contents"]
     } == {
@@ -256,3 +265,36 @@ def test_the_erasure_role_erases_and_exports_but_cannot_take_notifications(deplo
         vault.read(DEVICE)
     assert vault_of("ingest").erased().holds(DEVICE)
     assert denied(lambda: client("erasure", "sqs").receive_message(QueueUrl=landing.queue_url))
+
+
+def test_the_erasure_role_keeps_its_step_logs_but_cannot_read_or_remove_any(deployment, tmp_path):
+    """An erase_player_job pod uploads its step logs as every run pod does (values.yaml's
+    compute log manager): refused, Dagster would only note it and the erasure would succeed
+    with no logs. The UI reads them under the pipeline role; the erasure role may only write."""
+    names, client, _, credentials = deployment
+    ops, s3 = names["ops-bucket"], client("erasure", "s3")
+    # A pipeline run's logs, there before.
+    pipeline_logs = compute_logs(credentials["pipeline"], names, tmp_path / "pipeline")
+    with pipeline_logs.capture_logs(["run-1", "compute_logs", "step-1"]):
+        print("a pipeline run's step output", flush=True)
+    # The erasure run's: the upload at the end of the capture is the run pod's only call.
+    logs = compute_logs(credentials["erasure"], names, tmp_path / "erasure")
+    log_key = ["erasure-run", "compute_logs", "erase_player"]
+    with logs.capture_logs(log_key):
+        print("player erased", flush=True)
+    prefix = f"{COMPUTE_LOGS}/storage/erasure-run/compute_logs/"
+    assert {
+        obj["Key"] for obj in client("pipeline", "s3").list_objects_v2(Bucket=ops, Prefix=prefix)["Contents"]
+    } == {prefix + "erase_player.out", prefix + "erase_player.err"}
+    # The webserver (pipeline role) shows them once the pod is gone.
+    shown = compute_logs(credentials["pipeline"], names, tmp_path / "webserver").get_log_data(log_key)
+    assert b"player erased" in shown.stdout
+    # Nothing else in the ops bucket, not even beside the prefix.
+    for key in ("dagster/forged.txt", f"{COMPUTE_LOGS}-forged/x.out", "other/x.out"):
+        assert denied(lambda key=key: s3.put_object(Bucket=ops, Key=key, Body=b"x")), key
+    # No reading of logs (another run's or its own), no listing, and no removing its own.
+    other = f"{COMPUTE_LOGS}/storage/run-1/compute_logs/step-1.out"
+    assert denied(lambda: s3.get_object(Bucket=ops, Key=other))
+    assert denied(lambda: s3.get_object(Bucket=ops, Key=prefix + "erase_player.out"))
+    assert denied(lambda: s3.list_objects_v2(Bucket=ops, Prefix=f"{COMPUTE_LOGS}/"))
+    assert denied(lambda: s3.delete_object(Bucket=ops, Key=prefix + "erase_player.out"))
