@@ -8,6 +8,7 @@ resolves or downloads anything.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -98,10 +99,19 @@ spark.stop()
 
 def fetch(progress=print) -> list[str]:
     """Resolve PACKAGES with Spark's Ivy into the cache (a no-op when already there)."""
-    try:
-        return runtime_jars()
-    except JarsMissing:
-        pass
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    # Two clones set up at once share the cache: Ivy resolving into one folder twice at the
+    # same time fails a download ("download failed: ...!delta-kernel-api.jar"), so one
+    # waits for the other and then finds the jars there.
+    with open(cache_dir() / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return runtime_jars()
+        except JarsMissing:
+            return _resolve(progress)
+
+
+def _resolve(progress) -> list[str]:
     ivy = cache_dir() / "ivy"
     progress(f"fetching {', '.join(PACKAGES)} into {ivy} (once)")
     # A separate interpreter: the JVM that resolves must not be the one a caller keeps.
