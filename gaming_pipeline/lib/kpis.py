@@ -5,7 +5,7 @@ Raw events are summed once into two small activity tables, and every KPI is read
   Sums add up, so a batch of new events is added to it as it is.
 - `activity_player_days`: per day, game and player, the events, purchases, bookings and the
   player's sessions as (first, last) spans. A batch's spans merge into the day's (two
-  sessions closer than the session gap become one), so distinct players and sessions stay
+  sessions at most the session gap apart become one), so distinct players and sessions stay
   exact without reading the day's events again.
 A rebuild computes both from the raw table with the same transforms, so the rows a run of
 batches leaves are the rows a rebuild writes.

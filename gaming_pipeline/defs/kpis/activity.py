@@ -24,8 +24,8 @@ DESCRIPTIONS = {
     ),
     kpis.PLAYER_DAYS: (
         "One row per day, game and player (`device_id`): events, purchases, bookings and the "
-        "player's `sessions` that day as (first_at, last_at) spans, a session ending after a "
-        "30-minute pause. DAU, paying users, ARPDAU, sessions and retention are read from it. "
+        "player's `sessions` that day as (first_at, last_at) spans, a session ending at a pause "
+        "of over 30 minutes. DAU, paying users, ARPDAU, sessions and retention are read from it. "
         "Each ingested batch is merged into it; materializing a day rebuilds that day from "
         "the raw table."
     ),

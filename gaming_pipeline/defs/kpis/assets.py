@@ -413,7 +413,7 @@ KPIS = [
             )
         ],
         "Players online in each 5-minute window (`window_start`, `window_end`) of the day: devices "
-        "with a session (events less than 30 minutes apart) overlapping the window, per game and "
+        "with a session (events at most 30 minutes apart) overlapping the window, per game and "
         "for `all_games` (a player of two games at once counts once). A window with nobody online "
         "has no row. The day's peak is `max(players)`; its average over the day "
         "`sum(players) / 288`.",
