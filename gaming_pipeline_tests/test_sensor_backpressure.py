@@ -3,6 +3,8 @@ the reconciler asks again, later each time, for objects whose runs failed."""
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 import pytest
 
@@ -46,36 +48,73 @@ def test_while_a_run_waits_new_objects_stay_on_the_queue(landing, warehouse):
         assert request.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
 
 
-def test_at_a_trickle_objects_wait_on_the_queue_for_the_next_batch(landing, warehouse):
+def tick(sensor: dg.SensorDefinition, landing, warehouse, instance, cursor=None) -> dg.SensorResult:
+    """One evaluation of a sensor, with the cursor its previous tick left."""
+    with dg.build_sensor_context(
+        instance=instance, resources=resources(landing, warehouse), cursor=cursor
+    ) as context:
+        return sensor(context)
+
+
+def taken(request: dg.RunRequest) -> set[str]:
+    return {obj["key"] for obj in request.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]}
+
+
+def test_at_a_trickle_objects_are_held_for_the_next_batch(landing, warehouse):
     load_history(landing.bucket, seed=43, events=200, days=0.1)
     hourly = build_queue_sensor(batch_interval_seconds=3600)
     with dg.instance_for_test() as instance:
         # The first objects after a quiet spell start a run at once...
-        (first,) = evaluate(hourly, landing, warehouse, instance)
-        add_run(instance, dg.DagsterRunStatus.SUCCESS, first)
-        load_history(landing.bucket, seed=44, events=200, days=0.1)
-        # ...those landing within the interval after it wait, still on the queue...
-        assert evaluate(hourly, landing, warehouse, instance) == []
+        (first,) = tick(hourly, landing, warehouse, instance).run_requests
+        add_run(instance, dg.DagsterRunStatus.STARTED, first)
+        # A line, seconds after that run was asked for: a batch would take hours to fill.
+        time.sleep(2)
+        land(landing.bucket, "events/slow.ndjson.gz", [{"eventName": "levelUp"}])
+        # ...those landing slowly after it are held (off the queue, in the cursor), and the
+        # reconciler holds them by the same rule...
+        held = tick(hourly, landing, warehouse, instance)
+        assert not held.run_requests and held.skip_reason.skip_message.startswith("a trickle")
+        assert held.cursor
+        reconciler = build_reconcile_sensor(grace_seconds=0, batch_interval_seconds=3600)
+        assert not reconcile(reconciler, landing, warehouse, instance).run_requests
         # ...for the next run, which takes them all.
-        (second,) = evaluate(build_queue_sensor(batch_interval_seconds=0), landing, warehouse, instance)
-        taken = second.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
-        assert taken and not {obj["key"] for obj in taken} & {
-            obj["key"] for obj in first.run_config["ops"]["ingest_landed_objects"]["config"]["objects"]
-        }
+        (second,) = tick(build_queue_sensor(0), landing, warehouse, instance, held.cursor).run_requests
+        assert taken(second) and not taken(second) & taken(first)
+
+
+def test_a_steady_stream_of_small_objects_is_no_trickle(landing, warehouse):
+    """Objects of a few kilobytes every few seconds (the demo's ingest service at 300 events/s)
+    would fill a batch within the interval: the next run is asked for at once."""
+    hourly = build_queue_sensor(batch_interval_seconds=3600)
+    line = {"eventName": "levelUp", "eventParams": {"device_id": "d", "game_keyword": "g", "app_name": "a"}}
+    with dg.instance_for_test() as instance:
+        land(landing.bucket, "events/stream-0.ndjson.gz", [line])
+        (first,) = tick(hourly, landing, warehouse, instance).run_requests
+        add_run(instance, dg.DagsterRunStatus.SUCCESS, first)
+        # Tens of kilobytes a second since that run was asked for: 2 MiB well within the hour.
+        for n in range(1, 4):
+            land(landing.bucket, f"events/stream-{n}.ndjson.gz", [{**line, "n": i} for i in range(4000)])
+        (second,) = tick(hourly, landing, warehouse, instance).run_requests
+        assert len(taken(second)) == 3
 
 
 @pytest.mark.unit
-def test_the_batch_interval_binds_only_after_a_trickles_batch():
-    small, large = 300_000, TRICKLE_BYTES
+def test_a_trickle_is_a_slow_arrival_rate_not_a_small_last_batch():
+    full = TRICKLE_BYTES
     assert coalescing(None, 0, now=1000.0, interval_seconds=120) is None
-    assert coalescing(900.0, small, now=1000.0, interval_seconds=120) == (
-        "a trickle: the last ingestion run, asked for 100 s ago, took 300,000 bytes; new objects "
-        "wait on the queue to join the next batch, 120 s after it"
+    assert coalescing(900.0, 300_000, now=1000.0, interval_seconds=120) == (
+        "a trickle: 300,000 bytes landed in the 100 s since the last ingestion run was asked for "
+        "(3,000 bytes/s; a steady stream brings 17,476); they wait to join one batch, 120 s after "
+        "the last"
     )
-    assert coalescing(880.0, small, now=1000.0, interval_seconds=120) is None
-    # Under load a batch is large, and the next run is asked for at once.
-    assert coalescing(999.0, large, now=1000.0, interval_seconds=120) is None
-    assert coalescing(999.0, small, now=1000.0, interval_seconds=0) is None
+    # The interval is over, or a full batch is there: a run now.
+    assert coalescing(880.0, 300_000, now=1000.0, interval_seconds=120) is None
+    assert coalescing(999.0, full, now=1000.0, interval_seconds=120) is None
+    assert coalescing(999.0, 10, now=1000.0, interval_seconds=0) is None
+    # Small objects arriving fast (120 KB in the 10 s since the last run, at a 300 s interval:
+    # 3.6 MB an interval) are a stream; the same bytes over a minute, a trickle.
+    assert coalescing(990.0, 120_000, now=1000.0, interval_seconds=300) is None
+    assert coalescing(940.0, 120_000, now=1000.0, interval_seconds=300).startswith("a trickle")
 
 
 def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:

@@ -9,6 +9,7 @@ reconciler, later after each failure, and one that keeps failing is shown on the
 """
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,24 +128,39 @@ def run_requests(
 
 
 def coalescing(
-    last_run_created: float | None, last_run_bytes: int, now: float, interval_seconds: float
+    last_run_created: float | None, pending_bytes: int, now: float, interval_seconds: float
 ) -> str | None:
-    """Why new objects should wait for the next batch (None: start one now): the last run,
-    asked for at `last_run_created`, took a trickle's batch (under TRICKLE_BYTES) less than
-    `interval_seconds` ago. The first object after a quiet spell starts a run at once; at a
-    trickle, those after it gather into one run per interval instead of each paying a run's
-    fixed cost; under load, batches are large and runs follow each other as before."""
-    if (
-        last_run_created is None
-        or now - last_run_created >= interval_seconds
-        or last_run_bytes >= TRICKLE_BYTES
-    ):
+    """Why the objects waiting for ingestion (`pending_bytes` of them, landed since the last
+    run was asked for at `last_run_created`) should wait for a later batch; None: start a run
+    now. The one pacing rule of every sensor that requests ingestion runs.
+
+    A trickle is a slow arrival rate, not a small last batch: objects whose bytes, at the rate
+    they came since the last run, would not fill a batch (TRICKLE_BYTES) within the interval
+    are gathered into one run per `interval_seconds` instead of each paying a run's fixed
+    cost. A steady stream of small objects (Firehose lands one every few seconds) fills
+    batches faster than that, so its runs follow one another; so does the first object after
+    a quiet spell, and a full batch."""
+    if last_run_created is None or interval_seconds <= 0:
         return None
+    elapsed = max(now - last_run_created, 0.0)
+    if elapsed >= interval_seconds or pending_bytes >= TRICKLE_BYTES:
+        return None
+    # At this rate, a batch's worth would land within the interval: a stream, not a trickle.
+    if pending_bytes * interval_seconds >= TRICKLE_BYTES * elapsed:
+        return None
+    rate = pending_bytes / elapsed if elapsed else 0.0
     return (
-        f"a trickle: the last ingestion run, asked for {now - last_run_created:.0f} s ago, took "
-        f"{last_run_bytes:,} bytes; new objects wait on the queue to join the next batch, "
-        f"{interval_seconds:.0f} s after it"
+        f"a trickle: {pending_bytes:,} bytes landed in the {elapsed:.0f} s since the last ingestion "
+        f"run was asked for ({rate:,.0f} bytes/s; a steady stream brings "
+        f"{TRICKLE_BYTES / interval_seconds:,.0f}); they wait to join one batch, "
+        f"{interval_seconds:.0f} s after the last"
     )
+
+
+def last_run_created(instance: dg.DagsterInstance) -> float | None:
+    """When the latest ingestion run was asked for (epoch seconds), if any was."""
+    latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
+    return latest[0].create_timestamp.timestamp() if latest else None
 
 
 def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
@@ -155,8 +171,10 @@ def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Reads the landing queue (S3 ObjectCreated notifications, through SNS or direct) and "
-            "requests an ingestion run for each batch of new objects; at a trickle, one batch "
-            f"every {batch_interval_seconds:.0f} s (GAMING_PIPELINE_BATCH_INTERVAL_SECONDS)."
+            "requests an ingestion run for each batch of new objects; at a trickle (objects "
+            "arriving too slowly to fill a batch within the interval), one batch every "
+            f"{batch_interval_seconds:.0f} s (GAMING_PIPELINE_BATCH_INTERVAL_SECONDS), the objects "
+            "held in its cursor meanwhile."
         ),
     )
     def landing_queue_sensor(
@@ -167,6 +185,15 @@ def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
         return take_queue(context, landing, warehouse, batch_interval_seconds)
 
     return landing_queue_sensor
+
+
+def held_objects(cursor: str | None) -> list[LandedObject]:
+    """The objects a trickle's tick took off the queue to join a later batch (the cursor)."""
+    return [LandedObject(*held) for held in json.loads(cursor)] if cursor else []
+
+
+def holding(objects: list[LandedObject]) -> str:
+    return json.dumps([[obj.bucket, obj.key, obj.etag, obj.size] for obj in objects]) if objects else ""
 
 
 def take_queue(
@@ -180,15 +207,6 @@ def take_queue(
         # Backpressure: while a run waits for the Spark slot, new objects stay on the queue
         # and join one larger batch, instead of piling up runs faster than they finish.
         return dg.SensorResult(skip_reason="an ingestion run is already waiting to start")
-    latest = context.instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
-    wait = coalescing(
-        latest[0].create_timestamp.timestamp() if latest else None,
-        sum(obj.size for obj in requested_objects(latest[0].dagster_run)) if latest else 0,
-        time.time(),
-        batch_interval_seconds,
-    )
-    if wait:
-        return dg.SensorResult(skip_reason=wait)
     sqs = landing.sqs()
     queue_url = landing.resolved_queue_url()
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
@@ -221,10 +239,14 @@ def take_queue(
                     )
             handled.append(message)
 
-    new = not_yet_ingested(announced, warehouse, context.instance)
-    requests = run_requests(new, origin="queue")
-    # Deleted only once the run requests exist; a message lost after this point is still
-    # caught by the reconciling sensor, so nothing that landed is missed.
+    new = not_yet_ingested([*held_objects(context.cursor), *announced], warehouse, context.instance)
+    wait = coalescing(
+        last_run_created(context.instance), sum(obj.size for obj in new), time.time(), batch_interval_seconds
+    )
+    requests = [] if wait else run_requests(new, origin="queue")
+    # Deleted only once the objects are in run requests or held in the cursor: a message
+    # lost after this point (the daemon dying before it stores the tick) is still caught by
+    # the reconciling sensor, so nothing that landed is missed.
     for start in range(0, len(handled), 10):
         sqs.delete_message_batch(
             QueueUrl=queue_url,
@@ -233,10 +255,14 @@ def take_queue(
                 for i, message in enumerate(handled[start : start + 10])
             ],
         )
+    if wait:
+        return dg.SensorResult(skip_reason=wait, cursor=holding(new))
     if not requests:
-        return dg.SensorResult(skip_reason=f"{len(handled)} message(s), {len(announced)} object(s), none new")
-    context.log.info(f"{len(new)} new object(s) from {len(handled)} message(s)")
-    return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(
+            skip_reason=f"{len(handled)} message(s), {len(announced)} object(s), none new", cursor=""
+        )
+    context.log.info(f"{len(new)} new object(s) from {len(handled)} message(s) and earlier ticks")
+    return dg.SensorResult(run_requests=requests, cursor="")
 
 
 landing_queue_sensor = build_queue_sensor(Settings.from_env().batch_interval_seconds)
@@ -267,6 +293,7 @@ def build_reconcile_sensor(
     grace_seconds: float = RECONCILE_GRACE_SECONDS,
     minimum_interval_seconds: int = 300,
     retry_backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+    batch_interval_seconds: float = 0,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_reconcile_sensor",
@@ -297,7 +324,16 @@ def build_reconcile_sensor(
         due = [
             obj for obj in missing if obj not in failed or failed[obj].retry_due(now, retry_backoff_seconds)
         ]
-        requests = run_requests(due, origin="reconcile", failed={obj: f.count for obj, f in failed.items()})
+        # The queue sensor's pacing holds a trickle's objects for up to the batch interval:
+        # the same rule here, or the safety net would start the runs the pacing spares.
+        wait = coalescing(
+            last_run_created(context.instance), sum(obj.size for obj in due), now, batch_interval_seconds
+        )
+        requests = (
+            []
+            if wait
+            else run_requests(due, origin="reconcile", failed={obj: f.count for obj, f in failed.items()})
+        )
 
         failing = {obj: found for obj, found in failed.items() if found.count >= FAILING_AFTER}
         # Reported while any object keeps failing, and once more when none does any longer.
@@ -311,9 +347,12 @@ def build_reconcile_sensor(
         waiting = len(missing) - len(due)
         if not requests:
             return dg.SensorResult(
-                skip_reason=f"all {len(listed)} object(s) are in the ledger"
-                if not missing
-                else f"{waiting} object(s) wait to be retried after failed runs",
+                skip_reason=wait
+                or (
+                    f"all {len(listed)} object(s) are in the ledger"
+                    if not missing
+                    else f"{waiting} object(s) wait to be retried after failed runs"
+                ),
                 asset_events=events,
                 cursor=str(len(failing)),
             )
@@ -326,4 +365,6 @@ def build_reconcile_sensor(
     return landing_reconcile_sensor
 
 
-landing_reconcile_sensor = build_reconcile_sensor()
+landing_reconcile_sensor = build_reconcile_sensor(
+    batch_interval_seconds=Settings.from_env().batch_interval_seconds
+)
