@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +29,25 @@ from gaming_pipeline.local import generator, ports
 from gaming_pipeline.local.endpoint import LocalAws
 
 console = Console(stderr=True)
+
+
+def _number(unit: str, above_zero: bool = False, zero_means: str = ""):
+    """An argparse type: a finite number of `unit`, 0 or more (above 0 with `above_zero`);
+    anything else is refused with a message saying what it takes (argparse exits with 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if math.isfinite(value) and (value > 0 if above_zero else value >= 0):
+            return value
+        wanted = "a number above 0" if above_zero else "0 or more"
+        raise argparse.ArgumentTypeError(
+            f"{text} {unit}: give {wanted}" + (f" (0: {zero_means})" if zero_means else "")
+        )
+
+    return parse
 
 
 def _running_spark(settings: Settings) -> str:
@@ -301,9 +323,68 @@ def _tell(message: str) -> None:
         pass
 
 
+def _command() -> str:
+    """This command as a new shell finds it: the console script that runs now, or the one
+    beside this Python (a virtualenv's, which is on no PATH outside it), else the one on PATH."""
+    for candidate in (Path(sys.argv[0]), Path(sys.executable).parent / "gaming-pipeline"):
+        if candidate.name == "gaming-pipeline" and candidate.is_file():
+            return str(candidate.absolute())
+    return shutil.which("gaming-pipeline") or "gaming-pipeline"
+
+
+def _query_line(settings: Settings, query: str) -> str:
+    """A `gaming-pipeline sql` line that works as typed in a new shell, in any folder: the
+    home and warehouse named where they are not the defaults."""
+    default_home = Settings.from_env({}).home
+    where = {
+        "GAMING_PIPELINE_HOME": str(settings.home) if settings.home != default_home else "",
+        "GAMING_PIPELINE_WAREHOUSE": os.environ.get("GAMING_PIPELINE_WAREHOUSE", ""),
+    }
+    prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in where.items() if value)
+    return f"{prefix}{shlex.quote(_command())} sql {shlex.quote(query)}"
+
+
+def _land_history(plan: generator.HistoryPlan, bucket: str) -> generator.Totals:
+    """The plan's events as landing objects straight into the bucket, as a bulk load does:
+    the sensors take them like any other object."""
+    totals = generator.Totals()
+    with Progress(
+        TextColumn("landing the history"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("history", total=plan.events)
+        generator.write_objects(
+            plan.objects(),
+            _s3_put(bucket),
+            totals,
+            on_object=lambda n: progress.advance(task, n),
+        )
+    return totals
+
+
+def _history(args: argparse.Namespace, settings: Settings) -> str:
+    """Land the demo's history unless the warehouse already holds events (an earlier demo's
+    on the same home: a second month would add to the first); what was done, for the terminal."""
+    from gaming_pipeline.lib.ledger import ingested_objects
+    from gaming_pipeline.lib.tables import LEDGER_TABLE
+    from gaming_pipeline.lib.warehouse import table_path
+
+    plan = generator.demo_history(args.history_days, args.seed)
+    if plan is None:
+        return "none (--history-days 0)"
+    if held := len(ingested_objects(table_path(settings.warehouse, LEDGER_TABLE))):
+        return f"none landed: the warehouse holds {held:,} ingested objects already (an earlier demo's)"
+    totals = _land_history(plan, settings.landing_bucket)
+    return (
+        f"{totals.events:,} events over {args.history_days:g} days to {plan.end:%Y-%m-%d %H:%M} UTC, "
+        f"landed as {totals.objects:,} objects; ingested and charted within minutes"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on 127.0.0.1: local AWS, Dagster webserver and daemon, the ingest service,
-    and a stream of events posted to it."""
+    a month of history landed in the bucket, and a stream of events posted to the service."""
+    from gaming_pipeline.defs.dashboard.assets import DASHBOARD_FILE
+    from gaming_pipeline.lib.warehouse import table_path
     from gaming_pipeline.local import processes
 
     # A demo killed outright (kill -9, a crash) could not stop its processes: they would hold
@@ -347,6 +428,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 env, logs / "spark-server.log", port=args.spark_port
             )
             started.append(spark_server)
+        # While Spark starts, and before the sensors do: they find the whole history on the
+        # queue at their first tick and take it in full batches.
+        history = _history(args, settings)
         webserver = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(ui_port)]
         webserver_process = processes.start_dagster(webserver, env, logs / "webserver.log")
         started.append(webserver_process)
@@ -381,20 +465,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 lambda n: None,
             )
 
-        threading.Thread(target=stream, daemon=True).start()
+        if args.rate:
+            threading.Thread(target=stream, daemon=True).start()
+            load = f"{args.rate:g} events/s posted to the ingest service"
+        else:
+            load = "none generated (--rate 0): post your own events to the ingest service"
+        dashboard = table_path(settings.warehouse, DASHBOARD_FILE)
+        if "://" not in dashboard:
+            dashboard = Path(dashboard).absolute().as_uri()
+        # soft_wrap: a line longer than the terminal is left for it to fold, not broken by a
+        # newline, so that the query line copied from it runs as it is.
         console.print(
             f"\n[bold]gaming_pipeline demo is up[/bold]\n"
             f"  Dagster UI      {ui}  (assets, sensors, runs)\n"
+            f"  dashboard       {dashboard}  (rewritten after each KPI refresh)\n"
             f"  ingest service  {ingest}/v1/events  x-api-key: {api_key}\n"
             f"                  {ingest}/metrics  {ingest}/healthz\n"
             f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}\n"
             f"  Spark           {env.get('GAMING_PIPELINE_SPARK_MASTER', settings.spark_master)}\n"
             f"  warehouse       {settings.warehouse}\n"
             f"  logs            {logs}\n"
-            f"  streaming {args.rate:g} events/s; query with:\n"
-            f"    GAMING_PIPELINE_HOME={settings.home} gaming-pipeline sql "
-            f'"select count(*) from mobile_events_delta_raw"\n'
-            f"Ctrl-C stops everything."
+            f"  history         {history}\n"
+            f"  live events     {load}\n"
+            f"  query from another shell:\n"
+            f"    {_query_line(settings, 'select count(*) from mobile_events_delta_raw')}\n"
+            f"Ctrl-C stops everything.",
+            soft_wrap=True,
+            highlight=False,
         )
         while all(process.poll() is None for process in started):
             time.sleep(1)
@@ -421,7 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the whole platform locally with generated events")
-    demo.add_argument("--rate", type=float, default=50, help="events per second (default 50)")
+    demo.add_argument(
+        "--rate",
+        type=_number("events per second", zero_means="no generated load"),
+        default=50,
+        help="events per second posted to the ingest service (default 50; 0: none, post your own)",
+    )
+    demo.add_argument(
+        "--history-days",
+        type=_number("days", zero_means="no history"),
+        default=30,
+        help="days of history landed in the bucket before the stream starts, "
+        f"{generator.DEMO_HISTORY_EVENTS_PER_DAY:,} events a day (default 30; 0: none)",
+    )
     demo.add_argument("--flush-seconds", type=float, default=5, help="landing object age limit")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--ui-port", type=int, default=3000, help="taken if free, else any free port")
@@ -440,7 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate game events as landing objects")
     amount = gen.add_mutually_exclusive_group(required=True)
     amount.add_argument("--events", type=int, help="how many events (history mode)")
-    amount.add_argument("--rate", type=float, help="events per second, stamped as they are made")
+    amount.add_argument(
+        "--rate",
+        type=_number("events per second", above_zero=True),
+        help="events per second, stamped as they are made",
+    )
     gen.add_argument("--duration", type=float, help="seconds to stream at --rate (default: until Ctrl-C)")
     gen.add_argument("--days", type=float, default=1.0, help="history: spread over this many past days")
     gen.add_argument("--end", help="history: end of the span, ISO-8601 (default now)")

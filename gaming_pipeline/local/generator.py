@@ -36,6 +36,7 @@ PRICE_WEIGHTS = (30, 20, 12, 15, 10, 7, 4, 2)
 PLATFORMS = ("ios", "android")
 DEVICES_PER_POPULARITY = 40
 OBJECT_EVENTS = 5_000
+HOUR_SECONDS, DAY_SECONDS = 3600, 86400
 KEY_PREFIX = "events"
 
 
@@ -82,7 +83,7 @@ class Totals:
 class EventFactory:
     """Draws events for the registry's games, with a stable device pool per game."""
 
-    def __init__(self, seed: int, games: tuple[Game, ...] = GAMES):
+    def __init__(self, seed: int, games: tuple[Game, ...] = GAMES, draws: str = ""):
         self.rng = random.Random(seed)
         self.games = games
         self.game_weights = [game.popularity for game in games]
@@ -99,6 +100,11 @@ class EventFactory:
         }
         self.names = list(EVENT_MIX)
         self.name_weights = list(EVENT_MIX.values())
+        if draws:
+            # The same players, events drawn apart. Two factories of one seed drawing from
+            # one random stream fall into step within a few thousand events (whatever each
+            # drew before), then repeat each other's events, event_ids included.
+            self.rng = random.Random(f"{seed}:{draws}")
 
     def event(self, at: float) -> dict:
         rng = self.rng
@@ -149,9 +155,10 @@ def client_event(event: dict) -> dict:
     return sent
 
 
-def history(seed: int, count: int, start: datetime, end: datetime) -> Iterator[dict]:
-    """`count` events spread over [start, end), in time order."""
-    factory = EventFactory(seed)
+def history(seed: int, count: int, start: datetime, end: datetime, draws: str = "") -> Iterator[dict]:
+    """`count` events spread over [start, end), in time order; with `draws`, the players of
+    `seed` and events of their own (EventFactory)."""
+    factory = EventFactory(seed, draws=draws)
     span = (end - start).total_seconds()
     times = sorted(start.timestamp() + factory.rng.random() * span for _ in range(count))
     for at in times:
@@ -161,6 +168,8 @@ def history(seed: int, count: int, start: datetime, end: datetime) -> Iterator[d
 def stream(seed: int, rate: float, duration: float | None) -> Iterator[dict]:
     """Events at `rate` per second, stamped with the time they are made, for `duration`
     seconds (forever when None)."""
+    if not 0 < rate < float("inf"):
+        raise ValueError(f"a stream needs a rate of events per second above 0, not {rate}")
     factory = EventFactory(seed)
     started = time.time()
     sent = 0
@@ -186,9 +195,11 @@ def landing_objects(
     seed: int,
     object_events: int = OBJECT_EVENTS,
     flush_seconds: float | None = None,
+    span_seconds: int = HOUR_SECONDS,
 ) -> Iterator[tuple[str, bytes, list[dict]]]:
     """Buffer events into (key, gzip NDJSON body, events) objects: at most `object_events`
-    each, never across an hour, and, when streaming, no older than `flush_seconds`."""
+    each, never across a span of `span_seconds` (an hour, as Firehose's objects; a bulk
+    load's may span a day), and, when streaming, no older than `flush_seconds`."""
     batch: list[dict] = []
     opened = time.monotonic()
     sequence = 0
@@ -206,7 +217,7 @@ def landing_objects(
     for event in events:
         if batch and (
             len(batch) >= object_events
-            or event["eventTime"] // 3600 != batch[0]["eventTime"] // 3600
+            or event["eventTime"] // span_seconds != batch[0]["eventTime"] // span_seconds
             or (flush_seconds is not None and time.monotonic() - opened >= flush_seconds)
         ):
             yield flush()
@@ -235,3 +246,41 @@ def write_objects(
 def history_window(days: float, end: datetime | None = None) -> tuple[datetime, datetime]:
     end = end or datetime.now(UTC)
     return end - timedelta(days=days), end
+
+
+# The demo's history: a month of players coming, returning and paying, for the dashboard's
+# daily, cohort and hourly charts, small enough for a 2-core machine to ingest and refresh
+# in a few minutes.
+DEMO_HISTORY_EVENTS_PER_DAY = 2_000
+DEMO_HISTORY_DRAWS = "history"
+
+
+@dataclass(frozen=True)
+class HistoryPlan:
+    """Generated history to land before the live stream: `events` events over [start, end)."""
+
+    seed: int
+    events: int
+    start: datetime
+    end: datetime
+
+    def generate(self) -> Iterator[dict]:
+        """The plan's events, the same every time: the players of the stream of the same seed
+        (so they return in it), with events of their own (not a replay of the stream's)."""
+        return history(self.seed, self.events, self.start, self.end, draws=DEMO_HISTORY_DRAWS)
+
+    def objects(self) -> Iterator[tuple[str, bytes, list[dict]]]:
+        """The plan's landing objects, a bulk load's: a day's events each (up to OBJECT_EVENTS).
+        A month is then tens of objects rather than hundreds of hourly ones, which one
+        sensor tick takes whole into one ingestion run."""
+        return landing_objects(self.generate(), self.seed, span_seconds=DAY_SECONDS)
+
+
+def demo_history(days: float, seed: int, now: datetime | None = None) -> HistoryPlan | None:
+    """The demo's history: `days` days ending at the start of the current hour (UTC), where the
+    live stream takes over, at DEMO_HISTORY_EVENTS_PER_DAY; None for no days."""
+    if days <= 0:
+        return None
+    now = now or datetime.now(UTC)
+    start, end = history_window(days, now.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
+    return HistoryPlan(seed, max(1, round(days * DEMO_HISTORY_EVENTS_PER_DAY)), start, end)
