@@ -60,7 +60,15 @@ class Demo:
         }
         ports = [f"--{name}-port=0" for name in ("ui", "aws", "ingest", "spark")]
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gaming-pipeline"), "demo", "--rate", "2", "--history-days", "0", *ports],
+            [
+                str(Path(sys.executable).parent / "gaming-pipeline"),
+                "demo",
+                "--rate",
+                "2",
+                "--history-days",
+                "0",
+                *ports,
+            ],
             env={**inherited, "GAMING_PIPELINE_HOME": str(home), **(environ or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
