@@ -76,21 +76,7 @@ def test_a_plain_install_loads_the_definitions_with_no_jars_fetched(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(target), "XDG_CACHE_HOME": str(tmp_path / "no-cache")}
     env.pop("DAGSTER_HOME", None)
-    validated = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "definitions",
-            "validate",
-            "-m",
-            "gaming_pipeline.definitions",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert validated.returncode == 0, (validated.stdout + validated.stderr)[-3000:]
-    assert "Validation successful" in validated.stdout + validated.stderr
+    assert_validates(["-m", "gaming_pipeline.definitions"], tmp_path, env)
     located = subprocess.run(
         [sys.executable, "-c", "import gaming_pipeline, sys; print(gaming_pipeline.__file__)"],
         cwd=tmp_path,
@@ -107,10 +93,14 @@ def test_a_plain_install_loads_the_definitions_with_no_jars_fetched(tmp_path):
 def test_the_clone_top_level_workspace_loads_the_code_location(tmp_path):
     """`dagster dev` in a clone reads workspace.yaml at the top: it loads the module, as the
     README shows (the production workspace, deploy/workspace.yaml, names a gRPC server)."""
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    assert_validates(["-w", "workspace.yaml"], PROJECT, {**os.environ, "DAGSTER_HOME": str(tmp_path)})
+
+
+def assert_validates(where: list[str], cwd: Path, env: dict[str, str]) -> None:
+    """`dagster definitions validate` on the code location `where` names, run in `cwd`."""
     validated = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT,
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", *where],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
