@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from pathlib import Path
 
 import pytest
+
+# A suite started with SIGINT ignored (nohup, a shell's background job) must run as any other:
+# Dagster's in-process runs give SIGTERM whatever handler SIGINT has when they end
+# (dagster._utils.interrupts), so this process would come to ignore SIGTERM and pass that on
+# to what it starts (Dagster's own `tail` of a step's logs would not stop). Ctrl-C here means
+# what it means to Python; what the tests launch gets default handling (processes.start).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # Before anything imports the registry: the tests' own four games (games.toml), inherited by
 # every process they start. The default 30 are tested in test_games_registry.py.

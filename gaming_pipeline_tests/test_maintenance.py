@@ -81,21 +81,21 @@ def daily_pass(instance: dg.DagsterInstance, warehouse: str) -> dict:
 @pytest.mark.slow
 def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_row(spark, landing, warehouse):
     raw = table_path(warehouse, RAW_TABLE)
-    for n in range(4):
+    for n in range(2):
         ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", [*CLOSED, TODAY], f"run-{n}", n)
-    assert files_per_day(raw) == {CLOSED[0]: 4, CLOSED[1]: 4, TODAY: 4}
+    assert files_per_day(raw) == {CLOSED[0]: 2, CLOSED[1]: 2, TODAY: 2}
     before = content(spark, raw)
 
     with dg.DagsterInstance.ephemeral() as instance:
         first = daily_pass(instance, warehouse)
         assert first["maintenance"] == DAILY_PASS
         assert first["days"] == "every closed day"
-        assert (first["files_before"], first["files_after"]) == (12, 6)
+        assert (first["files_before"], first["files_after"]) == (6, 3)
         assert first["bytes_after"] < first["bytes_before"]
         assert first["version_after"] == first["version_before"] + 1
         assert first["pending_days"] == [TODAY.isoformat()]
         # Closed days are one file each; today, still being written, is left alone.
-        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 4}
+        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 2}
         assert content(spark, raw) == before
 
         second = daily_pass(instance, warehouse)
@@ -105,7 +105,7 @@ def test_daily_pass_compacts_closed_days_written_since_the_last_and_changes_no_r
         ingest(spark, landing.bucket, warehouse, "late/0.ndjson.gz", [CLOSED[0], TODAY], "run-late", 9)
         third = daily_pass(instance, warehouse)
         assert third["days"] == [CLOSED[0].isoformat()]
-        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 5}
+        assert files_per_day(raw) == {CLOSED[0]: 1, CLOSED[1]: 1, TODAY: 3}
         assert content(spark, raw)[0] == before[0] + 60
 
 
