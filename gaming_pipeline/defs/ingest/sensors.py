@@ -302,7 +302,8 @@ def build_reconcile_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Lists the landing bucket and requests ingestion of any object the ledger lacks "
-            f"{grace_seconds:.0f} s after it landed: the safety net for lost notifications. "
+            f"{grace_seconds + batch_interval_seconds:.0f} s after it landed (the queue sensor's "
+            "batch interval and a grace): the safety net for lost notifications. "
             "Objects whose run failed are requested again after a backoff that doubles with "
             f"each failure; those failed {FAILING_AFTER} times or more are listed on "
             f"{RAW_TABLE} as an observation."
@@ -313,8 +314,10 @@ def build_reconcile_sensor(
         landing: LandingBucketResource,
         warehouse: WarehouseResource,
     ) -> dg.SensorResult:
-        # The grace leaves fresh objects to the queue sensor, which is usually seconds behind.
-        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+        # The grace leaves fresh objects to the queue sensor, which is usually seconds behind,
+        # and holds a trickle's objects for up to the batch interval: asked for here too at
+        # the interval's end, they would be requested twice.
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds + batch_interval_seconds)
         listed = objects_in_bucket(landing, landed_before=cutoff)
         missing = not_yet_ingested(listed, warehouse, context.instance)
         # Failed runs matter only for objects still missing: a tick with none reads no run.
