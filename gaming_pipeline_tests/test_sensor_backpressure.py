@@ -76,7 +76,7 @@ def test_at_a_trickle_objects_are_held_for_the_next_batch(landing, warehouse):
         assert not held.run_requests and held.skip_reason.skip_message.startswith("a trickle")
         assert held.cursor
         reconciler = build_reconcile_sensor(grace_seconds=0, batch_interval_seconds=3600)
-        assert not reconcile(reconciler, landing, warehouse, instance).run_requests
+        assert not tick(reconciler, landing, warehouse, instance).run_requests
         # ...for the next run, which takes them all.
         (second,) = tick(build_queue_sensor(0), landing, warehouse, instance, held.cursor).run_requests
         assert taken(second) and not taken(second) & taken(first)
@@ -130,13 +130,6 @@ def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     instance.report_run_failed(run)
 
 
-def reconcile(sensor: dg.SensorDefinition, landing, warehouse, instance, cursor=None) -> dg.SensorResult:
-    with dg.build_sensor_context(
-        instance=instance, resources=resources(landing, warehouse), cursor=cursor
-    ) as context:
-        return sensor(context)
-
-
 def test_a_failed_batch_is_requested_again_after_a_backoff_and_shown_while_it_keeps_failing(
     landing, warehouse
 ):
@@ -157,7 +150,7 @@ def test_a_failed_batch_is_requested_again_after_a_backoff_and_shown_while_it_ke
             keys.append(again.run_key)
             fail(instance, again)
 
-        result = reconcile(eager, landing, warehouse, instance)
+        result = tick(eager, landing, warehouse, instance)
         (observation,) = result.asset_events
         assert observation.asset_key == dg.AssetKey(RAW_TABLE)
         assert observation.metadata["failing_objects"].value == 1
@@ -169,6 +162,6 @@ def test_a_failed_batch_is_requested_again_after_a_backoff_and_shown_while_it_ke
 
         # Once no object keeps failing, that is reported once too.
         aws.client("s3").delete_object(Bucket=landing.bucket, Key=obj.key)
-        (cleared,) = reconcile(eager, landing, warehouse, instance, cursor=result.cursor).asset_events
+        (cleared,) = tick(eager, landing, warehouse, instance, cursor=result.cursor).asset_events
         assert cleared.metadata["failing_objects"].value == 0
-        assert reconcile(eager, landing, warehouse, instance, cursor="0").asset_events == []
+        assert tick(eager, landing, warehouse, instance, cursor="0").asset_events == []
