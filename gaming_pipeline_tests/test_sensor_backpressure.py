@@ -67,6 +67,8 @@ def test_at_a_trickle_objects_are_held_for_the_next_batch(landing, warehouse):
         # The first objects after a quiet spell start a run at once...
         (first,) = tick(hourly, landing, warehouse, instance).run_requests
         add_run(instance, dg.DagsterRunStatus.STARTED, first)
+        # Nothing waiting is nothing held: said as such, not as a trickle of 0 bytes.
+        assert tick(hourly, landing, warehouse, instance).skip_reason.skip_message.endswith("none new")
         # A line, seconds after that run was asked for: a batch would take hours to fill.
         time.sleep(2)
         land(landing.bucket, "events/slow.ndjson.gz", [{"eventName": "levelUp"}])

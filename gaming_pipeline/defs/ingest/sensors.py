@@ -157,10 +157,14 @@ def coalescing(
     )
 
 
-def last_run_created(instance: dg.DagsterInstance) -> float | None:
-    """When the latest ingestion run was asked for (epoch seconds), if any was."""
+def pacing(instance: dg.DagsterInstance, waiting: list[LandedObject], interval_seconds: float) -> str | None:
+    """coalescing's answer for the objects `waiting` to be asked for, after the latest
+    ingestion run: why they wait, or None (none wait: nothing to hold)."""
+    if not waiting:
+        return None
     latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
-    return latest[0].create_timestamp.timestamp() if latest else None
+    created = latest[0].create_timestamp.timestamp() if latest else None
+    return coalescing(created, sum(obj.size for obj in waiting), time.time(), interval_seconds)
 
 
 def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
@@ -240,9 +244,7 @@ def take_queue(
             handled.append(message)
 
     new = not_yet_ingested([*held_objects(context.cursor), *announced], warehouse, context.instance)
-    wait = coalescing(
-        last_run_created(context.instance), sum(obj.size for obj in new), time.time(), batch_interval_seconds
-    )
+    wait = pacing(context.instance, new, batch_interval_seconds)
     requests = [] if wait else run_requests(new, origin="queue")
     # Deleted only once the objects are in run requests or held in the cursor: a message
     # lost after this point (the daemon dying before it stores the tick) is still caught by
@@ -329,9 +331,7 @@ def build_reconcile_sensor(
         ]
         # The queue sensor's pacing holds a trickle's objects for up to the batch interval:
         # the same rule here, or the safety net would start the runs the pacing spares.
-        wait = coalescing(
-            last_run_created(context.instance), sum(obj.size for obj in due), now, batch_interval_seconds
-        )
+        wait = pacing(context.instance, due, batch_interval_seconds)
         requests = (
             []
             if wait
