@@ -141,6 +141,22 @@ def compute_logs(role_credentials: dict, names: Names, local_dir: Path) -> S3Com
         )
 
 
+def capture_step_log(
+    role_credentials: dict, names: Names, local_dir: Path, log_key: list[str], output: str
+) -> tuple[S3ComputeLogManager, str]:
+    """One step's output captured by the role's compute log manager, uploaded as the capture
+    ends; the manager, and the prefix its objects land under."""
+    logs = compute_logs(role_credentials, names, local_dir)
+    with logs.capture_logs(log_key):
+        print(output, flush=True)
+    run_id, _, _ = log_key
+    return logs, f"{COMPUTE_LOGS}/storage/{run_id}/compute_logs/"
+
+
+def listed(s3, bucket: str, prefix: str) -> set[str]:
+    return {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+
+
 def kms_arn(alias: str) -> str:
     return aws.client("kms").describe_key(KeyId=alias)["KeyMetadata"]["Arn"]
 
@@ -218,17 +234,11 @@ def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing
         ExpressionAttributeValues={":path": item["tablePath"]},
     )
     # Step logs, as Dagster's S3 compute log manager writes and reads them.
-    logs = compute_logs(credentials["pipeline"], names, tmp_path / "compute-logs")
     log_key = ["run-1", "compute_logs", "step-1"]
-    with logs.capture_logs(log_key):
-        print("step output", flush=True)
-    prefix = f"{COMPUTE_LOGS}/storage/run-1/compute_logs/"
-    assert {
-        obj["Key"] for obj in s3.list_objects_v2(Bucket=names["ops-bucket"], Prefix=prefix)["Contents"]
-    } == {
-        prefix + "step-1.out",
-        prefix + "step-1.err",
-    }
+    logs, prefix = capture_step_log(
+        credentials["pipeline"], names, tmp_path / "compute-logs", log_key, "step output"
+    )
+    assert listed(s3, names["ops-bucket"], prefix) == {prefix + "step-1.out", prefix + "step-1.err"}
     assert b"step output" in logs.get_log_data(log_key).stdout
     logs.delete_logs(log_key=log_key)
     # What it must not do: write the landing bucket, or read PII.
@@ -274,18 +284,22 @@ def test_the_erasure_role_keeps_its_step_logs_but_cannot_read_or_remove_any(depl
     names, client, _, credentials = deployment
     ops, s3 = names["ops-bucket"], client("erasure", "s3")
     # A pipeline run's logs, there before.
-    pipeline_logs = compute_logs(credentials["pipeline"], names, tmp_path / "pipeline")
-    with pipeline_logs.capture_logs(["run-1", "compute_logs", "step-1"]):
-        print("a pipeline run's step output", flush=True)
+    capture_step_log(
+        credentials["pipeline"],
+        names,
+        tmp_path / "pipeline",
+        ["run-1", "compute_logs", "step-1"],
+        "a pipeline run's step output",
+    )
     # The erasure run's: the upload at the end of the capture is the run pod's only call.
-    logs = compute_logs(credentials["erasure"], names, tmp_path / "erasure")
     log_key = ["erasure-run", "compute_logs", "erase_player"]
-    with logs.capture_logs(log_key):
-        print("player erased", flush=True)
-    prefix = f"{COMPUTE_LOGS}/storage/erasure-run/compute_logs/"
-    assert {
-        obj["Key"] for obj in client("pipeline", "s3").list_objects_v2(Bucket=ops, Prefix=prefix)["Contents"]
-    } == {prefix + "erase_player.out", prefix + "erase_player.err"}
+    _, prefix = capture_step_log(
+        credentials["erasure"], names, tmp_path / "erasure", log_key, "player erased"
+    )
+    assert listed(client("pipeline", "s3"), ops, prefix) == {
+        prefix + "erase_player.out",
+        prefix + "erase_player.err",
+    }
     # The webserver (pipeline role) shows them once the pod is gone.
     shown = compute_logs(credentials["pipeline"], names, tmp_path / "webserver").get_log_data(log_key)
     assert b"player erased" in shown.stdout
