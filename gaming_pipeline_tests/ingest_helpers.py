@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import dagster as dg
 from pyspark.sql import functions as F
 
+from gaming_pipeline.defs.followers.runs import follow_raw_job
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.ingest.assets import ingest_landed_objects
 from gaming_pipeline.defs.ingest.sensors import build_reconcile_sensor
@@ -105,6 +106,17 @@ def evaluate(
 def run(
     request: dg.RunRequest, landing, warehouse: str, instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
+    """An ingestion run as requested, then the follower run the daemon starts after it; the
+    ingestion's result."""
+    result = ingest_only(request, landing, warehouse, instance)
+    follow(warehouse, instance)
+    return result
+
+
+def ingest_only(
+    request: dg.RunRequest, landing, warehouse: str, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    """An ingestion run as requested, and no follower run after it."""
     result = dg.materialize(
         [ingest_landed_objects],
         run_config=request.run_config,
@@ -114,6 +126,23 @@ def run(
     )
     assert result.success
     return result
+
+
+def follow(warehouse: str, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """A follower run (follow_raw_job), as follow_raw_sensor asks for after ingestion."""
+    result = follow_raw_job.execute_in_process(resources=resources(None, warehouse), instance=instance)
+    assert result.success
+    return result
+
+
+def own_session(spark):
+    """A Spark session of its own for a thread that commits beside a follower pass, as each run
+    has its own: a pass's transaction is a session setting (Delta's idempotent MERGE)."""
+    if os.environ.get("SPARK_REMOTE"):
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.remote(os.environ["SPARK_REMOTE"]).create()
+    return spark.newSession()
 
 
 DERIVED = [

@@ -20,6 +20,7 @@ import requests
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 
 from gaming_pipeline.definitions import defs
+from gaming_pipeline.defs.followers.runs import follow_raw_sensor
 from gaming_pipeline.defs.ingest.assets import ingest_job
 from gaming_pipeline.defs.ingest.sensors import IN_FLIGHT
 from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
@@ -144,12 +145,28 @@ def test_sensor_refreshes_match_python_and_a_ui_backfill_changes_nothing(
 
 
 def days_sensor_caught_up(instance: dg.DagsterInstance) -> bool:
-    """raw_days_sensor's cursor has reached the last ingestion, so it has requested (its
-    state is saved after its runs are submitted) every refresh the ingestions call for."""
-    last = instance.fetch_materializations(dg.AssetKey(RAW_TABLE), limit=1, ascending=False).records
-    states = [state for state in instance.all_instigator_state() if state.name == raw_days_sensor.name]
-    cursors = {state.instigator_data.cursor for state in states if state.instigator_data}
-    return bool(last) and str(last[0].storage_id) in cursors
+    """The follower sensor's cursor has reached the last ingestion, and raw_days_sensor's the
+    last follower run (its state is saved after its runs are submitted): every run the
+    ingestions call for has been requested."""
+
+    def last(key: str) -> int:
+        records = instance.fetch_materializations(dg.AssetKey(key), limit=1, ascending=False).records
+        return records[0].storage_id if records else 0
+
+    def cursor(sensor: str) -> int:
+        states = [state for state in instance.all_instigator_state() if state.name == sensor]
+        found = [
+            int(state.instigator_data.cursor)
+            for state in states
+            if state.instigator_data and state.instigator_data.cursor
+        ]
+        return max(found, default=-1)
+
+    return (
+        last(RAW_TABLE) > 0
+        and cursor(follow_raw_sensor.name) >= last(RAW_TABLE)
+        and cursor(raw_days_sensor.name) >= max(last(RAW_TABLE), last(PLAYER_STATE_TABLE))
+    )
 
 
 def succeeded_or_retried(run: dg.DagsterRun) -> bool:

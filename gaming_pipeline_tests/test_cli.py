@@ -18,6 +18,7 @@ from gaming_pipeline.defs.ingest.assets import objects_in_bucket
 from gaming_pipeline.defs.resources import LandingBucketResource
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.follow import follow
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from, new_master_key
 from gaming_pipeline.lib.settings import Settings
@@ -77,6 +78,7 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
     ingest_objects(
         spark, warehouse, objects_in_bucket(LandingBucketResource(bucket=pipeline_env.bucket)), "r1"
     )
+    follow(spark, warehouse, "r1-follower")
     today = datetime.now(UTC).date().isoformat()
 
     assert main(["sql", SEED_DAU_QUERY, "--json"]) == 0
@@ -85,8 +87,8 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
 
     assert main(["tables", "--json"]) == 0
     tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
-    # Ingestion adds its batch to the per-game tables of the games it has events of, to the
-    # activity tables and to the player state.
+    # The follower pass adds the batch to the per-game tables of the games it has events of,
+    # to the activity tables and to the player state.
     games = {name for name in tables if name.startswith("game_")}
     assert games <= {game.table_name for game in GAMES} and games
     assert set(tables) - games == {

@@ -42,6 +42,7 @@ def test_graph_is_pinned():
     assert {sensor.name for sensor in repo.sensor_defs} == {
         "landing_queue_sensor",
         "landing_reconcile_sensor",
+        "follow_raw_sensor",
         "raw_days_sensor",
         "alerts_sensor",
         "kpi_dashboard_automation",
@@ -49,6 +50,7 @@ def test_graph_is_pinned():
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in repo.sensor_defs)
     assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == {
         "ingest_landed_objects_job",
+        "follow_raw_job",
         "refresh_days_job",
         "daily_compaction_job",
         "weekly_maintenance_job",
@@ -129,8 +131,8 @@ def test_graph_is_pinned():
     assert {
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys
     } == expected_checks
-    # The raw table's followers are written by one run at a time, ingestion or rebuild;
-    # KPIs, read from the activity tables, refresh beside them.
+    # Ingestion writes the raw table alone; its followers are written by one run at a time,
+    # a follower run or a rebuild; KPIs, read from the activity tables, refresh beside both.
     pools = {
         key: repo.assets_defs_by_key[dg.AssetKey(key)].op.pool
         for key in (
@@ -144,12 +146,13 @@ def test_graph_is_pinned():
     }
     assert pools == {
         "mobile_events_delta_raw": "ingest",
-        "game_galaxy_miners_events": "ingest",
-        "activity_player_days": "ingest",
+        "game_galaxy_miners_events": "followers",
+        "activity_player_days": "followers",
         "kpi_events_per_hour": "refresh",
         "kpi_dashboard": "refresh",
-        "player_state": "ingest",
+        "player_state": "followers",
     }
+    assert repo.get_job("follow_raw_job").nodes[0].definition.pool == "followers"
     assert set(repo.get_top_level_resources()) == {
         "landing",
         "warehouse",
@@ -172,7 +175,7 @@ def test_every_pool_is_limited_before_its_first_run(tmp_path):
     start together: every pool an op uses has its limit from the moment the home exists."""
     repo = defs().get_repository_def()
     used = {node.definition.pool for job in repo.get_all_jobs() for node in job.nodes} - {None}
-    assert used == {"ingest", "refresh", "maintenance"}
+    assert used == {"ingest", "followers", "refresh", "maintenance"}
     with dg.DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "dagster"))) as instance:
         limits = {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
     assert limits == dict.fromkeys(used, 1)

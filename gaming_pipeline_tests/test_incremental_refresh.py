@@ -1,7 +1,7 @@
 """The steady path and the rebuild give the same tables, and both equal Python's count.
 
-Batches are ingested one after another, each adding its rows to the per-game and activity
-tables in its own run, and the refresh sensor's requests are run as the daemon would run
+Batches are ingested one after another, each followed by a follower run that adds its rows
+to the per-game and activity tables, and the refresh sensor's requests are run as the daemon would run
 them: then a late batch, an object written again with other events, and a redelivery. The
 sensor asks for the KPIs of the days each batch touched and the retention of the cohorts it
 can change, each in one run; the tables then equal the plain-Python KPIs and counts, late
@@ -28,6 +28,7 @@ from gaming_pipeline.defs.resources import WarehouseResource
 from gaming_pipeline.games import ALL_GAMES, GAMES
 from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.events import classify_lines, raw_events
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import ACTIVITY, RAW_TABLE
 from gaming_pipeline.lib.warehouse import ensure_table, merge_into, table_path
 from gaming_pipeline.local import generator
@@ -35,10 +36,11 @@ from gaming_pipeline_tests.ingest_helpers import (
     HISTORY_END,
     evaluate_reconcile,
     events_on,
+    follow,
+    ingest_only,
     land,
     refresh,
     refresh_as_requested,
-    run,
 )
 from gaming_pipeline_tests.kpi_helpers import (
     DaysSensor,
@@ -58,16 +60,24 @@ SEED = 29
 
 def ingest(landing, warehouse, instance, request: dg.RunRequest | None = None) -> dict:
     """One ingestion run of every object not yet in the ledger (or the run `request` asks
-    for); its raw-table metadata."""
+    for), then the follower run after it: the raw table's metadata, with the days the
+    follower run added events to (EVENT_DATES: none if it added nothing)."""
     if request is None:
         (request,) = evaluate_reconcile(landing, warehouse, instance)
-    result = run(request, landing, warehouse, instance)
+    result = ingest_only(request, landing, warehouse, instance)
     (raw,) = [
         m
         for m in result.asset_materializations_for_node("ingest_landed_objects")
         if m.asset_key == dg.AssetKey(RAW_TABLE)
     ]
-    return {key: value.value for key, value in raw.metadata.items()}
+    followed = [
+        m
+        for m in follow(warehouse, instance).asset_materializations_for_node("follow_raw")
+        if m.asset_key == dg.AssetKey(PLAYER_STATE_TABLE)
+    ]
+    return {key: value.value for key, value in raw.metadata.items()} | {
+        EVENT_DATES: followed[0].metadata[EVENT_DATES].value if followed else []
+    }
 
 
 def later_of(days: list[str]) -> list[str]:
@@ -90,7 +100,7 @@ def test_a_batch_of_todays_events_costs_one_refresh_run_its_cohorts_returns_incl
     today = datetime.now(UTC).date()
     with dg.instance_for_test() as instance:
         instance.report_runless_asset_event(
-            dg.AssetMaterialization(RAW_TABLE, metadata={EVENT_DATES: [today.isoformat()], REBUILD_DATES: []})
+            dg.AssetMaterialization(PLAYER_STATE_TABLE, metadata={EVENT_DATES: [today.isoformat()]})
         )
         (request,) = DaysSensor(instance).requests()
     assert request.partition_key == today.isoformat()

@@ -30,18 +30,21 @@ from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import checks, kpis, maintenance
 from gaming_pipeline.lib.erasure import erase_rows
+from gaming_pipeline.lib.follow import follow
 from gaming_pipeline.lib.ingest import ingest_objects
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, EVENTS_PER_HOUR, GAME_HOURS, PLAYER_DAYS
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import latest_version, table_path
-from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land, resources
+from gaming_pipeline_tests.ingest_helpers import CLOSED, TODAY, events_on, land, own_session, resources
 
 
 def ingest(spark, bucket: str, warehouse: str, key: str, days: list[date], run_id: str, seed: int) -> int:
-    """Land one small object with 30 events on each of `days` and ingest it as its own run."""
+    """Land one small object with 30 events on each of `days`, ingest it as its own run and
+    follow it (a follower pass)."""
     events = [event for n, day in enumerate(days) for event in events_on(day, 30, seed * 10 + n)]
     ingest_objects(spark, warehouse, [land(bucket, key, events)], run_id)
+    follow(spark, warehouse, f"{run_id}-follower")
     return len(events)
 
 
@@ -114,8 +117,9 @@ def test_optimize_erasure_and_ingestion_at_once_all_commit_and_readers_see_whole
     spark, landing, warehouse
 ):
     """The daily pass compacts the raw and per-game tables and an erasure deletes a player
-    from them and from the activity while ingestion adds late batches to all of them: every
-    side commits, and the per-game and activity tables still hold exactly the raw rows."""
+    from them and from the activity while ingestion and follower passes add late batches to
+    all of them: every side commits, and the per-game and activity tables still hold exactly
+    the raw rows."""
     raw = table_path(warehouse, RAW_TABLE)
     for n in range(4):
         ingest(spark, landing.bucket, warehouse, f"small/{n}.ndjson.gz", CLOSED, f"run-{n}", n)
@@ -161,9 +165,11 @@ def test_optimize_erasure_and_ingestion_at_once_all_commit_and_readers_see_whole
             erase_rows(spark, table_path(warehouse, table), table, erased, {"run_id": "erasure"})
 
     def ingestion():
+        # Its own session, as its runs would have: a pass's transaction is a session setting.
+        session = own_session(spark)
         try:
             for k in range(3):
-                ingest(spark, landing.bucket, warehouse, f"late/{k}.ndjson.gz", CLOSED, f"late-{k}", 20 + k)
+                ingest(session, landing.bucket, warehouse, f"late/{k}.ndjson.gz", CLOSED, f"late-{k}", 20 + k)
         finally:
             done.set()
 

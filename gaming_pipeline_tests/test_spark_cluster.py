@@ -1,7 +1,7 @@
 """Spark on a cluster: a standalone master and two workers on 127.0.0.1, started with
 pyspark's own spark-class, and a Spark Connect server whose driver runs its tasks there.
-Ingestion runs on it (the raw table, and the batch's fan-out to the per-game and activity
-tables), into a warehouse on the local S3 endpoint with commits claimed in DynamoDB, and
+Ingestion and the follower run after it run on it (the raw table, then the batch's fan-out
+to the per-game and activity tables), into a warehouse on the local S3 endpoint with commits claimed in DynamoDB, and
 writes exactly the tables that the local session writes into a local folder from the same
 landed events."""
 
@@ -27,6 +27,7 @@ from gaming_pipeline.local.processes import prepare_dagster_home
 from gaming_pipeline_tests.ingest_helpers import (
     commit_claims,
     fingerprints,
+    follow,
     load_history,
     own_driver_environ,
     resources,
@@ -104,13 +105,14 @@ def cluster_address(local_aws, session_home, tmp_path_factory):
 
 
 def ingest_locally(landing, warehouse: str) -> None:
-    """The ingestion run in this process, on the test session's Spark."""
+    """The ingestion run and the follower run in this process, on the test session's Spark."""
     assert dg.materialize([ingest_landed_objects], resources=resources(landing, warehouse)).success
+    follow(warehouse)
 
 
 def ingest_with_the_cli(landing, warehouse: str, address: str, work: Path) -> None:
-    """The ingestion run as a data engineer would start it from a shell, configured by the
-    environment alone: the definitions' own resources attach to the cluster's server. (A
+    """The ingestion run and the follower run as a data engineer would start them from a
+    shell, configured by the environment alone: the definitions' own resources attach to the cluster's server. (A
     process with a local Spark session cannot open a Spark Connect one too.)"""
     env = own_driver_environ(
         DAGSTER_HOME=str(prepare_dagster_home(work / "dagster")),
@@ -121,13 +123,14 @@ def ingest_with_the_cli(landing, warehouse: str, address: str, work: Path) -> No
         GAMING_PIPELINE_SPARK_MASTER=address,
     )
     selection = ",".join(key.to_user_string() for key in ingest_landed_objects.keys)
-    command = [
-        str(Path(sys.executable).parent / "dagster"),
-        *("asset", "materialize", "-m", "gaming_pipeline.definitions", "--select", selection),
-    ]
-    with open(work / "materialize.log", "ab") as log:
-        finished = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
+    dagster = str(Path(sys.executable).parent / "dagster")
+    for command in (
+        [dagster, "asset", "materialize", "-m", "gaming_pipeline.definitions", "--select", selection],
+        [dagster, "job", "execute", "-m", "gaming_pipeline.definitions", "-j", "follow_raw_job"],
+    ):
+        with open(work / "materialize.log", "ab") as log:
+            finished = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert finished.returncode == 0, (work / "materialize.log").read_text()[-3000:]
 
 
 @pytest.mark.slow

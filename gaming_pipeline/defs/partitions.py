@@ -33,10 +33,12 @@ def window_predicate(context: dg.AssetExecutionContext) -> str:
     return days_predicate(*run_days(context))
 
 
-# What a writer of the raw table records for the refresh sensor (defs/refresh/sensors.py):
-# the days whose new events are in the activity tables already, so only their KPIs wait...
+# What the runs record for the refresh sensor (defs/refresh/sensors.py): on player_state, a
+# follower run's days whose new events are in the activity tables now, so only their KPIs
+# wait (on the raw table, ingestion's days of the batch, for the reader)...
 EVENT_DATES = "event_dates"
-# ...and the days whose rows counted before changed, to rebuild from the raw table.
+# ...and on the raw table, by its writers, the days whose rows counted before changed, to
+# rebuild from the raw table.
 REBUILD_DATES = "rebuild_dates"
 # The new events of each game a run added (game keyword -> count; games without any left
 # out), from which alerts_sensor tells a game gone silent.

@@ -1,16 +1,17 @@
-"""The tables kept from the raw table's rows: one per game, and the two activity tables the
-KPIs are read from (lib/kpis.py). They follow the raw table in two ways:
+"""The tables kept from the raw table's rows: one per game, the two activity tables the
+KPIs are read from (lib/kpis.py) and player_state. They follow the raw table in two ways:
 
-- a batch of new events is added to them, in the ingestion run that wrote it to the raw
-  table: its rows appended to each game's table, its activity sums merged into the activity
-  tables. The cost follows the batch, not the day it lands in;
+- batches of new events are added to them by a follower pass (follow.py), in a run of its
+  own after the ingestion runs that wrote them: their rows appended to each game's table,
+  their activity sums merged into the activity tables and their players into player_state.
+  The cost follows the batches, not the days they land in;
 - days are rebuilt from the raw table (a backfill, a repair): the per-game rows and the
-  activity rows of those days are replaced.
+  activity rows of those days are replaced, and player_state is rebuilt whole.
 
 A batch is added only once: only a batch of objects never written before is added (the
-ingestion's intents tell), and it is added before the ledger records it. Anything else (an
-object written again, a run killed midway and retried, a rollback, an erasure) rebuilds its
-days instead, which is exact whatever the tables held.
+ingestion's intents tell), by Delta's idempotent writes. Anything else (an object written
+again, an ingestion killed midway and retried, a rollback, an erasure) rebuilds its days
+instead, which is exact whatever the tables held.
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from pyspark.sql import functions as F
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.maintenance import days_in
-from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, RAW_TABLE, game_table
+from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
 from gaming_pipeline.lib.warehouse import (
     Commit,
+    Txn,
     append_rows,
     at_version,
-    latest_version,
     merge_into,
     replace_rows,
-    table_path,
+    version_marked,
 )
+
+# What a follower pass's commits record in their metadata: the raw version it follows
+# through, by which a pass finds its own commit whichever try of it made that.
+FOLLOWED_THROUGH = "followed_through"
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
@@ -45,11 +50,13 @@ def rows_per_game_and_day(rows: DataFrame) -> list[Row]:
 
 
 def add_batch(
-    spark: SparkSession, warehouse: str, rows: DataFrame, counted: list[Row], run_id: str
+    spark: SparkSession, warehouse: str, rows: DataFrame, counted: list[Row], marker: dict, txn: Txn
 ) -> dict[str, dict[date, int]]:
-    """Add a batch of raw rows, from objects never written before, to the per-game and
-    activity tables (`counted`: rows_per_game_and_day of them). Returns, per table, the rows
-    added on each of the batch's days."""
+    """Add a batch of raw rows, of objects never written before, to the per-game and activity
+    tables and player_state (`counted`: rows_per_game_and_day of them), each write with the
+    pass's transaction `txn` (follow.py), so that a repeated pass adds nothing twice. `marker`
+    tags the commits and carries FOLLOWED_THROUGH. Returns, per table, the rows added on each
+    of the batch's days."""
     days = sorted({row.eventDate for row in counted})
     if not days:
         return {}
@@ -59,7 +66,14 @@ def add_batch(
     for row in counted:
         if row.game in GAMES_BY_KEYWORD:
             added[GAMES_BY_KEYWORD[row.game].table_name][row.eventDate] = row["count"]
-    marker = {"run_id": run_id}
+    events_per_day = {day: sum(row["count"] for row in counted if row.eventDate == day) for day in days}
+    paths = {table: ACTIVITY[table].ensure(spark, warehouse) for table in kpis.ACTIVITY}
+
+    def merge(table: str) -> None:
+        activity = kpis.ACTIVITY[table]
+        scope = "t." + days_in(days)
+        merge_into(activity(rows), paths[table], kpis.KEYS[table], kpis.ADDED[table], marker, scope, txn)
+        added[table] = events_per_day
 
     def append(game: Game) -> None:
         # One file per game and batch. The append makes the game's table, partitioned as a
@@ -71,30 +85,25 @@ def add_batch(
             marker,
             partition_by=table.partition_by,
             properties=table.table_properties,
+            txn=txn,
         )
 
+    # The first table a pass writes, so that a pass cut short is known (follow.py).
+    merge(kpis.GAME_HOURS)
     games = [game for game in GAMES if any(added[game.table_name].values())]
     with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
-    events_per_day = {day: sum(row["count"] for row in counted if row.eventDate == day) for day in days}
+    merge(kpis.PLAYER_DAYS)
     # What the batch changes in its players' days and sessions is read off activity_player_days
-    # between its versions before and after the batch's merge. Its other writers meanwhile
-    # change no row of the batch's players: compaction changes no row, rebuilds wait in the
-    # ingest pool, and an erasure's player is dropped from batches.
-    paths = {table: ACTIVITY[table].ensure(spark, warehouse) for table in kpis.ACTIVITY}
-    before = latest_version(spark, paths[kpis.PLAYER_DAYS])
-    for table, activity in kpis.ACTIVITY.items():
-        merge_into(
-            activity(rows),
-            paths[table],
-            kpis.KEYS[table],
-            kpis.ADDED[table],
-            marker,
-            scope="t." + days_in(days),
-        )
-        added[table] = events_per_day
-    player_days = (paths[kpis.PLAYER_DAYS], before, latest_version(spark, paths[kpis.PLAYER_DAYS]))
-    add_to_player_state(spark, warehouse, rows, days, marker, player_days)
+    # between its versions before and after the pass's merge (made by an earlier try of the
+    # pass, if that one was cut short after it). Its other writers meanwhile change no row of
+    # the batch's players: compaction changes no row, rebuilds wait in the followers' pool,
+    # and an erased player's rows are rebuilt away after the erasure.
+    merged = version_marked(spark, paths[kpis.PLAYER_DAYS], FOLLOWED_THROUGH, marker[FOLLOWED_THROUGH])
+    # No commit: the batch changed no player's day (its rows name no player).
+    before, after = (merged - 1, merged) if merged is not None else (0, 0)
+    # The last table a pass writes.
+    add_to_player_state(spark, warehouse, rows, days, marker, txn, (paths[kpis.PLAYER_DAYS], before, after))
     return added
 
 
@@ -104,6 +113,7 @@ def add_to_player_state(
     rows: DataFrame,
     days: list[date],
     marker: dict,
+    txn: Txn,
     player_days: tuple[str, int, int],
 ) -> None:
     """Merge a batch's players into player_state: their facts, and the days and sessions by
@@ -117,13 +127,19 @@ def add_to_player_state(
         return at_version(spark, path, version).where(days_in(days)).join(players, keys, "left_semi")
 
     changes = player_state.batch_changes(rows, on_batch_days(before), on_batch_days(after))
-    merge_into(changes, PLAYER_STATE.ensure(spark, warehouse), player_state.KEYS, player_state.MERGED, marker)
+    merge_into(
+        changes,
+        PLAYER_STATE.ensure(spark, warehouse),
+        player_state.KEYS,
+        player_state.MERGED,
+        marker,
+        txn=txn,
+    )
 
 
-def rebuild_player_state(spark: SparkSession, warehouse: str, run_id: str) -> Commit:
-    """Replace player_state with the state of every player of the raw table, read whole (a
-    player's state spans every day played); returns the commit."""
-    raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
+def rebuild_player_state(spark: SparkSession, warehouse: str, raw: DataFrame, run_id: str) -> Commit:
+    """Replace player_state with the state of every player of the raw table's rows `raw`,
+    read whole (a player's state spans every day played); returns the commit."""
     path = PLAYER_STATE.ensure(spark, warehouse)
     return replace_rows(player_state.rebuilt(raw), path, "true", {"run_id": run_id})
 

@@ -19,7 +19,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from gaming_pipeline.lib.derived import add_batch, rows_per_game_and_day
+from gaming_pipeline.lib.derived import rows_per_game_and_day
 from gaming_pipeline.lib.erasure import not_erased
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
@@ -74,9 +74,9 @@ class IngestResult:
     raw_version: int | None = None
     quarantine_version: int | None = None
     event_dates: list[date] = field(default_factory=list)
-    # Per table, the rows the batch added to each day of the per-game and activity tables...
-    added: dict[str, dict[date, int]] = field(default_factory=dict)
-    # ...or, when the batch replaced rows written before, the days to rebuild from raw.
+    # The rows of each game the batch wrote (games without any left out)...
+    events_per_game: dict[str, int] = field(default_factory=dict)
+    # ...and, when the batch replaced rows written before, the days to rebuild from raw.
     rebuild_dates: list[date] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -242,8 +242,8 @@ def ingest_objects(
     run_id: str,
     erased: ErasedPlayers = NOBODY_ERASED,
 ) -> IngestResult:
-    """Take the objects into the raw table, the quarantine and their followers, leaving out
-    the lines of the `erased` players."""
+    """Take the objects into the raw table and the quarantine, leaving out the lines of the
+    `erased` players, and record them in the ledger."""
     started = time.monotonic()
     ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
@@ -257,10 +257,11 @@ def ingest_objects(
     classified, counts = classify_objects(spark, todo, erased)
     try:
         rows = raw_events(classified, now, run_id)
-        # One Spark job for the batch's days and, if it is added to them, the per-game tables'
-        # rows of each day.
+        # One Spark job for the batch's days and its rows per game.
         per_game_day = rows_per_game_and_day(rows)
         result.event_dates = sorted({row.eventDate for row in per_game_day})
+        for row in per_game_day:
+            result.events_per_game[row.game] = result.events_per_game.get(row.game, 0) + row["count"]
         uris = [object_uri(obj) for obj in todo]
         marker = {"run_id": run_id, "objects": len(todo)}
         modified_at = {
@@ -300,11 +301,10 @@ def ingest_objects(
         elif writing:
             # No intent was noted for them before this run's, so no row of these objects can
             # be in the tables: a blind append, which compaction and erasure never conflict
-            # with. The batch goes to the derived tables before the ledger, so a run killed
-            # after this is retried as a replacement.
+            # with. A follower pass adds it to the derived tables once the ledger records it
+            # (follow.py); a run killed before that is retried as a replacement.
             append_rows(rows, raw_path, marker)
             result.raw_version = version_tagged(spark, raw_path, marker)
-            result.added = add_batch(spark, warehouse, rows, per_game_day, run_id)
         else:
             result.raw_version = latest_version(spark, raw_path)
     finally:

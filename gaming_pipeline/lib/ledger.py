@@ -20,15 +20,22 @@ def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple
     return "s3://" + path.removeprefix("s3a://"), options
 
 
-def ingested_objects(ledger_path: str) -> dict[str, str]:
-    """object URI -> ETag of everything the ledger holds ({} before the first ingestion)."""
+def delta_rs_table(path: str):
+    """The Delta table at a warehouse path, read with delta-rs; None if there is none."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    uri, options = delta_rs_location(ledger_path)
+    uri, options = delta_rs_location(path)
     try:
-        table = DeltaTable(uri, storage_options=options)
+        return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
+        return None
+
+
+def ingested_objects(ledger_path: str) -> dict[str, str]:
+    """object URI -> ETag of everything the ledger holds ({} before the first ingestion)."""
+    table = delta_rs_table(ledger_path)
+    if table is None:
         return {}
     rows = table.to_pyarrow_table(columns=["object", "etag"]).to_pylist()
     return {row["object"]: row["etag"] or "" for row in rows}

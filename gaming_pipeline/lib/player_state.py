@@ -1,6 +1,6 @@
 """The player state an offers system reads: one row per player and game, as pure transforms.
 
-Each ingestion batch merges its players' facts in (derived.add_batch): first and last seen
+Each follower pass merges its batches' players' facts in (derived.add_batch): first and last seen
 take the earlier and the later, purchases and bookings add up, and the last purchase and
 the current platform and app version are those of the latest event. Days active and
 sessions are not the batch's own (its events may fall on a day, or join a session, already

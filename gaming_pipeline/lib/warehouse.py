@@ -176,6 +176,15 @@ def at_version(spark: SparkSession, path: str, version: int) -> DataFrame:
     return spark.read.format("delta").option("versionAsOf", version).load(path)
 
 
+class Txn(NamedTuple):
+    """A Delta transaction id (SetTransaction): a writer's `app_id` and the `version` of its
+    work a commit applies. A table keeps the latest version of each app id, and a write of a
+    version it already has commits nothing: what makes a retried write idempotent."""
+
+    app_id: str
+    version: int
+
+
 class Commit(NamedTuple):
     version: int
     # From the commit's own operation metrics, so nobody has to read the rows back to know.
@@ -204,6 +213,18 @@ def version_tagged(spark: SparkSession, path: str, marker: dict, operation: str 
     have committed since."""
     commit = _commit_tagged(spark, path, marker, operation)
     return None if commit is None else commit.version
+
+
+def version_marked(spark: SparkSession, path: str, key: str, value) -> int | None:
+    """The newest of the table's recent versions whose commit metadata holds `key`: `value`,
+    whichever run committed it."""
+    for row in table_history(spark, path, 20).select("version", "userMetadata").collect():
+        try:
+            if json.loads(row.userMetadata or "{}").get(key) == value:
+                return int(row.version)
+        except (ValueError, AttributeError):
+            continue
+    return None
 
 
 def replace_rows(
@@ -239,31 +260,49 @@ def append_rows(
     marker: dict,
     partition_by: tuple[str, ...] = (),
     properties: dict[str, str] | None = None,
+    txn: Txn | None = None,
 ) -> None:
     """Append `df` in one commit tagged with `marker`. A blind append reads nothing first,
     so it never conflicts with a concurrent writer: compaction, DELETE and MERGE on the same
     days all commit beside it (at Delta's default WriteSerializable isolation). It is only
-    for rows the table cannot hold yet; the caller knows that (ingestion: from the intents).
+    for rows the table cannot hold yet; the caller knows that (ingestion: from the intents;
+    the followers of the raw table: from `txn`, with which Delta skips the append if the
+    table has taken that transaction already).
     Partitioned like the table and with its properties, it makes the table on its first write."""
-    df.write.format("delta").mode("append").option("userMetadata", _tag(marker)).options(
-        **(properties or {})
-    ).partitionBy(*partition_by).save(path)
+    writer = df.write.format("delta").mode("append").option("userMetadata", _tag(marker))
+    if txn:
+        writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+    writer.options(**(properties or {})).partitionBy(*partition_by).save(path)
 
 
 @contextmanager
-def commits_tagged(spark: SparkSession, marker: dict):
+def commits_tagged(spark: SparkSession, marker: dict, txn: Txn | None = None):
     """Tag this session's Delta commits (DELETE and MERGE take no per-call metadata) so the
-    table history says which run made them."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, _tag(marker))
+    table history says which run made them; with `txn`, make them idempotent too (Delta
+    skips a commit whose transaction the table has taken already)."""
+    confs = {"spark.databricks.delta.commitInfo.userMetadata": _tag(marker)}
+    if txn:
+        confs |= {
+            "spark.databricks.delta.write.txnAppId": txn.app_id,
+            "spark.databricks.delta.write.txnVersion": str(txn.version),
+        }
+    for key, value in confs.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        spark.conf.unset(key)
+        for key in confs:
+            spark.conf.unset(key)
 
 
 def merge_into(
-    df: DataFrame, path: str, keys: tuple[str, ...], updates: dict[str, str], marker: dict, scope: str = ""
+    df: DataFrame,
+    path: str,
+    keys: tuple[str, ...],
+    updates: dict[str, str],
+    marker: dict,
+    scope: str = "",
+    txn: Txn | None = None,
 ) -> None:
     """MERGE `df` into the table on `keys`: a matched row gets `updates` (column -> SQL over
     the table's row `t` and the new row `s`), an unmatched one is inserted. `scope`, a
@@ -282,7 +321,7 @@ def merge_into(
         f"WHEN MATCHED THEN UPDATE SET {assignments} WHEN NOT MATCHED THEN INSERT *"
     )
     try:
-        with commits_tagged(df.sparkSession, marker):
+        with commits_tagged(df.sparkSession, marker, txn):
             retry_on_conflict(lambda: df.sparkSession.sql(statement).collect())
     finally:
         df.sparkSession.catalog.dropTempView(source)

@@ -1,4 +1,4 @@
-"""One Delta table per game of the registry. Ingestion appends each batch's rows to them;
+"""One Delta table per game of the registry. Follower runs append each batch's rows to them;
 materializing days here rebuilds those days from the raw table."""
 
 import time
@@ -9,14 +9,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline.defs.check_results import check_result
+from gaming_pipeline.defs.followers.runs import caught_up, followed_metadata
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
-from gaming_pipeline.defs.pools import INGEST_POOL
+from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import checks
 from gaming_pipeline.lib.derived import PARALLEL_WRITES
 from gaming_pipeline.lib.events import RAW_SCHEMA
-from gaming_pipeline.lib.tables import RAW, RAW_TABLE, game_table
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE, game_table
 from gaming_pipeline.lib.warehouse import Commit, replace_rows, table_path
 
 GAMES_GROUP = "games"
@@ -36,7 +38,8 @@ def game_spec(game: Game) -> dg.AssetSpec:
         description=(
             f"Every event of {game.app_name} (`eventParams.game_keyword = '{game.keyword}'`), "
             "with the same columns as mobile_events_delta_raw and partitioned by `eventDate`. "
-            "Each ingested batch's rows are appended to it, late ones on their own day; "
+            "Each ingested batch's rows are appended to it by the next follower run "
+            "(follow_raw_job), late ones on their own day; "
             "materializing a day rebuilds that day from the raw table."
         ),
     )
@@ -66,19 +69,21 @@ def game_checks(game: Game) -> list[dg.AssetCheckSpec]:
     can_subset=True,
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    # The tables ingestion appends to: one writer at a time, so a rebuild never misses a
-    # batch nor holds one twice.
-    pool=INGEST_POOL,
+    # The tables the follower runs append to: one writer at a time, so a rebuild never
+    # misses a batch nor holds one twice.
+    pool=FOLLOWERS_POOL,
 )
 def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
-    """The run's days are read from the raw table once and each selected game's rows
-    replace that game's rows for those days, one commit per table.
+    """The followers are brought up to the raw table first (a follower run's work); then the
+    run's days are read from the raw table once, as that leaves them, and each selected
+    game's rows replace that game's rows for those days, one commit per table.
     The checks need no second read: keys and row counts come from the rows read once, and
     each commit's operation metrics say how many rows it wrote."""
     spark = pyspark.spark_session
     days = window_predicate(context)
-    raw_path = RAW.ensure(spark, warehouse.root)
-    raw = spark.read.format("delta").load(raw_path).where(days).persist()
+    followed = caught_up(context, spark, warehouse)
+    yield dg.AssetMaterialization(asset_key=PLAYER_STATE_TABLE, metadata=followed_metadata(followed))
+    raw = followed.step.raw(spark, warehouse.root).where(days).persist()
     game_keyword = F.col("eventParams.game_keyword")
     games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
     paths = {game: table_path(warehouse.root, game.table_name) for game in games}

@@ -6,7 +6,7 @@ from datetime import datetime
 import dagster as dg
 from pydantic import Field
 
-from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, EVENTS_PER_GAME, REBUILD_DATES
+from gaming_pipeline.defs.partitions import EVENT_DATES, EVENTS_PER_GAME, REBUILD_DATES
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import (
     LandingBucketResource,
@@ -16,7 +16,6 @@ from gaming_pipeline.defs.resources import (
 )
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
-from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
@@ -96,7 +95,9 @@ def _table_metadata(warehouse: WarehouseResource, table: str) -> dict:
                 "mobile_events_delta_raw where to_date(eventTime) = current_date`. "
                 "`_source_object` and `_ingested_at` say where and when each row came from. "
                 "Refreshed by the landing sensors within seconds of an object landing; at a "
-                "trickle, objects share one run every GAMING_PIPELINE_BATCH_INTERVAL_SECONDS."
+                "trickle, objects share one run every GAMING_PIPELINE_BATCH_INTERVAL_SECONDS. "
+                "The per-game, activity and player tables follow it in runs of their own "
+                "(follow_raw_job), which never hold its next batch."
             ),
         ),
         dg.AssetSpec(
@@ -190,9 +191,9 @@ def ingest_landed_objects(
             EVENT_DATES: [day.isoformat() for day in result.event_dates],
             REBUILD_DATES: [day.isoformat() for day in result.rebuild_dates],
             EVENTS_PER_GAME: {
-                game.keyword: sum(result.added[game.table_name].values())
+                game.keyword: result.events_per_game[game.keyword]
                 for game in GAMES
-                if sum(result.added.get(game.table_name, {}).values())
+                if result.events_per_game.get(game.keyword)
             },
             "rows_per_second": round(result.rows_in / result.seconds) if result.seconds else 0,
         },
@@ -210,21 +211,6 @@ def ingest_landed_objects(
         metadata={"objects": result.objects, **_table_metadata(warehouse, LEDGER_TABLE)},
     )
     yield dg.MaterializeResult(asset_key=INTENT_TABLE, metadata=_table_metadata(warehouse, INTENT_TABLE))
-    if result.added:
-        # The batch's players are merged into it (derived.add_batch).
-        yield dg.AssetMaterialization(
-            asset_key=PLAYER_STATE_TABLE, metadata=_table_metadata(warehouse, PLAYER_STATE_TABLE)
-        )
-    # The batch's days of the per-game and activity tables are fresh now: the UI shows them
-    # materialized by this run, as a rebuild of those days would.
-    for table, days in result.added.items():
-        for day, rows in sorted(days.items()):
-            if DAILY.has_partition_key(day.isoformat()):
-                yield dg.AssetMaterialization(
-                    asset_key=table,
-                    partition=day.isoformat(),
-                    metadata={"rows_added": rows, **_table_metadata(warehouse, table)},
-                )
 
 
 ingest_job = dg.define_asset_job(

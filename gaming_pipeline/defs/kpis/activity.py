@@ -1,13 +1,14 @@
-"""The two activity tables every KPI is computed from: ingestion adds each batch to them;
+"""The two activity tables every KPI is computed from: follower runs add each batch to them;
 materializing a day here rebuilds it from the raw table."""
 
 import dagster as dg
 from pyspark.sql import functions as F
 
 from gaming_pipeline.defs.check_results import check_result
+from gaming_pipeline.defs.followers.runs import caught_up, followed_metadata
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.players.assets import rebuild as rebuild_player_state
-from gaming_pipeline.defs.pools import INGEST_POOL
+from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib import checks, derived, kpis
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
@@ -56,18 +57,21 @@ DESCRIPTIONS = {
     ],
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    # The tables ingestion adds to: one writer at a time, so a rebuild never misses a batch
-    # nor counts one twice.
-    pool=INGEST_POOL,
+    # The tables the follower runs add to: one writer at a time, so a rebuild never misses a
+    # batch nor counts one twice.
+    pool=FOLLOWERS_POOL,
 )
 def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
-    """Rebuild the run's days of both activity tables from the raw table, read once."""
+    """Bring the followers up to the raw table, then rebuild the run's days of both activity
+    tables from the raw table as that leaves it, read once, and player_state whole."""
     spark = pyspark.spark_session
     days = window_predicate(context)
-    raw = spark.read.format("delta").load(table_path(warehouse.root, RAW_TABLE)).where(days).persist()
+    followed = caught_up(context, spark, warehouse)
+    whole = followed.step.raw(spark, warehouse.root)
+    raw = whole.where(days).persist()
     try:
         commits = derived.rebuild_activity(spark, warehouse.root, raw, days, context.run.run_id)
-        state = rebuild_player_state(spark, warehouse, context.run.run_id)
+        state = rebuild_player_state(spark, warehouse, whole, context.run.run_id)
         per_game = raw.withColumn("game_keyword", F.col(kpis.GAME))
         expected = checks.by_day_and_game(per_game, F.count(F.lit(1)))
     finally:
@@ -89,5 +93,5 @@ def activity_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     yield dg.AssetMaterialization(
         asset_key=PLAYER_STATE_TABLE,
         description="Rebuilt with the days above.",
-        metadata=state,
+        metadata={**state, **followed_metadata(followed)},
     )

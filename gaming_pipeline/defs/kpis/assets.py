@@ -58,8 +58,8 @@ class ActivityRead:
     @classmethod
     def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> "ActivityRead":
         # One version of each activity table for the whole run, so that the transforms and the
-        # totals their checks compare with see the same rows while ingestion merges batches in.
-        # Ingestion merges a batch into the hourly table, then the players' (derived.add_batch):
+        # totals their checks compare with see the same rows while follower runs merge batches
+        # in. A pass merges into the hourly table, then the players' (derived.add_batch):
         # the players' version taken first, the hourly one taken after holds all its batches.
         paths = {t: table_path(warehouse.root, t) for t in kpis.ACTIVITY_TABLES}
         versions = {t: latest_version(spark, paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_HOURS)}

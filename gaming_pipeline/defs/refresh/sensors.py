@@ -1,9 +1,9 @@
 """Keeps each day's KPI partitions in step with the raw table, and rebuilds days when rows
 already counted have changed.
 
-Each ingestion run adds its batch to the per-game and activity tables itself and records the
-days it added events to (`event_dates`); this sensor then asks for those days' KPIs, which
-read only the activity tables. A day's events also decide the retention and spending of the
+Each follower run adds the batches ingested since the last to the per-game and activity
+tables and records the days it added events to (`event_dates`, on player_state); this sensor
+then asks for those days' KPIs, which read only the activity tables. A day's events also decide the retention and spending of the
 cohorts up to 30 days before it, which its refresh rewrites too, and the KPIs of every later
 day that follow the days before them (first days, trailing weeks and months), which one run
 of those KPIs refreshes. When rows counted before
@@ -35,6 +35,7 @@ from gaming_pipeline.defs.kpis.assets import KPI_GROUP
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, REBUILD_DATES, RunDays
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.kpis import ACTIVITY_TABLES, FOLLOW_EARLIER_DAYS, KPI_TABLES
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import RAW_TABLE
 
 refresh_days_job = dg.define_asset_job(
@@ -83,26 +84,37 @@ def covers(run: dg.DagsterRun, keys: set[dg.AssetKey]) -> set[date]:
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "After each ingestion, requests the KPIs of the days the new events belong to; after "
-        "a change to rows already counted, a rebuild of the changed days."
+        "After each follower run, requests the KPIs of the days the new events belong to; "
+        "after a change to rows already counted, a rebuild of the changed days."
     ),
 )
 def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(RAW_TABLE),
-            after_storage_id=int(context.cursor) if context.cursor else None,
-        ),
-        limit=200,
-        ascending=True,
-    ).records
-    if not records:
-        return dg.SensorResult(skip_reason="no new ingestion since the last tick")
+    after = int(context.cursor) if context.cursor else None
+    # The follower runs (player_state's materializations) say which days' new events are in
+    # the activity tables; the raw table's writers (a replay, an erasure, a rollback), which
+    # days to rebuild. One cursor for both: the event log's ids are one sequence.
+    streams = {
+        key: context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(table), after_storage_id=after),
+            limit=200,
+            ascending=True,
+        ).records
+        for key, table in ((EVENT_DATES, PLAYER_STATE_TABLE), (REBUILD_DATES, RAW_TABLE))
+    }
+    # A stream cut at its limit is read on from there next tick, and the other's later
+    # records with it.
+    cut = min((records[-1].storage_id for records in streams.values() if len(records) == 200), default=None)
     asked: dict[str, set[date]] = {EVENT_DATES: set(), REBUILD_DATES: set()}
-    for record in records:
-        for key, days in asked.items():
+    last = after
+    for key, records in streams.items():
+        for record in records:
+            if cut is not None and record.storage_id > cut:
+                break
             found = record.asset_materialization.metadata.get(key)
-            days.update(date.fromisoformat(day) for day in (found.value if found else []))
+            asked[key].update(date.fromisoformat(day) for day in (found.value if found else []))
+            last = max(last or 0, record.storage_id)
+    if last == after:
+        return dg.SensorResult(skip_reason="no follower run nor change to the raw table since the last tick")
     outside = sorted(
         day for day in set().union(*asked.values()) if not DAILY.has_partition_key(day.isoformat())
     )
@@ -121,7 +133,6 @@ def raw_days_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     changed = asked[REBUILD_DATES] | asked[EVENT_DATES]
     # Each changed day's refresh (or rebuild) rewrites the cohorts it is a return day of itself.
     later = wanted(later_days(changed), set(FOLLOWING_KEYS))
-    last = records[-1].storage_id
     requests = (
         [RunDays(first, end).request(f"{first}:{end}:{last}") for first, end in consecutive(rebuild)]
         + [

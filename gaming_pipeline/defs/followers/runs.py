@@ -1,0 +1,99 @@
+"""The raw table's followers (per-game tables, activity tables, player_state) are brought up
+to it in runs of their own (lib/follow.py), in the `followers` pool: ingestion never waits
+for them, and one follower run takes every batch ingested since the last, however many."""
+
+import dagster as dg
+
+from gaming_pipeline.defs.ingest.sensors import WAITING
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES
+from gaming_pipeline.defs.pools import FOLLOWERS_POOL
+from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
+from gaming_pipeline.lib.follow import Followed, follow
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
+from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.warehouse import table_path
+
+
+def caught_up(context: dg.OpExecutionContext, spark, warehouse: WarehouseResource) -> Followed:
+    """Bring the followers up to the raw table: a follower run's work, and the first step of
+    every rebuild of days, which then reads the raw table as the pass leaves the followers
+    (Pass.raw) so that no batch is counted twice or missed."""
+    followed = follow(spark, warehouse.root, context.run.run_id)
+    step = followed.step
+    context.log.info(
+        f"followers at raw version {step.through} (were at {step.after}"
+        f"{', repeating a pass cut short' if step.repeated else ''}): "
+        f"{len(step.objects)} landing object(s) added, on days {[str(d) for d in followed.event_dates]}"
+    )
+    return followed
+
+
+def followed_metadata(followed: Followed) -> dict:
+    """What player_state's materialization says of a pass: the refresh sensor asks for the
+    KPIs of its EVENT_DATES."""
+    return {
+        EVENT_DATES: [day.isoformat() for day in followed.event_dates],
+        "followed_through_raw_version": followed.step.through,
+        "objects_added": len(followed.step.objects),
+    }
+
+
+@dg.op(out={}, pool=FOLLOWERS_POOL)
+def follow_raw(context: dg.OpExecutionContext, warehouse: WarehouseResource, pyspark: SparkResource):
+    """Add every batch ingested since the last follower run to the per-game tables, the
+    activity tables and player_state, exactly once."""
+    followed = caught_up(context, pyspark.spark_session, warehouse)
+    if not followed.added:
+        return
+    for table, days in followed.added.items():
+        for day, rows in sorted(days.items()):
+            if DAILY.has_partition_key(day.isoformat()):
+                yield dg.AssetMaterialization(
+                    asset_key=table,
+                    partition=day.isoformat(),
+                    metadata={"rows_added": rows, "dagster/uri": table_path(warehouse.root, table)},
+                )
+    yield dg.AssetMaterialization(
+        asset_key=PLAYER_STATE_TABLE,
+        metadata={
+            **followed_metadata(followed),
+            "dagster/uri": table_path(warehouse.root, PLAYER_STATE_TABLE),
+        },
+    )
+
+
+@dg.job(description="Add the batches ingested since the last run to the raw table's followers.")
+def follow_raw_job():
+    follow_raw()
+
+
+@dg.sensor(
+    job=follow_raw_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After ingestion runs, requests one follower run for all their batches, unless one "
+        "is already waiting to start (it will take them)."
+    ),
+)
+def follow_raw_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(RAW_TABLE),
+            after_storage_id=int(context.cursor) if context.cursor else None,
+        ),
+        limit=1000,
+        ascending=True,
+    ).records
+    if not records:
+        return dg.SensorResult(skip_reason="no ingestion since the last tick")
+    last = records[-1].storage_id
+    written = sum(
+        (record.asset_materialization.metadata.get("rows_written") or dg.MetadataValue.int(0)).value
+        for record in records
+    )
+    if not written:
+        return dg.SensorResult(skip_reason="the new ingestions wrote no rows", cursor=str(last))
+    if context.instance.get_runs_count(dg.RunsFilter(job_name=follow_raw_job.name, statuses=WAITING)):
+        return dg.SensorResult(skip_reason="a follower run waiting to start will take them", cursor=str(last))
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"follow:{last}")], cursor=str(last))
