@@ -39,6 +39,9 @@ from gaming_pipeline.lib.warehouse import (
 # What a follower pass's commits record in their metadata: the raw version it follows
 # through, by which a pass finds its own commit whichever try of it made that.
 FOLLOWED_THROUGH = "followed_through"
+# What an ingestion run's raw commit records: its batch is added by a follower pass (a
+# release before follower passes added it in the ingestion run).
+FOLLOWED_BY = "followed_by"
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
@@ -99,9 +102,16 @@ def add_batch(
     # pass, if that one was cut short after it). Its other writers meanwhile change no row of
     # the batch's players: compaction changes no row, rebuilds wait in the followers' pool,
     # and an erased player's rows are rebuilt away after the erasure.
-    merged = version_marked(spark, paths[kpis.PLAYER_DAYS], FOLLOWED_THROUGH, marker[FOLLOWED_THROUGH])
-    # No commit: the batch changed no player's day (its rows name no player).
-    before, after = (merged - 1, merged) if merged is not None else (0, 0)
+    # Matched on MERGE too: the auto compaction after it carries the session's tag as well.
+    merged = version_marked(
+        spark, paths[kpis.PLAYER_DAYS], FOLLOWED_THROUGH, marker[FOLLOWED_THROUGH], "MERGE"
+    )
+    if merged is None:
+        raise RuntimeError(
+            f"the pass's merge into {kpis.PLAYER_DAYS} is not among its recent commits: the run "
+            "fails rather than guess its players' days (a retry repeats the pass)"
+        )
+    before, after = merged - 1, merged
     # The last table a pass writes.
     add_to_player_state(spark, warehouse, rows, days, marker, txn, (paths[kpis.PLAYER_DAYS], before, after))
     return added

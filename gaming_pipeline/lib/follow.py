@@ -29,15 +29,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.lib import kpis
-from gaming_pipeline.lib.derived import FOLLOWED_THROUGH, add_batch, rows_per_game_and_day
+from gaming_pipeline.lib.derived import FOLLOWED_BY, FOLLOWED_THROUGH, add_batch, rows_per_game_and_day
 from gaming_pipeline.lib.ingest import rows_of
 from gaming_pipeline.lib.ledger import delta_rs_table
 from gaming_pipeline.lib.tables import ACTIVITY, LEDGER, PLAYER_STATE, RAW
-from gaming_pipeline.lib.warehouse import Txn, append_rows, at_version, in_list, latest_version, table_history
+from gaming_pipeline.lib.warehouse import Txn, append_rows, at_version, in_list, table_history
 
 # The Delta application id every follower write carries.
 FOLLOWERS = "gaming_pipeline.followers"
@@ -81,63 +81,79 @@ class Followed:
         return sorted({day for days in self.added.values() for day in days})
 
 
-def _ingestion_appends(spark: SparkSession, raw_path: str, after: int, latest: int) -> dict[int, str]:
-    """The raw table's versions after `after` that are ingestion runs' appends (not an
-    object written again, an erasure or compaction): version -> run id."""
-    if latest <= after:
-        return {}
+def _raw_commits(spark: SparkSession, raw_path: str, after: int | None) -> tuple[int, list[Row]]:
+    """The raw table's latest version, and its commits after version `after` (all of them if
+    None), from one read of its history, so that none is missed while other runs commit."""
+    limit = 64
+    while True:
+        commits = (
+            table_history(spark, raw_path, limit).select(
+                "version", "operation", "operationParameters", "userMetadata"
+            )
+        ).collect()
+        versions = [int(commit.version) for commit in commits]
+        if len(commits) < limit or (after is not None and min(versions) <= after + 1):
+            break
+        limit *= 4
+    latest = max(versions)
+    later = [commit for commit in commits if after is None or commit.version > after]
+    if after is not None and latest > after and min(commit.version for commit in later) != after + 1:
+        raise RuntimeError(
+            f"the raw table's log no longer holds version {after + 1} (past its log retention): the "
+            "followers cannot tell which batches came after it; rebuild every day from the raw "
+            "table (materialize the per-game and activity tables over all days)"
+        )
+    return latest, later
+
+
+def _ingestion_appends(commits: list[Row], tag: str | None = None) -> dict[int, str]:
+    """Of the raw table's commits, the ingestion runs' appends (not an object written again,
+    an erasure or compaction): version -> run id. With `tag`, those whose marker lacks it."""
     appends = {}
-    for row in (
-        table_history(spark, raw_path, latest - after)
-        .where(f"version > {after} AND operation = 'WRITE' AND operationParameters.mode = 'Append'")
-        .select("version", "userMetadata")
-        .collect()
-    ):
+    for commit in commits:
+        if commit.operation != "WRITE" or (commit.operationParameters or {}).get("mode") != "Append":
+            continue
         try:
-            marker = json.loads(row.userMetadata or "{}")
+            marker = json.loads(commit.userMetadata or "{}")
         except ValueError:
             continue
-        if "objects" in marker and "run_id" in marker:
-            appends[int(row.version)] = marker["run_id"]
+        if "objects" in marker and "run_id" in marker and (tag is None or tag not in marker):
+            appends[int(commit.version)] = marker["run_id"]
     return appends
 
 
-def _standing(warehouse: str) -> tuple[bool, int | None, int | None]:
-    """Whether player_state exists, and the pass versions player_state (the last table a pass
-    writes) and activity_game_hours (the first) have taken; read with delta-rs, no Spark job."""
+def _standing(warehouse: str) -> tuple[int | None, int | None]:
+    """The pass versions player_state (the last table a pass writes) and activity_game_hours
+    (the first) have taken; read with delta-rs, no Spark job."""
     last, first = (
         delta_rs_table(PLAYER_STATE.path(warehouse)),
         delta_rs_table(ACTIVITY[FIRST].path(warehouse)),
     )
-    return (
-        last is not None,
-        None if last is None else last.transaction_version(FOLLOWERS),
-        None if first is None else first.transaction_version(FOLLOWERS),
-    )
+    return tuple(None if table is None else table.transaction_version(FOLLOWERS) for table in (last, first))
 
 
 def plan(spark: SparkSession, warehouse: str) -> Pass:
     """The next pass: the one cut short, if any; else every batch recorded since the last."""
     raw_path, ledger_path = RAW.ensure(spark, warehouse), LEDGER.ensure(spark, warehouse)
-    exists, done, started = _standing(warehouse)
-    latest = latest_version(spark, raw_path)
-    recorded = (
+    done, started = _standing(warehouse)
+    latest, commits = _raw_commits(spark, raw_path, done)
+    if done is None:
+        # No pass yet. Batches a release before follower passes ingested were added to the
+        # followers by their own runs (their raw commits lack FOLLOWED_BY): the first pass
+        # starts after the last of them. Version 0 of the raw table is its creation.
+        after = max(_ingestion_appends(commits, tag=FOLLOWED_BY), default=0)
+    else:
+        after = done
+    repeated = started is not None and started > after
+    rows = (
         spark.read.format("delta")
         .load(ledger_path)
-        .where(f"rows_written > 0 AND raw_version <= {latest}")
+        .where(f"rows_written > 0 AND raw_version > {after} AND raw_version <= {latest}")
         .select("object", F.unix_micros("source_modified_at").alias("modified"), "raw_version")
+        .collect()
     )
-    if exists and done is None:
-        # A player_state made by a release whose ingestion runs added their batches to the
-        # followers themselves: they hold every recorded batch already.
-        through = recorded.agg(F.max("raw_version")).first()[0] or 0
-        return Pass(through, through, {}, latest, unmarked=True)
-    # Version 0 of the raw table is its creation, before any batch.
-    after = done or 0
-    repeated = started is not None and started > after
-    rows = recorded.where(f"raw_version > {after}").collect()
     through = started if repeated else max((row.raw_version for row in rows), default=after)
-    appends = _ingestion_appends(spark, raw_path, after, latest)
+    appends = _ingestion_appends([commit for commit in commits if commit.version > after])
     objects = {
         row.object: row.modified
         for row in rows

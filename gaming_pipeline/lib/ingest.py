@@ -19,7 +19,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from gaming_pipeline.lib.derived import rows_per_game_and_day
+from gaming_pipeline.lib.derived import FOLLOWED_BY, rows_per_game_and_day
 from gaming_pipeline.lib.erasure import not_erased
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
@@ -263,7 +263,7 @@ def ingest_objects(
         for row in per_game_day:
             result.events_per_game[row.game] = result.events_per_game.get(row.game, 0) + row["count"]
         uris = [object_uri(obj) for obj in todo]
-        marker = {"run_id": run_id, "objects": len(todo)}
+        marker = {"run_id": run_id, "objects": len(todo), FOLLOWED_BY: "follower passes"}
         modified_at = {
             uri: row.source_modified_micros
             for uri, row in counts.items()
@@ -305,6 +305,9 @@ def ingest_objects(
             # (follow.py); a run killed before that is retried as a replacement.
             append_rows(rows, raw_path, marker)
             result.raw_version = version_tagged(spark, raw_path, marker)
+            if result.raw_version is None:
+                # The follower passes find the batch by the version the ledger records.
+                raise RuntimeError("the batch's raw commit is not among the raw table's recent commits")
         else:
             result.raw_version = latest_version(spark, raw_path)
     finally:

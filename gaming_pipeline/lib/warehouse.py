@@ -215,15 +215,16 @@ def version_tagged(spark: SparkSession, path: str, marker: dict, operation: str 
     return None if commit is None else commit.version
 
 
-def version_marked(spark: SparkSession, path: str, key: str, value) -> int | None:
-    """The newest of the table's recent versions whose commit metadata holds `key`: `value`,
-    whichever run committed it."""
-    for row in table_history(spark, path, 20).select("version", "userMetadata").collect():
+def version_marked(spark: SparkSession, path: str, key: str, value, operation: str = "") -> int | None:
+    """The newest of the table's recent versions whose commit metadata holds `key`: `value`
+    (and of that operation, if given), whichever run committed it."""
+    for row in table_history(spark, path, 50).select("version", "operation", "userMetadata").collect():
         try:
-            if json.loads(row.userMetadata or "{}").get(key) == value:
-                return int(row.version)
+            found = json.loads(row.userMetadata or "{}").get(key) == value
         except (ValueError, AttributeError):
             continue
+        if found and operation in ("", row.operation):
+            return int(row.version)
     return None
 
 

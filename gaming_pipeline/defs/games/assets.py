@@ -82,7 +82,8 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     spark = pyspark.spark_session
     days = window_predicate(context)
     followed = caught_up(context, spark, warehouse)
-    yield dg.AssetMaterialization(asset_key=PLAYER_STATE_TABLE, metadata=followed_metadata(followed))
+    if followed.added:
+        yield dg.AssetMaterialization(asset_key=PLAYER_STATE_TABLE, metadata=followed_metadata(followed))
     raw = followed.step.raw(spark, warehouse.root).where(days).persist()
     game_keyword = F.col("eventParams.game_keyword")
     games = [GAME_BY_KEY[key] for key in sorted(context.selected_asset_keys)]
