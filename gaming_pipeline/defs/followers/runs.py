@@ -88,12 +88,14 @@ def follow_raw_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     if not records:
         return dg.SensorResult(skip_reason="no ingestion since the last tick")
     last = records[-1].storage_id
-    written = sum(
-        (record.asset_materialization.metadata.get("rows_written") or dg.MetadataValue.int(0)).value
-        for record in records
-    )
-    if not written:
-        return dg.SensorResult(skip_reason="the new ingestions wrote no rows", cursor=str(last))
+
+    def counted(record, key: str) -> int:
+        return (record.asset_materialization.metadata.get(key) or dg.MetadataValue.int(0)).value
+
+    # An ingestion that found its objects in the ledger already may be the retry of one
+    # killed after its ledger write: their batch still waits for a pass.
+    if not any(counted(r, "rows_written") or counted(r, "objects_already_ingested") for r in records):
+        return dg.SensorResult(skip_reason="the new ingestions took no objects", cursor=str(last))
     if context.instance.get_runs_count(dg.RunsFilter(job_name=follow_raw_job.name, statuses=WAITING)):
         return dg.SensorResult(skip_reason="a follower run waiting to start will take them", cursor=str(last))
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"follow:{last}")], cursor=str(last))
