@@ -10,11 +10,13 @@ import pytest
 
 from gaming_pipeline.defs.ingest.sensors import (
     FAILING_AFTER,
+    RAW_TRICKLE_SECONDS,
     TRICKLE_BYTES,
     build_queue_sensor,
     build_reconcile_sensor,
     coalescing,
     landing_queue_sensor,
+    raw_interval,
 )
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.tables import RAW_TABLE
@@ -117,6 +119,11 @@ def test_a_trickle_is_a_slow_arrival_rate_not_a_small_last_batch():
     # 3.6 MB an interval) are a stream; the same bytes over a minute, a trickle.
     assert coalescing(990.0, 120_000, now=1000.0, interval_seconds=300) is None
     assert coalescing(940.0, 120_000, now=1000.0, interval_seconds=300).startswith("a trickle")
+    # A trickle's ingestion runs are at most half a minute apart: the batch interval gathers
+    # the derived work, not the raw table's.
+    assert (
+        (raw_interval(300), raw_interval(10), raw_interval(0)) == (RAW_TRICKLE_SECONDS, 10, 0) == (30, 10, 0)
+    )
 
 
 def fail(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:

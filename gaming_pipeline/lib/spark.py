@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 from gaming_pipeline.lib import aws
@@ -119,6 +120,10 @@ def connect_server_command(settings: Settings, host: str, port: int, master: str
         "spark.app.name": "gaming_pipeline Spark Connect server",
         "spark.connect.grpc.binding.address": host,
         "spark.connect.grpc.binding.port": str(port),
+        # Runs of every pool share the server: their jobs take turns for its task slots, so
+        # a batch's raw commit does not wait for a whole follower pass or KPI refresh job.
+        "spark.scheduler.mode": "FAIR",
+        "spark.scheduler.allocation.file": str(Path(__file__).parent.parent / "jvm" / "fairscheduler.xml"),
     }
     submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
     options = [part for key, value in conf.items() for part in ("--conf", f"{key}={value}")]

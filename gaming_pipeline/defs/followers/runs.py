@@ -2,14 +2,17 @@
 to it in runs of their own (lib/follow.py), in the `followers` pool: ingestion never waits
 for them, and one follower run takes every batch ingested since the last, however many."""
 
+import time
+
 import dagster as dg
 
-from gaming_pipeline.defs.ingest.sensors import WAITING
+from gaming_pipeline.defs.ingest.sensors import WAITING, coalescing
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES
 from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
 from gaming_pipeline.lib.follow import Followed, follow
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
+from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 
@@ -67,35 +70,65 @@ def follow_raw_job():
     follow_raw()
 
 
-@dg.sensor(
-    job=follow_raw_job,
-    minimum_interval_seconds=5,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "After ingestion runs, requests one follower run for all their batches, unless one "
-        "is already waiting to start (it will take them)."
-    ),
-)
-def follow_raw_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(RAW_TABLE),
-            after_storage_id=int(context.cursor) if context.cursor else None,
+# A pass's worth of rows at a trickle: about a 2 MiB batch of landing objects.
+TRICKLE_ROWS = 50_000
+
+
+def build_follow_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="follow_raw_sensor",
+        job=follow_raw_job,
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "After ingestion runs, requests one follower run for all their batches, unless one "
+            "is already waiting to start (it will take them). At a trickle (rows arriving too "
+            "slowly to fill a pass within the interval), one pass every "
+            f"{batch_interval_seconds:.0f} s (GAMING_PIPELINE_BATCH_INTERVAL_SECONDS): the "
+            "derived work, not the raw table, is what a trickle gathers."
         ),
-        limit=1000,
-        ascending=True,
-    ).records
-    if not records:
-        return dg.SensorResult(skip_reason="no ingestion since the last tick")
-    last = records[-1].storage_id
+    )
+    def follow_raw_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(RAW_TABLE),
+                after_storage_id=int(context.cursor) if context.cursor else None,
+            ),
+            limit=1000,
+            ascending=True,
+        ).records
+        if not records:
+            return dg.SensorResult(skip_reason="no ingestion since the last tick")
+        last = records[-1].storage_id
 
-    def counted(record, key: str) -> int:
-        return (record.asset_materialization.metadata.get(key) or dg.MetadataValue.int(0)).value
+        def counted(record, key: str) -> int:
+            return (record.asset_materialization.metadata.get(key) or dg.MetadataValue.int(0)).value
 
-    # An ingestion that found its objects in the ledger already may be the retry of one
-    # killed after its ledger write: their batch still waits for a pass.
-    if not any(counted(r, "rows_written") or counted(r, "objects_already_ingested") for r in records):
-        return dg.SensorResult(skip_reason="the new ingestions took no objects", cursor=str(last))
-    if context.instance.get_runs_count(dg.RunsFilter(job_name=follow_raw_job.name, statuses=WAITING)):
-        return dg.SensorResult(skip_reason="a follower run waiting to start will take them", cursor=str(last))
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"follow:{last}")], cursor=str(last))
+        # An ingestion that found its objects in the ledger already may be the retry of one
+        # killed after its ledger write: their batch still waits for a pass.
+        if not any(counted(r, "rows_written") or counted(r, "objects_already_ingested") for r in records):
+            return dg.SensorResult(skip_reason="the new ingestions took no objects", cursor=str(last))
+        if context.instance.get_runs_count(dg.RunsFilter(job_name=follow_raw_job.name, statuses=WAITING)):
+            return dg.SensorResult(
+                skip_reason="a follower run waiting to start will take them", cursor=str(last)
+            )
+        latest = context.instance.get_run_records(dg.RunsFilter(job_name=follow_raw_job.name), limit=1)
+        rows = sum(counted(record, "rows_written") for record in records)
+        held = coalescing(
+            latest[0].create_timestamp.timestamp() if latest else None,
+            rows,
+            time.time(),
+            batch_interval_seconds,
+            batch=TRICKLE_ROWS,
+            what="rows ingested",
+            run="follower",
+        )
+        if held:
+            # The cursor stays: the next tick counts these rows again, with any new ones.
+            return dg.SensorResult(skip_reason=held)
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"follow:{last}")], cursor=str(last))
+
+    return follow_raw_sensor
+
+
+follow_raw_sensor = build_follow_sensor(Settings.from_env().batch_interval_seconds)

@@ -32,6 +32,11 @@ MAX_OBJECTS_PER_RUN = 500
 # A batch smaller than this (about 50,000 events, gzipped NDJSON) is a trickle's: the next
 # run waits for the batch interval rather than pay a run's fixed cost for a few objects.
 TRICKLE_BYTES = 2 * 1024 * 1024
+# At a trickle, the longest a landed object waits for its ingestion run (less if the batch
+# interval is shorter): a raw-only run is cheap, and the raw table stays fresh within a
+# minute; the derived work is gathered per GAMING_PIPELINE_BATCH_INTERVAL_SECONDS instead
+# (defs/followers/runs.py).
+RAW_TRICKLE_SECONDS = 30
 # Sensor ticks must stay well under Dagster's 60 s limit.
 TICK_BUDGET_SECONDS = 20
 RECONCILE_GRACE_SECONDS = 120
@@ -128,33 +133,46 @@ def run_requests(
 
 
 def coalescing(
-    last_run_created: float | None, pending_bytes: int, now: float, interval_seconds: float
+    last_run_created: float | None,
+    pending: int,
+    now: float,
+    interval_seconds: float,
+    batch: int = TRICKLE_BYTES,
+    what: str = "bytes landed",
+    run: str = "ingestion",
 ) -> str | None:
-    """Why the objects waiting for ingestion (`pending_bytes` of them, landed since the last
-    run was asked for at `last_run_created`) should wait for a later batch; None: start a run
-    now. The one pacing rule of every sensor that requests ingestion runs.
+    """Why the work waiting for a run (`pending` of it: bytes of landing objects by default,
+    arrived since the last `run` was asked for at `last_run_created`) should wait for a later
+    batch; None: start a run now. The one pacing rule of every sensor that requests runs.
 
-    A trickle is a slow arrival rate, not a small last batch: objects whose bytes, at the rate
-    they came since the last run, would not fill a batch (TRICKLE_BYTES) within the interval
-    are gathered into one run per `interval_seconds` instead of each paying a run's fixed
-    cost. A steady stream of small objects (Firehose lands one every few seconds) fills
-    batches faster than that, so its runs follow one another; so does the first object after
-    a quiet spell, and a full batch."""
+    A trickle is a slow arrival rate, not a small last batch: work that, at the rate it came
+    since the last run, would not fill a batch (`batch`) within the interval is gathered into
+    one run per `interval_seconds` instead of each piece paying a run's fixed cost. A steady
+    stream of small objects (Firehose lands one every few seconds) fills batches faster than
+    that, so its runs follow one another; so does the first object after a quiet spell, and a
+    full batch."""
     if last_run_created is None or interval_seconds <= 0:
         return None
     elapsed = max(now - last_run_created, 0.0)
-    if elapsed >= interval_seconds or pending_bytes >= TRICKLE_BYTES:
+    if elapsed >= interval_seconds or pending >= batch:
         return None
-    # At this rate, a batch's worth would land within the interval: a stream, not a trickle.
-    if pending_bytes * interval_seconds >= TRICKLE_BYTES * elapsed:
+    # At this rate, a batch's worth would arrive within the interval: a stream, not a trickle.
+    if pending * interval_seconds >= batch * elapsed:
         return None
-    rate = pending_bytes / elapsed if elapsed else 0.0
+    rate = pending / elapsed if elapsed else 0.0
+    unit = what.split()[0]
     return (
-        f"a trickle: {pending_bytes:,} bytes landed in the {elapsed:.0f} s since the last ingestion "
-        f"run was asked for ({rate:,.0f} bytes/s; a steady stream brings "
-        f"{TRICKLE_BYTES / interval_seconds:,.0f}); they wait to join one batch, "
+        f"a trickle: {pending:,} {what} in the {elapsed:.0f} s since the last {run} "
+        f"run was asked for ({rate:,.0f} {unit}/s; a steady stream brings "
+        f"{batch / interval_seconds:,.0f}); they wait to join one batch, "
         f"{interval_seconds:.0f} s after the last"
     )
+
+
+def raw_interval(batch_interval_seconds: float) -> float:
+    """How far apart a trickle's ingestion runs start: RAW_TRICKLE_SECONDS, or the batch
+    interval if that is shorter."""
+    return min(batch_interval_seconds, RAW_TRICKLE_SECONDS)
 
 
 def pacing(instance: dg.DagsterInstance, waiting: list[LandedObject], interval_seconds: float) -> str | None:
@@ -177,8 +195,7 @@ def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
             "Reads the landing queue (S3 ObjectCreated notifications, through SNS or direct) and "
             "requests an ingestion run for each batch of new objects; at a trickle (objects "
             "arriving too slowly to fill a batch within the interval), one batch every "
-            f"{batch_interval_seconds:.0f} s (GAMING_PIPELINE_BATCH_INTERVAL_SECONDS), the objects "
-            "held in its cursor meanwhile."
+            f"{batch_interval_seconds:.0f} s, the objects held in its cursor meanwhile."
         ),
     )
     def landing_queue_sensor(
@@ -267,7 +284,7 @@ def take_queue(
     return dg.SensorResult(run_requests=requests, cursor="")
 
 
-landing_queue_sensor = build_queue_sensor(Settings.from_env().batch_interval_seconds)
+landing_queue_sensor = build_queue_sensor(raw_interval(Settings.from_env().batch_interval_seconds))
 
 
 def failing_objects_observation(failing: dict[LandedObject, Failures]) -> dg.AssetObservation:
@@ -369,5 +386,5 @@ def build_reconcile_sensor(
 
 
 landing_reconcile_sensor = build_reconcile_sensor(
-    batch_interval_seconds=Settings.from_env().batch_interval_seconds
+    batch_interval_seconds=raw_interval(Settings.from_env().batch_interval_seconds)
 )
