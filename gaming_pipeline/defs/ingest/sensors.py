@@ -175,14 +175,22 @@ def raw_interval(batch_interval_seconds: float) -> float:
     return min(batch_interval_seconds, RAW_TRICKLE_SECONDS)
 
 
-def pacing(instance: dg.DagsterInstance, waiting: list[LandedObject], interval_seconds: float) -> str | None:
+def pacing(
+    instance: dg.DagsterInstance, waiting: list[LandedObject], batch_interval_seconds: float
+) -> str | None:
     """coalescing's answer for the objects `waiting` to be asked for, after the latest
-    ingestion run: why they wait, or None (none wait: nothing to hold)."""
+    ingestion run: why they wait, or None (none wait: nothing to hold). A trickle is an
+    arrival rate under TRICKLE_BYTES per batch interval; its objects wait at most the raw
+    interval, by when they are that interval's share of a batch."""
     if not waiting:
         return None
+    hold = raw_interval(batch_interval_seconds)
+    batch = (
+        round(TRICKLE_BYTES * hold / batch_interval_seconds) if batch_interval_seconds > 0 else TRICKLE_BYTES
+    )
     latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
     created = latest[0].create_timestamp.timestamp() if latest else None
-    return coalescing(created, sum(obj.size for obj in waiting), time.time(), interval_seconds)
+    return coalescing(created, sum(obj.size for obj in waiting), time.time(), hold, batch)
 
 
 def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
@@ -194,8 +202,8 @@ def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
         description=(
             "Reads the landing queue (S3 ObjectCreated notifications, through SNS or direct) and "
             "requests an ingestion run for each batch of new objects; at a trickle (objects "
-            "arriving too slowly to fill a batch within the interval), one batch every "
-            f"{batch_interval_seconds:.0f} s, the objects held in its cursor meanwhile."
+            "arriving slower than a batch per GAMING_PIPELINE_BATCH_INTERVAL_SECONDS), one batch every "
+            f"{raw_interval(batch_interval_seconds):.0f} s, the objects held in its cursor meanwhile."
         ),
     )
     def landing_queue_sensor(
@@ -284,7 +292,7 @@ def take_queue(
     return dg.SensorResult(run_requests=requests, cursor="")
 
 
-landing_queue_sensor = build_queue_sensor(raw_interval(Settings.from_env().batch_interval_seconds))
+landing_queue_sensor = build_queue_sensor(Settings.from_env().batch_interval_seconds)
 
 
 def failing_objects_observation(failing: dict[LandedObject, Failures]) -> dg.AssetObservation:
@@ -321,7 +329,7 @@ def build_reconcile_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Lists the landing bucket and requests ingestion of any object the ledger lacks "
-            f"{grace_seconds + batch_interval_seconds:.0f} s after it landed (the queue sensor's "
+            f"{grace_seconds + raw_interval(batch_interval_seconds):.0f} s after it landed (the queue sensor's "
             "batch interval and a grace): the safety net for lost notifications. "
             "Objects whose run failed are requested again after a backoff that doubles with "
             f"each failure; those failed {FAILING_AFTER} times or more are listed on "
@@ -336,7 +344,7 @@ def build_reconcile_sensor(
         # The grace leaves fresh objects to the queue sensor, which is usually seconds behind,
         # and holds a trickle's objects for up to the batch interval: asked for here too at
         # the interval's end, they would be requested twice.
-        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds + batch_interval_seconds)
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds + raw_interval(batch_interval_seconds))
         listed = objects_in_bucket(landing, landed_before=cutoff)
         missing = not_yet_ingested(listed, warehouse, context.instance)
         # Failed runs matter only for objects still missing: a tick with none reads no run.
@@ -386,5 +394,5 @@ def build_reconcile_sensor(
 
 
 landing_reconcile_sensor = build_reconcile_sensor(
-    batch_interval_seconds=raw_interval(Settings.from_env().batch_interval_seconds)
+    batch_interval_seconds=Settings.from_env().batch_interval_seconds
 )
