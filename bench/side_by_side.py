@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.tables import LEDGER_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator, processes
@@ -239,9 +241,11 @@ def quantiles(values: list[float], digits: int = 1) -> dict:
     }
 
 
-def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
+def latency(rate: float, seconds: float, address: str, server_pid: int, work: Path) -> dict:
     """Events posted at `rate` for `seconds` through the ingest service, the daemon's sensors
-    taking them on; visibility per event from the tables' own commit times."""
+    taking them on; visibility per event from the tables' own commit times. The profile: CPU
+    seconds per process over the load and until the KPIs count every event, and the seconds
+    of each stage of the ingestion and follower runs (their `seconds_by_stage`)."""
     landing = aws.provision("bench-latency", queue_name="bench-latency")
     daemon, env = processes.start_daemon_for(work / "latency", landing.bucket, landing.queue_url, address)
     warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
@@ -257,13 +261,19 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
     service = None
     try:
         service, url, api_key = recording.start_ingest_service(env, work / "latency")
+        parts = {
+            "Spark Connect server": psutil.Process(server_pid),
+            "Dagster daemon and its runs": psutil.Process(daemon.pid),
+            "ingest service": psutil.Process(service.pid),
+        }
         threading.Thread(target=poll_kpis, daemon=True).start()
-        load_started = time.time()
+        cpu_before, load_started = idle_cost.cpu_seconds(parts), time.time()
         accepted = recording.post_events(url, api_key, rate, seconds, seed=11)
         load_ended = time.time()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and (not polls or polls[-1][1] < accepted):
             time.sleep(2)
+        cpu_after, profiled_until = idle_cost.cpu_seconds(parts), time.time()
     finally:
         stop_polling.set()
         processes.stop([process for process in (service, daemon) if process])
@@ -312,7 +322,38 @@ def latency(rate: float, seconds: float, address: str, work: Path) -> dict:
         "event_to_kpi_seconds_last_window": received_between(to_kpis, *last),
         "kpi_poll_seconds": 1,
         "runs": run_overheads(Path(env["DAGSTER_HOME"])),
+        "profile": {
+            "wall_seconds": round(profiled_until - load_started, 1),
+            "cpu_seconds_by_process": {
+                name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after
+            },
+            "run_seconds_by_stage": run_stages(Path(env["DAGSTER_HOME"])),
+        },
     }
+
+
+def run_stages(dagster_home: Path) -> dict:
+    """Per job, the seconds of each stage summed over its runs (the `seconds_by_stage` of the
+    materialization each run reports it on), biggest first, with the runs counted."""
+    import dagster as dg
+
+    reported_on = {"ingest_landed_objects_job": RAW_TABLE, "follow_raw_job": PLAYER_STATE_TABLE}
+    stages: dict[str, dict] = {}
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for job, asset in reported_on.items():
+            totals: Counter = Counter()
+            runs = 0
+            for record in instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records:
+                metadata = record.asset_materialization.metadata
+                if record.event_log_entry.job_name != job or "seconds_by_stage" not in metadata:
+                    continue
+                runs += 1
+                totals.update(metadata["seconds_by_stage"].value)
+            stages[job] = {
+                "runs": runs,
+                "seconds": {stage: round(seconds, 1) for stage, seconds in totals.most_common()},
+            }
+    return stages
 
 
 def run_overheads(dagster_home: Path) -> dict:
@@ -477,7 +518,9 @@ def main() -> None:
             results.update(context, spark=f"Spark Connect server, local[*] driver, {address}")
             measures = {
                 "throughput": lambda: throughput(args.events, address, server.pid, work),
-                "latency": lambda: latency(args.latency_rate, args.latency_seconds, address, work),
+                "latency": lambda: latency(
+                    args.latency_rate, args.latency_seconds, address, server.pid, work
+                ),
                 "day-growth": lambda: day_growth.run(args.day_base, args.day_scales, address, work),
                 "idle-cost": lambda: idle_cost.run(
                     args.idle_rate, args.idle_minutes, address, server.pid, work

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
 from gaming_pipeline.lib.maintenance import days_in
+from gaming_pipeline.lib.stages import StageClock
 from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
 from gaming_pipeline.lib.warehouse import (
     Commit,
@@ -53,13 +54,19 @@ def rows_per_game_and_day(rows: DataFrame) -> list[Row]:
 
 
 def add_batch(
-    spark: SparkSession, warehouse: str, rows: DataFrame, counted: list[Row], marker: dict, txn: Txn
+    spark: SparkSession,
+    warehouse: str,
+    rows: DataFrame,
+    counted: list[Row],
+    marker: dict,
+    txn: Txn,
+    clock: StageClock,
 ) -> dict[str, dict[date, int]]:
     """Add a batch of raw rows, of objects never written before, to the per-game and activity
     tables and player_state (`counted`: rows_per_game_and_day of them), each write with the
     pass's transaction `txn` (follow.py), so that a repeated pass adds nothing twice. `marker`
     tags the commits and carries FOLLOWED_THROUGH. Returns, per table, the rows added on each
-    of the batch's days."""
+    of the batch's days. Each table's write is timed on `clock`."""
     days = sorted({row.eventDate for row in counted})
     if not days:
         return {}
@@ -75,7 +82,8 @@ def add_batch(
     def merge(table: str) -> None:
         activity = kpis.ACTIVITY[table]
         scope = "t." + days_in(days)
-        merge_into(activity(rows), paths[table], kpis.KEYS[table], kpis.ADDED[table], marker, scope, txn)
+        with clock.stage(f"{table}_merge"):
+            merge_into(activity(rows), paths[table], kpis.KEYS[table], kpis.ADDED[table], marker, scope, txn)
         added[table] = events_per_day
 
     def append(game: Game) -> None:
@@ -94,7 +102,7 @@ def add_batch(
     # The first table a pass writes, so that a pass cut short is known (follow.py).
     merge(kpis.GAME_HOURS)
     games = [game for game in GAMES if any(added[game.table_name].values())]
-    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+    with clock.stage("game_appends"), ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
     merge(kpis.PLAYER_DAYS)
     # What the batch changes in its players' days and sessions is read off activity_player_days
@@ -113,7 +121,10 @@ def add_batch(
         )
     before, after = merged - 1, merged
     # The last table a pass writes.
-    add_to_player_state(spark, warehouse, rows, days, marker, txn, (paths[kpis.PLAYER_DAYS], before, after))
+    with clock.stage(f"{PLAYER_STATE.name}_merge"):
+        add_to_player_state(
+            spark, warehouse, rows, days, marker, txn, (paths[kpis.PLAYER_DAYS], before, after)
+        )
     return added
 
 

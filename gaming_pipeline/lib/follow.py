@@ -36,6 +36,7 @@ from gaming_pipeline.lib import kpis
 from gaming_pipeline.lib.derived import FOLLOWED_BY, FOLLOWED_THROUGH, add_batch, rows_per_game_and_day
 from gaming_pipeline.lib.ingest import rows_of
 from gaming_pipeline.lib.ledger import delta_rs_table
+from gaming_pipeline.lib.stages import StageClock
 from gaming_pipeline.lib.tables import ACTIVITY, LEDGER, PLAYER_STATE, RAW
 from gaming_pipeline.lib.warehouse import Txn, append_rows, at_version, in_list, table_history
 
@@ -75,6 +76,7 @@ class Followed:
     step: Pass
     # Per table, the rows the pass added to each day.
     added: dict[str, dict[date, int]] = field(default_factory=dict)
+    stages: StageClock = field(default_factory=StageClock)
 
     @property
     def event_dates(self) -> list[date]:
@@ -165,15 +167,19 @@ def plan(spark: SparkSession, warehouse: str) -> Pass:
 
 def follow(spark: SparkSession, warehouse: str, run_id: str) -> Followed:
     """One pass: add the batches recorded since the last pass to the followers."""
-    step = plan(spark, warehouse)
-    followed = Followed(step)
+    clock = StageClock()
+    with clock.stage("plan"):
+        step = plan(spark, warehouse)
+    followed = Followed(step, stages=clock)
     txn = Txn(FOLLOWERS, step.through)
     marker = {"run_id": run_id, FOLLOWED_THROUGH: step.through}
     if step.objects:
         rows = step.raw(spark, warehouse).where(rows_of(list(step.objects), list(step.objects.values())))
         rows = rows.persist()
         try:
-            followed.added = add_batch(spark, warehouse, rows, rows_per_game_and_day(rows), marker, txn)
+            with clock.stage("count_games_and_days"):
+                counted = rows_per_game_and_day(rows)
+            followed.added = add_batch(spark, warehouse, rows, counted, marker, txn, clock)
         finally:
             rows.unpersist()
     if not followed.added and (step.through > step.after or step.unmarked):

@@ -33,6 +33,7 @@ from gaming_pipeline.lib.ledger import covers
 from gaming_pipeline.lib.maintenance import days_changed
 from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.stages import StageClock
 from gaming_pipeline.lib.tables import (
     INTENT_SCHEMA,
     INTENT_TABLE,
@@ -79,6 +80,7 @@ class IngestResult:
     # ...and, when the batch replaced rows written before, the days to rebuild from raw.
     rebuild_dates: list[date] = field(default_factory=list)
     seconds: float = 0.0
+    stages: StageClock = field(default_factory=StageClock)
 
 
 def object_uri(obj: LandedObject) -> str:
@@ -245,20 +247,25 @@ def ingest_objects(
     """Take the objects into the raw table and the quarantine, leaving out the lines of the
     `erased` players, and record them in the ledger."""
     started = time.monotonic()
-    ensure_ingest_tables(spark, warehouse)
+    clock = StageClock()
+    with clock.stage("tables"):
+        ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
-    todo, earlier_modified, seen_before = pending(spark, warehouse, unique)
-    result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo))
+    with clock.stage("ledger_lookup"):
+        todo, earlier_modified, seen_before = pending(spark, warehouse, unique)
+    result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo), stages=clock)
     if not todo:
         result.seconds = time.monotonic() - started
         return result
 
     now = datetime.now(UTC)
-    classified, counts = classify_objects(spark, todo, erased)
+    with clock.stage("read_and_classify"):
+        classified, counts = classify_objects(spark, todo, erased)
     try:
         rows = raw_events(classified, now, run_id)
         # One Spark job for the batch's days and its rows per game.
-        per_game_day = rows_per_game_and_day(rows)
+        with clock.stage("count_games_and_days"):
+            per_game_day = rows_per_game_and_day(rows)
         result.event_dates = sorted({row.eventDate for row in per_game_day})
         for row in per_game_day:
             result.events_per_game[row.game] = result.events_per_game.get(row.game, 0) + row["count"]
@@ -272,44 +279,47 @@ def ingest_objects(
         # Noted before any row of the objects is written anywhere, for `pending` to find if
         # this run dies midway.
         if modified_at:
-            note_intent(spark, warehouse, modified_at, run_id)
+            with clock.stage("intent"):
+                note_intent(spark, warehouse, modified_at, run_id)
         # Neither the ledger nor an intent named them, and every one is noted now: no run has
         # written a row of theirs, so their rows are appended, with nothing to find and replace.
         first_time = not seen_before and len(modified_at) == len(uris)
         quarantine_path = table_path(warehouse, QUARANTINE_TABLE)
         quarantined = quarantined_lines(classified, now, run_id)
-        if not first_time:
-            # Quarantine is small: finding an object's earlier lines by URI alone is cheap there.
-            result.quarantine_version = replace_rows(
-                quarantined, quarantine_path, in_list("_source_object", uris), marker
-            ).version
-        elif any(row.rows_quarantined for row in counts.values()):
-            append_rows(quarantined, quarantine_path, marker)
-            result.quarantine_version = version_tagged(spark, quarantine_path, marker)
-        else:
-            result.quarantine_version = latest_version(spark, quarantine_path)
+        with clock.stage("quarantine_write"):
+            if not first_time:
+                # Quarantine is small: finding an object's earlier lines by URI alone is cheap there.
+                result.quarantine_version = replace_rows(
+                    quarantined, quarantine_path, in_list("_source_object", uris), marker
+                ).version
+            elif any(row.rows_quarantined for row in counts.values()):
+                append_rows(quarantined, quarantine_path, marker)
+                result.quarantine_version = version_tagged(spark, quarantine_path, marker)
+            else:
+                result.quarantine_version = latest_version(spark, quarantine_path)
         writing = {uri: micros for uri, micros in modified_at.items() if counts[uri].rows_written}
         modified = earlier_modified + list(writing.values())
         raw_path = table_path(warehouse, RAW_TABLE)
-        if earlier_modified:
-            # An earlier run wrote (some of) these objects: their rows are replaced, and the
-            # days this commit changed are rebuilt in the derived tables, which is exact
-            # whatever an earlier version of the objects left there.
-            result.raw_version = replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
-            changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
-            result.rebuild_dates = sorted(set(result.event_dates) | (changed or set()))
-        elif writing:
-            # No intent was noted for them before this run's, so no row of these objects can
-            # be in the tables: a blind append, which compaction and erasure never conflict
-            # with. A follower pass adds it to the derived tables once the ledger records it
-            # (follow.py); a run killed before that is retried as a replacement.
-            append_rows(rows, raw_path, marker)
-            result.raw_version = version_tagged(spark, raw_path, marker)
-            if result.raw_version is None:
-                # The follower passes find the batch by the version the ledger records.
-                raise RuntimeError("the batch's raw commit is not among the raw table's recent commits")
-        else:
-            result.raw_version = latest_version(spark, raw_path)
+        with clock.stage("raw_write"):
+            if earlier_modified:
+                # An earlier run wrote (some of) these objects: their rows are replaced, and the
+                # days this commit changed are rebuilt in the derived tables, which is exact
+                # whatever an earlier version of the objects left there.
+                result.raw_version = replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
+                changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
+                result.rebuild_dates = sorted(set(result.event_dates) | (changed or set()))
+            elif writing:
+                # No intent was noted for them before this run's, so no row of these objects can
+                # be in the tables: a blind append, which compaction and erasure never conflict
+                # with. A follower pass adds it to the derived tables once the ledger records it
+                # (follow.py); a run killed before that is retried as a replacement.
+                append_rows(rows, raw_path, marker)
+                result.raw_version = version_tagged(spark, raw_path, marker)
+                if result.raw_version is None:
+                    # The follower passes find the batch by the version the ledger records.
+                    raise RuntimeError("the batch's raw commit is not among the raw table's recent commits")
+            else:
+                result.raw_version = latest_version(spark, raw_path)
     finally:
         classified.unpersist()
 
@@ -337,6 +347,7 @@ def ingest_objects(
             result.rows_written += row.rows_written
             result.rows_quarantined += row.rows_quarantined
             result.rows_missing_event_time += row.rows_missing_event_time
-    record_in_ledger(spark.createDataFrame(ledger_rows, LEDGER_SCHEMA), warehouse, run_id, first_time)
+    with clock.stage("ledger_write"):
+        record_in_ledger(spark.createDataFrame(ledger_rows, LEDGER_SCHEMA), warehouse, run_id, first_time)
     result.seconds = time.monotonic() - started
     return result

@@ -38,6 +38,7 @@ def followed_metadata(followed: Followed) -> dict:
         EVENT_DATES: [day.isoformat() for day in followed.event_dates],
         "followed_through_raw_version": followed.step.through,
         "objects_added": len(followed.step.objects),
+        "seconds_by_stage": followed.stages.rounded(),
     }
 
 

@@ -181,6 +181,7 @@ def ingest_landed_objects(
         "rows_quarantined": result.rows_quarantined,
         "rows_missing_event_time": result.rows_missing_event_time,
         "seconds": round(result.seconds, 2),
+        "seconds_by_stage": result.stages.rounded(),
     }
     yield dg.MaterializeResult(
         asset_key=RAW_TABLE,
