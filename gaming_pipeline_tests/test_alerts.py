@@ -31,7 +31,7 @@ from gaming_pipeline.lib.alerts import (
     silent_games,
 )
 from gaming_pipeline.lib.kpis import BOOKINGS_PER_HOUR, HOURLY_SLICES
-from gaming_pipeline.lib.tables import RAW_TABLE
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.local import ports
 from gaming_pipeline_tests.ingest_helpers import ingest_everything, refresh, resources
 
@@ -292,9 +292,9 @@ def test_a_game_gone_silent_alerts_once_even_with_nothing_landing_and_a_small_ga
         sensor = AlertsSensor(instance, receiver.url, build_alerts_sensor(silence))
 
         def ingested(events: dict[str, int]) -> None:
-            """An ingestion run's record of its new events, as ingest_landed_objects writes it."""
+            """A follower pass's record of the new events it added, as follow_raw writes it."""
             instance.report_runless_asset_event(
-                dg.AssetMaterialization(RAW_TABLE, metadata={EVENTS_PER_GAME: events})
+                dg.AssetMaterialization(PLAYER_STATE_TABLE, metadata={EVENTS_PER_GAME: events})
             )
 
         ingested({"galaxy_miners": busy, "ninja_run": 3})

@@ -160,7 +160,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         build_derived()
         before = dau(spark, warehouse)
         assert device_rows(spark, raw, PLAYER) == device_rows(spark, game_path, PLAYER) == 20
-        raw_rows, version_before = spark.read.format("delta").load(raw).count(), latest_version(spark, raw)
+        raw_rows, version_before = spark.read.format("delta").load(raw).count(), latest_version(raw)
         # The right of access: everything held of the player, their PII decrypted.
         tables = {table: table_path(warehouse, table) for table in PLAYER_TABLES}
         held = export_player(

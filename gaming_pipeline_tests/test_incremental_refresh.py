@@ -61,7 +61,8 @@ SEED = 29
 def ingest(landing, warehouse, instance, request: dg.RunRequest | None = None) -> dict:
     """One ingestion run of every object not yet in the ledger (or the run `request` asks
     for), then the follower run after it: the raw table's metadata, with the days the
-    follower run added events to (EVENT_DATES: none if it added nothing)."""
+    follower run added events to and its events per game (EVENT_DATES, EVENTS_PER_GAME:
+    none if it added nothing)."""
     if request is None:
         (request,) = evaluate_reconcile(landing, warehouse, instance)
     result = ingest_only(request, landing, warehouse, instance)
@@ -76,7 +77,8 @@ def ingest(landing, warehouse, instance, request: dg.RunRequest | None = None) -
         if m.asset_key == dg.AssetKey(PLAYER_STATE_TABLE)
     ]
     return {key: value.value for key, value in raw.metadata.items()} | {
-        EVENT_DATES: followed[0].metadata[EVENT_DATES].value if followed else []
+        key: followed[0].metadata[key].value if followed else nothing
+        for key, nothing in ((EVENT_DATES, []), (EVENTS_PER_GAME, {}))
     }
 
 

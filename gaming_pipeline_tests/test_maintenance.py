@@ -280,7 +280,7 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
     day = CLOSED[1]
     with dg.DagsterInstance.ephemeral() as instance:
         ingest(spark, landing.bucket, warehouse, "good/0.ndjson.gz", [day], "good", 1)
-        good_version = latest_version(spark, raw)
+        good_version = latest_version(raw)
         good = spark.read.format("delta").load(raw).collect()
         refresh_kpi(instance, warehouse, day)
         good_kpis = kpi_rows(spark, warehouse, day)
@@ -301,7 +301,7 @@ def test_rollback_of_a_bad_run_gives_back_the_exact_content_and_kpis(spark, land
         refused = rollback(run_id="bad")
         assert not refused.success
         assert "undo_later_commits" in str(refused.failure_data_for_node("restore_tables").error)
-        assert latest_version(spark, raw) > good_version
+        assert latest_version(raw) > good_version
 
         restored = rollback(run_id="bad", undo_later_commits=True)
         assert restored.success

@@ -35,13 +35,13 @@ def window_predicate(context: dg.AssetExecutionContext) -> str:
 
 # What the runs record for the refresh sensor (defs/refresh/sensors.py): on player_state, a
 # follower run's days whose new events are in the activity tables now, so only their KPIs
-# wait (on the raw table, ingestion's days of the batch, for the reader)...
+# wait...
 EVENT_DATES = "event_dates"
 # ...and on the raw table, by its writers, the days whose rows counted before changed, to
 # rebuild from the raw table.
 REBUILD_DATES = "rebuild_dates"
-# The new events of each game a run added (game keyword -> count; games without any left
-# out), from which alerts_sensor tells a game gone silent.
+# On player_state, the new events of each game a follower run added (game keyword -> count;
+# games without any left out), from which alerts_sensor tells a game gone silent.
 EVENTS_PER_GAME = "events_per_game"
 
 

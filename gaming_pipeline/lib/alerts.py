@@ -114,7 +114,8 @@ MIN_EXPECTED_EVENTS = 20
 
 @dataclass(frozen=True)
 class Arrival:
-    """One ingestion run's new events, per game, and when it recorded them."""
+    """One follower pass's new events, per game (the events it added to the per-game tables,
+    which follow the raw table within a batch interval), and when it recorded them."""
 
     storage_id: int
     at: float  # seconds since the epoch

@@ -111,9 +111,7 @@ def add_batch(
     # the batch's players: compaction changes no row, rebuilds wait in the followers' pool,
     # and an erased player's rows are rebuilt away after the erasure.
     # Matched on MERGE too: the auto compaction after it carries the session's tag as well.
-    merged = version_marked(
-        spark, paths[kpis.PLAYER_DAYS], FOLLOWED_THROUGH, marker[FOLLOWED_THROUGH], "MERGE"
-    )
+    merged = version_marked(paths[kpis.PLAYER_DAYS], FOLLOWED_THROUGH, marker[FOLLOWED_THROUGH], "MERGE")
     if merged is None:
         raise RuntimeError(
             f"the pass's merge into {kpis.PLAYER_DAYS} is not among its recent commits: the run "

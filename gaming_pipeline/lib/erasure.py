@@ -223,7 +223,7 @@ def sha256(text: str) -> str:
 def _delete(spark: SparkSession, path: str, predicate: str, marker: dict) -> int:
     with commits_tagged(spark, marker):
         retry_on_conflict(lambda: spark.sql(f"DELETE FROM {delta_at(path)} WHERE {predicate}").collect())
-    return version_tagged(spark, path, marker, operation="DELETE")
+    return version_tagged(path, marker, operation="DELETE")
 
 
 def _names(device_id: str) -> Column:
@@ -250,7 +250,7 @@ def erase_rows(spark: SparkSession, path: str, table: str, device_id: str, marke
     by_day = "eventDate" in holding.columns
     found = (holding.groupBy("eventDate") if by_day else holding.groupBy()).count().collect()
     if not found or not found[0]["count"]:
-        return TableErasure(table, 0, latest_version(spark, path))
+        return TableErasure(table, 0, latest_version(path))
     days = sorted(row.eventDate for row in found) if by_day else []
     column = DEVICE_COLUMNS.get(table, DEVICE)
     # Naming the days lets Delta rewrite only those partitions' files (player_state has none).
@@ -272,7 +272,7 @@ def erase_lines(spark: SparkSession, path: str, device_id: str, marker: dict) ->
     """Delete the quarantined lines that hold the device id, in one commit, by their digest."""
     found = _holding(spark, path, QUARANTINE_TABLE, device_id).select(F.sha2("line", 256)).collect()
     if not found:
-        return TableErasure(QUARANTINE_TABLE, 0, latest_version(spark, path))
+        return TableErasure(QUARANTINE_TABLE, 0, latest_version(path))
     version = _delete(spark, path, in_list("sha2(line, 256)", {row[0] for row in found}), marker)
     return TableErasure(QUARANTINE_TABLE, len(found), version)
 

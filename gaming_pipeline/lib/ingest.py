@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import pyarrow as pa
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from gaming_pipeline.lib.derived import FOLLOWED_BY, rows_per_game_and_day
+from gaming_pipeline.lib.derived import FOLLOWED_BY
 from gaming_pipeline.lib.erasure import not_erased
 from gaming_pipeline.lib.events import (
     CLASSIFIED_SCHEMA,
@@ -29,7 +30,7 @@ from gaming_pipeline.lib.events import (
     raw_events,
     source_object,
 )
-from gaming_pipeline.lib.ledger import covers
+from gaming_pipeline.lib.ledger import covers, delta_rs_table
 from gaming_pipeline.lib.maintenance import days_changed
 from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
@@ -74,10 +75,9 @@ class IngestResult:
     rows_missing_event_time: int = 0
     raw_version: int | None = None
     quarantine_version: int | None = None
-    event_dates: list[date] = field(default_factory=list)
-    # The rows of each game the batch wrote (games without any left out)...
-    events_per_game: dict[str, int] = field(default_factory=dict)
-    # ...and, when the batch replaced rows written before, the days to rebuild from raw.
+    # When the batch replaced rows written before, the days to rebuild from raw (a batch
+    # appended for the first time is added to the followers by a follower pass, which
+    # reports its days and games).
     rebuild_dates: list[date] = field(default_factory=list)
     seconds: float = 0.0
     stages: StageClock = field(default_factory=StageClock)
@@ -92,9 +92,19 @@ def ensure_ingest_tables(spark: SparkSession, warehouse: str) -> None:
         table.ensure(spark, warehouse)
 
 
-def pending(
-    spark: SparkSession, warehouse: str, objects: list[LandedObject]
-) -> tuple[list[LandedObject], list[int], bool]:
+def _rows_naming(path: str, uris: list[str], columns: list[str]) -> list[dict]:
+    """The rows of a bookkeeping table (the ledger, the intents) that name these objects,
+    with source_modified_at as epoch microseconds; read with delta-rs, as the sensors read
+    the ledger: every run pays this, new objects or not, and a Spark job costs seconds."""
+    table = delta_rs_table(path)
+    if table is None or not uris:
+        return []
+    found = table.to_pyarrow_table(columns=columns, filters=[("object", "in", uris)])
+    micros = found.column("source_modified_at").cast(pa.timestamp("us", "UTC")).cast(pa.int64())
+    return found.set_column(columns.index("source_modified_at"), "source_modified_at", micros).to_pylist()
+
+
+def pending(warehouse: str, objects: list[LandedObject]) -> tuple[list[LandedObject], list[int], bool]:
     """The objects the ledger does not hold at the same ETag; the last-modified times
     (epoch microseconds) of every version of them whose rows may be in the raw table: the
     one the ledger holds, and any a run noted before writing (a run killed after its raw
@@ -102,25 +112,14 @@ def pending(
     any of them at all. An object overwritten since is ingested again, and all those rows
     must be found to be replaced, whatever the timing."""
     uris = [object_uri(obj) for obj in objects]
-    modified = F.unix_micros("source_modified_at").alias("modified")
-    ledger = spark.read.format("delta").load(table_path(warehouse, LEDGER_TABLE))
-    intents = spark.read.format("delta").load(table_path(warehouse, INTENT_TABLE))
-    # One Spark job for both tables: this is paid by every run, new objects or not.
-    found = (
-        ledger.select("object", "etag", modified, F.lit(True).alias("ingested"))
-        .unionByName(
-            intents.select("object", F.lit(None).cast("string"), modified, F.lit(False)).toDF(
-                "object", "etag", "modified", "ingested"
-            )
-        )
-        .where(F.col("object").isin(uris))
-        .collect()
-    )
-    recorded = {row.object: row.etag or "" for row in found if row.ingested}
+    ledger = _rows_naming(LEDGER.path(warehouse), uris, ["object", "etag", "source_modified_at"])
+    intents = _rows_naming(INTENTS.path(warehouse), uris, ["object", "source_modified_at"])
+    recorded = {row["object"]: row["etag"] or "" for row in ledger}
     todo = [obj for obj in objects if not covers(recorded.get(object_uri(obj)), obj)]
     todo_uris = {object_uri(obj) for obj in todo}
-    earlier = {row.modified for row in found if row.object in todo_uris and row.modified is not None}
-    return todo, sorted(earlier), any(row.object in todo_uris for row in found)
+    named = [row for row in (*ledger, *intents) if row["object"] in todo_uris]
+    earlier = {row["source_modified_at"] for row in named if row["source_modified_at"] is not None}
+    return todo, sorted(earlier), bool(named)
 
 
 def note_intent(spark: SparkSession, warehouse: str, modified: dict[str, int], run_id: str) -> None:
@@ -252,7 +251,7 @@ def ingest_objects(
         ensure_ingest_tables(spark, warehouse)
     unique = sorted(set(objects))
     with clock.stage("ledger_lookup"):
-        todo, earlier_modified, seen_before = pending(spark, warehouse, unique)
+        todo, earlier_modified, seen_before = pending(warehouse, unique)
     result = IngestResult(objects=len(todo), objects_already_ingested=len(unique) - len(todo), stages=clock)
     if not todo:
         result.seconds = time.monotonic() - started
@@ -263,12 +262,6 @@ def ingest_objects(
         classified, counts = classify_objects(spark, todo, erased)
     try:
         rows = raw_events(classified, now, run_id)
-        # One Spark job for the batch's days and its rows per game.
-        with clock.stage("count_games_and_days"):
-            per_game_day = rows_per_game_and_day(rows)
-        result.event_dates = sorted({row.eventDate for row in per_game_day})
-        for row in per_game_day:
-            result.events_per_game[row.game] = result.events_per_game.get(row.game, 0) + row["count"]
         uris = [object_uri(obj) for obj in todo]
         marker = {"run_id": run_id, "objects": len(todo), FOLLOWED_BY: "follower passes"}
         modified_at = {
@@ -294,9 +287,9 @@ def ingest_objects(
                 ).version
             elif any(row.rows_quarantined for row in counts.values()):
                 append_rows(quarantined, quarantine_path, marker)
-                result.quarantine_version = version_tagged(spark, quarantine_path, marker)
+                result.quarantine_version = version_tagged(quarantine_path, marker)
             else:
-                result.quarantine_version = latest_version(spark, quarantine_path)
+                result.quarantine_version = latest_version(quarantine_path)
         writing = {uri: micros for uri, micros in modified_at.items() if counts[uri].rows_written}
         modified = earlier_modified + list(writing.values())
         raw_path = table_path(warehouse, RAW_TABLE)
@@ -306,20 +299,23 @@ def ingest_objects(
                 # days this commit changed are rebuilt in the derived tables, which is exact
                 # whatever an earlier version of the objects left there.
                 result.raw_version = replace_rows(rows, raw_path, rows_of(uris, modified), marker).version
+                # The commit's removed and added files: the days of the old rows and the new.
                 changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
-                result.rebuild_dates = sorted(set(result.event_dates) | (changed or set()))
+                if changed is None:
+                    raise RuntimeError("the batch's raw commit is not in the raw table's log: its days are unknown")
+                result.rebuild_dates = sorted(changed)
             elif writing:
                 # No intent was noted for them before this run's, so no row of these objects can
                 # be in the tables: a blind append, which compaction and erasure never conflict
                 # with. A follower pass adds it to the derived tables once the ledger records it
                 # (follow.py); a run killed before that is retried as a replacement.
                 append_rows(rows, raw_path, marker)
-                result.raw_version = version_tagged(spark, raw_path, marker)
+                result.raw_version = version_tagged(raw_path, marker)
                 if result.raw_version is None:
                     # The follower passes find the batch by the version the ledger records.
                     raise RuntimeError("the batch's raw commit is not among the raw table's recent commits")
             else:
-                result.raw_version = latest_version(spark, raw_path)
+                result.raw_version = latest_version(raw_path)
     finally:
         classified.unpersist()
 

@@ -20,14 +20,16 @@ def delta_rs_location(path: str, environ: dict[str, str] | None = None) -> tuple
     return "s3://" + path.removeprefix("s3a://"), options
 
 
-def delta_rs_table(path: str):
-    """The Delta table at a warehouse path, read with delta-rs; None if there is none."""
+def delta_rs_table(path: str, with_files: bool = True):
+    """The Delta table at a warehouse path, read with delta-rs; None if there is none.
+    Without its files, only the log's version, schema and history are read: what a check
+    costs, however many files the table has."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     uri, options = delta_rs_location(path)
     try:
-        return DeltaTable(uri, storage_options=options)
+        return DeltaTable(uri, storage_options=options, without_files=not with_files)
     except TableNotFoundError:
         return None
 

@@ -55,7 +55,7 @@ class Footprint:
 def footprint(spark: SparkSession, path: str) -> Footprint:
     """The table's current version and the files and bytes its current snapshot reads."""
     detail = spark.sql(f"DESCRIBE DETAIL {delta_at(path)}").first()
-    return Footprint(latest_version(spark, path), int(detail.numFiles), int(detail.sizeInBytes))
+    return Footprint(latest_version(path), int(detail.numFiles), int(detail.sizeInBytes))
 
 
 def measured(spark: SparkSession, path: str, action: Callable[[], object]) -> dict:

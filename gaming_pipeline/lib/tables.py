@@ -310,7 +310,7 @@ def describe_tables(spark: SparkSession, warehouse: str) -> list[dict]:
             {
                 "table": table,
                 "location": path,
-                "version": latest_version(spark, path),
+                "version": latest_version(path),
                 "rows": spark.read.format("delta").load(path).count(),
             }
         )

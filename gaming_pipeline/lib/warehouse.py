@@ -18,6 +18,8 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from gaming_pipeline.lib.ledger import delta_rs_table
+
 
 def table_path(warehouse: str, table: str) -> str:
     return f"{warehouse.rstrip('/')}/{table}"
@@ -114,6 +116,11 @@ def ensure_table(
     comment: str = "",
     properties: dict[str, str] | None = None,
 ) -> None:
+    # Read from the log with delta-rs: an existing table costs a run no Spark round trip,
+    # and every run of every job checks its tables first.
+    existing = delta_rs_table(path, with_files=False)
+    if existing is not None and set(schema.names) <= {f.name for f in existing.schema().fields}:
+        return
     partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
     described = f" COMMENT {sql_string(comment)}" if comment else ""
     settings = ", ".join(
@@ -166,8 +173,9 @@ def table_history(spark: SparkSession, path: str, limit: int | None = None) -> D
     return spark.sql(f"DESCRIBE HISTORY {delta_at(path)}" + (f" LIMIT {int(limit)}" if limit else ""))
 
 
-def latest_version(spark: SparkSession, path: str) -> int:
-    return int(table_history(spark, path, 1).first().version)
+def latest_version(path: str) -> int:
+    """The table's newest version, read from its log with delta-rs (no Spark job)."""
+    return delta_rs_table(path, with_files=False).version()
 
 
 def at_version(spark: SparkSession, path: str, version: int) -> DataFrame:
@@ -195,37 +203,43 @@ def _tag(marker: dict) -> str:
     return json.dumps(marker, sort_keys=True)
 
 
-def _commit_tagged(spark: SparkSession, path: str, marker: dict, operation: str = "") -> Commit | None:
-    tag = _tag(marker)
-    for row in (
-        table_history(spark, path, 20)
-        .select("version", "operation", "userMetadata", "operationMetrics")
-        .collect()
-    ):
-        if row.userMetadata == tag and operation in ("", row.operation):
-            return Commit(int(row.version), int((row.operationMetrics or {}).get("numOutputRows", 0)))
+def _commit_where(
+    path: str, metadata_matches: Callable[[str], bool], operation: str = "", recent: int = 50
+) -> Commit | None:
+    """The newest of the table's `recent` commits whose user metadata matches (and of that
+    operation, if given), read from its log with delta-rs (no Spark job)."""
+    for commit in delta_rs_table(path, with_files=False).history(recent):
+        if metadata_matches(commit.get("userMetadata") or "") and operation in ("", commit.get("operation")):
+            metrics = commit.get("operationMetrics") or {}
+            return Commit(int(commit["version"]), int(metrics.get("numOutputRows", 0)))
     return None
 
 
-def version_tagged(spark: SparkSession, path: str, marker: dict, operation: str = "") -> int | None:
+def _commit_tagged(path: str, marker: dict, operation: str = "") -> Commit | None:
+    tag = _tag(marker)
+    return _commit_where(path, lambda metadata: metadata == tag, operation)
+
+
+def version_tagged(path: str, marker: dict, operation: str = "") -> int | None:
     """The newest of the table's recent versions committed with this marker (and
     operation, if given): found by its tag, not as "the latest", since another writer may
     have committed since."""
-    commit = _commit_tagged(spark, path, marker, operation)
+    commit = _commit_tagged(path, marker, operation)
     return None if commit is None else commit.version
 
 
-def version_marked(spark: SparkSession, path: str, key: str, value, operation: str = "") -> int | None:
+def version_marked(path: str, key: str, value, operation: str = "") -> int | None:
     """The newest of the table's recent versions whose commit metadata holds `key`: `value`
     (and of that operation, if given), whichever run committed it."""
-    for row in table_history(spark, path, 50).select("version", "operation", "userMetadata").collect():
+
+    def holds(metadata: str) -> bool:
         try:
-            found = json.loads(row.userMetadata or "{}").get(key) == value
+            return json.loads(metadata or "{}").get(key) == value
         except (ValueError, AttributeError):
-            continue
-        if found and operation in ("", row.operation):
-            return int(row.version)
-    return None
+            return False
+
+    commit = _commit_where(path, holds, operation)
+    return None if commit is None else commit.version
 
 
 def replace_rows(
@@ -239,7 +253,6 @@ def replace_rows(
     then the latest one, with no rows written. With `add_new_columns`, columns of `df` the
     table lacks are added to it (a table made before they were declared).
     """
-    spark = df.sparkSession
 
     def commit() -> Commit:
         (
@@ -250,7 +263,7 @@ def replace_rows(
             .option("mergeSchema", str(add_new_columns).lower())
             .save(path)
         )
-        return _commit_tagged(spark, path, marker) or Commit(latest_version(spark, path), 0)
+        return _commit_tagged(path, marker) or Commit(latest_version(path), 0)
 
     return retry_on_conflict(commit)
 

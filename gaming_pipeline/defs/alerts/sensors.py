@@ -23,6 +23,7 @@ from gaming_pipeline.lib.alerts import (
     silent_games,
     stale_alert,
 )
+from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.lib.tables import RAW_TABLE
 
@@ -88,13 +89,13 @@ def _stale_tables(context: dg.SensorEvaluationContext, now: float) -> dict[str, 
 
 
 def recent_arrivals(context: dg.SensorEvaluationContext, now: float, silence_seconds: float) -> list[Arrival]:
-    """The ingestion runs' new events per game, as far back as silent_games needs to judge a
+    """The follower passes' new events per game, as far back as silent_games needs to judge a
     game silent for up to twice `silence_seconds` (a longer silence was said when it began)."""
     found, after = [], None
     while True:
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(RAW_TABLE),
+                asset_key=dg.AssetKey(PLAYER_STATE_TABLE),
                 after_timestamp=now - USUAL_WINDOW_SECONDS - 2 * silence_seconds,
                 after_storage_id=after,
             ),

@@ -7,9 +7,10 @@ import time
 import dagster as dg
 
 from gaming_pipeline.defs.ingest.sensors import WAITING, coalescing
-from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES
+from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, EVENTS_PER_GAME
 from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
+from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.follow import Followed, follow
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.settings import Settings
@@ -33,9 +34,11 @@ def caught_up(context: dg.OpExecutionContext, spark, warehouse: WarehouseResourc
 
 def followed_metadata(followed: Followed) -> dict:
     """What player_state's materialization says of a pass: the refresh sensor asks for the
-    KPIs of its EVENT_DATES."""
+    KPIs of its EVENT_DATES, and the alerts sensor tells a silent game by EVENTS_PER_GAME."""
+    per_game = {game.keyword: sum(followed.added.get(game.table_name, {}).values()) for game in GAMES}
     return {
         EVENT_DATES: [day.isoformat() for day in followed.event_dates],
+        EVENTS_PER_GAME: {game: events for game, events in per_game.items() if events},
         "followed_through_raw_version": followed.step.through,
         "objects_added": len(followed.step.objects),
         "seconds_by_stage": followed.stages.rounded(),

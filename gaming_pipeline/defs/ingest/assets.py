@@ -6,7 +6,7 @@ from datetime import datetime
 import dagster as dg
 from pydantic import Field
 
-from gaming_pipeline.defs.partitions import EVENT_DATES, EVENTS_PER_GAME, REBUILD_DATES
+from gaming_pipeline.defs.partitions import REBUILD_DATES
 from gaming_pipeline.defs.pools import INGEST_POOL
 from gaming_pipeline.defs.resources import (
     LandingBucketResource,
@@ -14,7 +14,6 @@ from gaming_pipeline.defs.resources import (
     SparkResource,
     WarehouseResource,
 )
-from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.ingest import IngestResult, ingest_objects
 from gaming_pipeline.lib.s3_events import LandedObject
 from gaming_pipeline.lib.tables import INTENT_TABLE, LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
@@ -189,13 +188,7 @@ def ingest_landed_objects(
             **counts,
             **_table_metadata(warehouse, RAW_TABLE),
             "delta_version": result.raw_version,
-            EVENT_DATES: [day.isoformat() for day in result.event_dates],
             REBUILD_DATES: [day.isoformat() for day in result.rebuild_dates],
-            EVENTS_PER_GAME: {
-                game.keyword: result.events_per_game[game.keyword]
-                for game in GAMES
-                if result.events_per_game.get(game.keyword)
-            },
             "rows_per_second": round(result.rows_in / result.seconds) if result.seconds else 0,
         },
     )

@@ -62,7 +62,7 @@ class ActivityRead:
         # in. A pass merges into the hourly table, then the players' (derived.add_batch):
         # the players' version taken first, the hourly one taken after holds all its batches.
         paths = {t: table_path(warehouse.root, t) for t in kpis.ACTIVITY_TABLES}
-        versions = {t: latest_version(spark, paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_HOURS)}
+        versions = {t: latest_version(paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_HOURS)}
         activity = kpis.Activity(*(at_version(spark, paths[t], versions[t]) for t in kpis.ACTIVITY_TABLES))
         reach = max(kpis.REACHES_BACK.values())
         totals = checks.activity_totals(

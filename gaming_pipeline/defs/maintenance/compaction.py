@@ -74,7 +74,7 @@ def compact_closed_days(
     today = _today()
     for table, path in existing_tables(spark, warehouse, config.chosen(EVENT_TABLES), context.log):
         previous = last_pass(context.instance, table, DAILY_PASS)
-        through = latest_version(spark, path)
+        through = latest_version(path)
         if previous:
             changed = maintenance.days_changed(spark, path, previous["scanned_through"], through)
             pending = {datetime.fromisoformat(day).date() for day in previous["pending_days"]}

@@ -203,16 +203,14 @@ def erase_player(
     # Objects no run has taken in: parked, or waiting on the queue; their lines hold the player
     # too, and ingestion would leave those out, but the objects would keep them.
     ensure_ingest_tables(spark, warehouse.root)
-    untaken = [(obj.bucket, obj.key) for obj in pending(spark, warehouse.root, objects_in_bucket(landing))[0]]
+    untaken = [(obj.bucket, obj.key) for obj in pending(warehouse.root, objects_in_bucket(landing))[0]]
     device_id = erasure.device_in_tables(spark, tables, erased_player) or erasure.device_in_objects(
         s3, untaken, erased_player
     )
     if device_id is None:
         context.log.info(f"player {player}: no table or landing object holds them")
         landed = []
-        erased = [
-            erasure.TableErasure(table, 0, latest_version(spark, path)) for table, path in tables.items()
-        ]
+        erased = [erasure.TableErasure(table, 0, latest_version(path)) for table, path in tables.items()]
     else:
         sources = erasure.source_objects(spark, tables, device_id)
         landed = erasure.erase_from_objects(s3, sources + untaken, device_id)
