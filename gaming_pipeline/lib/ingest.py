@@ -302,7 +302,9 @@ def ingest_objects(
                 # The commit's removed and added files: the days of the old rows and the new.
                 changed = days_changed(spark, raw_path, result.raw_version - 1, result.raw_version)
                 if changed is None:
-                    raise RuntimeError("the batch's raw commit is not in the raw table's log: its days are unknown")
+                    raise RuntimeError(
+                        "the batch's raw commit is not in the raw table's log: its days are unknown"
+                    )
                 result.rebuild_dates = sorted(changed)
             elif writing:
                 # No intent was noted for them before this run's, so no row of these objects can

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from gaming_pipeline.defs.ingest.sensors import WAITING, coalescing
+from gaming_pipeline.defs.ingest.sensors import WAITING, coalescing, latest_request
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, EVENTS_PER_GAME
 from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
@@ -116,10 +116,9 @@ def build_follow_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
             return dg.SensorResult(
                 skip_reason="a follower run waiting to start will take them", cursor=str(last)
             )
-        latest = context.instance.get_run_records(dg.RunsFilter(job_name=follow_raw_job.name), limit=1)
         rows = sum(counted(record, "rows_written") for record in records)
         held = coalescing(
-            latest[0].create_timestamp.timestamp() if latest else None,
+            latest_request(context.instance, follow_raw_job.name),
             rows,
             time.time(),
             batch_interval_seconds,

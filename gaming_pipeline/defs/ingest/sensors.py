@@ -175,6 +175,12 @@ def raw_interval(batch_interval_seconds: float) -> float:
     return min(batch_interval_seconds, RAW_TRICKLE_SECONDS)
 
 
+def latest_request(instance: dg.DagsterInstance, job_name: str) -> float | None:
+    """When the latest run of the job was asked for (epoch seconds); None before the first."""
+    latest = instance.get_run_records(dg.RunsFilter(job_name=job_name), limit=1)
+    return latest[0].create_timestamp.timestamp() if latest else None
+
+
 def pacing(
     instance: dg.DagsterInstance, waiting: list[LandedObject], batch_interval_seconds: float
 ) -> str | None:
@@ -188,9 +194,9 @@ def pacing(
     batch = (
         round(TRICKLE_BYTES * hold / batch_interval_seconds) if batch_interval_seconds > 0 else TRICKLE_BYTES
     )
-    latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
-    created = latest[0].create_timestamp.timestamp() if latest else None
-    return coalescing(created, sum(obj.size for obj in waiting), time.time(), hold, batch)
+    return coalescing(
+        latest_request(instance, ingest_job.name), sum(obj.size for obj in waiting), time.time(), hold, batch
+    )
 
 
 def build_queue_sensor(batch_interval_seconds: float) -> dg.SensorDefinition:
