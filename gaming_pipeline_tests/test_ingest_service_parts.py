@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from concurrent.futures import Future
 
 import msgspec
@@ -20,6 +21,7 @@ from gaming_pipeline.ingest_service.schema import (
     window_key,
 )
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
+from gaming_pipeline.lib import pii
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
 
@@ -132,6 +134,18 @@ def test_a_short_id_is_its_own_window_key_and_never_meets_a_digest():
 def test_window_keys_are_the_same_in_every_process():
     # The spool keeps the keys across restarts, so no per-process hash() in them.
     assert window_key("bench", "e1") == "ee57884a4405e3efe1"
+
+
+def test_pending_pii_gets_fresh_nonces_drawn_many_at_a_time(monkeypatch):
+    draws = []
+    draw = os.urandom
+    monkeypatch.setattr(pii.os, "urandom", lambda size: draws.append(size) or draw(size))
+    vault = pii.PiiVault(None, "vault", pii.LocalKeys(pii.new_master_key()))
+    sealed = [vault.seal_pending("p", {"email": f"{n}@b.c"}) for n in range(300)]
+    assert len({box[: pii.NONCE_BYTES] for box in sealed}) == 300
+    # One draw from the OS for 256 nonces: each draw lets go of the GIL.
+    assert draws == [pii.NONCE_BYTES * pii.NONCES_PER_DRAW] * 2
+    assert [vault.open_pending("p", box) for box in sealed] == [{"email": f"{n}@b.c"} for n in range(300)]
 
 
 def test_recent_ids_expire_and_stay_bounded():
