@@ -35,11 +35,11 @@ setup(
         "cryptography==50.0.2",
         "msgspec==0.22.0",
         "prometheus-client==0.26.0",
-        # The ingest service: its connection limits extend uvicorn's h11 protocol class, so
-        # the three move together.
+        # The ingest service: its connection limits extend uvicorn's httptools protocol class,
+        # so the three move together.
         "starlette==1.10.0",
         "uvicorn==0.54.0",
-        "h11==0.16.0",
+        "httptools==0.9.0",
     ],
     extras_require={
         # dagster-postgres: a test runs the daemon on the production (Postgres) instance config.

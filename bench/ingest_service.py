@@ -182,7 +182,7 @@ def main() -> None:
     recording.write(
         "ingest-service",
         {
-            **recording.context(("starlette", "uvicorn", "msgspec", "cryptography", "moto")),
+            **recording.context(("starlette", "uvicorn", "httptools", "msgspec", "cryptography", "moto")),
             "goal": "50,000 events/s accepted, batched, on one worker",
             "setup": "one service process (1 uvicorn worker), flush every 1 s to moto's S3 on 127.0.0.1; "
             f"{args.clients} client threads in the benchmark process, keep-alive, pre-encoded bodies",

@@ -326,3 +326,32 @@ def test_connections_over_the_cap_get_503_and_a_client_is_served_beside_slow_one
     for connection in more[:-5]:
         connection.close()
     assert guarded.post(msgspec.json.encode(event(2)), key)[0] == 202
+
+
+def test_requests_sent_together_with_bodies_over_the_head_limit_are_all_served(guarded):
+    # The head's size is counted only in what belongs to a head: two requests in one write,
+    # each body larger than the head limit, are both taken.
+    _, key = guarded.new_key()
+    bodies = [msgspec.json.encode([event(batch * 1000 + n) for n in range(150)]) for batch in (1, 2)]
+    assert all(len(body) > 16 * 1024 for body in bodies)
+    together = (
+        head(key, len(bodies[0])) + bodies[0] + head(key, len(bodies[1]), connection="close") + bodies[1]
+    )
+    connection = connect(guarded)
+    connection.sendall(together)
+    answer, _ = answer_of(connection)
+    assert answer.count(b"HTTP/1.1 202 ") == 2 and b'"accepted":150' in answer
+
+
+def test_a_body_that_ends_after_the_answer_leaves_the_connection_in_use(guarded):
+    _, key = guarded.new_key()
+    body = msgspec.json.encode([event(1)])
+    connection = connect(guarded)
+    connection.sendall(head("gpk_not-a-key", len(body)))
+    refused = b""
+    while not refused.endswith(b"}"):  # the whole 401, its JSON last
+        refused += connection.recv(65536)
+    assert refused.startswith(b"HTTP/1.1 401 ")
+    connection.sendall(body + head(key, len(body), connection="close") + body)
+    answer, _ = answer_of(connection)
+    assert answer.startswith(b"HTTP/1.1 202 ") and b'"accepted":1' in answer

@@ -61,6 +61,8 @@ def test_an_amount_past_a_float_or_not_a_number_is_refused():
         "2026-11-23T08:15:02.1+05:30",
         "2000-01-01T00:00:00Z",
         "2028-02-29T23:59:59-18:00",
+        "1999-12-31T23:00:00-02:00",
+        "2099-12-31T21:59:59-02:00",
     ],
 )
 def test_a_real_instant_in_the_span_is_a_client_time(text):
@@ -79,6 +81,7 @@ def test_a_real_instant_in_the_span_is_a_client_time(text):
         ("1999-12-31T23:59:59Z", "outside 2000-2099"),
         ("2000-01-01T00:30:00+01:00", "outside 2000-2099"),
         ("2100-01-01T00:00:00Z", "outside 2000-2099"),
+        ("2099-12-31T22:00:00-02:00", "outside 2000-2099"),
         ("9999-12-31T23:59:59-05:00", "outside 2000-2099"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from concurrent.futures import Future
 
 import msgspec
@@ -20,6 +21,7 @@ from gaming_pipeline.ingest_service.schema import (
     window_key,
 )
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
+from gaming_pipeline.lib import pii
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.s3_events import LandedObject
 
@@ -111,11 +113,39 @@ def test_duplicates_are_judged_against_the_window_and_the_request_itself():
     assert [e.event_id for e in other.events] == ["e3"] and not other.duplicates
 
 
-def test_window_keys_are_per_app_and_of_one_size_whatever_the_id():
+def test_window_keys_are_per_app_and_bounded_whatever_the_id():
     assert window_key("a", "e1") != window_key("b", "e1")
-    # The separator keeps an app and an id from running into each other.
+    # The app's tag is of one size: an app and an id never run into each other.
     assert window_key("ab", "c") != window_key("a", "bc")
-    assert len(window_key("a", "x" * 128)) == len(window_key("a", "x")) == 32
+    # Whatever the id, a key is at most 56 ASCII characters (a byte each in memory).
+    for event_id in ("x", "x" * 36, "x" * 37, "x" * 128, "\u00e9", "\U0001f600" * 128):
+        key = window_key("a", event_id)
+        assert key.isascii() and len(key) <= 56
+
+
+def test_a_short_id_is_its_own_window_key_and_never_meets_a_digest():
+    uuid_id = "0b8f1c2e-3a4d-4f5e-8a6b-7c8d9e0f1a2b"
+    assert window_key("app", uuid_id).endswith(uuid_id)
+    # A longer or non-ASCII id is a digest longer than any id kept as it is.
+    assert len(window_key("a", "x" * 37)) > len(window_key("a", "x" * 36))
+    assert window_key("a", "\u00e9") != window_key("a", "e")
+
+
+def test_window_keys_are_the_same_in_every_process():
+    # The spool keeps the keys across restarts, so no per-process hash() in them.
+    assert window_key("bench", "e1") == "ee57884a4405e3efe1"
+
+
+def test_pending_pii_gets_fresh_nonces_drawn_many_at_a_time(monkeypatch):
+    draws = []
+    draw = os.urandom
+    monkeypatch.setattr(pii.os, "urandom", lambda size: draws.append(size) or draw(size))
+    vault = pii.PiiVault(None, "vault", pii.LocalKeys(pii.new_master_key()))
+    sealed = [vault.seal_pending("p", {"email": f"{n}@b.c"}) for n in range(300)]
+    assert len({box[: pii.NONCE_BYTES] for box in sealed}) == 300
+    # One draw from the OS for 256 nonces: each draw lets go of the GIL.
+    assert draws == [pii.NONCE_BYTES * pii.NONCES_PER_DRAW] * 2
+    assert [vault.open_pending("p", box) for box in sealed] == [{"email": f"{n}@b.c"} for n in range(300)]
 
 
 def test_recent_ids_expire_and_stay_bounded():

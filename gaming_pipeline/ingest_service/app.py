@@ -23,7 +23,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import h11
 import msgspec
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -40,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.keys import KeyRing
@@ -85,7 +84,8 @@ class ServiceConfig:
     max_events_per_request: int = 10_000
     dedup_seconds: float = 600.0
     # Client event_ids are remembered per app for dedup_seconds, or until this many are held
-    # (the oldest go first): about 185 bytes an id (schema.window_key), so at most ~280 MB.
+    # (the oldest go first): at most about 160 bytes an id (its key, schema.window_key, and
+    # its place in spool.RecentIds), so at most ~240 MB.
     # Past 2,500 events/s with client ids, the window is shorter than dedup_seconds.
     dedup_max_ids: int = 1_500_000
     shutdown_flush_seconds: float = 30.0
@@ -503,74 +503,113 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the limits it lacks, so that connections that never finish
-    cannot hold the service (README: The ingest service):
+HEAD_TOO_LARGE = "the request head is over the size limit"
+
+
+class HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools stops there and raises its own error, with this
+    one as that error's context."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks, so that connections that never
+    finish cannot hold the service (README: The ingest service):
     - over `max_connections` open, a new one is answered 503 and closed at once (uvicorn's
       limit_concurrency counts only at a request's head, while idle ones hold descriptors);
     - a new connection that sends nothing is closed after the keep-alive timeout, as an idle
       kept-alive one is;
     - a request head (line and headers) must arrive within `header_timeout`: else 408;
-    - a head over `h11_max_incomplete_event_size` is 431 (uvicorn answers h11's own size
-      error 400, and h11 checks only a head that has not arrived whole);
+    - a head over `max_head_bytes` is 431 (httptools has no size limit of its own);
     - a body still coming after the answer (a 401 or 413 not read) is drained for at most
       `body_timeout`, then the connection is closed.
     The body's own read timeout is the app's (Service._body), which answers 408.
     Each refusal is counted in the service's ingest_requests metric."""
 
-    def __init__(self, *args, max_connections: int, header_timeout: float, body_timeout: float, **kwargs):
+    def __init__(
+        self,
+        *args,
+        max_connections: int,
+        max_head_bytes: int,
+        header_timeout: float,
+        body_timeout: float,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
+        self.max_head_bytes = max_head_bytes
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.deadline: asyncio.TimerHandle | None = None
         self.draining = False
+        # True while the next bytes from the client are a request head's, false in a body.
+        self.in_head = True
+        self.heads_read = 0
+        # A head's size is counted two ways, as httptools holds a header back until the next
+        # one begins: the bytes of reads made only of the head, while it is incomplete, and
+        # the URL and header lines the parser hands over.
+        self.head_arrived = 0
+        self.head_parsed = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self.refuse(503, "too many connections, retry", [(b"retry-after", b"%d" % RETRY_AFTER_SECONDS)])
+            self.refuse(503, "too many connections, retry", b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS)
             return
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:
-            if self.head_too_large(data):
-                self.refuse(431, "the request head is over the size limit")
-                return
-            if self.deadline is None:
-                self.deadline = self.loop.call_later(self.header_timeout, self.head_too_slow)
+        begins_in_head, heads_before = self.in_head, self.heads_read
+        if begins_in_head and self.deadline is None:
+            self.deadline = self.loop.call_later(self.header_timeout, self.head_too_slow)
         super().data_received(data)
-        self.fit_deadline()
+        # A read that began in a head and completed none is all head (one that ends a body
+        # may begin the next head: that read is left to the parser's count).
+        if begins_in_head and self.heads_read == heads_before and not self.transport.is_closing():
+            self.head_arrived += len(data)
+            if self.head_arrived > self.max_head_bytes:
+                self.refuse(431, HEAD_TOO_LARGE)
 
-    def head_too_large(self, data: bytes) -> bool:
-        """h11 checks its size limit only while a head is incomplete, so a whole head of any
-        size that arrives in one read would pass."""
-        limit = self.config.h11_max_incomplete_event_size
-        pending = self.conn.trailing_data[0] + data
-        return len(pending) > limit and b"\r\n\r\n" not in pending[: limit + 4]
+    def on_url(self, url: bytes) -> None:
+        self.count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_head(len(name) + len(value) + 4)  # with ": " and the line's end
+        super().on_header(name, value)
+
+    def count_head(self, size: int) -> None:
+        self.head_parsed += size
+        if self.head_parsed > self.max_head_bytes:
+            raise HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        self.cancel_deadline()
+        self.in_head = False
+        self.heads_read += 1
+        self.head_arrived = self.head_parsed = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.in_head = True
+        if self.draining:
+            # The body ended after all: the connection is kept alive as after any request.
+            self.cancel_deadline()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self.fit_deadline()
+        if not self.in_head and not self.transport.is_closing():
+            self.draining = True
+            self.deadline = self.loop.call_later(self.body_timeout, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()
         super().connection_lost(exc)
-
-    def fit_deadline(self) -> None:
-        """The timer that fits where the request is: the head's while it is partly here, the
-        drain's while a body comes after the answer, none otherwise."""
-        theirs, ours = self.conn.their_state, self.conn.our_state
-        if theirs is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE):
-            if not self.draining:
-                self.cancel_deadline()
-                self.draining = True
-                self.deadline = self.loop.call_later(self.body_timeout, self.transport.close)
-        elif theirs is not h11.IDLE:
-            self.cancel_deadline()
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
@@ -583,27 +622,24 @@ class GuardedH11Protocol(H11Protocol):
             self.refuse(408, f"the request head did not arrive within {self.header_timeout:g} s")
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this in its `except h11.RemoteProtocolError`: h11's hint on the error
-        # tells a head over the size limit (431) from a malformed one (400).
-        status = getattr(sys.exception(), "error_status_hint", 400)
-        self.refuse(status, msg)
+        # uvicorn calls this in its `except httptools.HttpParserError`: a head over the size
+        # limit is told from a malformed one by the error's context (count_head).
+        if isinstance(sys.exception().__context__, HeadTooLarge):
+            self.refuse(431, HEAD_TOO_LARGE)
+        else:
+            self.refuse(400, msg)
 
-    def refuse(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Answer `status` with a short text and close the connection."""
+    def refuse(self, status: int, message: str, headers: bytes = b"") -> None:
+        """Answer `status` with a short text and close the connection; only close it while the
+        answer to an earlier request is still to come."""
         self.cancel_deadline()
         service = self.app_state.get("service")
         if service is not None:
             service.metrics.requests.labels(str(status)).inc()
-        head = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"), *(headers or [])]
-        try:
-            for event in (
-                h11.Response(status_code=status, headers=head, reason=STATUS_PHRASES[status]),
-                h11.Data(data=message.encode()),
-                h11.EndOfMessage(),
-            ):
-                self.transport.write(self.conn.send(event))
-        except h11.LocalProtocolError:
-            pass  # an answer had begun already: closing is all that is left
+        if self.cycle is None or self.cycle.response_complete:
+            text = message.encode()
+            head = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n%scontent-length: %d\r\n\r\n"
+            self.transport.write(STATUS_LINE[status] + head % (headers, len(text)) + text)
         self.transport.close()
 
 
@@ -614,8 +650,9 @@ def serve(config: ServiceConfig, host: str, port: int, log_level: str = "info") 
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     protocol = functools.partial(
-        GuardedH11Protocol,
+        GuardedHttpToolsProtocol,
         max_connections=connection_cap(config.max_connections),
+        max_head_bytes=config.max_header_bytes,
         header_timeout=config.header_timeout_seconds,
         body_timeout=config.body_timeout_seconds,
     )
@@ -624,7 +661,6 @@ def serve(config: ServiceConfig, host: str, port: int, log_level: str = "info") 
         host=host,
         port=port,
         http=protocol,  # type: ignore[arg-type]  (a protocol factory: uvicorn only calls it)
-        h11_max_incomplete_event_size=config.max_header_bytes,
         timeout_keep_alive=config.keep_alive_seconds,  # type: ignore[arg-type]  (a float works)
         log_config=None,
         access_log=False,

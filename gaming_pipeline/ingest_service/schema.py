@@ -19,6 +19,7 @@ no KPI can fail on: the same field names and types, and these limits at the door
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -141,7 +142,10 @@ def client_time_reason(text: str) -> str | None:
         return f"eventParams.client_event_time is not a calendar time: {error}"
     if abs(instant.utcoffset()) > MAX_UTC_OFFSET:
         return "eventParams.client_event_time has a UTC offset beyond 18:00"
-    if not EARLIEST_CLIENT_TIME <= instant < LATEST_CLIENT_TIME:
+    # A year from 2001 to 2098 is in the span whatever its offset (18 h at most): comparing
+    # zoned times, a microsecond an event, is left to the span's first and last years.
+    in_inner_years = "2000" < text[:4] < "2099"
+    if not in_inner_years and not EARLIEST_CLIENT_TIME <= instant < LATEST_CLIENT_TIME:
         return "eventParams.client_event_time is outside 2000-2099 (UTC)"
     return None
 
@@ -159,12 +163,28 @@ def _reason(event: ClientEvent) -> str | None:
     return None
 
 
+# A client event_id this short and ASCII (a UUID's 36 characters are) is its own window key
+# behind its app's tag; a longer one or any other is a digest longer than that, so the two
+# forms never meet, and a key is at most 56 ASCII characters whatever the id.
+LITERAL_ID_CHARS = 36
+
+
+@functools.lru_cache(maxsize=1024)
+def app_tag(app: str) -> str:
+    """An app's prefix in window keys: 64 bits of its name's digest, the same in every
+    process (the spool keeps the keys across restarts) and of one size, so that an app's
+    name never runs into an id."""
+    return hashlib.blake2b(app.encode(), digest_size=8).hexdigest()
+
+
 def window_key(app: str, event_id: str) -> str:
     """A client event_id as the duplicate window knows it: scoped to the app that sent it (two
-    apps may well choose the same ids), and of a fixed size whatever the id's length, so the
-    window's memory per id is bounded (about 185 bytes, ServiceConfig.dedup_max_ids)."""
-    scoped = f"{app}\x00{event_id}".encode()
-    return hashlib.blake2b(scoped, digest_size=16).hexdigest()
+    apps may well choose the same ids), and of bounded size whatever the id, so the window's
+    memory per id is bounded (ServiceConfig.dedup_max_ids). The usual short ids are kept as
+    they are: a digest of each was 0.4 of the 7 µs it took to sort an event."""
+    if len(event_id) <= LITERAL_ID_CHARS and event_id.isascii():
+        return app_tag(app) + event_id
+    return app_tag(app) + hashlib.blake2b(event_id.encode(), digest_size=20).hexdigest()
 
 
 ERASED_PLAYER = "the player of this device_id has been erased (GDPR); their events are no longer taken"

@@ -36,6 +36,7 @@ Files in the spool folder:
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -158,13 +159,16 @@ class RecentIds:
         self.window_ms = int(window_seconds * 1000)
         self.max_ids = max_ids
         self._expiry: dict[str, int] = {}
-        self._order: deque[tuple[int, str]] = deque()
+        # The ids in the order they came, and their expiry times: two deques, not one of
+        # pairs, so that a request's ids are added without a Python loop or a tuple an id.
+        self._order_ids: deque[str] = deque()
+        self._order_expiry: deque[int] = deque()
         self._writing: dict[str, Future] = {}
 
     def _forget_expired(self, now_ms: int) -> None:
-        order, expiry = self._order, self._expiry
-        while order and (order[0][0] <= now_ms or len(expiry) > self.max_ids):
-            at, event_id = order.popleft()
+        ids, expiries, expiry = self._order_ids, self._order_expiry, self._expiry
+        while expiries and (expiries[0] <= now_ms or len(expiry) > self.max_ids):
+            at, event_id = expiries.popleft(), ids.popleft()
             if expiry.get(event_id) == at:
                 del expiry[event_id]
 
@@ -179,8 +183,7 @@ class RecentIds:
         return self._writing.get(event_id)
 
     def hold(self, event_ids: list[str], write: Future) -> None:
-        for event_id in event_ids:
-            self._writing[event_id] = write
+        self._writing.update(dict.fromkeys(event_ids, write))
 
     def settle(self, event_ids: list[str], accepted_at_ms: int, stored: bool) -> None:
         """The write ended: stored ids are remembered for the window, others let go."""
@@ -191,9 +194,9 @@ class RecentIds:
 
     def add(self, event_ids: list[str], accepted_at_ms: int) -> None:
         expires = accepted_at_ms + self.window_ms
-        for event_id in event_ids:
-            self._expiry[event_id] = expires
-            self._order.append((expires, event_id))
+        self._expiry.update(dict.fromkeys(event_ids, expires))
+        self._order_ids.extend(event_ids)
+        self._order_expiry.extend(itertools.repeat(expires, len(event_ids)))
         self._forget_expired(accepted_at_ms)
 
     def __len__(self) -> int:

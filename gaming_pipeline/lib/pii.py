@@ -50,6 +50,8 @@ from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.settings import Settings
 
 NONCE_BYTES = 12
+# Nonces of PII waiting in the ingest spool are drawn this many at a time (PiiVault._pending_nonce).
+NONCES_PER_DRAW = 256
 PUBLIC_BYTES = 32
 PSEUDONYM_PURPOSE = b"gaming_pipeline player id"
 PENDING_PURPOSE = b"gaming_pipeline pending pii"
@@ -180,6 +182,8 @@ class PiiVault:
     prefix: str = "pii"
     # The data key sealing new players' private keys: (made at, key, wrapped).
     _data_key: list = field(default_factory=list, compare=False, repr=False)
+    # Random nonces not used yet, for seal_pending.
+    _nonces: list = field(default_factory=list, compare=False, repr=False)
 
     @cached_property
     def pseudonym_key(self) -> bytes:
@@ -213,8 +217,20 @@ class PiiVault:
 
     def seal_pending(self, player_id: str, pii: dict) -> bytes:
         """PII sealed for the time it waits to reach the vault (in the ingest spool)."""
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = self._pending_nonce()
         return nonce + self.pending_key.encrypt(nonce, json.dumps(pii).encode(), player_id.encode())
+
+    def _pending_nonce(self) -> bytes:
+        """A random nonce never used before, from a draw of NONCES_PER_DRAW: os.urandom lets go
+        of the GIL, and the ingest service's event loop, sealing a request's PII event by event,
+        waited at each call for the delivery thread to give it back. The pool is this vault's,
+        made in the service's own process, so no fork shares it."""
+        try:
+            return self._nonces.pop()
+        except IndexError:
+            drawn = os.urandom(NONCE_BYTES * NONCES_PER_DRAW)
+            self._nonces.extend(drawn[at : at + NONCE_BYTES] for at in range(0, len(drawn), NONCE_BYTES))
+            return self._nonces.pop()
 
     def open_pending(self, player_id: str, sealed: bytes) -> dict:
         return json.loads(
