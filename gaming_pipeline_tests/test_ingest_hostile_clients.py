@@ -355,3 +355,21 @@ def test_a_body_that_ends_after_the_answer_leaves_the_connection_in_use(guarded)
     connection.sendall(body + head(key, len(body), connection="close") + body)
     answer, _ = answer_of(connection)
     assert answer.startswith(b"HTTP/1.1 202 ") and b'"accepted":1' in answer
+
+
+def test_a_request_asking_to_upgrade_to_a_websocket_is_answered_as_http(guarded):
+    # The service has no WebSocket route: a connection handed to a WebSocket protocol would
+    # leave these limits behind, so an upgrade asked for is ignored and the request answered
+    # as any other (here a GET where only POST is served).
+    connection = connect(guarded)
+    connection.sendall(
+        b"GET /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+    connection.settimeout(5)
+    received = b""
+    with contextlib.suppress(TimeoutError):
+        while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+            received += chunk
+    connection.close()
+    assert received.startswith(b"HTTP/1.1 405 "), received[:200]

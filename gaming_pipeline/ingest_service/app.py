@@ -661,6 +661,9 @@ def serve(config: ServiceConfig, host: str, port: int, log_level: str = "info") 
         host=host,
         port=port,
         http=protocol,  # type: ignore[arg-type]  (a protocol factory: uvicorn only calls it)
+        # No WebSocket route: an upgrade would hand the connection to a protocol without the
+        # limits above, so it is ignored and the request served as HTTP.
+        ws="none",
         timeout_keep_alive=config.keep_alive_seconds,  # type: ignore[arg-type]  (a float works)
         log_config=None,
         access_log=False,
