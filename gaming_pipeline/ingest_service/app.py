@@ -84,8 +84,8 @@ class ServiceConfig:
     max_events_per_request: int = 10_000
     dedup_seconds: float = 600.0
     # Client event_ids are remembered per app for dedup_seconds, or until this many are held
-    # (the oldest go first): at most about 160 bytes an id (its key, schema.window_key, and
-    # its place in spool.RecentIds), so at most ~240 MB.
+    # (the oldest go first): about 140 bytes an id (its key, schema.window_key, and its place
+    # in spool.RecentIds), so at most ~210 MB.
     # Past 2,500 events/s with client ids, the window is shorter than dedup_seconds.
     dedup_max_ids: int = 1_500_000
     shutdown_flush_seconds: float = 30.0
