@@ -1,18 +1,17 @@
 """Pacing by arrival rate through the real daemon (issue 40): a steady stream of small objects
 has its ingestion runs follow one another, none held as a trickle; a real trickle (small
-objects far apart) is gathered into one run. The rule itself is unit-tested in
+objects soon after a run) is gathered into one run. The rule itself is unit-tested in
 test_sensor_backpressure.py; here the daemon's own ticks and runs are read."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.run_request import InstigatorType
 
-from gaming_pipeline.defs.ingest.sensors import RAW_TRICKLE_SECONDS, TRICKLE_BYTES
+from gaming_pipeline.defs.ingest.sensors import RAW_TRICKLE_SECONDS, TRICKLE_BYTES, requested_objects
 from gaming_pipeline.local.processes import start_daemon_for, stop
 from gaming_pipeline_tests.ingest_helpers import TODAY, events_on, land, raw_rows
 from gaming_pipeline_tests.service_helpers import wait_until
@@ -81,59 +80,39 @@ def test_a_steady_stream_of_small_objects_is_never_held_and_a_trickle_is_gathere
                 2 * TRICKLE_BYTES / BATCH_INTERVAL_SECONDS
             ), "the stream must arrive well above a trickle's rate"
             stream_rows = STREAM_OBJECTS * STREAM_EVENTS
-            wait_until(
-                lambda: raw_rows(warehouse) == stream_rows,
-                240,
-                "the stream in the raw table",
-                2,
-                [daemon],
-                diagnosis,
+            stream_keys = {obj.key for obj in landed}
+
+            def stream_requested() -> list[dg.RunRecord]:
+                records = instance.get_run_records(dg.RunsFilter(job_name=JOB))
+                taken = {obj.key for r in records for obj in requested_objects(r.dagster_run)}
+                return records if stream_keys <= taken else []
+
+            stream_runs = wait_until(
+                stream_requested, 120, "runs asked for the whole stream", 1, [daemon], diagnosis
             )
-            stream_ended = time.time()
-            ticks = queue_sensor_ticks(instance)
             # While it lands. Once it stops, its last object may wait: the rate fell to nothing.
-            held = held_as_trickle(ticks, stream_began, stream_landed)
+            held = held_as_trickle(queue_sensor_ticks(instance), stream_began, stream_landed)
             assert held == [], [f"{t.timestamp - stream_began:.0f} s: {t.skip_reason}" for t in held]
-            stream_runs = instance.get_run_records(dg.RunsFilter(job_name=JOB))
             assert len(stream_runs) >= 2, "the stream's objects took several runs, one after another"
 
-            # The trickle: after a quiet spell, a tiny object is taken at once (the first after
-            # a pause is no trickle); two more landing soon after are held, and one run takes
-            # both once the raw interval has passed since the last.
-            last_request = max(r.create_timestamp.timestamp() for r in stream_runs)
-            time.sleep(max(0.0, last_request + RAW_TRICKLE_SECONDS + 1 - time.time()))
-            land(landing.bucket, "trickle/a.ndjson.gz", events_on(TODAY, 3, seed=601))
-
-            def trickle_runs() -> list[dg.DagsterRun]:
-                after = datetime.fromtimestamp(stream_ended, UTC)
-                return sorted(
-                    instance.get_runs(dg.RunsFilter(job_name=JOB, created_after=after)),
-                    key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp,
-                )
-
-            wait_until(trickle_runs, 60, "the run of the first object after a pause", 1, [daemon], diagnosis)
+            # The trickle: two tiny objects landing soon after the stream's last run was asked
+            # for are held, and one run takes both once the raw interval has passed since then.
+            last_request = max(r.create_timestamp for r in stream_runs)
             trickle_began = time.time()
-            for name in "bc":
+            for name in "ab":
                 land(landing.bucket, f"trickle/{name}.ndjson.gz", events_on(TODAY, 3, seed=ord(name)))
                 time.sleep(3)
             wait_until(
-                lambda: raw_rows(warehouse) == stream_rows + 9,
-                RAW_TRICKLE_SECONDS + 120,
-                "the trickle in the raw table",
+                lambda: raw_rows(warehouse) == stream_rows + 6,
+                RAW_TRICKLE_SECONDS + 240,
+                "the stream and the trickle in the raw table",
                 2,
                 [daemon],
                 diagnosis,
             )
             assert held_as_trickle(queue_sensor_ticks(instance), trickle_began), "the trickle is held"
-            first, gathered = trickle_runs()
-            assert (first.tags["gaming_pipeline/objects"], gathered.tags["gaming_pipeline/objects"]) == (
-                "1",
-                "2",
-            )
-            apart = (
-                instance.get_run_record_by_id(gathered.run_id).create_timestamp
-                - instance.get_run_record_by_id(first.run_id).create_timestamp
-            )
-            assert apart.total_seconds() >= RAW_TRICKLE_SECONDS
+            (gathered,) = instance.get_run_records(dg.RunsFilter(job_name=JOB, created_after=last_request))
+            assert gathered.dagster_run.tags["gaming_pipeline/objects"] == "2"
+            assert (gathered.create_timestamp - last_request).total_seconds() >= RAW_TRICKLE_SECONDS
     finally:
         stop([daemon])
