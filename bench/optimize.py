@@ -12,12 +12,9 @@ does and the queries run again. Writes bench/results/optimize-<date>.json.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import recording
 from pyspark.sql import SparkSession
@@ -25,8 +22,6 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib import kpis, maintenance
-from gaming_pipeline.lib.settings import Settings
-from gaming_pipeline.lib.spark import start_session
 from gaming_pipeline.lib.tables import RAW
 
 DAY = date(2026, 11, 20)
@@ -85,10 +80,7 @@ def main() -> None:
     parser.add_argument("--rows-per-write", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gp-bench-optimize-"))
-    try:
-        spark = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": str(work)}))
-        spark.sparkContext.setLogLevel("ERROR")
+    with recording.local_spark("gp-bench-optimize-") as (spark, work):
         path = RAW.ensure(spark, str(work))
         started = time.monotonic()
         for n in range(args.writes):
@@ -100,21 +92,18 @@ def main() -> None:
         before = {**maintenance.footprint(spark, path).__dict__, **kpi_queries(spark, path, args.repeats)}
         compaction = maintenance.compact(spark, path, maintenance.days_in([DAY]))
         after = {**maintenance.footprint(spark, path).__dict__, **kpi_queries(spark, path, args.repeats)}
-        spark.stop()
-        results = {
-            **recording.context(("pyspark", "delta-spark")),
-            "day": {
-                "rows": args.writes * args.rows_per_write,
-                "writes": args.writes,
-                "seconds_to_write": round(written_seconds, 1),
-            },
-            "before_optimize": before,
-            "optimize": compaction,
-            "after_optimize": after,
-            "speedup": round(before["median_seconds"] / after["median_seconds"], 2),
-        }
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    results = {
+        **recording.context(("pyspark", "delta-spark")),
+        "day": {
+            "rows": args.writes * args.rows_per_write,
+            "writes": args.writes,
+            "seconds_to_write": round(written_seconds, 1),
+        },
+        "before_optimize": before,
+        "optimize": compaction,
+        "after_optimize": after,
+        "speedup": round(before["median_seconds"] / after["median_seconds"], 2),
+    }
     recording.write("optimize", results)
 
 

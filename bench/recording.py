@@ -20,11 +20,14 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from pyspark.sql import SparkSession
 
 from gaming_pipeline.games import ALL_GAMES
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
 from gaming_pipeline.lib.kpis import EVENTS_PER_HOUR
+from gaming_pipeline.lib.settings import Settings
+from gaming_pipeline.lib.spark import start_session
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator, ports, processes
 from gaming_pipeline.local.endpoint import LocalAws
@@ -69,6 +72,20 @@ def workplace() -> Iterator[Path]:
         yield work
     finally:
         local.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def local_spark(prefix: str) -> Iterator[tuple[SparkSession, Path]]:
+    """A Spark driver of this process's own, with its home in a scratch folder; both gone
+    when the benchmark ends."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        spark = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": str(work)}))
+        spark.sparkContext.setLogLevel("ERROR")
+        yield spark, work
+        spark.stop()
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
