@@ -3,12 +3,19 @@ same 31 tables (the raw table and one per game). Each runs as its own process, a
 in production, and prints one JSON line: seconds in all, and seconds after its start-up.
 
     python bench/peers.py structured-streaming BUCKET WAREHOUSE HOME
+    python bench/peers.py structured-streaming-long-running BUCKET WAREHOUSE HOME CONTROL
     python bench/peers.py polars BUCKET WAREHOUSE
     python bench/peers.py bare-spark BUCKET WAREHOUSE SPARK_ADDRESS
 
 - structured-streaming: the seeds' own shape, written plainly: a Structured Streaming query
   over the landing prefix, Trigger.AvailableNow, foreachBatch appending the batch to the raw
   table and each game's rows to its table. A fresh local Spark, as a spark-submit'ed job has.
+- structured-streaming-long-running: the same query left running as a streaming job is in
+  production, taking the landing objects as they arrive: a micro-batch every
+  STREAMING_TRIGGER (or as soon as the last one ends, when it took longer). It writes the
+  file `ready` into the folder CONTROL once its query has gone through its first trigger,
+  and stops when the file `stop` appears there, or on SIGTERM. (Not "continuous": that is
+  the name of Spark's continuous-processing trigger, which foreachBatch does not support.)
 - polars: a single-machine alternative: objects fetched with boto3, parsed by Polars with an
   explicit schema, written with the `deltalake` package (delta-rs).
 - bare-spark: the floor for any Spark pipeline: parse and append the 31 tables, nothing else
@@ -24,10 +31,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 from gaming_pipeline.games import GAMES
 from gaming_pipeline.lib.tables import RAW_TABLE
@@ -36,14 +46,20 @@ from gaming_pipeline.lib.warehouse import table_path
 STARTED = time.monotonic()
 # Landing keys are events/YYYY/MM/DD/HH/<object>: Spark's file sources do not descend on their own.
 LANDING_GLOB = "events/*/*/*/*/*"
+# The long-running query's micro-batch interval: what a streaming job over objects landed
+# every few seconds would be given.
+STREAMING_TRIGGER = "10 seconds"
+STOP_GRACE_SECONDS = 60
 
 
-def spark_lines(spark, bucket: str):
+def landing_lines(reader, bucket: str):
+    """Every line of the landing objects with the lineage columns the pipeline keeps, read by
+    `reader`: a batch reader (`spark.read`) or a stream's (`spark.readStream`)."""
     from pyspark.sql import functions as F
 
     from gaming_pipeline.lib.events import source_object
 
-    return spark.read.text(f"s3a://{bucket}/{LANDING_GLOB}").select(
+    return reader.text(f"s3a://{bucket}/{LANDING_GLOB}").select(
         "value",
         source_object(F.col("_metadata.file_path")).alias("_source_object"),
         F.col("_metadata.file_modification_time").alias("_source_modified_at"),
@@ -70,35 +86,53 @@ def append_tables(batch, warehouse: str) -> None:
     rows.unpersist()
 
 
-def structured_streaming(bucket: str, warehouse: str, home: str) -> dict:
+def start_streaming_query(bucket: str, warehouse: str, home: str, **trigger):
+    """The seeds' query on a fresh local Spark: the landing objects as a file stream, each
+    micro-batch going through append_tables, its progress checkpointed in the warehouse;
+    `trigger` as DataStreamWriter.trigger takes it. The query, and when Spark was ready."""
     from gaming_pipeline.lib.settings import Settings
     from gaming_pipeline.lib.spark import start_session
 
     spark = start_session(Settings.from_env({"GAMING_PIPELINE_HOME": home}))
     spark.sparkContext.setLogLevel("ERROR")
     ready = time.monotonic()
-    from pyspark.sql import functions as F
-
-    from gaming_pipeline.lib.events import source_object
-
-    lines = (
-        spark.readStream.format("text")
-        .option("maxFilesPerTrigger", 100)
-        .load(f"s3a://{bucket}/{LANDING_GLOB}")
-        .select(
-            "value",
-            source_object(F.col("_metadata.file_path")).alias("_source_object"),
-            F.col("_metadata.file_modification_time").alias("_source_modified_at"),
-        )
-    )
     query = (
-        lines.writeStream.foreachBatch(lambda batch, _: append_tables(batch, warehouse))
+        landing_lines(spark.readStream.option("maxFilesPerTrigger", 100), bucket)
+        .writeStream.foreachBatch(lambda batch, _: append_tables(batch, warehouse))
         .option("checkpointLocation", f"{warehouse}/_checkpoints/events")
-        .trigger(availableNow=True)
+        .trigger(**trigger)
         .start()
     )
+    return query, ready
+
+
+def structured_streaming(bucket: str, warehouse: str, home: str) -> dict:
+    query, ready = start_streaming_query(bucket, warehouse, home, availableNow=True)
     query.awaitTermination()
     return {"startup_seconds": ready - STARTED}
+
+
+def structured_streaming_long_running(bucket: str, warehouse: str, home: str, control: str) -> dict:
+    stopping = threading.Event()
+    # A stop between triggers: the handler only marks it, the loop below stops the query.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    query, ready = start_streaming_query(bucket, warehouse, home, processingTime=STREAMING_TRIGGER)
+    folder = Path(control)
+    # Ready once a trigger has run: the stream's source has listed the landing prefix once,
+    # so the first events posted do not wait for the query's own start-up.
+    while query.lastProgress is None and query.isActive and not stopping.is_set():
+        query.awaitTermination(0.5)
+    (folder / "ready").write_text(json.dumps({"startup_seconds": ready - STARTED}))
+    while query.isActive and not stopping.is_set() and not (folder / "stop").exists():
+        query.awaitTermination(1)
+    # Stopped between micro-batches where it can be: a stop amid a batch's 31 appends
+    # interrupts them, with a stack of errors in the log.
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    batches = (query.lastProgress or {}).get("batchId", -1) + 1
+    query.stop()
+    return {"startup_seconds": ready - STARTED, "micro_batches": batches}
 
 
 def bare_spark(bucket: str, warehouse: str, address: str) -> dict:
@@ -106,7 +140,7 @@ def bare_spark(bucket: str, warehouse: str, address: str) -> dict:
 
     spark = SparkSession.builder.config("spark.remote", address).getOrCreate()
     ready = time.monotonic()
-    append_tables(spark_lines(spark, bucket), warehouse)
+    append_tables(landing_lines(spark.read, bucket), warehouse)
     return {"startup_seconds": ready - STARTED}
 
 
@@ -191,7 +225,12 @@ def polars(bucket: str, warehouse: str) -> dict:
 
 def main() -> None:
     peer, *args = sys.argv[1:]
-    run = {"structured-streaming": structured_streaming, "polars": polars, "bare-spark": bare_spark}[peer]
+    run = {
+        "structured-streaming": structured_streaming,
+        "structured-streaming-long-running": structured_streaming_long_running,
+        "polars": polars,
+        "bare-spark": bare_spark,
+    }[peer]
     figures = run(*args)
     figures["seconds"] = time.monotonic() - STARTED
     print(json.dumps(figures))
