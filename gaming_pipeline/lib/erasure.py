@@ -9,7 +9,6 @@ SHA-256 of the device id (or of the quarantined line), never by the id itself.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import operator
@@ -20,12 +19,12 @@ from datetime import date, datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
+from gaming_pipeline.lib.object_lines import read_object, rewrite_without
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
@@ -48,8 +47,6 @@ ERASURE_TAG = "erasure"
 # the statistics of removed files, a file's smallest and largest device id among them,
 # until then.
 LOG_RETENTION = timedelta(days=30)
-# Times a landing object is read again when someone else rewrote it meanwhile.
-REWRITE_ATTEMPTS = 5
 
 # Where a table other than the event tables keeps the device id.
 DEVICE_COLUMNS = {PLAYER_DAYS: "device_id", PLAYER_STATE_TABLE: "device_id"}
@@ -112,22 +109,6 @@ def bare_id_pattern(device_id: str) -> str:
     return _whole_word(quoted)
 
 
-def _read_object(s3, bucket: str, key: str) -> tuple[dict, bytes, bool] | None:
-    """(the GetObject answer, the body inflated, whether it was gzip), or None if gone."""
-    try:
-        got = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
-        return None
-    body = got["Body"].read()
-    gzipped = key.endswith(".gz")
-    if gzipped:
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
-            gzipped = False  # not gzip after all: ingestion could not read it either
-    return got, body, gzipped
-
-
 def device_in_tables(spark: SparkSession, tables: dict[str, str], player: ErasedPlayers) -> str | None:
     """The device id whose pseudonym the erased player is, from the first of the tables
     (name: path) that holds it: the players' days (one row a player and day), the raw
@@ -161,7 +142,7 @@ def device_in_objects(s3, objects: Iterable[tuple[str, str]], player: ErasedPlay
     """The erased player's device id from the landing objects' JSON lines (objects never
     ingested: parked, or still on the queue), if one of them holds it."""
     for bucket, key in sorted(set(objects)):
-        read = _read_object(s3, bucket, key)
+        read = read_object(s3, bucket, key)
         for line in read[1].split(b"\n") if read else []:
             device = device_id_of_line(line)
             if device is not None and player.holds(device):
@@ -326,42 +307,6 @@ def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) 
     return sorted({tuple(uri.removeprefix("s3://").split("/", 1)) for uri in found})
 
 
-def _without_lines(body: bytes, names: Callable[[bytes], bool]) -> tuple[bytes, int]:
-    lines = body.split(b"\n")
-    kept = [line for line in lines if not names(line)]
-    return b"\n".join(kept), len(lines) - len(kept)
-
-
-def _rewrite_without(s3, bucket: str, key: str, names: Callable[[bytes], bool]) -> tuple[int, str]:
-    """Take the lines naming the device out of one object: (lines removed, "rewritten" or
-    "deleted" or ""). The object is replaced only if nobody changed it since it was read,
-    so a concurrent upload is never overwritten with older lines; it is then read again."""
-    for _ in range(REWRITE_ATTEMPTS):
-        read = _read_object(s3, bucket, key)
-        if read is None:
-            return 0, ""
-        got, body, gzipped = read
-        kept, removed = _without_lines(body, names)
-        if not removed:
-            return 0, ""
-        try:
-            if not kept.strip():
-                s3.delete_object(Bucket=bucket, Key=key, IfMatch=got["ETag"])
-                return removed, "deleted"
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=gzip.compress(kept, mtime=0) if gzipped else kept,
-                ContentType=got.get("ContentType", "application/octet-stream"),
-                IfMatch=got["ETag"],
-            )
-            return removed, "rewritten"
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "PreconditionFailed":
-                raise
-    raise RuntimeError(f"s3://{bucket}/{key} kept changing while the player's lines were taken out of it")
-
-
 def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -> list[LandingErasure]:
     """Take the player's lines out of landing objects (bucket, key), one bucket at a time.
     A rewritten object is announced as any new object is and ingested again, which replaces
@@ -372,7 +317,7 @@ def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -
         if bucket not in by_bucket:
             versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status", "")
             by_bucket[bucket] = LandingErasure(bucket, versioned=versioning in ("Enabled", "Suspended"))
-        removed, outcome = _rewrite_without(s3, bucket, key, names)
+        removed, outcome = rewrite_without(s3, bucket, key, names)
         erased = by_bucket[bucket]
         erased.lines_removed += removed
         erased.objects_rewritten += outcome == "rewritten"
