@@ -1,7 +1,8 @@
 """GDPR erasure of one player: their rows out of the event tables, their lines out of the
-quarantine and out of the landing objects a replay would read again, and an audit record of
-what was erased, where, and when its last copy is gone. The audit holds no PII: the player
-is named by their pseudonymous id only.
+quarantine and out of the landing objects a replay would read again, the segments of the PII
+vault that hold their records (found through those objects), and an audit record of what was
+erased, where, and when its last copy is gone. The audit holds no PII: the player is named by
+their pseudonymous id only.
 
 Delta keeps every DELETE's predicate in the table's history, so rows are matched by the
 SHA-256 of the device id (or of the quarantined line), never by the id itself.
@@ -22,11 +23,13 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
 from gaming_pipeline.lib.object_lines import read_object, rewrite_without
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
+from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
@@ -40,7 +43,7 @@ from gaming_pipeline.lib.warehouse import (
 )
 
 if TYPE_CHECKING:
-    from gaming_pipeline.lib.pii import PiiVault
+    from gaming_pipeline.lib.pii import PiiVault, VaultErasure
 
 ERASURE_TAG = "erasure"
 # Delta's default delta.logRetentionDuration: the table logs (and their checkpoints) keep
@@ -266,15 +269,23 @@ def erase_from_table(
     return erase_rows(spark, path, table, device_id, marker)
 
 
-def export_player(spark: SparkSession, tables: dict[str, str], vault: PiiVault, device_id: str) -> dict:
+def export_player(
+    spark: SparkSession,
+    tables: dict[str, str],
+    vault: PiiVault,
+    device_id: str,
+    untaken: Iterable[tuple[str, str]] = (),
+) -> dict:
     """Every record held of a player (GDPR Art. 15, right of access): their PII decrypted
     from the vault, and their rows in each table (name: path) that holds players, the
-    quarantine's lines naming them included. Nothing held, for an erased player."""
+    quarantine's lines naming them included. Their PII is found through the landing objects
+    of their events: those the tables' lineage names, and the objects no run has taken in
+    (bucket, key), whose PII is held already. Nothing held, for an erased player."""
     # Here, not at the top: the code location loads this module, and only this needs cryptography.
     from gaming_pipeline.lib.pii import PlayerErased
 
     try:
-        pii = vault.read(device_id)
+        pii = vault.read(device_id, ingest_segments([*source_objects(spark, tables, device_id), *untaken]))
     except PlayerErased:
         pii = []
     rows = {
@@ -315,8 +326,7 @@ def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -
     by_bucket: dict[str, LandingErasure] = {}
     for bucket, key in sorted(set(objects)):
         if bucket not in by_bucket:
-            versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status", "")
-            by_bucket[bucket] = LandingErasure(bucket, versioned=versioning in ("Enabled", "Suspended"))
+            by_bucket[bucket] = LandingErasure(bucket, versioned=aws.keeps_versions(s3, bucket))
         removed, outcome = rewrite_without(s3, bucket, key, names)
         erased = by_bucket[bucket]
         erased.lines_removed += removed
@@ -335,14 +345,34 @@ def keeps_statistics_of_players(spark: SparkSession, path: str) -> bool:
     return STATS_COLUMNS not in properties
 
 
+def vault_place(erased_at: datetime, vault: VaultErasure) -> Place:
+    """The PII vault: deleting the key made every copy unreadable; the sealed records deleted
+    are the copies themselves, in the segments the player's events were delivered with."""
+    key = "key shredded" if vault.key_shredded else "no key left to shred"
+    return Place(
+        f"pii vault s3://{vault.bucket}",
+        vault.records_deleted,
+        f"{key}: no copy of the player's PII can be opened; {vault.records_deleted} sealed record(s) "
+        f"deleted: {vault.segments_rewritten} segment object(s) rewritten, {vault.segments_deleted} "
+        f"deleted, {vault.player_objects_deleted} object(s) of the per-player layout deleted"
+        + (
+            "; bucket versioning keeps their earlier versions, sealed to the shredded key"
+            if vault.versioned
+            else ""
+        ),
+        None if vault.versioned else erased_at,
+    )
+
+
 def places(
     erased_at: datetime,
     landing: list[LandingErasure],
     tables: list[TableErasure],
     logs_with_statistics: list[str],
+    vault: VaultErasure,
 ) -> list[Place]:
-    """Where the player was, besides the tables' current versions and the PII vault (which
-    the audit row names on their own), and when the last copy there is gone."""
+    """Where the player was, besides the tables' current versions, and when the last copy
+    there is gone."""
     found = [
         Place(
             "ingestion",
@@ -361,6 +391,7 @@ def places(
             )
             for erasure in landing
         ],
+        vault_place(erased_at, vault),
     ]
     files = sum(table.rows_deleted for table in tables)
     found.append(
@@ -397,7 +428,7 @@ def record_audit(
     run_id: str,
     tables: list[TableErasure],
     landing: list[LandingErasure],
-    shredded: dict,
+    shredded: VaultErasure,
     logs_with_statistics: list[str],
 ) -> int:
     """Append the erasure run's audit row. Every run of a request keeps its own row (a
@@ -411,12 +442,12 @@ def record_audit(
         erased_at,
         run_id,
         [(t.table, t.rows_deleted, t.version, t.days) for t in tables],
-        shredded["key_shredded"],
-        shredded["records_deleted"],
+        shredded.key_shredded,
+        shredded.records_deleted,
         erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
         [
             (p.place, p.removed, p.detail, p.last_copy_gone_after)
-            for p in places(erased_at, landing, tables, logs_with_statistics)
+            for p in places(erased_at, landing, tables, logs_with_statistics, shredded)
         ],
     )
     path = AUDIT.ensure(spark, warehouse)
