@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import uuid
+from collections import Counter
 from datetime import date
 
 import pytest
@@ -190,6 +191,17 @@ def test_a_segments_pii_is_one_vault_object_whatever_its_players_and_a_retry_rep
                 "pii": {"email": f"{device}@x.y"},
             }
         ]
+
+
+def test_a_returning_players_pii_costs_no_request_for_their_key(delivered):
+    """The vault's requests follow the segments: the players' keys are looked up once."""
+    s3, _, vault, delivery = delivered
+    delivery("segment-1", [client_request(vault, DEVICES)])
+    requests = Counter()
+    s3.meta.events.register("before-call.s3", lambda model, **_: requests.update([model.name]))
+    delivery("segment-2", [client_request(vault, DEVICES)])
+    # The erased-players list, the segment's PII and its one landing object.
+    assert requests == {"ListObjectsV2": 1, "PutObject": 2}
 
 
 def test_erasing_one_player_of_a_shared_segment_takes_out_theirs_alone(delivered):

@@ -10,7 +10,8 @@ only when chosen (GAMING_PIPELINE_PII_KEYS=local), under a local master key (`Lo
 - Each player has an X25519 key pair, made when their first PII arrives. The object
   `<prefix>/keys/<player_id>` holds the public key, and the private key sealed under a data
   key that KMS made (GenerateDataKey) and keeps wrapped: one PUT for each new player, as a
-  key is a player's by nature.
+  key is a player's by nature. A key object never changes, so the public keys looked up are
+  held (the last PUBLIC_KEYS_HELD players'): a returning player costs no request.
 - The PII the ingest service delivers with one spool segment is one object,
   `<prefix>/segments/<segment>` (the segment named as its landing objects are, see
   s3_events.ingest_segment): a line for each player, their pseudonymous id and their records
@@ -53,6 +54,7 @@ import json
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,6 +85,9 @@ DATA_KEY_CONTEXT = {"purpose": "gaming_pipeline player keys"}
 # One data key seals the private keys of the players first seen in this long (one KMS call
 # per delivery, not per new player).
 DATA_KEY_SECONDS = 300
+# Public keys of the players sealed to lately, so that a returning player's PII costs no GET
+# of their key object: at some 300 bytes each, 30 MB at most.
+PUBLIC_KEYS_HELD = 100_000
 _RAW = {"encoding": serialization.Encoding.Raw}
 
 
@@ -242,6 +247,8 @@ class PiiVault:
     _data_key: list = field(default_factory=list, compare=False, repr=False)
     # Random nonces not used yet, for seal_pending.
     _nonces: list = field(default_factory=list, compare=False, repr=False)
+    # Player id -> public key, least recently sealed to first (_public_key).
+    _public_keys: OrderedDict = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @cached_property
     def pseudonym_key(self) -> bytes:
@@ -361,13 +368,22 @@ class PiiVault:
 
     def _public_key(self, player_id: str) -> bytes | None:
         """The public key the player's PII is sealed to, made with their first PII; None for
-        an erased player, whose PII is dropped, never given a new key."""
+        an erased player, whose PII is dropped, never given a new key. Held once looked up:
+        a key object never changes (only an erasure deletes it, and deliveries drop erased
+        players before they seal), so a player's key costs one request, not one a segment."""
+        if player_id in self._public_keys:
+            self._public_keys.move_to_end(player_id)
+            return self._public_keys[player_id]
         try:
-            return base64.b64decode(self._player_key(player_id)["public"])
+            public = base64.b64decode(self._player_key(player_id)["public"])
         except PlayerErased:
             if self._is_erased(player_id):
                 return None
-            return self._new_player_key(player_id)
+            public = self._new_player_key(player_id)
+        self._public_keys[player_id] = public
+        if len(self._public_keys) > PUBLIC_KEYS_HELD:
+            self._public_keys.popitem(last=False)
+        return public
 
     def store(self, segment: str, records_by_player: dict[str, list[dict]]) -> None:
         """Seal each player's PII records of one delivered segment to that player's public
@@ -451,6 +467,7 @@ class PiiVault:
         (note_segments) and delete their objects of the earlier layout. Repeating it finds
         nothing more."""
         self.mark_erased(player_id)  # already, unless called on its own
+        self._public_keys.pop(player_id, None)
         key_object = self._key_object(player_id)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key_object).get("Contents", [])
         had_key = any(obj["Key"] == key_object for obj in listed)
