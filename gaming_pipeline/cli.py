@@ -272,7 +272,8 @@ def cmd_pii(args: argparse.Namespace) -> int:
         # What erase_player_job takes: the device id itself never goes into run config.
         print(vault.player_id(args.device_id))
         return 0
-    from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES
+    from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, untaken_objects
+    from gaming_pipeline.defs.resources import LandingBucketResource
     from gaming_pipeline.lib.erasure import export_player
     from gaming_pipeline.lib.warehouse import is_delta_table, table_path
 
@@ -282,7 +283,8 @@ def cmd_pii(args: argparse.Namespace) -> int:
         for table in PLAYER_TABLES
         if is_delta_table(spark, table_path(settings.warehouse, table))
     }
-    print(json.dumps(export_player(spark, tables, vault, args.device_id), indent=2, default=str))
+    untaken = untaken_objects(LandingBucketResource(bucket=settings.landing_bucket), settings.warehouse)
+    print(json.dumps(export_player(spark, tables, vault, args.device_id, untaken), indent=2, default=str))
     return 0
 
 

@@ -21,6 +21,7 @@ from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.pii import LocalKeys, PiiVault, keys_from
+from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.settings import Settings
 from gaming_pipeline.local import ports, processes
 
@@ -133,6 +134,13 @@ class IngestService:
     def vault(self) -> PiiVault:
         keys = LocalKeys(self.master_key) if self.master_key else keys_from(Settings.from_env())
         return PiiVault(aws.client("s3"), self.pii_bucket, keys)
+
+    def read_pii(self, device_id: str) -> list[dict]:
+        """The player's PII in the vault, found as export finds it: through the landing
+        objects the service delivered it with."""
+        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        objects = [(self.bucket, obj["Key"]) for page in pages for obj in page.get("Contents", [])]
+        return self.vault().read(device_id, ingest_segments(objects))
 
 
 def event(n: int = 0, **changes) -> dict:

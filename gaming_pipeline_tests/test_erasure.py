@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from gaming_pipeline.defs.games.assets import game_tables
 from gaming_pipeline.defs.kpis.activity import activity_tables
 from gaming_pipeline.defs.kpis.assets import kpi_tables
-from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, rollback_job
+from gaming_pipeline.defs.maintenance.recovery import PLAYER_TABLES, rollback_job, untaken_objects
 from gaming_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from gaming_pipeline.defs.refresh.sensors import raw_days_sensor
 from gaming_pipeline.defs.resources import PiiVaultResource
@@ -42,6 +42,13 @@ PLAYER, OTHER = "d-erase-me-4711", "d-keep-me-0815"
 # Holds PLAYER's id as a prefix: erasing PLAYER must leave it alone.
 LONGER = PLAYER + "0"
 GAME = GAMES[0]
+# The players' events as the ingest service lands a spool segment's, and the name the PII
+# vault holds the segment's PII under: an erasure finds the PII through the object.
+SEGMENT = "ingest-spool-1-segment-1"
+DELIVERED = f"players/{SEGMENT}.ndjson.gz"
+# A segment of an unknown game's events only: parked in the landing bucket, never ingested.
+PARKED_SEGMENT = "ingest-spool-1-segment-2"
+PARKED = f"{PARKED_PREFIX}not_a_game/{PARKED_SEGMENT}.ndjson.gz"
 
 
 def played_by(device: str, events: list[dict]) -> list[dict]:
@@ -109,7 +116,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         *(f"{device},levelUp,2026-11-20T10:00:00Z" for device in (PLAYER, LONGER)),
     ]
     objects = [
-        land(landing.bucket, "players/0.ndjson.gz", events),
+        land(landing.bucket, DELIVERED, events),
         put_lines(landing.bucket, "players/broken.ndjson", broken),
     ]
     ingest_objects(spark, warehouse, objects, "ingest-run")
@@ -122,12 +129,12 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         **played_by(PLAYER, events[:1])[0],
         "eventParams": {"device_id": PLAYER, "game_keyword": "not_a_game"},
     }
-    land(landing.bucket, f"{PARKED_PREFIX}not_a_game/0.ndjson.gz", [parked])
+    land(landing.bucket, PARKED, [parked])
     before_erasure = landed_lines(landing.bucket)
     assert {key: len(lines_of(PLAYER, lines)) for key, lines in before_erasure.items()} == {
-        "players/0.ndjson.gz": 20,
+        DELIVERED: 20,
         "players/broken.ndjson": 2,
-        f"{PARKED_PREFIX}not_a_game/0.ndjson.gz": 1,
+        PARKED: 1,
     }
     quarantine = table_path(warehouse, QUARANTINE_TABLE)
     assert spark.read.format("delta").load(quarantine).count() == 5
@@ -136,9 +143,10 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
     vault = vault_resource.vault()
     erased = {"event_id": "e-1", "pii": {"email": "erase.me@example.com", "name": "Erin Erased"}}
     kept = {"event_id": "e-2", "pii": {"email": "keep.me@example.com", "name": "Kim Kept"}}
-    vault.store(vault.player_id(PLAYER), "batch-1", [erased])
-    vault.store(vault.player_id(OTHER), "batch-1", [kept])
-    assert vault.read(PLAYER) == [erased]
+    erased_parked = {"event_id": "e-3", "pii": {"email": "erase.me@example.com"}}
+    vault.store(SEGMENT, {vault.player_id(PLAYER): [erased], vault.player_id(OTHER): [kept]})
+    vault.store(PARKED_SEGMENT, {vault.player_id(PLAYER): [erased_parked]})
+    assert vault.read(PLAYER, [SEGMENT]) == [erased]
 
     resources_ = {**resources(landing, warehouse), "pii_vault": vault_resource}
     derived_range = {RANGE_START_TAG: CLOSED[0].isoformat(), RANGE_END_TAG: CLOSED[-1].isoformat()}
@@ -163,10 +171,16 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         raw_rows, version_before = spark.read.format("delta").load(raw).count(), latest_version(raw)
         # The right of access: everything held of the player, their PII decrypted.
         tables = {table: table_path(warehouse, table) for table in PLAYER_TABLES}
+        # Their PII found through their events: the ingested ones' lineage, and the objects
+        # no run has taken in, as `gaming-pipeline pii export` passes them.
         held = export_player(
-            spark, {t: path for t, path in tables.items() if is_delta_table(spark, path)}, vault, PLAYER
+            spark,
+            {t: path for t, path in tables.items() if is_delta_table(spark, path)},
+            vault,
+            PLAYER,
+            untaken_objects(resources_["landing"], warehouse),
         )
-        assert (held["player_id"], held["pii"]) == (vault.player_id(PLAYER), [erased])
+        assert (held["player_id"], held["pii"]) == (vault.player_id(PLAYER), [erased, erased_parked])
         assert {table: len(rows) for table, rows in held["tables"].items()} == {
             RAW_TABLE: 20,
             GAME.table_name: 20,
@@ -196,7 +210,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         lines = [row.line for row in spark.read.format("delta").load(quarantine).collect()]
         assert lines_of(PLAYER, lines) == [] and len(lines) == 3
         after_erasure = landed_lines(landing.bucket)
-        assert set(after_erasure) == {"players/0.ndjson.gz", "players/broken.ndjson"}
+        assert set(after_erasure) == {DELIVERED, "players/broken.ndjson"}
         for key, lines in after_erasure.items():
             assert lines_of(PLAYER, lines) == []
             assert lines == [line for line in before_erasure[key] if not lines_of(PLAYER, [line])]
@@ -221,8 +235,15 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         assert device_rows(spark, raw, PLAYER, version_before) == 20
 
         with pytest.raises(PlayerErased):
-            vault.read(PLAYER)
-        assert vault.read(OTHER) == [kept]
+            vault.read(PLAYER, [SEGMENT, PARKED_SEGMENT])
+        assert vault.read(OTHER, [SEGMENT, PARKED_SEGMENT]) == [kept]
+        # Their line is out of the segment they shared with OTHER, whose PII export still
+        # finds; the segment that held them alone is gone.
+        listed = s3.list_objects_v2(Bucket=pii_bucket, Prefix="pii/segments/")["Contents"]
+        assert [obj["Key"] for obj in listed] == [f"pii/segments/{SEGMENT}"]
+        segment = s3.get_object(Bucket=pii_bucket, Key=f"pii/segments/{SEGMENT}")["Body"].read()
+        assert vault.player_id(PLAYER).encode() not in segment
+        assert export_player(spark, {RAW_TABLE: raw}, vault, OTHER)["pii"] == [kept]
 
         (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
         assert audit.player_id == vault.player_id(PLAYER)
@@ -241,7 +262,7 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
             QUARANTINE_TABLE: 2,
         }
         assert sorted(next(e.days for e in audit.tables if e.table == RAW_TABLE)) == CLOSED
-        assert audit.pii_key_shredded and audit.pii_records_deleted == 1
+        assert audit.pii_key_shredded and audit.pii_records_deleted == 2
         assert audit.files_purged_after - audit.erased_at == timedelta(
             hours=maintenance.DEFAULT_RETENTION_HOURS
         )
@@ -253,6 +274,13 @@ def test_erasure_removes_a_player_everywhere_and_keeps_only_a_pseudonymous_audit
         # The tables keep no statistics of device ids: their logs never held the player.
         assert places["table logs"].last_copy_gone_after == audit.erased_at
         assert places["ingestion"].last_copy_gone_after == audit.erased_at
+        vault_place = places[f"pii vault s3://{pii_bucket}"]
+        assert vault_place.removed == 2
+        assert vault_place.detail == (
+            "key shredded: no copy of the player's PII can be opened; 2 sealed record(s) deleted: "
+            "1 segment object(s) rewritten, 1 deleted, 0 object(s) of the per-player layout deleted"
+        )
+        assert vault_place.last_copy_gone_after == audit.erased_at
         assert PLAYER not in str(audit.asDict(recursive=True)) and "erase.me" not in str(
             audit.asDict(recursive=True)
         )
@@ -304,19 +332,19 @@ class KeyShreddingDenied(PiiVaultResource):
 def test_an_erasure_refused_midway_is_completed_by_running_it_again(spark, landing, warehouse):
     """A denial after the rows are gone (the PII key's deletion) fails the run; the player is
     already refused from then on, and the same request run again finds what is left: the key,
-    and the audit."""
+    their sealed PII (noted before the rows that lead to it went), and the audit."""
     raw = table_path(warehouse, RAW_TABLE)
     generated = events_on(CLOSED[0], 20, 7)
     ingest_objects(
         spark,
         warehouse,
-        [land(landing.bucket, "players/0.ndjson.gz", played_by(PLAYER, generated[:5]) + generated[5:])],
+        [land(landing.bucket, DELIVERED, played_by(PLAYER, generated[:5]) + generated[5:])],
         "ingest-run",
     )
     vault_resource = PiiVaultResource(bucket=f"{landing.bucket}-pii")
     vault = vault_resource.vault()
     vault.store(
-        vault.player_id(PLAYER), "batch-1", [{"event_id": "e-1", "pii": {"email": "erase.me@example.com"}}]
+        SEGMENT, {vault.player_id(PLAYER): [{"event_id": "e-1", "pii": {"email": "erase.me@example.com"}}]}
     )
     with dg.DagsterInstance.ephemeral() as instance:
         denied = {
@@ -326,9 +354,16 @@ def test_an_erasure_refused_midway_is_completed_by_running_it_again(spark, landi
         refused = erase(vault.player_id(PLAYER), denied, instance, request_id="request-1")
         assert not refused.success
         assert device_rows(spark, raw, PLAYER) == 0
-        assert vault.read(PLAYER)  # the key survived the denial...
+        assert vault.read(PLAYER, [SEGMENT])  # the key survived the denial...
         assert vault.erased().holds(PLAYER)  # ...but the player is refused already
         assert not is_delta_table(spark, table_path(warehouse, AUDIT_TABLE))
+        # The rewritten landing object is ingested again meanwhile, as any object written
+        # again is: nothing the tables or the landing bucket hold leads to the segment now.
+        s3 = aws.client("s3")
+        rewritten = s3.head_object(Bucket=landing.bucket, Key=DELIVERED)["ETag"].strip('"')
+        ingest_objects(
+            spark, warehouse, [LandedObject(landing.bucket, DELIVERED, rewritten)], "ingest-again-run"
+        )
 
         retried = erase(
             vault.player_id(PLAYER),
@@ -338,7 +373,7 @@ def test_an_erasure_refused_midway_is_completed_by_running_it_again(spark, landi
         )
         assert retried.success
     with pytest.raises(PlayerErased):
-        vault.read(PLAYER)
+        vault.read(PLAYER, [SEGMENT])
     (audit,) = spark.read.format("delta").load(table_path(warehouse, AUDIT_TABLE)).collect()
     assert (audit.request_id, audit.pii_key_shredded, audit.pii_records_deleted) == ("request-1", True, 1)
     assert spark.read.format("delta").load(raw).count() == 15

@@ -29,6 +29,7 @@ from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.spool import Record
 from gaming_pipeline.lib import aws, erasure
 from gaming_pipeline.lib.pii import KmsKeys, PiiVault, PlayerErased
+from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.settings import Settings
 
 POLICIES = Path(__file__).parent.parent / "deploy" / "iam"
@@ -192,16 +193,17 @@ def test_the_ingest_role_delivers_and_seals_pii_but_cannot_read_it_back(deployme
     assert delivery("segment-2", [_record(vault, DEVICE, "e-2")]).players == 1
     landed = client("pipeline", "s3").list_objects_v2(Bucket=names["landing-bucket"])["Contents"]
     assert len(landed) == 2
-    assert [r["event_id"] for r in vault_of("erasure").read(DEVICE)] == ["e-1", "e-2"]
+    segments = ingest_segments((names["landing-bucket"], obj["Key"]) for obj in landed)
+    assert [r["event_id"] for r in vault_of("erasure").read(DEVICE, segments)] == ["e-1", "e-2"]
     # It cannot open what it sealed: no record is readable to it, no data key decrypts for it.
-    assert denied(lambda: vault.read(DEVICE))
+    assert denied(lambda: vault.read(DEVICE, segments))
     key_object = json.loads(
         client("ingest", "s3")
         .get_object(Bucket=names["pii-bucket"], Key=f"pii/keys/{vault.player_id(DEVICE)}")["Body"]
         .read()
     )
     assert denied(lambda: vault.keys.open_data_key(base64.b64decode(key_object["data_key"])))
-    records = f"pii/records/{vault.player_id(DEVICE)}/ingest-spool-1-segment-1"
+    records = "pii/segments/ingest-spool-1-segment-1"
     assert denied(lambda: client("ingest", "s3").get_object(Bucket=names["pii-bucket"], Key=records))
 
 
@@ -267,12 +269,15 @@ def test_the_erasure_role_erases_and_exports_but_cannot_take_notifications(deplo
         (names["landing-bucket"], obj["Key"])
         for obj in s3.list_objects_v2(Bucket=names["landing-bucket"])["Contents"]
     ]
+    segments = ingest_segments(objects)
+    vault.note_segments(player, segments)
     (landed,) = erasure.erase_from_objects(s3, objects, DEVICE)
     assert (landed.lines_removed, landed.objects_rewritten) == (1, 1)
-    assert [r["event_id"] for r in vault.read("d-iam-2")] == ["e-2"]  # export decrypts
-    assert vault.shred(player) == {"key_shredded": True, "records_deleted": 1}
+    assert [r["event_id"] for r in vault.read("d-iam-2", segments)] == ["e-2"]  # export decrypts
+    shredded = vault.shred(player)
+    assert (shredded.key_shredded, shredded.records_deleted, shredded.segments_rewritten) == (True, 1, 1)
     with pytest.raises(PlayerErased):
-        vault.read(DEVICE)
+        vault.read(DEVICE, segments)
     assert vault_of("ingest").erased().holds(DEVICE)
     assert denied(lambda: client("erasure", "sqs").receive_message(QueueUrl=landing.queue_url))
 

@@ -247,5 +247,5 @@ def test_the_generator_posts_as_clients_do_and_their_pii_reaches_only_the_vault(
     assert len(events) == 1200 and len({e["event_id"] for e in events}) == 1200
     assert not any("pii" in e for e in events)
     starter = next(e for e in events if e["eventName"] == "gameStart")["eventParams"]["device_id"]
-    held = service.vault().read(starter)
+    held = service.read_pii(starter)
     assert held and all(r["pii"] == generator.player_pii(starter) for r in held)

@@ -23,7 +23,7 @@ from gaming_pipeline.ingest_service.schema import (
 from gaming_pipeline.ingest_service.spool import RecentIds, Record, Spool, frame, read_records
 from gaming_pipeline.lib import pii
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
-from gaming_pipeline.lib.s3_events import LandedObject
+from gaming_pipeline.lib.s3_events import LandedObject, ingest_segment, ingest_segments
 
 HOUR_MS = 3_600_000
 # 2026-11-23 08:00 UTC
@@ -182,6 +182,9 @@ def test_a_segment_becomes_the_same_objects_every_time_split_by_hour_and_game_kn
     assert gzip.decompress(objects[0][1]) == b'{"a":1}\n{"a":2}\n'
     assert landing_objects("spool1", "0042", records) == objects
     assert LandedObject("b", objects[2][0]).parked and not LandedObject("b", objects[0][0]).parked
+    # Each of them leads to the segment's PII in the vault; a bulk load's object to none.
+    keys = [("b", key) for key, _, _ in objects] + [("b", "events/2026/11/23/bulk-0001.ndjson.gz")]
+    assert ingest_segments(keys) == [ingest_segment("spool1", "0042")]
 
 
 def test_a_restart_recovers_open_segments_and_survives_a_torn_ids_file(tmp_path):

@@ -151,7 +151,7 @@ def test_pii_is_kept_apart_encrypted_and_erasable(
 
     vault = service.vault()
     erased, kept, _ = players
-    held = vault.read(erased)
+    held = service.read_pii(erased)
     assert sorted(r["event_id"] for r in held) == sorted(
         f"{erased}-{kind}-{n}" for kind in ("start", "buy") for n in range(2)
     )
@@ -185,8 +185,8 @@ def test_pii_is_kept_apart_encrypted_and_erasable(
         vacuum_to_current_files(spark, warehouse)
 
         with pytest.raises(PlayerErased):
-            vault.read(erased)
-        assert [r["pii"] for r in vault.read(kept)] == [players[kept]] * 6
+            service.read_pii(erased)
+        assert [r["pii"] for r in service.read_pii(kept)] == [players[kept]] * 6
         raw = spark.read.format("delta").load(table_path(warehouse, RAW_TABLE))
         assert raw.where(F.col("eventParams.device_id") == kept).count() == 9
         # Not one copy of the device id: landing objects, every file of the warehouse (Delta
@@ -203,3 +203,12 @@ def test_pii_is_kept_apart_encrypted_and_erasable(
         assert any(name.endswith(".checkpoint.parquet") for name in held_now)
         leaks = [name for name, data in held_now.items() if erased.encode() in data]
         assert leaks == [], f"{erased!r} still in {leaks}"
+        # Their sealed PII is gone from the segments they shared with the others, not only
+        # unreadable: the vault names them (by pseudonym) on the erased-players list alone.
+        pseudonym, in_vault = vault.player_id(erased), f"s3://{service.pii_bucket}/"
+        named = [
+            name
+            for name, data in held_now.items()
+            if name.startswith(in_vault) and (pseudonym in name or pseudonym.encode() in data)
+        ]
+        assert named == [f"{in_vault}pii/erased/{pseudonym}"]

@@ -7,7 +7,9 @@ ETag, and ingestion's ledger skips an object it already holds at that ETag.
 
 Keys follow Firehose's layout, by the UTC hour events were received:
 `events/YYYY/MM/DD/HH/ingest-<spool>-<segment>.ndjson.gz`; events of a game the registry
-does not know go under `unknown-games/` instead, which ingestion leaves alone.
+does not know go under `unknown-games/` instead, which ingestion leaves alone. The segment's
+PII goes to the vault as one object named as they are (`ingest-<spool>-<segment>`), however
+many players it holds, so a player's PII is found from the objects their events landed in.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from gaming_pipeline.ingest_service.spool import Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
 from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
-from gaming_pipeline.lib.s3_events import PARKED_PREFIX
+from gaming_pipeline.lib.s3_events import INGEST_OBJECT_SUFFIX, PARKED_PREFIX, ingest_segment
 
 EVENTS_PREFIX = "events/"
 # Fast enough to keep up with the spool on one core; landing objects are read once.
@@ -43,7 +45,7 @@ def landing_objects(spool_id: str, segment_id: str, records: list[Record]) -> li
     objects = []
     for (prefix, hour), chunks in sorted(lines.items()):
         body = b"".join(chunks)
-        key = f"{prefix}{hour}/ingest-{spool_id}-{segment_id}.ndjson.gz"
+        key = f"{prefix}{hour}/{ingest_segment(spool_id, segment_id)}{INGEST_OBJECT_SUFFIX}"
         objects.append((key, gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), body.count(b"\n")))
     return objects
 
@@ -119,14 +121,17 @@ class Delivery:
         # Read for every segment: what reaches the landing bucket is checked against the
         # list as it is now, whatever the requests were checked against.
         self.erased = self.vault.erased()
+        carries_pii = any(record.pii for record in records)
         records, events_of_erased = without_erased(records, self.erased)
         # PII first: an event in the landing bucket always has its PII in the vault.
         batches = pii_batches(self.vault, records)
-        if batches and not self.vault_ready:
-            ensure_bucket(self.s3, self.vault.bucket)
-            self.vault_ready = True
-        for player, batch in batches.items():
-            self.vault.store(player, f"ingest-{self.spool_id}-{segment_id}", batch)
+        # Stored even when every player with PII was erased meanwhile: an earlier delivery of
+        # the segment (before a crash) may have sealed theirs.
+        if carries_pii:
+            if not self.vault_ready:
+                ensure_bucket(self.s3, self.vault.bucket)
+                self.vault_ready = True
+            self.vault.store(ingest_segment(self.spool_id, segment_id), batches)
         objects = landing_objects(self.spool_id, segment_id, records)
         for key, body, _ in objects:
             self.s3.put_object(Bucket=self.landing_bucket, Key=key, Body=body)

@@ -62,6 +62,12 @@ def ensure_bucket(s3, bucket: str) -> None:
     s3.create_bucket(**kwargs)
 
 
+def keeps_versions(s3, bucket: str) -> bool:
+    """Whether the bucket keeps the earlier versions of objects rewritten or deleted (its
+    versioning on, or suspended with versions kept from before)."""
+    return s3.get_bucket_versioning(Bucket=bucket).get("Status", "") in ("Enabled", "Suspended")
+
+
 def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     """Create, or leave as they are, the bucket, the SNS topic fed by the bucket's
     ObjectCreated notifications, the SQS queue subscribed to it and its dead-letter queue.

@@ -1,7 +1,8 @@
 """GDPR erasure of one player: their rows out of the event tables, their lines out of the
-quarantine and out of the landing objects a replay would read again, and an audit record of
-what was erased, where, and when its last copy is gone. The audit holds no PII: the player
-is named by their pseudonymous id only.
+quarantine and out of the landing objects a replay would read again, the segments of the PII
+vault that hold their records (found through those objects), and an audit record of what was
+erased, where, and when its last copy is gone. The audit holds no PII: the player is named by
+their pseudonymous id only.
 
 Delta keeps every DELETE's predicate in the table's history, so rows are matched by the
 SHA-256 of the device id (or of the quarantined line), never by the id itself.
@@ -9,7 +10,6 @@ SHA-256 of the device id (or of the quarantined line), never by the id itself.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import operator
@@ -20,14 +20,16 @@ from datetime import date, datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
+from gaming_pipeline.lib.object_lines import read_object, rewrite_without
 from gaming_pipeline.lib.player_state import PLAYER_STATE_TABLE
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
+from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.tables import AUDIT, AUDIT_SCHEMA, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import (
     commits_tagged,
@@ -41,15 +43,13 @@ from gaming_pipeline.lib.warehouse import (
 )
 
 if TYPE_CHECKING:
-    from gaming_pipeline.lib.pii import PiiVault
+    from gaming_pipeline.lib.pii import PiiVault, VaultErasure
 
 ERASURE_TAG = "erasure"
 # Delta's default delta.logRetentionDuration: the table logs (and their checkpoints) keep
 # the statistics of removed files, a file's smallest and largest device id among them,
 # until then.
 LOG_RETENTION = timedelta(days=30)
-# Times a landing object is read again when someone else rewrote it meanwhile.
-REWRITE_ATTEMPTS = 5
 
 # Where a table other than the event tables keeps the device id.
 DEVICE_COLUMNS = {PLAYER_DAYS: "device_id", PLAYER_STATE_TABLE: "device_id"}
@@ -112,22 +112,6 @@ def bare_id_pattern(device_id: str) -> str:
     return _whole_word(quoted)
 
 
-def _read_object(s3, bucket: str, key: str) -> tuple[dict, bytes, bool] | None:
-    """(the GetObject answer, the body inflated, whether it was gzip), or None if gone."""
-    try:
-        got = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
-        return None
-    body = got["Body"].read()
-    gzipped = key.endswith(".gz")
-    if gzipped:
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
-            gzipped = False  # not gzip after all: ingestion could not read it either
-    return got, body, gzipped
-
-
 def device_in_tables(spark: SparkSession, tables: dict[str, str], player: ErasedPlayers) -> str | None:
     """The device id whose pseudonym the erased player is, from the first of the tables
     (name: path) that holds it: the players' days (one row a player and day), the raw
@@ -161,7 +145,7 @@ def device_in_objects(s3, objects: Iterable[tuple[str, str]], player: ErasedPlay
     """The erased player's device id from the landing objects' JSON lines (objects never
     ingested: parked, or still on the queue), if one of them holds it."""
     for bucket, key in sorted(set(objects)):
-        read = _read_object(s3, bucket, key)
+        read = read_object(s3, bucket, key)
         for line in read[1].split(b"\n") if read else []:
             device = device_id_of_line(line)
             if device is not None and player.holds(device):
@@ -285,15 +269,23 @@ def erase_from_table(
     return erase_rows(spark, path, table, device_id, marker)
 
 
-def export_player(spark: SparkSession, tables: dict[str, str], vault: PiiVault, device_id: str) -> dict:
+def export_player(
+    spark: SparkSession,
+    tables: dict[str, str],
+    vault: PiiVault,
+    device_id: str,
+    untaken: Iterable[tuple[str, str]] = (),
+) -> dict:
     """Every record held of a player (GDPR Art. 15, right of access): their PII decrypted
     from the vault, and their rows in each table (name: path) that holds players, the
-    quarantine's lines naming them included. Nothing held, for an erased player."""
+    quarantine's lines naming them included. Their PII is found through the landing objects
+    of their events: those the tables' lineage names, and the objects no run has taken in
+    (bucket, key), whose PII is held already. Nothing held, for an erased player."""
     # Here, not at the top: the code location loads this module, and only this needs cryptography.
     from gaming_pipeline.lib.pii import PlayerErased
 
     try:
-        pii = vault.read(device_id)
+        pii = vault.read(device_id, ingest_segments([*source_objects(spark, tables, device_id), *untaken]))
     except PlayerErased:
         pii = []
     rows = {
@@ -326,42 +318,6 @@ def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) 
     return sorted({tuple(uri.removeprefix("s3://").split("/", 1)) for uri in found})
 
 
-def _without_lines(body: bytes, names: Callable[[bytes], bool]) -> tuple[bytes, int]:
-    lines = body.split(b"\n")
-    kept = [line for line in lines if not names(line)]
-    return b"\n".join(kept), len(lines) - len(kept)
-
-
-def _rewrite_without(s3, bucket: str, key: str, names: Callable[[bytes], bool]) -> tuple[int, str]:
-    """Take the lines naming the device out of one object: (lines removed, "rewritten" or
-    "deleted" or ""). The object is replaced only if nobody changed it since it was read,
-    so a concurrent upload is never overwritten with older lines; it is then read again."""
-    for _ in range(REWRITE_ATTEMPTS):
-        read = _read_object(s3, bucket, key)
-        if read is None:
-            return 0, ""
-        got, body, gzipped = read
-        kept, removed = _without_lines(body, names)
-        if not removed:
-            return 0, ""
-        try:
-            if not kept.strip():
-                s3.delete_object(Bucket=bucket, Key=key, IfMatch=got["ETag"])
-                return removed, "deleted"
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=gzip.compress(kept, mtime=0) if gzipped else kept,
-                ContentType=got.get("ContentType", "application/octet-stream"),
-                IfMatch=got["ETag"],
-            )
-            return removed, "rewritten"
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "PreconditionFailed":
-                raise
-    raise RuntimeError(f"s3://{bucket}/{key} kept changing while the player's lines were taken out of it")
-
-
 def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -> list[LandingErasure]:
     """Take the player's lines out of landing objects (bucket, key), one bucket at a time.
     A rewritten object is announced as any new object is and ingested again, which replaces
@@ -370,9 +326,8 @@ def erase_from_objects(s3, objects: Iterable[tuple[str, str]], device_id: str) -
     by_bucket: dict[str, LandingErasure] = {}
     for bucket, key in sorted(set(objects)):
         if bucket not in by_bucket:
-            versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status", "")
-            by_bucket[bucket] = LandingErasure(bucket, versioned=versioning in ("Enabled", "Suspended"))
-        removed, outcome = _rewrite_without(s3, bucket, key, names)
+            by_bucket[bucket] = LandingErasure(bucket, versioned=aws.keeps_versions(s3, bucket))
+        removed, outcome = rewrite_without(s3, bucket, key, names)
         erased = by_bucket[bucket]
         erased.lines_removed += removed
         erased.objects_rewritten += outcome == "rewritten"
@@ -390,14 +345,34 @@ def keeps_statistics_of_players(spark: SparkSession, path: str) -> bool:
     return STATS_COLUMNS not in properties
 
 
+def vault_place(erased_at: datetime, vault: VaultErasure) -> Place:
+    """The PII vault: deleting the key made every copy unreadable; the sealed records deleted
+    are the copies themselves, in the segments the player's events were delivered with."""
+    key = "key shredded" if vault.key_shredded else "no key left to shred"
+    return Place(
+        f"pii vault s3://{vault.bucket}",
+        vault.records_deleted,
+        f"{key}: no copy of the player's PII can be opened; {vault.records_deleted} sealed record(s) "
+        f"deleted: {vault.segments_rewritten} segment object(s) rewritten, {vault.segments_deleted} "
+        f"deleted, {vault.player_objects_deleted} object(s) of the per-player layout deleted"
+        + (
+            "; bucket versioning keeps their earlier versions, sealed to the shredded key"
+            if vault.versioned
+            else ""
+        ),
+        None if vault.versioned else erased_at,
+    )
+
+
 def places(
     erased_at: datetime,
     landing: list[LandingErasure],
     tables: list[TableErasure],
     logs_with_statistics: list[str],
+    vault: VaultErasure,
 ) -> list[Place]:
-    """Where the player was, besides the tables' current versions and the PII vault (which
-    the audit row names on their own), and when the last copy there is gone."""
+    """Where the player was, besides the tables' current versions, and when the last copy
+    there is gone."""
     found = [
         Place(
             "ingestion",
@@ -416,6 +391,7 @@ def places(
             )
             for erasure in landing
         ],
+        vault_place(erased_at, vault),
     ]
     files = sum(table.rows_deleted for table in tables)
     found.append(
@@ -452,7 +428,7 @@ def record_audit(
     run_id: str,
     tables: list[TableErasure],
     landing: list[LandingErasure],
-    shredded: dict,
+    shredded: VaultErasure,
     logs_with_statistics: list[str],
 ) -> int:
     """Append the erasure run's audit row. Every run of a request keeps its own row (a
@@ -466,12 +442,12 @@ def record_audit(
         erased_at,
         run_id,
         [(t.table, t.rows_deleted, t.version, t.days) for t in tables],
-        shredded["key_shredded"],
-        shredded["records_deleted"],
+        shredded.key_shredded,
+        shredded.records_deleted,
         erased_at + timedelta(hours=DEFAULT_RETENTION_HOURS),
         [
             (p.place, p.removed, p.detail, p.last_copy_gone_after)
-            for p in places(erased_at, landing, tables, logs_with_statistics)
+            for p in places(erased_at, landing, tables, logs_with_statistics, shredded)
         ],
     )
     path = AUDIT.ensure(spark, warehouse)

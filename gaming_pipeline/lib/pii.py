@@ -9,13 +9,35 @@ only when chosen (GAMING_PIPELINE_PII_KEYS=local), under a local master key (`Lo
   KMS): stable, but not reversible or guessable without it.
 - Each player has an X25519 key pair, made when their first PII arrives. The object
   `<prefix>/keys/<player_id>` holds the public key, and the private key sealed under a data
-  key that KMS made (GenerateDataKey) and keeps wrapped. Their PII is sealed to the public
-  key (X25519, HKDF-SHA256, AES-256-GCM, bound to the player id) at
-  `<prefix>/records/<player_id>/<batch_id>`, one object per batch of their events.
+  key that KMS made (GenerateDataKey) and keeps wrapped: one PUT for each new player, as a
+  key is a player's by nature. A key object never changes, so the public keys looked up are
+  held (the last PUBLIC_KEYS_HELD players'): a returning player costs no request.
+- The PII the ingest service delivers with one spool segment is one object,
+  `<prefix>/segments/<segment>` (the segment named as its landing objects are, see
+  s3_events.ingest_segment): a line for each player, their pseudonymous id and their records
+  sealed to their own public key (X25519, HKDF-SHA256, AES-256-GCM, bound to the player id).
+  So the vault's PUTs follow the landing objects, one a segment, not one a player and
+  segment. Delivering a segment again replaces its object: it is held once.
+- A player's segments are found from their events: each event lands in an object named after
+  the segment its PII was delivered with, and the raw table's and the quarantine's lineage
+  (`_source_object`) keep that name, as do the objects no run has taken in yet. Reading or
+  erasing a player takes those segments (s3_events.ingest_segments), so it reads a few objects,
+  never the whole vault, and no index costs a write: one written with each segment could
+  only be searched by reading all of them, and one kept per player would bring back a PUT per
+  player and segment. The index holds no PII either way: segment names, and pseudonyms in the
+  vault's own objects, as the key objects' names have always held them.
+- Vaults written before hold a player's records at `<prefix>/records/<player_id>/<segment>`,
+  an object a player and segment: found by listing the player's prefix, read and erased
+  beside the segments.
 - So the ingest service, which faces the internet, seals PII but can never open it: its role
   may make data keys and MACs, not decrypt (deploy/iam). Opening a record takes the private
   key, so kms:Decrypt of its data key: the erasure and export roles only.
-- Without the player's key object no copy of their PII can be opened.
+- Without the player's key object no copy of their PII can be opened, in any segment.
+- Erasing a player deletes that key first, then takes their lines out of the segment
+  objects (rewritten, conditionally, or deleted when no player is left) and deletes their
+  objects of the earlier layout, so their sealed records are gone too, not only unreadable.
+  The segments to clean are noted (`<prefix>/erasing/<player_id>`) before the erasure empties
+  the tables that lead to them, so a run that fails midway finds them when repeated.
 - Rotating the KMS key keeps its earlier material: data keys made before still decrypt.
 - Between an HTTP answer and the vault, the ingest service's spool holds PII sealed under the
   pending key (derived as the pseudonym key is, for another purpose), never in clear.
@@ -32,6 +54,8 @@ import json
 import os
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -46,6 +70,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.object_lines import read_object, rewrite_without
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.settings import Settings
 
@@ -60,6 +85,9 @@ DATA_KEY_CONTEXT = {"purpose": "gaming_pipeline player keys"}
 # One data key seals the private keys of the players first seen in this long (one KMS call
 # per delivery, not per new player).
 DATA_KEY_SECONDS = 300
+# Public keys of the players sealed to lately, so that a returning player's PII costs no GET
+# of their key object: at some 300 bytes each, 30 MB at most.
+PUBLIC_KEYS_HELD = 100_000
 _RAW = {"encoding": serialization.Encoding.Raw}
 
 
@@ -172,6 +200,41 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _segment_line(player_id: str, sealed: bytes) -> str:
+    return json.dumps({"player": player_id, "sealed": _b64(sealed)}) + "\n"
+
+
+def _sealed_for(player_id: str, segment_body: bytes) -> bytes | None:
+    """The player's sealed records in a segment object, None if it holds none of theirs."""
+    for line in segment_body.splitlines():
+        entry = json.loads(line)
+        if entry["player"] == player_id:
+            return base64.b64decode(entry["sealed"])
+    return None
+
+
+def _line_of(player_id: str) -> Callable[[bytes], bool]:
+    """Whether a line of a segment object is the player's."""
+    return lambda line: bool(line.strip()) and json.loads(line)["player"] == player_id
+
+
+@dataclass(frozen=True)
+class VaultErasure:
+    """What shredding a player took out of the vault."""
+
+    bucket: str
+    key_shredded: bool
+    # Sealed records deleted: one for each segment the player had PII in.
+    records_deleted: int
+    segments_rewritten: int
+    # Segment objects left with no player, and so deleted.
+    segments_deleted: int
+    # Objects of the earlier layout, a player and segment each (included in records_deleted).
+    player_objects_deleted: int
+    # Bucket versioning keeps the earlier versions of what was rewritten or deleted.
+    versioned: bool
+
+
 @dataclass(frozen=True)
 class PiiVault:
     """PII records in an S3 bucket under a prefix, sealed to one key pair per player."""
@@ -184,6 +247,8 @@ class PiiVault:
     _data_key: list = field(default_factory=list, compare=False, repr=False)
     # Random nonces not used yet, for seal_pending.
     _nonces: list = field(default_factory=list, compare=False, repr=False)
+    # Player id -> public key, least recently sealed to first (_public_key).
+    _public_keys: OrderedDict = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @cached_property
     def pseudonym_key(self) -> bytes:
@@ -240,8 +305,15 @@ class PiiVault:
     def _key_object(self, player_id: str) -> str:
         return f"{self.prefix}/keys/{player_id}"
 
+    def _segment_object(self, segment: str) -> str:
+        return f"{self.prefix}/segments/{segment}"
+
     def _records_prefix(self, player_id: str) -> str:
+        """Where the earlier layout kept a player's records, an object a segment."""
         return f"{self.prefix}/records/{player_id}/"
+
+    def _erasing_object(self, player_id: str) -> str:
+        return f"{self.prefix}/erasing/{player_id}"
 
     def _erased_object(self, player_id: str) -> str:
         return f"{self.prefix}/erased/{player_id}"
@@ -294,18 +366,39 @@ class PiiVault:
             return False
         return True
 
-    def store(self, player_id: str, batch_id: str, records: list[dict]) -> None:
-        """Seal a batch of one player's PII records to their public key. Storing the same
-        batch id again replaces it, so a batch delivered twice is held once. The PII of an
-        erased player is dropped, never given a new key."""
+    def _public_key(self, player_id: str) -> bytes | None:
+        """The public key the player's PII is sealed to, made with their first PII; None for
+        an erased player, whose PII is dropped, never given a new key. Held once looked up:
+        a key object never changes (only an erasure deletes it, and deliveries drop erased
+        players before they seal), so a player's key costs one request, not one a segment."""
+        if player_id in self._public_keys:
+            self._public_keys.move_to_end(player_id)
+            return self._public_keys[player_id]
         try:
             public = base64.b64decode(self._player_key(player_id)["public"])
         except PlayerErased:
             if self._is_erased(player_id):
-                return
+                return None
             public = self._new_player_key(player_id)
-        sealed = seal_to(public, json.dumps(records).encode(), player_id.encode())
-        self.s3.put_object(Bucket=self.bucket, Key=self._records_prefix(player_id) + batch_id, Body=sealed)
+        self._public_keys[player_id] = public
+        if len(self._public_keys) > PUBLIC_KEYS_HELD:
+            self._public_keys.popitem(last=False)
+        return public
+
+    def store(self, segment: str, records_by_player: dict[str, list[dict]]) -> None:
+        """Seal each player's PII records of one delivered segment to that player's public
+        key, all in one object. Storing the segment again replaces the object, so a segment
+        delivered twice is held once; the object is written even when no player is left (all
+        erased since an earlier delivery of it), so that it never keeps what that delivery
+        sealed for them."""
+        lines = [
+            _segment_line(player, seal_to(public, json.dumps(records).encode(), player.encode()))
+            for player, records in sorted(records_by_player.items())
+            if (public := self._public_key(player)) is not None
+        ]
+        self.s3.put_object(
+            Bucket=self.bucket, Key=self._segment_object(segment), Body="".join(lines).encode()
+        )
 
     def _private_key(self, player_id: str) -> X25519PrivateKey:
         held = self._player_key(player_id)
@@ -313,37 +406,90 @@ class PiiVault:
         raw = _open(data_key, base64.b64decode(held["private"]), player_id.encode())
         return X25519PrivateKey.from_private_bytes(raw)
 
-    def read(self, device_id: str) -> list[dict]:
-        """Every PII record held for a player, decrypted; PlayerErased once they are erased."""
+    def read(self, device_id: str, segments: Iterable[str]) -> list[dict]:
+        """Every PII record held for a player, decrypted, segment by segment: in the segments
+        named (those their events were delivered in: s3_events.ingest_segments) and in the
+        earlier layout. PlayerErased once they are erased."""
         player = self.player_id(device_id)
         private = self._private_key(player)
         records = []
-        for name in self._record_keys(player):
-            sealed = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"].read()
+        for segment, sealed in sorted(self._sealed_records(player, segments).items()):
             try:
                 records.extend(json.loads(open_with(private, sealed, player.encode())))
             except InvalidTag as error:
-                raise ValueError(f"PII record {name} fails authentication: altered or misplaced") from error
+                raise ValueError(
+                    f"the PII of segment {segment} fails authentication: altered or misplaced"
+                ) from error
         return records
 
-    def _record_keys(self, player_id: str) -> list[str]:
+    def _sealed_records(self, player_id: str, segments: Iterable[str]) -> dict[str, bytes]:
+        """The player's sealed records by segment. A segment delivered under both layouts (by
+        the earlier code, then again after a crash by this one) holds the same records
+        twice: it counts once."""
+        found = {}
+        for segment in set(segments):
+            held = read_object(self.s3, self.bucket, self._segment_object(segment))
+            if held is not None and (sealed := _sealed_for(player_id, held[1])) is not None:
+                found[segment] = sealed
+        prefix = self._records_prefix(player_id)
+        for name in self._player_objects(player_id):
+            segment = name.removeprefix(prefix)
+            if segment not in found and (held := read_object(self.s3, self.bucket, name)) is not None:
+                found[segment] = held[1]
+        return found
+
+    def _player_objects(self, player_id: str) -> list[str]:
+        """The player's objects of the earlier layout."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._records_prefix(player_id)
         )
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
-    def shred(self, player_id: str) -> dict:
+    def note_segments(self, player_id: str, segments: Iterable[str]) -> None:
+        """Note, for `shred`, the segments that may hold the player's sealed records, before
+        an erasure empties the tables and landing objects they are found through: a run that
+        fails after that finds them when repeated. Adds to what an earlier run noted."""
+        noted = sorted({*self._noted_segments(player_id), *segments})
+        self.s3.put_object(
+            Bucket=self.bucket, Key=self._erasing_object(player_id), Body=json.dumps(noted).encode()
+        )
+
+    def _noted_segments(self, player_id: str) -> list[str]:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._erasing_object(player_id))["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return []
+        return json.loads(body)
+
+    def shred(self, player_id: str) -> VaultErasure:
         """Erase a player's PII: delete their key, which makes every copy of it unreadable,
-        then their records. Returns what was there to delete."""
+        then take their sealed records out of the segments noted for the erasure
+        (note_segments) and delete their objects of the earlier layout. Repeating it finds
+        nothing more."""
         self.mark_erased(player_id)  # already, unless called on its own
+        self._public_keys.pop(player_id, None)
         key_object = self._key_object(player_id)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key_object).get("Contents", [])
         had_key = any(obj["Key"] == key_object for obj in listed)
         self.s3.delete_object(Bucket=self.bucket, Key=key_object)
-        records = self._record_keys(player_id)
-        for name in records:
+        outcomes = [
+            rewrite_without(self.s3, self.bucket, self._segment_object(segment), _line_of(player_id))
+            for segment in self._noted_segments(player_id)
+        ]
+        player_objects = self._player_objects(player_id)
+        for name in player_objects:
             self.s3.delete_object(Bucket=self.bucket, Key=name)
-        return {"key_shredded": had_key, "records_deleted": len(records)}
+        # Last: until the records are out, a repeated run needs the segments noted.
+        self.s3.delete_object(Bucket=self.bucket, Key=self._erasing_object(player_id))
+        return VaultErasure(
+            bucket=self.bucket,
+            key_shredded=had_key,
+            records_deleted=sum(removed for removed, _ in outcomes) + len(player_objects),
+            segments_rewritten=sum(outcome == "rewritten" for _, outcome in outcomes),
+            segments_deleted=sum(outcome == "deleted" for _, outcome in outcomes),
+            player_objects_deleted=len(player_objects),
+            versioned=aws.keeps_versions(self.s3, self.bucket),
+        )
 
 
 def keys_from(settings: Settings) -> KeyService:

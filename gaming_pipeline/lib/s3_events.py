@@ -4,11 +4,15 @@ A body is an S3 event notification, either straight from S3 or wrapped in an SNS
 (when the subscription has no raw message delivery). Keys arrive URL-encoded
 (`quote_plus`: `/` is `%2F`, a space is `+`, `+` is `%2B`). S3 sends an `s3:TestEvent`
 when notifications are configured; it announces nothing.
+
+Also what the ingest service names a delivered spool segment by: its landing objects and
+its PII's object in the vault, so that one leads to the other.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -16,6 +20,28 @@ from urllib.parse import unquote_plus
 # bucket: ingestion leaves them alone until the game is added and they are moved under
 # another prefix (README: unknown games).
 PARKED_PREFIX = "unknown-games/"
+INGEST_OBJECT_SUFFIX = ".ndjson.gz"
+
+
+def ingest_segment(spool_id: str, segment_id: str) -> str:
+    """The name of a spool segment the ingest service delivered: each of its landing objects
+    (one an hour and kind of event) is `<prefix><hour>/<name>.ndjson.gz`, and the PII vault
+    holds its sealed PII under the name."""
+    return f"ingest-{spool_id}-{segment_id}"
+
+
+def ingest_segments(objects: Iterable[tuple[str, str]]) -> list[str]:
+    """The segments the ingest service delivered the landing objects (bucket, key) from,
+    which the PII vault holds their PII under. Objects it did not land (a bulk load's) carry
+    no PII and name none."""
+    names = (key.rsplit("/", 1)[-1] for _, key in objects)
+    return sorted(
+        {
+            name.removesuffix(INGEST_OBJECT_SUFFIX)
+            for name in names
+            if name.startswith("ingest-") and name.endswith(INGEST_OBJECT_SUFFIX)
+        }
+    )
 
 
 @dataclass(frozen=True, order=True)

@@ -24,6 +24,7 @@ from gaming_pipeline.defs.resources import (
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.ingest import ensure_ingest_tables, pending
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
+from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.tables import (
     AUDIT_TABLE,
     INTENT_TABLE,
@@ -159,6 +160,12 @@ audit_table = dg.AssetSpec(
 )
 
 
+def untaken_objects(landing: LandingBucketResource, warehouse_root: str) -> list[tuple[str, str]]:
+    """The landing objects (bucket, key) no run has taken in: parked, or waiting on the queue.
+    Their lines hold players too, and the PII vault holds their PII already."""
+    return [(obj.bucket, obj.key) for obj in pending(warehouse_root, objects_in_bucket(landing))[0]]
+
+
 @dg.op(out={}, pool=MAINTENANCE_POOL)
 def erase_player(
     context: dg.OpExecutionContext,
@@ -171,9 +178,10 @@ def erase_player(
     """Put the player on the erased-players list, so that nothing of theirs is taken from
     then on (events still in an ingest spool or on the queue included); take their lines out
     of the landing objects; delete their rows from the per-game and player-activity tables,
-    their lines from the quarantine and their rows from the raw table; shred their PII key
-    and write the audit record. The days they played on are then rebuilt without them.
-    Older table versions keep the rows until VACUUM's retention has passed.
+    their lines from the quarantine and their rows from the raw table; shred their PII key,
+    take their sealed records out of the vault's segments and write the audit record. The
+    days they played on are then rebuilt without them. Older table versions keep the rows
+    until VACUUM's retention has passed.
 
     Each step can be repeated, and the places left are found from those not yet cleaned (the
     raw table, emptied last, gives the device and the landing objects' lineage): a run
@@ -203,7 +211,7 @@ def erase_player(
     # Objects no run has taken in: parked, or waiting on the queue; their lines hold the player
     # too, and ingestion would leave those out, but the objects would keep them.
     ensure_ingest_tables(spark, warehouse.root)
-    untaken = [(obj.bucket, obj.key) for obj in pending(warehouse.root, objects_in_bucket(landing))[0]]
+    untaken = untaken_objects(landing, warehouse.root)
     device_id = erasure.device_in_tables(spark, tables, erased_player) or erasure.device_in_objects(
         s3, untaken, erased_player
     )
@@ -213,6 +221,8 @@ def erase_player(
         erased = [erasure.TableErasure(table, 0, latest_version(path)) for table, path in tables.items()]
     else:
         sources = erasure.source_objects(spark, tables, device_id)
+        # Before the landing objects and the raw table, which lead to the segments, lose the player.
+        vault.note_segments(player, ingest_segments(sources + untaken))
         landed = erasure.erase_from_objects(s3, sources + untaken, device_id)
         erased = [
             erasure.erase_from_table(spark, path, table, device_id, marker) for table, path in tables.items()
