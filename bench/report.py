@@ -229,9 +229,29 @@ def sustainable_rate_section(results: dict) -> list[str]:
         for step in systems[side]["steps"]
     ]
 
+    def above_every_rate(side: str) -> bool:
+        """The system sustained the highest rate tried: its own highest is that or more."""
+        steps = systems[side]["steps"]
+        return bool(steps) and steps[-1].get("sustainable", False)
+
     def highest(side: str) -> str:
         rate = systems[side]["highest_sustainable_rate"]
-        return f"{rate:,} events/s" if rate else "none of the rates tried"
+        if not rate:
+            return "none of the rates tried"
+        return (
+            f"at least {rate:,} events/s (every rate tried)"
+            if above_every_rate(side)
+            else f"{rate:,} events/s"
+        )
+
+    def ratio_text(ratio: float | None) -> str:
+        ours, peer = above_every_rate("ours"), above_every_rate("structured-streaming")
+        if ratio is None or (ours and peer):
+            return "; no ratio: " + (
+                "both sustained every rate tried." if ours and peer else "a side sustained none."
+            )
+        bound = "at least " if ours else "at most " if peer else ""
+        return f"; ours is **{bound}{ratio:.2f}x** the peer's."
 
     ratio = search["ratio_ours_to_peer"]
     return [
@@ -262,8 +282,7 @@ def sustainable_rate_section(results: dict) -> list[str]:
         *rows,
         "",
         f"Highest sustainable rate: ours {highest('ours')}, the Structured Streaming query "
-        f"{highest('structured-streaming')}"
-        + (f"; ours is **{ratio:.2f}x** the peer's." if ratio is not None else "; no ratio."),
+        f"{highest('structured-streaming')}" + ratio_text(ratio),
         "",
     ]
 
