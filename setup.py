@@ -40,6 +40,8 @@ setup(
         "starlette==1.10.0",
         "uvicorn==0.54.0",
         "httptools==0.9.0",
+        # De-aggregates records the Kinesis Producer Library packed (lib/kinesis.py).
+        "aws-kinesis-agg==1.2.3",
     ],
     extras_require={
         # dagster-postgres: a test runs the daemon on the production (Postgres) instance config.

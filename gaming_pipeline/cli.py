@@ -98,7 +98,10 @@ def cmd_local_aws(args: argparse.Namespace) -> int:
     local = LocalAws(port=ports.free_port(prefer=args.port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, args.queue_name)
-    console.print(f"local S3/SNS/SQS/KMS endpoint on {local.endpoint} (Ctrl-C stops it)")
+    if settings.kinesis_stream:
+        arn = aws.provision_stream(aws.client("kinesis"), settings.kinesis_stream)
+        console.print(f"Kinesis stream {arn}")
+    console.print(f"local S3/SNS/SQS/KMS/Kinesis endpoint on {local.endpoint} (Ctrl-C stops it)")
     for key, value in {**local.environment(), "GAMING_PIPELINE_QUEUE_URL": path.queue_url}.items():
         print(f"export {key}={value}")
     sys.stdout.flush()
@@ -400,6 +403,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     local = LocalAws(port=ports.free_port(prefer=args.aws_port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, DEFAULT_QUEUE_NAME)
+    if settings.kinesis_stream:
+        aws.provision_stream(aws.client("kinesis"), settings.kinesis_stream)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
@@ -543,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    local = commands.add_parser("local-aws", help="start and provision a local S3/SNS/SQS/KMS endpoint")
+    local = commands.add_parser(
+        "local-aws",
+        help="start and provision a local S3/SNS/SQS/KMS endpoint (and Kinesis stream, when "
+        "GAMING_PIPELINE_KINESIS_STREAM names one)",
+    )
     local.add_argument("--port", type=int, default=4566, help="taken if free, else any free port")
     local.add_argument("--queue-name", default=DEFAULT_QUEUE_NAME)
     local.set_defaults(func=cmd_local_aws)

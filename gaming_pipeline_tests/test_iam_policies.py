@@ -4,8 +4,8 @@ code's own paths and is refused one thing it must not do.
 
 Where moto's checks differ from AWS's, the policies are translated for it, never widened
 beyond what AWS would allow:
-- it checks KMS and DynamoDB requests against the resource "*" only: their statements are
-  tried for their actions (on "*");
+- it checks KMS, DynamoDB and Kinesis requests against the resource "*" only: their
+  statements are tried for their actions (on "*");
 - it evaluates no condition key (a statement with a condition would deny): conditions are
   left out, as they only narrow what a statement allows;
 - it names a bucket's HeadBucket `s3:HeadBucket`, where AWS requires `s3:ListBucket`: a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from moto.core.authorization import enable_iam_authentication
 from gaming_pipeline.ingest_service.delivery import Delivery
 from gaming_pipeline.ingest_service.spool import Record
 from gaming_pipeline.lib import aws, erasure
+from gaming_pipeline.lib.kinesis import KinesisSource, Positions
 from gaming_pipeline.lib.pii import KmsKeys, PiiVault, PlayerErased
 from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.settings import Settings
@@ -40,7 +42,7 @@ def _for_moto(statement: dict) -> dict:
     """The statement as moto checks what AWS would (see above)."""
     actions = statement["Action"]
     moto = {key: value for key, value in statement.items() if key != "Condition"}
-    if all(action.startswith(("kms:", "dynamodb:")) for action in actions):
+    if all(action.startswith(("kms:", "dynamodb:", "kinesis:")) for action in actions):
         moto["Resource"] = "*"
     if "s3:ListBucket" in actions:
         moto["Action"] = [*actions, "s3:HeadBucket"]
@@ -95,7 +97,13 @@ def deployment(local_aws, landing):
             "account-id": aws.client("sts").get_caller_identity()["Account"],
             "pii-kms-key-arn": kms_arn(settings.pii_kms_key),
             "pii-mac-key-arn": kms_arn(settings.pii_mac_key),
+            "kinesis-stream": f"events-{suffix}",
         }
+    )
+    aws.provision_stream(aws.client("kinesis"), names["kinesis-stream"], shards=1)
+    # A producer's record, for the pipeline role's Kinesis sensor to read.
+    aws.client("kinesis").put_record(
+        StreamName=names["kinesis-stream"], Data=b'{"eventName": "x"}', PartitionKey="p"
     )
     credentials = {}
     for role, policy_file in (
@@ -243,6 +251,17 @@ def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing
     assert listed(s3, names["ops-bucket"], prefix) == {prefix + "step-1.out", prefix + "step-1.err"}
     assert b"step output" in logs.get_log_data(log_key).stdout
     logs.delete_logs(log_key=log_key)
+    # The Kinesis sensor's calls: it reads the stream into objects under kinesis/.
+    source = KinesisSource(
+        client("pipeline", "kinesis"), s3, names["kinesis-stream"], names["landing-bucket"]
+    )
+    delivery = source.deliver(Positions(), time.time() + 20)
+    assert delivery.records == 1 and delivery.objects[0][0].key.startswith("kinesis/")
+    assert denied(
+        lambda: client("pipeline", "kinesis").put_record(
+            StreamName=names["kinesis-stream"], Data=b"{}", PartitionKey="p"
+        )
+    )
     # What it must not do: write the landing bucket, or read PII.
     assert denied(
         lambda: s3.put_object(Bucket=names["landing-bucket"], Key="events/forged.ndjson", Body=b"{}\n")

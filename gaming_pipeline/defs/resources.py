@@ -36,6 +36,13 @@ class LandingBucketResource(dg.ConfigurableResource):
     def sqs(self):
         return aws.client("sqs")
 
+    def kinesis(self):
+        # Standard retries back off on ProvisionedThroughputExceeded, which a shard answers
+        # once its readers together pass five reads a second.
+        from botocore.config import Config
+
+        return aws.client("kinesis", Config(retries={"mode": "standard", "max_attempts": 6}))
+
     def resolved_queue_url(self) -> str:
         return aws.queue_url(self.queue_url)
 

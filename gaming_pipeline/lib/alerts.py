@@ -180,3 +180,43 @@ def outage_alert(silent: list[Silence], games_seen: int, state: AlertState) -> A
         else f"{len(new)} game(s) sent no events for {minutes:.0f} minutes or more"
     )
     return Alert("ERROR", headline, lines, sorted(fresh))
+
+
+def kinesis_alerts(
+    stream: str,
+    gaps: list,
+    behind: dict[str, tuple[float, float]],
+    alert_age_seconds: float,
+    state: AlertState,
+) -> list[Alert]:
+    """A stream's new incidents: records trimmed before they were read (`gaps`, lib/kinesis.py
+    Gap: an error, each said once), and shards whose iterator age passed `alert_age_seconds`
+    (`behind`: shard -> (since when, seconds behind), said once per spell)."""
+    alerts = []
+    new_gaps = [gap for gap in gaps if state.new([gap.incident])]
+    if new_gaps:
+        alerts.append(
+            Alert(
+                "ERROR",
+                f"Kinesis stream {stream}: records lost to retention before they were read",
+                [str(gap) for gap in new_gaps],
+                [gap.incident for gap in new_gaps],
+            )
+        )
+    spells = {shard: f"kinesis-behind/{stream}/{shard}/{since:.0f}" for shard, (since, _) in behind.items()}
+    fresh = set(state.new(list(spells.values())))
+    lines = [
+        f"{shard}: {seconds / 60:.1f} minutes behind the stream's newest record"
+        for shard, (_, seconds) in sorted(behind.items())
+        if spells[shard] in fresh
+    ]
+    if lines:
+        alerts.append(
+            Alert(
+                "WARN",
+                f"Kinesis stream {stream}: {len(lines)} shard(s) more than {alert_age_seconds:.0f} s behind",
+                lines,
+                sorted(fresh),
+            )
+        )
+    return alerts

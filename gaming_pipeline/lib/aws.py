@@ -155,6 +155,22 @@ def provision(bucket: str, queue_name: str = DEFAULT_QUEUE_NAME) -> LandingPath:
     return LandingPath(bucket, topic_arn, queue_url, dlq_url)
 
 
+def provision_stream(kinesis, stream: str, shards: int = 2) -> str:
+    """Create, or leave as it is, a Kinesis stream of `shards` shards (the seed's source, read
+    by lib/kinesis.py); its ARN once it is active."""
+    from gaming_pipeline.lib.kinesis import stream_name
+
+    try:
+        kinesis.create_stream(StreamName=stream_name(stream), ShardCount=shards)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream_name(stream), WaiterConfig={"Delay": 1})
+    return kinesis.describe_stream_summary(StreamName=stream_name(stream))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+
+
 def provision_pii_keys(kms, data_key_alias: str, mac_key_alias: str) -> dict[str, str]:
     """Create, or leave as they are, the vault's two KMS keys under their aliases: a symmetric
     key (rotated yearly) wrapping players' data keys, and the HMAC key pseudonyms derive from

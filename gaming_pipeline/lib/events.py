@@ -13,6 +13,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from gaming_pipeline.lib.s3_events import REJECTED
+
 EVENT_PARAMS = T.StructType(
     [
         T.StructField("game_keyword", T.StringType()),
@@ -36,6 +38,7 @@ LANDING_SCHEMA = T.StructType(
         T.StructField("eventName", T.StringType()),
         T.StructField("eventTime", T.StringType()),
         T.StructField("eventParams", EVENT_PARAMS),
+        T.StructField(REJECTED, T.StringType()),
         T.StructField(_CORRUPT, T.StringType()),
     ]
 )
@@ -115,6 +118,7 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     unparsed = e["eventName"].isNull() & e["eventTime"].isNull() & e["eventParams"].isNull()
     reason = (
         F.when(e.isNull() | (e[_CORRUPT].isNotNull() & unparsed), "not a JSON object")
+        .when(e[REJECTED].isNotNull(), e[REJECTED])
         .when(e[_CORRUPT].isNotNull(), "a field has the wrong type for the event schema")
         .when(e["eventName"].isNull(), "missing eventName")
         .when(e["eventParams"].isNull(), "missing eventParams")

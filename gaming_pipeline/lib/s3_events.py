@@ -20,6 +20,13 @@ from urllib.parse import unquote_plus
 # bucket: ingestion leaves them alone until the game is added and they are moved under
 # another prefix (README: unknown games).
 PARKED_PREFIX = "unknown-games/"
+# Records of a Kinesis stream, written here by its sensor (lib/kinesis.py), which also asks
+# for their ingestion: the queue sensor leaves them to it.
+KINESIS_PREFIX = "kinesis/"
+# The field of a landing line a producer wrote for something that is no event (a Kinesis
+# record in none of the forms lib/kinesis.py reads), saying why: quarantine keeps the line
+# with that reason.
+REJECTED = "_rejected"
 INGEST_OBJECT_SUFFIX = ".ndjson.gz"
 
 
@@ -54,6 +61,10 @@ class LandedObject:
     @property
     def parked(self) -> bool:
         return self.key.startswith(PARKED_PREFIX)
+
+    @property
+    def from_kinesis(self) -> bool:
+        return self.key.startswith(KINESIS_PREFIX)
 
     @property
     def s3a_path(self) -> str:

@@ -26,6 +26,9 @@ DEFAULT_BATCH_INTERVAL_SECONDS = 300
 # A game that usually sends events and sent none for this long is an outage: three batch
 # intervals, so a quiet batch or two is no incident.
 DEFAULT_OUTAGE_SECONDS = 900
+# A Kinesis shard whose newest read record is this far behind the stream's newest is an
+# alert: the figure Kinesis users watch (GetRecords.IteratorAgeMilliseconds).
+DEFAULT_KINESIS_ALERT_AGE_SECONDS = 300
 
 
 def _choice(variable: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -81,6 +84,10 @@ class Settings:
     # How long a game that usually sends events may send none before alerts_sensor says so
     # (lib/alerts.py silent_games); 0: never.
     outage_seconds: float
+    # A Kinesis stream (name or ARN) to read as a second way in (lib/kinesis.py); empty: none.
+    kinesis_stream: str
+    # A shard this far behind the stream's newest record is an alert.
+    kinesis_alert_age_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +118,12 @@ class Settings:
             ),
             outage_seconds=_seconds(
                 VARIABLES["outage_seconds"], value("outage_seconds"), DEFAULT_OUTAGE_SECONDS
+            ),
+            kinesis_stream=value("kinesis_stream").strip(),
+            kinesis_alert_age_seconds=_seconds(
+                VARIABLES["kinesis_alert_age_seconds"],
+                value("kinesis_alert_age_seconds"),
+                DEFAULT_KINESIS_ALERT_AGE_SECONDS,
             ),
         )
 
@@ -165,5 +178,7 @@ VARIABLES = {
     "delta_commit_table": "GAMING_PIPELINE_DELTA_COMMIT_TABLE",
     "batch_interval_seconds": "GAMING_PIPELINE_BATCH_INTERVAL_SECONDS",
     "outage_seconds": "GAMING_PIPELINE_OUTAGE_SECONDS",
+    "kinesis_stream": "GAMING_PIPELINE_KINESIS_STREAM",
+    "kinesis_alert_age_seconds": "GAMING_PIPELINE_KINESIS_ALERT_AGE_SECONDS",
 }
 assert set(VARIABLES) == {field.name for field in fields(Settings)}, "a setting without its variable"

@@ -109,7 +109,10 @@ def _attempt(obj: LandedObject, failed: Mapping[LandedObject, int]) -> str:
 
 
 def run_requests(
-    objects: list[LandedObject], origin: str, failed: Mapping[LandedObject, int] | None = None
+    objects: list[LandedObject],
+    origin: str,
+    failed: Mapping[LandedObject, int] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> list[dg.RunRequest]:
     """One run per batch, keyed by the batch's objects and ETags: the same batch asked for
     again (a repeated tick or message) is the same run_key, which Dagster runs only once.
@@ -126,7 +129,11 @@ def run_requests(
             dg.RunRequest(
                 run_key=f"{origin}:{digest}",
                 run_config=IngestConfig.taking(batch),
-                tags={"gaming_pipeline/origin": origin, "gaming_pipeline/objects": str(len(batch))},
+                tags={
+                    "gaming_pipeline/origin": origin,
+                    "gaming_pipeline/objects": str(len(batch)),
+                    **(tags or {}),
+                },
             )
         )
     return requests
@@ -265,6 +272,8 @@ def take_queue(
                 )
                 continue
             for obj in objects:
+                if obj.from_kinesis:
+                    continue  # the Kinesis sensor that wrote it asks for it
                 if obj.bucket == landing.bucket:
                     announced.append(obj)
                 else:

@@ -1,0 +1,434 @@
+"""A Kinesis Data Stream as a second way in: its records become landing objects, exactly once.
+
+Each tick of a stream's sensor reads every readable shard from where it left off and writes
+what it read as one landing object, `kinesis/<stream>/<shard>/<first>-<last>.ndjson.gz`
+(the first and last sequence numbers it holds), which ingestion then takes like any landing
+object: the same raw table, quarantine, ledger and follower runs, and the key is each row's
+lineage. The object is the shard's position: a read that starts where an object already
+starts is one a tick did before it was cut short, and that object stands, so a record is
+never written to two objects and none is skipped, whatever is killed or repeated.
+
+Records are read as producers write them: the seed's Lambda form (an API Gateway event whose
+`body` holds the event), a plain event object, a JSON array or NDJSON of events, gzipped or
+not, and KPL aggregates (de-aggregated by aws-kinesis-agg). A record that is none of these
+becomes a line that quarantine takes with its reason, shard and sequence number.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+
+from gaming_pipeline.lib.s3_events import KINESIS_PREFIX, REJECTED, LandedObject
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Kinesis serves five GetRecords a second per shard, to every consumer together.
+GET_RECORDS_INTERVAL_SECONDS = 0.2
+RECORDS_PER_CALL = 10_000
+# One tick takes at most this many records from a shard: a landing object of a few MB, and
+# the rest wait for the next tick (a run is already on its way).
+MAX_RECORDS_PER_SHARD = 50_000
+# A position closer than this to the stream's retention is checked for trimmed records.
+RETENTION_MARGIN_SECONDS = 600
+# The errors Kinesis answers a busy shard with, after boto3's own retries with backoff.
+_THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"}
+_EXPIRED_ITERATOR = "ExpiredIteratorException"
+
+
+class StreamGone(RuntimeError):
+    """The stream is not there (deleted, renamed, or another account's or region's)."""
+
+
+def stream_name(stream: str) -> str:
+    """The stream's name, from its name or ARN (arn:aws:kinesis:<region>:<account>:stream/<name>)."""
+    return stream.rsplit(":stream/", 1)[-1] if stream.startswith("arn:") else stream
+
+
+def stream_ref(stream: str) -> dict[str, str]:
+    """How Kinesis calls name the stream: by ARN when given one (another account's stream), else by name."""
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
+def shard_prefix(stream: str, shard: str) -> str:
+    return f"{KINESIS_PREFIX}{stream_name(stream)}/{shard}/"
+
+
+def object_key(stream: str, shard: str, first: str, last: str) -> str:
+    return f"{shard_prefix(stream, shard)}{first}-{last}.ndjson.gz"
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """The records of one shard a landing object holds: first and last sequence number."""
+
+    stream: str
+    shard: str
+    first: str
+    last: str
+
+    @classmethod
+    def of_key(cls, key: str) -> ShardRange | None:
+        """The range a landing object's key names; None for an object not read from Kinesis."""
+        if not key.startswith(KINESIS_PREFIX) or not key.endswith(".ndjson.gz"):
+            return None
+        parts = key[len(KINESIS_PREFIX) : -len(".ndjson.gz")].split("/")
+        if len(parts) != 3 or parts[2].count("-") != 1:
+            return None
+        first, last = parts[2].split("-")
+        return cls(parts[0], parts[1], first, last)
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.first}-{self.last}"
+
+
+def _rejected(where: str, reason: str, data: bytes) -> str:
+    try:
+        shown = data.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = "base64:" + base64.b64encode(data).decode()
+    return json.dumps({REJECTED: f"Kinesis record {where}: {reason}", "data": shown[:10_000]})
+
+
+def _event_lines(doc: object, where: str, data: bytes) -> list[str]:
+    if isinstance(doc, list):
+        return [line for item in doc for line in _event_lines(item, where, data)]
+    if not isinstance(doc, dict):
+        return [_rejected(where, "a JSON value that is not an event object", data)]
+    if "eventName" not in doc and "body" in doc:
+        # The seed's Lambda puts the API Gateway event on the stream, the client's event in its
+        # body: as the JSON text API Gateway gives, or already parsed (the seed's own code).
+        body = doc["body"]
+        if isinstance(body, str):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                return [_rejected(where, "an API Gateway event whose body is not JSON", data)]
+        return (
+            _event_lines(body, where, data)
+            if isinstance(body, dict | list)
+            else [_rejected(where, "an API Gateway event whose body is not an event object", data)]
+        )
+    return [json.dumps(doc, separators=(",", ":"))]
+
+
+def record_lines(data: bytes, where: str) -> list[str]:
+    """The landing lines (one JSON event each) of one user record's data; `where` names the
+    record (shard and sequence number) in the reason of a line quarantine will take."""
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return [_rejected(where, "gzip that does not decompress", data)]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return [_rejected(where, "neither UTF-8 text, gzip nor a KPL aggregate", data)]
+    if not text.strip():
+        return [_rejected(where, "an empty record", data)]
+    try:
+        return _event_lines(json.loads(text), where, data)
+    except ValueError:
+        pass
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        # NDJSON: each line is an event, and a bad one is quarantined on its own.
+        return [line for text_line in lines for line in _ndjson_line(text_line, where, data)]
+    return [_rejected(where, "not JSON, NDJSON, gzip or a KPL aggregate", data)]
+
+
+def _ndjson_line(line: str, where: str, data: bytes) -> list[str]:
+    try:
+        return _event_lines(json.loads(line), where, data)
+    except ValueError:
+        # Kept as it came: quarantine says why it does not parse.
+        return [line]
+
+
+def lines_of(records: Iterable[dict], shard: str) -> list[str]:
+    """The landing lines of GetRecords' records, KPL aggregates unpacked into their user records."""
+    # Here, not at the top: only the Kinesis sensor's ticks read records.
+    from aws_kinesis_agg import MAGIC
+    from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+
+    lines: list[str] = []
+    for record in records:
+        data, sequence = record["Data"], record["SequenceNumber"]
+        if not data.startswith(MAGIC):
+            lines.extend(record_lines(data, f"{shard} {sequence}"))
+            continue
+        # A corrupt aggregate (its digest wrong) comes back whole, its data as it was, and is
+        # rejected as binary; one whose records do not unpack yields none.
+        users = list(iter_deaggregate_records([record], data_format="Boto3"))
+        if not users:
+            lines.append(_rejected(f"{shard} {sequence}", "a KPL aggregate that does not unpack", data))
+        for user in users:
+            unpacked = user["kinesis"]
+            if unpacked.get("aggregated"):
+                where = f"{shard} {sequence} sub-record {unpacked['subSequenceNumber']}"
+                lines.extend(record_lines(base64.b64decode(unpacked["data"]), where))
+            else:
+                lines.extend(record_lines(unpacked["data"], f"{shard} {sequence}"))
+    return lines
+
+
+@dataclass
+class ShardPosition:
+    """Where a shard was read to: the last sequence number in a landing object (None before the
+    first), and until when (epoch seconds) every record after it is known read: the last record's
+    arrival, or a later read that found the shard's end."""
+
+    after: str | None = None
+    read_until: float = 0.0
+
+
+@dataclass
+class Positions:
+    """Every shard's position, and the closed shards read to their end (their children may be read)."""
+
+    shards: dict[str, ShardPosition] = field(default_factory=dict)
+    drained: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict:
+        return {
+            "shards": {shard: [p.after, p.read_until] for shard, p in sorted(self.shards.items())},
+            "drained": sorted(self.drained),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict | None) -> Positions:
+        if not doc:
+            return cls()
+        return cls(
+            {shard: ShardPosition(after, until) for shard, (after, until) in doc.get("shards", {}).items()},
+            set(doc.get("drained", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Records a shard may have lost to the stream's retention before they were read."""
+
+    stream: str
+    shard: str
+    after: str | None  # the last sequence number read; None: the shard was never read
+    before: str | None  # the oldest still there; None: the shard holds none
+    since: float  # epoch seconds: records that arrived after this, and were trimmed, are lost
+
+    @property
+    def incident(self) -> str:
+        return f"kinesis-gap/{stream_name(self.stream)}/{self.shard}/{self.after}"
+
+    def __str__(self) -> str:
+        since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        after = f"after sequence number {self.after}" if self.after else "never read"
+        before = f"before {self.before}" if self.before else "the shard holds none now"
+        return (
+            f"{stream_name(self.stream)} {self.shard}: records {after} that arrived after {since} "
+            f"were trimmed by the stream's retention before they were read ({before})"
+        )
+
+
+@dataclass
+class Delivery:
+    """What one tick read: the landing objects written (or found written by a tick cut short),
+    each shard's iterator age, and the shards it could not read."""
+
+    objects: list[tuple[LandedObject, ShardRange]] = field(default_factory=list)
+    iterator_age_ms: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    throttled: list[str] = field(default_factory=list)
+    waiting_for_parents: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+class KinesisSource:
+    """Reads a stream's shards into landing objects. `kinesis` and `s3` are boto3 clients."""
+
+    def __init__(
+        self,
+        kinesis,
+        s3,
+        stream: str,
+        bucket: str,
+        max_records_per_shard: int = MAX_RECORDS_PER_SHARD,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.kinesis, self.s3, self.stream, self.bucket = kinesis, s3, stream, bucket
+        self.max_records_per_shard = max_records_per_shard
+        self.clock, self.sleep = clock, sleep
+
+    def _call(self, method: str, **kwargs) -> dict:
+        try:
+            return getattr(self.kinesis, method)(**stream_ref(self.stream), **kwargs)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ResourceNotFoundException" and method != "get_records":
+                raise StreamGone(
+                    f"Kinesis stream {self.stream!r} is not there ({error.response['Error'].get('Message', '')}): "
+                    "deleted or renamed? Point GAMING_PIPELINE_KINESIS_STREAM at the stream to read; its "
+                    "positions are the objects under "
+                    f"s3://{self.bucket}/{KINESIS_PREFIX}{stream_name(self.stream)}/"
+                ) from error
+            raise
+
+    def shards(self) -> list[dict]:
+        shards, token = [], None
+        while True:
+            page = self.kinesis.list_shards(NextToken=token) if token else self._call("list_shards")
+            shards.extend(page["Shards"])
+            token = page.get("NextToken")
+            if not token:
+                return sorted(shards, key=lambda shard: shard["ShardId"])
+
+    def deliver(self, positions: Positions, deadline: float) -> Delivery:
+        """Read every shard whose parents are read to their end, parents first, until the
+        deadline (epoch seconds); `positions` moves on with each object written."""
+        delivery = Delivery()
+        shards = self.shards()
+        listed = {shard["ShardId"] for shard in shards}
+        retention = (
+            self._call("describe_stream_summary")["StreamDescriptionSummary"]["RetentionPeriodHours"] * 3600
+        )
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            if shard_id in positions.drained:
+                continue
+            parents = [shard.get("ParentShardId"), shard.get("AdjacentParentShardId")]
+            # A parent no longer listed has aged out of the stream: nothing of it is left to read.
+            if any(parent in listed and parent not in positions.drained for parent in parents if parent):
+                delivery.waiting_for_parents.append(shard_id)
+                continue
+            if self.clock() >= deadline:
+                break
+            self._read_shard(shard, positions, delivery, retention, deadline)
+        # Closed shards aged out of the stream are no longer listed, nor remembered.
+        positions.drained &= listed
+        positions.shards = {shard: p for shard, p in positions.shards.items() if shard in listed}
+        return delivery
+
+    def _written(self, shard_id: str) -> ShardPosition:
+        """A shard's position from the landing objects written of it: where a sensor whose
+        cursor is new (or was reset) goes on from, rather than read the shard again."""
+        last, written = None, 0.0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=shard_prefix(self.stream, shard_id)
+        ):
+            for obj in page.get("Contents", []):
+                taken = ShardRange.of_key(obj["Key"])
+                if taken and (last is None or int(taken.last) > int(last)):
+                    last, written = taken.last, obj["LastModified"].timestamp()
+        return ShardPosition(last, written)
+
+    def _iterator(self, shard_id: str, position: ShardPosition) -> str:
+        start = (
+            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": position.after}
+            if position.after
+            else {"ShardIteratorType": "TRIM_HORIZON"}
+        )
+        return self._call("get_shard_iterator", ShardId=shard_id, **start)["ShardIterator"]
+
+    def _trimmed(self, shard_id: str, position: ShardPosition, retention: float) -> Gap | None:
+        """A gap, when records after the position may have aged out unread: only a position
+        whose shard was not known read to its end for about the retention period can have one."""
+        if (
+            position.after is None
+            or position.read_until > self.clock() - retention + RETENTION_MARGIN_SECONDS
+        ):
+            return None
+        iterator = self._call("get_shard_iterator", ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")
+        oldest = self.kinesis.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)["Records"]
+        if oldest and int(oldest[0]["SequenceNumber"]) <= int(position.after):
+            return None
+        return Gap(
+            self.stream,
+            shard_id,
+            position.after,
+            oldest[0]["SequenceNumber"] if oldest else None,
+            position.read_until,
+        )
+
+    def _read_shard(
+        self, shard: dict, positions: Positions, delivery: Delivery, retention: float, deadline: float
+    ) -> None:
+        shard_id = shard["ShardId"]
+        if shard_id not in positions.shards:
+            positions.shards[shard_id] = self._written(shard_id)
+        position = positions.shards[shard_id]
+        closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+        records: list[dict] = []
+        at_end = False  # the shard held nothing more when last read
+        try:
+            gap = self._trimmed(shard_id, position, retention)
+            if gap:
+                delivery.gaps.append(gap)
+                # Read on from the oldest record left, or the shard would never move again.
+                position.after = None
+            iterator: str | None = self._iterator(shard_id, position)
+            while iterator and len(records) < self.max_records_per_shard and self.clock() < deadline:
+                page = self.kinesis.get_records(
+                    ShardIterator=iterator,
+                    Limit=min(RECORDS_PER_CALL, self.max_records_per_shard - len(records)),
+                )
+                records.extend(page["Records"])
+                delivery.iterator_age_ms[shard_id] = page.get("MillisBehindLatest", 0)
+                # Kinesis ends a closed shard's iterators at its end; some emulators keep
+                # answering empty pages instead.
+                iterator = page.get("NextShardIterator")
+                at_end = iterator is None or (not page["Records"] and page.get("MillisBehindLatest", 0) == 0)
+                if at_end:
+                    break
+                self.sleep(GET_RECORDS_INTERVAL_SECONDS)
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in (*_THROTTLED, _EXPIRED_ITERATOR):
+                raise
+            # boto3 has backed off and retried already: what was read is kept, the rest waits
+            # for the next tick.
+            delivery.throttled.append(shard_id)
+            at_end = False
+        read_all = self._stage(shard_id, records, position, delivery) if records else True
+        if at_end and read_all:
+            position.read_until = self.clock()
+            if closed:
+                positions.drained.add(shard_id)
+
+    def _stage(self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery) -> bool:
+        """Write the records read into one landing object, unless a tick cut short wrote one
+        from the same first record: that one stands. Whether every record read is now in an object."""
+        first, last = records[0]["SequenceNumber"], records[-1]["SequenceNumber"]
+        prefix = f"{shard_prefix(self.stream, shard_id)}{first}-"
+        found = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+        if found:
+            key, etag, size = found[0]["Key"], found[0]["ETag"], found[0]["Size"]
+            last = ShardRange.of_key(key).last
+            held = [record for record in records if int(record["SequenceNumber"]) <= int(last)]
+        else:
+            held = records
+            body = gzip.compress(
+                "".join(f"{line}\n" for line in lines_of(held, shard_id)).encode(), compresslevel=5
+            )
+            key = object_key(self.stream, shard_id, first, last)
+            etag = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                Metadata={"kinesis-shard": shard_id, "kinesis-records": str(len(held))},
+            )["ETag"]
+            size = len(body)
+        position.after = last
+        position.read_until = max(position.read_until, held[-1]["ApproximateArrivalTimestamp"].timestamp())
+        delivery.records += len(held)
+        delivery.objects.append(
+            (
+                LandedObject(self.bucket, key, etag.strip('"'), size),
+                ShardRange(stream_name(self.stream), shard_id, first, last),
+            )
+        )
+        return len(held) == len(records)
