@@ -39,6 +39,8 @@ def classify(spark, *lines: str):
         (1763884800, datetime(2025, 11, 23, 8, 0)),
         (1763884800123, datetime(2025, 11, 23, 8, 0, 0, 123000)),
         ("1763884800", datetime(2025, 11, 23, 8, 0)),
+        # A JSON number with a fraction, which Spark reads into a string as 1.7638848005E9.
+        (1763884800.5, datetime(2025, 11, 23, 8, 0, 0, 500000)),
         ("2026-11-23T08:15:02.123Z", datetime(2026, 11, 23, 8, 15, 2, 123000)),
         ("2026-11-23T10:15:02+02:00", datetime(2026, 11, 23, 8, 15, 2)),
     ],

@@ -89,7 +89,8 @@ def event_time(raw: Column) -> Column:
     string must look like a date before it is cast."""
     number = raw.cast("double")
     return F.when(
-        raw.rlike(r"^-?\d+(\.\d+)?$"),
+        # A JSON number with a fraction reaches Spark's string as 1.7638848005E9.
+        raw.rlike(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$"),
         F.when(F.abs(number) >= _EPOCH_MILLIS_FROM, F.timestamp_seconds(number / 1000)).otherwise(
             F.timestamp_seconds(number)
         ),
