@@ -233,6 +233,34 @@ def test_records_trimmed_before_they_were_read_are_a_gap_not_a_silence():
         assert stream.tick().gaps == []
 
 
+def test_a_gap_tick_repeated_after_more_was_trimmed_writes_no_record_twice():
+    stream = Stream(shards=1, max_records_per_shard=5)
+    stream.put(40)
+    stream.tick()
+    stream.kinesis.now += 25 * 3600
+    stream.kinesis.trim(stream.kinesis.now - 24 * 3600)
+    stream.put(10)
+    before = copy.deepcopy(stream.positions)
+    assert stream.tick().gaps
+    # The daemon died before it stored that tick's cursor, and retention took one more record
+    # meanwhile: the repeated tick starts from another first record, but not behind the objects.
+    stream.kinesis.shards["shardId-000000000000"]["records"].pop(0)
+    stream.tick(before)
+    for _ in range(3):
+        stream.tick(before)
+    assert len(stream.written()) == len(set(stream.written()))
+
+
+def test_a_parent_gone_before_it_was_read_to_its_end_is_a_gap():
+    stream = Stream(shards=1, max_records_per_shard=5)
+    stream.put(20)
+    stream.tick()
+    child, _ = stream.kinesis.split("shardId-000000000000")
+    del stream.kinesis.shards["shardId-000000000000"]  # aged out of the stream
+    (gap,) = stream.tick().gaps
+    assert gap.shard == "shardId-000000000000" and gap.before is None
+
+
 def test_a_deleted_stream_stops_the_source_with_what_to_do():
     stream = Stream(shards=1)
     stream.kinesis.gone = True

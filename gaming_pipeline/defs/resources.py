@@ -38,10 +38,14 @@ class LandingBucketResource(dg.ConfigurableResource):
 
     def kinesis(self):
         # Standard retries back off on ProvisionedThroughputExceeded, which a shard answers
-        # once its readers together pass five reads a second.
+        # once its readers together pass five reads a second; few of them, so that a busy
+        # shard is left for the next tick rather than hold a tick near Dagster's 60 s limit.
         from botocore.config import Config
 
-        return aws.client("kinesis", Config(retries={"mode": "standard", "max_attempts": 6}))
+        return aws.client(
+            "kinesis",
+            Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=10, connect_timeout=5),
+        )
 
     def resolved_queue_url(self) -> str:
         return aws.queue_url(self.queue_url)

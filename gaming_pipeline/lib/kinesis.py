@@ -90,6 +90,10 @@ class ShardRange:
 
 
 def _rejected(where: str, reason: str, data: bytes) -> str:
+    """The line quarantine takes for what is no event: why, and the data as text (base64 if
+    binary), unless it carries PII, which no table may hold in clear."""
+    if b'"pii"' in data:
+        return json.dumps({REJECTED: f"Kinesis record {where}: {reason} (data withheld: it carries pii)"})
     try:
         shown = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -97,25 +101,31 @@ def _rejected(where: str, reason: str, data: bytes) -> str:
     return json.dumps({REJECTED: f"Kinesis record {where}: {reason}", "data": shown[:10_000]})
 
 
-def _event_lines(doc: object, where: str, data: bytes) -> list[str]:
+def _event_lines(doc: object, where: str) -> list[str]:
     if isinstance(doc, list):
-        return [line for item in doc for line in _event_lines(item, where, data)]
+        if not doc:
+            return [_rejected(where, "an empty JSON array", b"[]")]
+        return [line for item in doc for line in _event_lines(item, where)]
     if not isinstance(doc, dict):
-        return [_rejected(where, "a JSON value that is not an event object", data)]
+        return [_rejected(where, "a JSON value that is not an event object", json.dumps(doc).encode())]
     if "eventName" not in doc and "body" in doc:
         # The seed's Lambda puts the API Gateway event on the stream, the client's event in its
         # body: as the JSON text API Gateway gives, or already parsed (the seed's own code).
         body = doc["body"]
         if isinstance(body, str):
             try:
-                body = json.loads(body)
+                body = json.loads(base64.b64decode(body) if doc.get("isBase64Encoded") else body)
             except ValueError:
-                return [_rejected(where, "an API Gateway event whose body is not JSON", data)]
-        return (
-            _event_lines(body, where, data)
-            if isinstance(body, dict | list)
-            else [_rejected(where, "an API Gateway event whose body is not an event object", data)]
-        )
+                return [
+                    _rejected(where, "an API Gateway event whose body is not JSON", json.dumps(doc).encode())
+                ]
+        if not isinstance(body, dict | list):
+            return [
+                _rejected(
+                    where, "an API Gateway event whose body is not an event object", json.dumps(doc).encode()
+                )
+            ]
+        return _event_lines(body, where)
     return [json.dumps(doc, separators=(",", ":"))]
 
 
@@ -134,19 +144,21 @@ def record_lines(data: bytes, where: str) -> list[str]:
     if not text.strip():
         return [_rejected(where, "an empty record", data)]
     try:
-        return _event_lines(json.loads(text), where, data)
+        return _event_lines(json.loads(text), where)
     except ValueError:
         pass
-    lines = [line for line in text.splitlines() if line.strip()]
+    # Lines end at "\n" alone: JSON strings may hold U+2028 and the like, which
+    # str.splitlines would also split at.
+    lines = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
     if len(lines) > 1:
         # NDJSON: each line is an event, and a bad one is quarantined on its own.
-        return [line for text_line in lines for line in _ndjson_line(text_line, where, data)]
+        return [line for text_line in lines for line in _ndjson_line(text_line, where)]
     return [_rejected(where, "not JSON, NDJSON, gzip or a KPL aggregate", data)]
 
 
-def _ndjson_line(line: str, where: str, data: bytes) -> list[str]:
+def _ndjson_line(line: str, where: str) -> list[str]:
     try:
-        return _event_lines(json.loads(line), where, data)
+        return _event_lines(json.loads(line), where)
     except ValueError:
         # Kept as it came: quarantine says why it does not parse.
         return [line]
@@ -228,11 +240,12 @@ class Gap:
 
     def __str__(self) -> str:
         since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        after = f"after sequence number {self.after}" if self.after else "never read"
-        before = f"before {self.before}" if self.before else "the shard holds none now"
+        after = f"after sequence number {self.after}" if self.after else "of a shard never read"
+        oldest = f"the oldest left is {self.before}" if self.before else "it holds none now"
         return (
-            f"{stream_name(self.stream)} {self.shard}: records {after} that arrived after {since} "
-            f"were trimmed by the stream's retention before they were read ({before})"
+            f"{stream_name(self.stream)} {self.shard}: records {after} that arrived after {since} may "
+            f"have been trimmed by the stream's retention before they were read ({oldest}): compare "
+            "with what the producers sent"
         )
 
 
@@ -302,7 +315,17 @@ class KinesisSource:
             if shard_id in positions.drained:
                 continue
             parents = [shard.get("ParentShardId"), shard.get("AdjacentParentShardId")]
-            # A parent no longer listed has aged out of the stream: nothing of it is left to read.
+            # A parent no longer listed has aged out of the stream: nothing of it is left to
+            # read, and what it held unread is lost.
+            for parent in parents:
+                if (
+                    parent
+                    and parent not in listed
+                    and parent in positions.shards
+                    and parent not in positions.drained
+                ):
+                    gone = positions.shards.pop(parent)
+                    delivery.gaps.append(Gap(self.stream, parent, gone.after, None, gone.read_until))
             if any(parent in listed and parent not in positions.drained for parent in parents if parent):
                 delivery.waiting_for_parents.append(shard_id)
                 continue
@@ -327,33 +350,36 @@ class KinesisSource:
                     last, written = taken.last, obj["LastModified"].timestamp()
         return ShardPosition(last, written)
 
-    def _iterator(self, shard_id: str, position: ShardPosition) -> str:
-        start = (
-            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": position.after}
-            if position.after
-            else {"ShardIteratorType": "TRIM_HORIZON"}
-        )
-        return self._call("get_shard_iterator", ShardId=shard_id, **start)["ShardIterator"]
+    def _oldest(self, shard_id: str) -> str | None:
+        """The sequence number of the oldest record the shard still holds; None if it holds none
+        (Kinesis may answer empty pages before the first record: they are paged through)."""
+        iterator = self._call("get_shard_iterator", ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")
+        iterator = iterator["ShardIterator"]
+        while iterator:
+            page = self.kinesis.get_records(ShardIterator=iterator, Limit=1)
+            if page["Records"]:
+                return page["Records"][0]["SequenceNumber"]
+            if page.get("MillisBehindLatest", 0) == 0:
+                return None
+            iterator = page.get("NextShardIterator")
+            self.sleep(GET_RECORDS_INTERVAL_SECONDS)
+        return None
 
-    def _trimmed(self, shard_id: str, position: ShardPosition, retention: float) -> Gap | None:
-        """A gap, when records after the position may have aged out unread: only a position
-        whose shard was not known read to its end for about the retention period can have one."""
+    def _trimmed(
+        self, shard_id: str, position: ShardPosition, retention: float
+    ) -> tuple[Gap | None, str | None]:
+        """A gap, when records after the position may have aged out unread, and the oldest
+        record left (to read on from). Only a position whose shard was not known read to its
+        end for about the retention period can have one."""
         if (
             position.after is None
             or position.read_until > self.clock() - retention + RETENTION_MARGIN_SECONDS
         ):
-            return None
-        iterator = self._call("get_shard_iterator", ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")
-        oldest = self.kinesis.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)["Records"]
-        if oldest and int(oldest[0]["SequenceNumber"]) <= int(position.after):
-            return None
-        return Gap(
-            self.stream,
-            shard_id,
-            position.after,
-            oldest[0]["SequenceNumber"] if oldest else None,
-            position.read_until,
-        )
+            return None, None
+        oldest = self._oldest(shard_id)
+        if oldest is not None and int(oldest) <= int(position.after):
+            return None, None
+        return Gap(self.stream, shard_id, position.after, oldest, position.read_until), oldest
 
     def _read_shard(
         self, shard: dict, positions: Positions, delivery: Delivery, retention: float, deadline: float
@@ -362,25 +388,40 @@ class KinesisSource:
         if shard_id not in positions.shards:
             positions.shards[shard_id] = self._written(shard_id)
         position = positions.shards[shard_id]
-        closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+        sequence_range = shard.get("SequenceNumberRange", {})
+        closed = "EndingSequenceNumber" in sequence_range
         records: list[dict] = []
         at_end = False  # the shard held nothing more when last read
         try:
-            gap = self._trimmed(shard_id, position, retention)
+            gap, oldest = self._trimmed(shard_id, position, retention)
             if gap:
                 delivery.gaps.append(gap)
-                # Read on from the oldest record left, or the shard would never move again.
-                position.after = None
-            iterator: str | None = self._iterator(shard_id, position)
+                # A tick cut short may have read past the gap already: the objects say how far.
+                written = self._written(shard_id).after
+                if written is not None and int(written) > int(position.after):
+                    position.after = written
+            start = (
+                {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": oldest}
+                if gap and oldest and int(oldest) > int(position.after)
+                else {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": position.after}
+                if position.after
+                else {"ShardIteratorType": "TRIM_HORIZON"}
+            )
+            iterator: str | None = self._call("get_shard_iterator", ShardId=shard_id, **start)[
+                "ShardIterator"
+            ]
             while iterator and len(records) < self.max_records_per_shard and self.clock() < deadline:
                 page = self.kinesis.get_records(
                     ShardIterator=iterator,
                     Limit=min(RECORDS_PER_CALL, self.max_records_per_shard - len(records)),
                 )
-                records.extend(page["Records"])
+                # Never behind the position: whatever the iterator, no record is taken twice.
+                records.extend(
+                    r
+                    for r in page["Records"]
+                    if position.after is None or int(r["SequenceNumber"]) > int(position.after)
+                )
                 delivery.iterator_age_ms[shard_id] = page.get("MillisBehindLatest", 0)
-                # Kinesis ends a closed shard's iterators at its end; some emulators keep
-                # answering empty pages instead.
                 iterator = page.get("NextShardIterator")
                 at_end = iterator is None or (not page["Records"] and page.get("MillisBehindLatest", 0) == 0)
                 if at_end:
@@ -396,8 +437,18 @@ class KinesisSource:
         read_all = self._stage(shard_id, records, position, delivery) if records else True
         if at_end and read_all:
             position.read_until = self.clock()
-            if closed:
+            if closed and (iterator is None or self._past_end(position, sequence_range)):
                 positions.drained.add(shard_id)
+
+    @staticmethod
+    def _past_end(position: ShardPosition, sequence_range: dict) -> bool:
+        """Whether a closed shard is read to its end though its iterator did not say so
+        (Kinesis ends a closed shard's iterators; some emulators keep answering empty pages):
+        the position at its last record, or the shard never held one."""
+        ending = int(sequence_range["EndingSequenceNumber"])
+        if position.after is not None:
+            return int(position.after) >= ending
+        return ending <= int(sequence_range.get("StartingSequenceNumber", ending))
 
     def _stage(self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery) -> bool:
         """Write the records read into one landing object, unless a tick cut short wrote one

@@ -109,45 +109,50 @@ def read_stream(
     batch_interval_seconds: float,
     alert_age_seconds: float,
 ) -> dg.SensorResult:
-    if context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING)):
-        return dg.SensorResult(
-            skip_reason="an ingestion run is already waiting to start: records wait in the stream"
-        )
+    # Only this sensor's ticks need requests: runs, which load this module too, skip importing it.
+    import requests as http
+
     saved = json.loads(context.cursor) if context.cursor else {}
     positions = Positions.from_json(saved.get("positions"))
-    behind_since: dict[str, float] = saved.get("behind_since", {})
     alerts = AlertState(said=saved.get("said", []))
     source = KinesisSource(landing.kinesis(), landing.s3(), stream, landing.bucket)
-    # A stream gone (StreamGone) fails the tick with what to do, every tick until it is back.
+    # Read on while a run waits for Spark: the objects are a durable buffer, and the shards'
+    # iterator ages and alerts stay current. A stream gone (StreamGone) fails the tick with
+    # what to do, every tick until it is back.
     delivery = source.deliver(positions, deadline=time.time() + TICK_BUDGET_SECONDS)
 
-    now = time.time()
-    ages = delivery.iterator_age_ms
+    now, ages = time.time(), delivery.iterator_age_ms
+    # A shard not read this tick (busy, waiting for its parents) keeps its spell.
     behind_since = {
-        shard: behind_since.get(shard, now) for shard, age in ages.items() if age >= alert_age_seconds * 1000
+        shard: since for shard, since in saved.get("behind_since", {}).items() if shard not in ages
+    } | {
+        shard: saved.get("behind_since", {}).get(shard, now)
+        for shard, age in ages.items()
+        if age >= alert_age_seconds * 1000
     }
-    for alert in kinesis_alerts(
-        stream_name(stream),
-        delivery.gaps,
-        {shard: (since, ages[shard] / 1000) for shard, since in behind_since.items()},
-        alert_age_seconds,
-        alerts,
-    ):
-        deliver(context, alert_webhook, alert, alerts)
+    behind = {
+        shard: (since, ages.get(shard, 0) / 1000) for shard, since in behind_since.items() if shard in ages
+    }
+    try:
+        for alert in kinesis_alerts(stream_name(stream), delivery.gaps, behind, alert_age_seconds, alerts):
+            deliver(context, alert_webhook, alert, alerts)
+    except http.RequestException as error:  # the webhook is down: said again on a later tick
+        context.log.error(f"alert delivery failed, will retry: {error}")
     for shard in delivery.throttled:
         context.log.info(f"{shard} is busy (ProvisionedThroughputExceeded after retries): read on next tick")
 
     ranges = {obj: taken for obj, taken in delivery.objects}
-    held = held_objects(saved.get("held"))
-    new = not_yet_ingested([*held, *ranges], warehouse, context.instance)
-    wait = pacing(context.instance, new, batch_interval_seconds)
+    new = not_yet_ingested([*held_objects(saved.get("held")), *ranges], warehouse, context.instance)
+    wait = (
+        "an ingestion run is already waiting to start: the objects read wait to join the next batch"
+        if new and context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING))
+        else pacing(context.instance, new, batch_interval_seconds)
+    )
     requests = (
         []
         if wait
         else run_requests(
-            new,
-            origin=ORIGIN,
-            tags=shard_tags(stream, [ShardRange.of_key(obj.key) for obj in new], ages),
+            new, origin=ORIGIN, tags=shard_tags(stream, [ShardRange.of_key(obj.key) for obj in new], ages)
         )
     )
     cursor = json.dumps(

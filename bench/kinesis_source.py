@@ -1,0 +1,204 @@
+"""The Kinesis path (issue 38) on this machine, through the real daemon and a Spark Connect
+server, as `make demo` runs them:
+
+    .venv/bin/python bench/kinesis_source.py [--take-records 200000] [--rate 500] [--seconds 600]
+        [--only take|sustained]
+
+1. take: a four-shard stream holding --take-records records (the seed's Lambda form, one
+   event each, random partition keys) before the daemon starts; the seconds of the Kinesis
+   sensor's tick that reads them into landing objects, and of the ingestion run that takes
+   them to the raw table, and the records per second of each.
+2. sustained: the seed's Lambda form put at --rate events/s for --seconds (PutRecords of up
+   to 500, each record's eventTime the second it is put, retried until Kinesis takes it)
+   into a four-shard stream the daemon reads; per event, the seconds from its put to the
+   raw-table commit holding it (p50, p99, and the last window's p50 against the first's,
+   as side_by_side.py's latency step times the landing path), and CPU seconds per process.
+
+The local endpoint is moto's server: its Kinesis finds a shard's newest sequence number by
+listing the shard's records on every put, so a put costs more as the shard grows, and a long
+load at a high rate measures moto's Kinesis, not ours (as moto's S3 limits many tiny objects).
+Writes bench/results/kinesis-source-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import psutil
+import recording
+from idle_cost import cpu_seconds
+from side_by_side import (
+    RAW_CATCH_UP_SECONDS,
+    delay_figures,
+    drift_window,
+    raw_delays_by_ledger,
+    raw_rows,
+)
+
+from gaming_pipeline.lib import aws
+from gaming_pipeline.local import generator, processes
+
+SHARDS = 4
+PUT_BATCH = 500
+STEPS = ("take", "sustained")
+
+
+def lambda_record(event: dict, put_at: float) -> bytes:
+    """The seed's Lambda's record: the API Gateway event, the client's event its body,
+    stamped with the time it is put."""
+    return json.dumps(
+        {"httpMethod": "POST", "requestContext": {}, "body": {**event, "eventTime": put_at}}
+    ).encode()
+
+
+def put_all(kinesis, stream: str, records: list[bytes], rng: random.Random) -> None:
+    """PutRecords until Kinesis has taken every record (a throttled one is put again)."""
+    pending = records
+    while pending:
+        answer = kinesis.put_records(
+            StreamName=stream, Records=[{"Data": data, "PartitionKey": str(rng.random())} for data in pending]
+        )
+        pending = [
+            data for data, result in zip(pending, answer["Records"], strict=True) if "ErrorCode" in result
+        ]
+
+
+def start_daemon(work: Path, name: str, address: str, stream: str):
+    landing = aws.provision(f"bench-{name}", queue_name=f"bench-{name}")
+    os.environ["GAMING_PIPELINE_KINESIS_STREAM"] = stream
+    try:
+        return processes.start_daemon_for(work / name, landing.bucket, landing.queue_url, address)
+    finally:
+        del os.environ["GAMING_PIPELINE_KINESIS_STREAM"]
+
+
+def wait_for_rows(warehouse: str, rows: int, seconds: float, daemon) -> float | None:
+    """When the raw table held `rows` (epoch seconds), or None if not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if raw_rows(warehouse) >= rows:
+            return time.time()
+        if daemon.poll() is not None:
+            raise RuntimeError("the daemon exited")
+        time.sleep(1)
+    return None
+
+
+def take(records: int, address: str, work: Path) -> dict:
+    import dagster as dg
+    from dagster._core.definitions.run_request import InstigatorType
+
+    kinesis = aws.client("kinesis")
+    stream = "bench-take"
+    aws.provision_stream(kinesis, stream, SHARDS)
+    rng = random.Random(5)
+    events = generator.history(5, records, *generator.history_window(1.0))
+    now = time.time()
+    batch = []
+    for event in events:
+        batch.append(lambda_record(event, now))
+        if len(batch) == PUT_BATCH:
+            put_all(kinesis, stream, batch, rng)
+            batch = []
+    put_all(kinesis, stream, batch, rng)
+    daemon, env = start_daemon(work, "take", address, stream)
+    try:
+        held_at = wait_for_rows(env["GAMING_PIPELINE_WAREHOUSE"], records, 900, daemon)
+    finally:
+        processes.stop([daemon])
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (state,) = [
+            s
+            for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            if s.instigator_name == f"kinesis_{stream.replace('-', '_')}_sensor"
+        ]
+        ticks = [t for t in instance.get_ticks(state.instigator_origin_id, state.selector_id) if t.run_ids]
+        runs = [instance.get_run_record_by_id(run_id) for tick in ticks for run_id in tick.run_ids]
+    tick_seconds = [t.end_timestamp - t.timestamp for t in ticks if t.end_timestamp]
+    run_seconds = [r.end_time - r.start_time for r in runs if r and r.end_time and r.start_time]
+    return {
+        "records": records,
+        "shards": SHARDS,
+        "all_in_raw": held_at is not None,
+        "reading_ticks": len(ticks),
+        "ingestion_runs": len(runs),
+        "tick_seconds": [round(s, 1) for s in tick_seconds],
+        "run_seconds": [round(s, 1) for s in run_seconds],
+        "records_per_second_read": round(records / sum(tick_seconds)) if tick_seconds else None,
+        "records_per_second_ingested": round(records / sum(run_seconds)) if run_seconds else None,
+    }
+
+
+def sustained(rate: float, seconds: float, address: str, server_pid: int, work: Path) -> dict:
+    kinesis = aws.client("kinesis")
+    stream = "bench-sustained"
+    aws.provision_stream(kinesis, stream, SHARDS)
+    daemon, env = start_daemon(work, "sustained", address, stream)
+    warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
+    parts = {
+        "Spark Connect server": psutil.Process(server_pid),
+        "Dagster daemon and its runs": psutil.Process(daemon.pid),
+    }
+    rng = random.Random(7)
+    put = 0
+    try:
+        time.sleep(30)  # the daemon loads the code location and ticks its sensors once
+        cpu_before, load_started = cpu_seconds(parts), time.time()
+        batch, flushed = [], time.monotonic()
+        for event in generator.stream(11, rate, seconds):
+            batch.append(lambda_record(event, time.time()))
+            # A producer sends what it has every 0.2 s, up to PutRecords' 500 at a time.
+            if len(batch) == PUT_BATCH or time.monotonic() - flushed >= 0.2:
+                put_all(kinesis, stream, batch, rng)
+                put, batch, flushed = put + len(batch), [], time.monotonic()
+        put_all(kinesis, stream, batch, rng)
+        put += len(batch)
+        load_ended = time.time()
+        caught_up = wait_for_rows(warehouse, put, RAW_CATCH_UP_SECONDS, daemon)
+        cpu_after = cpu_seconds(parts)
+    finally:
+        processes.stop([daemon])
+    _, delays, without_version = raw_delays_by_ledger(warehouse)
+    return {
+        "events_per_second_offered": rate,
+        "seconds_of_load": round(load_ended - load_started, 1),
+        "events_put": put,
+        "raw_rows": raw_rows(warehouse),
+        "raw_rows_without_ledger_row": without_version,
+        "caught_up_seconds_after_load": round(caught_up - load_ended, 1) if caught_up else None,
+        "drift_window_seconds": round(drift_window(load_ended - load_started)),
+        **delay_figures("event_to_raw_seconds", delays, load_started, load_ended),
+        "cpu_seconds_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--take-records", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--only", choices=STEPS)
+    args = parser.parse_args()
+    with recording.workplace() as work:
+        server, address = processes.start_spark_server(
+            {**os.environ, "GAMING_PIPELINE_HOME": str(work / "home")}, work / "spark-server.log"
+        )
+        try:
+            processes.wait_until_serving(address, 180, server, work / "spark-server.log")
+            results = recording.context(("dagster", "pyspark", "delta-spark", "moto", "aws-kinesis-agg"))
+            if args.only in (None, "take"):
+                results["take"] = take(args.take_records, address, work)
+            if args.only in (None, "sustained"):
+                results["sustained"] = sustained(args.rate, args.seconds, address, server.pid, work)
+        finally:
+            processes.stop([server])
+    recording.write("kinesis-source", results)
+
+
+if __name__ == "__main__":
+    main()
