@@ -23,9 +23,7 @@ Writes bench/results/kinesis-source-<date>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import time
 from pathlib import Path
 
@@ -41,31 +39,12 @@ from side_by_side import (
 )
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.kinesis import put_records, seed_lambda_record
 from gaming_pipeline.local import generator, processes
 
 SHARDS = 4
 PUT_BATCH = 500
 STEPS = ("take", "sustained")
-
-
-def lambda_record(event: dict, put_at: float) -> bytes:
-    """The seed's Lambda's record: the API Gateway event, the client's event its body,
-    stamped with the time it is put."""
-    return json.dumps(
-        {"httpMethod": "POST", "requestContext": {}, "body": {**event, "eventTime": put_at}}
-    ).encode()
-
-
-def put_all(kinesis, stream: str, records: list[bytes], rng: random.Random) -> None:
-    """PutRecords until Kinesis has taken every record (a throttled one is put again)."""
-    pending = records
-    while pending:
-        answer = kinesis.put_records(
-            StreamName=stream, Records=[{"Data": data, "PartitionKey": str(rng.random())} for data in pending]
-        )
-        pending = [
-            data for data, result in zip(pending, answer["Records"], strict=True) if "ErrorCode" in result
-        ]
 
 
 def start_daemon(work: Path, name: str, address: str, stream: str):
@@ -96,16 +75,15 @@ def take(records: int, address: str, work: Path) -> dict:
     kinesis = aws.client("kinesis")
     stream = "bench-take"
     aws.provision_stream(kinesis, stream, SHARDS)
-    rng = random.Random(5)
     events = generator.history(5, records, *generator.history_window(1.0))
     now = time.time()
     batch = []
     for event in events:
-        batch.append(lambda_record(event, now))
+        batch.append(seed_lambda_record(event, now))
         if len(batch) == PUT_BATCH:
-            put_all(kinesis, stream, batch, rng)
+            put_records(kinesis, stream, batch)
             batch = []
-    put_all(kinesis, stream, batch, rng)
+    put_records(kinesis, stream, batch)
     daemon, env = start_daemon(work, "take", address, stream)
     try:
         held_at = wait_for_rows(env["GAMING_PIPELINE_WAREHOUSE"], records, 900, daemon)
@@ -144,19 +122,18 @@ def sustained(rate: float, seconds: float, address: str, server_pid: int, work: 
         "Spark Connect server": psutil.Process(server_pid),
         "Dagster daemon and its runs": psutil.Process(daemon.pid),
     }
-    rng = random.Random(7)
     put = 0
     try:
         time.sleep(30)  # the daemon loads the code location and ticks its sensors once
         cpu_before, load_started = cpu_seconds(parts), time.time()
         batch, flushed = [], time.monotonic()
         for event in generator.stream(11, rate, seconds):
-            batch.append(lambda_record(event, time.time()))
+            batch.append(seed_lambda_record(event, time.time()))
             # A producer sends what it has every 0.2 s, up to PutRecords' 500 at a time.
             if len(batch) == PUT_BATCH or time.monotonic() - flushed >= 0.2:
-                put_all(kinesis, stream, batch, rng)
+                put_records(kinesis, stream, batch)
                 put, batch, flushed = put + len(batch), [], time.monotonic()
-        put_all(kinesis, stream, batch, rng)
+        put_records(kinesis, stream, batch)
         put += len(batch)
         load_ended = time.time()
         caught_up = wait_for_rows(warehouse, put, RAW_CATCH_UP_SECONDS, daemon)

@@ -24,7 +24,7 @@ from rich.table import Table
 from gaming_pipeline.ingest_service import keys
 from gaming_pipeline.ingest_service.client import EventSender, send_in_batches
 from gaming_pipeline.lib import aws, jars
-from gaming_pipeline.lib.settings import DEFAULT_QUEUE_NAME, Settings
+from gaming_pipeline.lib.settings import DEFAULT_KINESIS_STREAM, DEFAULT_QUEUE_NAME, Settings
 from gaming_pipeline.local import generator, ports
 from gaming_pipeline.local.endpoint import LocalAws
 
@@ -110,6 +110,22 @@ def cmd_local_aws(args: argparse.Namespace) -> int:
     finally:
         local.stop()
     return 0
+
+
+def _put_on_stream(stream: str, args: argparse.Namespace, stop: threading.Event) -> None:
+    """The seed's flow: each generated event put on the stream as its Lambda puts a client's
+    event, stamped as it is put; what a fifth of a second brings goes in one PutRecords."""
+    from gaming_pipeline.lib.kinesis import put_records, seed_lambda_record
+
+    kinesis = aws.client("kinesis")
+    batch, sent = [], time.monotonic()
+    for event in generator.stream(args.seed, args.rate, None):
+        if stop.is_set():
+            return
+        batch.append(seed_lambda_record(generator.client_event(event), time.time()))
+        if time.monotonic() - sent >= 0.2:
+            put_records(kinesis, stream, batch)
+            batch, sent = [], time.monotonic()
 
 
 def _s3_put(bucket: str):
@@ -403,14 +419,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     local = LocalAws(port=ports.free_port(prefer=args.aws_port)).start()
     os.environ.update(local.environment())
     path = aws.provision(settings.landing_bucket, DEFAULT_QUEUE_NAME)
-    if settings.kinesis_stream:
-        aws.provision_stream(aws.client("kinesis"), settings.kinesis_stream)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
         "GAMING_PIPELINE_HOME": str(settings.home),
         "GAMING_PIPELINE_QUEUE_URL": path.queue_url,
     }
+    stream = settings.kinesis_stream or (DEFAULT_KINESIS_STREAM if args.source == "kinesis" else "")
+    if stream:
+        aws.provision_stream(aws.client("kinesis"), stream)
+        # The code location builds the stream's sensor from it.
+        env["GAMING_PIPELINE_KINESIS_STREAM"] = stream
     if settings.pii_keys == "local":
         settings.resolved_pii_master_key()  # created once here, before the processes that share it
     started: list[subprocess.Popen] = []
@@ -462,7 +481,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 )
                 settings.spark_connect_file.write_text(env["GAMING_PIPELINE_SPARK_MASTER"])
 
-        def stream() -> None:
+        def post() -> None:
             events = generator.stream(args.seed, args.rate, None)
             sender = EventSender(ingest, api_key)
             _post(
@@ -472,8 +491,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 lambda n: None,
             )
 
-        if args.rate:
-            threading.Thread(target=stream, daemon=True).start()
+        if args.rate and args.source == "kinesis":
+            threading.Thread(target=_put_on_stream, args=(stream, args, stop_streaming), daemon=True).start()
+            load = f"{args.rate:g} events/s put on Kinesis stream {stream} (the seed's Lambda form)"
+        elif args.rate:
+            threading.Thread(target=post, daemon=True).start()
             load = f"{args.rate:g} events/s posted to the ingest service"
         else:
             load = "none generated (--rate 0): post your own events to the ingest service"
@@ -488,7 +510,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  dashboard       {dashboard}  (rewritten after each KPI refresh)\n"
             f"  ingest service  {ingest}/v1/events  x-api-key: {api_key}\n"
             f"                  {ingest}/metrics  {ingest}/healthz\n"
-            f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}\n"
+            f"  local AWS       {local.endpoint}  bucket {settings.landing_bucket}"
+            + (f"  Kinesis stream {stream}" if stream else "")
+            + "\n"
             f"  Spark           {env.get('GAMING_PIPELINE_SPARK_MASTER', settings.spark_master)}\n"
             f"  warehouse       {settings.warehouse}\n"
             f"  logs            {logs}\n"
@@ -537,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         help="days of history landed in the bucket before the stream starts, "
         f"{generator.DEMO_HISTORY_EVENTS_PER_DAY:,} events a day (default 30; 0: none)",
+    )
+    demo.add_argument(
+        "--source",
+        choices=("http", "kinesis"),
+        default="http",
+        help="where the live events go: the ingest service (default), or a Kinesis stream as the "
+        f"seed's Lambda puts them (GAMING_PIPELINE_KINESIS_STREAM, default {DEFAULT_KINESIS_STREAM}), read "
+        "by its sensor",
     )
     demo.add_argument("--flush-seconds", type=float, default=5, help="landing object age limit")
     demo.add_argument("--seed", type=int, default=7)

@@ -26,7 +26,9 @@ from gaming_pipeline.lib.kinesis import (
     StreamGone,
     lines_of,
     object_key,
+    put_records,
     record_lines,
+    seed_lambda_record,
 )
 from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
@@ -97,6 +99,35 @@ def test_every_record_form_becomes_event_lines():
         rejected = json.loads(line)
         assert rejected["_rejected"].startswith("Kinesis record shardId-000000000001 4955: "), rejected
         assert why in rejected["_rejected"]
+
+
+def test_the_seeds_lambda_form_carries_no_pii_and_every_refused_record_is_put_again():
+    event = generator.client_event(generator.EventFactory(3).event(1_764_000_000))
+    event["pii"] = {"email": "someone@example.com"}
+    record = json.loads(seed_lambda_record(event, 1_764_000_001.25))
+    assert record["body"]["eventTime"] == 1_764_000_001.25 and "pii" not in record["body"]
+    assert [json.loads(line) for line in record_lines(json.dumps(record).encode(), "s 1")] == [record["body"]]
+
+    class Busy:
+        """Refuses every other record of each call, as a busy shard does."""
+
+        def __init__(self):
+            self.taken: list[bytes] = []
+
+        def put_records(self, StreamName, Records):  # noqa: N803
+            answers = []
+            for index, entry in enumerate(Records):
+                if index % 2:
+                    answers.append({"ErrorCode": "ProvisionedThroughputExceededException"})
+                else:
+                    self.taken.append(entry["Data"])
+                    answers.append({"SequenceNumber": str(len(self.taken))})
+            return {"FailedRecordCount": len(Records) // 2, "Records": answers}
+
+    busy = Busy()
+    records = [str(n).encode() for n in range(1200)]
+    put_records(busy, "events", records)
+    assert sorted(busy.taken, key=int) == records
 
 
 def test_object_keys_name_stream_shard_and_range():

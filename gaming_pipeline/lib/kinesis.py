@@ -20,6 +20,7 @@ import base64
 import gzip
 import json
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,41 @@ RETENTION_MARGIN_SECONDS = 600
 # The errors Kinesis answers a busy shard with, after boto3's own retries with backoff.
 _THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"}
 _EXPIRED_ITERATOR = "ExpiredIteratorException"
+
+
+# PutRecords takes at most this many records a call.
+PUT_RECORDS_MAX = 500
+
+
+def seed_lambda_record(event: dict, received_at: float) -> bytes:
+    """What the seed's Lambda puts on the stream for a client's event: the API Gateway event,
+    the client's event its body, stamped with `eventTime` (epoch seconds) as it is received.
+    PII stays out of the stream."""
+    body = {key: value for key, value in event.items() if key != "pii"} | {"eventTime": received_at}
+    return json.dumps({"httpMethod": "POST", "requestContext": {}, "body": body}).encode()
+
+
+def put_records(
+    kinesis, stream: str, records: list[bytes], partition_key: Callable[[], str] = lambda: uuid.uuid4().hex
+) -> None:
+    """PutRecords until Kinesis has taken every record: those it refused (a shard busy) are
+    put again, after a pause that grows while it refuses them all. Random partition keys, as
+    the seed's Lambda's, spread records over the shards."""
+    for start in range(0, len(records), PUT_RECORDS_MAX):
+        pending, pause = records[start : start + PUT_RECORDS_MAX], 0.025
+        while pending:
+            answer = kinesis.put_records(
+                **stream_ref(stream),
+                Records=[{"Data": data, "PartitionKey": partition_key()} for data in pending],
+            )
+            refused = [
+                data for data, put in zip(pending, answer["Records"], strict=True) if "ErrorCode" in put
+            ]
+            if refused:
+                # Longer while nothing gets through; a call that took some starts over short.
+                pause = min(pause * 2, 2.0) if len(refused) == len(pending) else 0.025
+                time.sleep(pause)
+            pending = refused
 
 
 class StreamGone(RuntimeError):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_LANDING_BUCKET = "gaming-pipeline-landing"
 DEFAULT_QUEUE_NAME = "gaming-pipeline-landing-events"
+# The stream `gaming-pipeline demo --source kinesis` creates when none is named.
+DEFAULT_KINESIS_STREAM = "gaming-pipeline-events"
 DEFAULT_SPARK_MASTER = "local[*]"
 DEFAULT_PII_BUCKET = "gaming-pipeline-pii"
 DEFAULT_PII_KMS_KEY = "alias/gaming-pipeline-pii"
