@@ -24,6 +24,7 @@ class FakeKinesis:
         self.sequence = 0
         self.shards: dict[str, dict] = {}
         self.throttle_reads = 0
+        self.fail_reads = 0
         self.gone = False
         self.reads = 0
         for _ in range(shards):
@@ -99,6 +100,12 @@ class FakeKinesis:
         if self.throttle_reads:
             self.throttle_reads -= 1
             raise _error("ProvisionedThroughputExceededException", "GetRecords")
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise ClientError(
+                {"Error": {"Code": "InternalFailure"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                "GetRecords",
+            )
         shard_id, after = json.loads(ShardIterator)
         shard = self.shards[shard_id]
         later = [record for record in shard["records"] if record[0] > after]

@@ -229,10 +229,11 @@ def test_a_tick_cut_short_or_a_lost_cursor_writes_no_record_twice():
     assert stream.written() == stream.sent
 
 
-def test_a_busy_shard_is_read_on_the_next_tick():
+@pytest.mark.parametrize("fault", ["throttle_reads", "fail_reads"])
+def test_a_busy_or_failing_shard_is_read_on_the_next_tick(fault):
     stream = Stream(shards=1)
     stream.put(30)
-    stream.kinesis.throttle_reads = 1
+    setattr(stream.kinesis, fault, 1)
     busy = stream.tick()
     assert busy.throttled == ["shardId-000000000000"] and not busy.objects
     stream.tick()

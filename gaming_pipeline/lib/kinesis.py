@@ -79,6 +79,15 @@ def put_records(
             pending = refused
 
 
+def _passing(error: ClientError) -> bool:
+    """A fault the next tick may not meet: a busy shard, an expired iterator, or Kinesis
+    failing on its side (a 5xx, which Kinesis answers now and then, and moto's server when
+    a read meets a concurrent put)."""
+    code = error.response["Error"]["Code"]
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in _THROTTLED or code == _EXPIRED_ITERATOR or status >= 500
+
+
 class StreamGone(RuntimeError):
     """The stream is not there (deleted, renamed, or another account's or region's)."""
 
@@ -293,6 +302,7 @@ class Delivery:
     objects: list[tuple[LandedObject, ShardRange]] = field(default_factory=list)
     iterator_age_ms: dict[str, int] = field(default_factory=dict)
     records: int = 0
+    # Shards left for the next tick: busy (throttled), or failing on Kinesis's side.
     throttled: list[str] = field(default_factory=list)
     waiting_for_parents: list[str] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -464,7 +474,7 @@ class KinesisSource:
                     break
                 self.sleep(GET_RECORDS_INTERVAL_SECONDS)
         except ClientError as error:
-            if error.response["Error"]["Code"] not in (*_THROTTLED, _EXPIRED_ITERATOR):
+            if not _passing(error):
                 raise
             # boto3 has backed off and retried already: what was read is kept, the rest waits
             # for the next tick.

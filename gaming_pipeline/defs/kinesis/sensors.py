@@ -139,7 +139,9 @@ def read_stream(
     except http.RequestException as error:  # the webhook is down: said again on a later tick
         context.log.error(f"alert delivery failed, will retry: {error}")
     for shard in delivery.throttled:
-        context.log.info(f"{shard} is busy (ProvisionedThroughputExceeded after retries): read on next tick")
+        context.log.info(
+            f"{shard} is busy or failing on Kinesis's side, after retries: read on the next tick"
+        )
 
     ranges = {obj: taken for obj, taken in delivery.objects}
     new = not_yet_ingested([*held_objects(saved.get("held")), *ranges], warehouse, context.instance)
