@@ -2,7 +2,7 @@
 server, as `make demo` runs them:
 
     .venv/bin/python bench/kinesis_source.py [--take-records 200000] [--rate 500] [--seconds 600]
-        [--only take|sustained]
+        [--shards 4] [--only take|sustained]
 
 1. take: a four-shard stream holding --take-records records (the seed's Lambda form, one
    event each, random partition keys) before the daemon starts; the seconds of the Kinesis
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -112,10 +113,19 @@ def take(records: int, address: str, work: Path) -> dict:
     }
 
 
-def sustained(rate: float, seconds: float, address: str, server_pid: int, work: Path) -> dict:
+def ingestion_runs(dagster_home: Path) -> dict[str, int]:
+    """The ingestion runs so far, by status."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="ingest_landed_objects_job"))
+    return dict(Counter(run.status.value for run in runs))
+
+
+def sustained(rate: float, seconds: float, shards: int, address: str, server_pid: int, work: Path) -> dict:
     kinesis = aws.client("kinesis")
     stream = "bench-sustained"
-    aws.provision_stream(kinesis, stream, SHARDS)
+    aws.provision_stream(kinesis, stream, shards)
     daemon, env = start_daemon(work, "sustained", address, stream)
     warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
     parts = {
@@ -138,10 +148,16 @@ def sustained(rate: float, seconds: float, address: str, server_pid: int, work: 
         load_ended = time.time()
         caught_up = wait_for_rows(warehouse, put, RAW_CATCH_UP_SECONDS, daemon)
         cpu_after = cpu_seconds(parts)
+        # The last run's ledger commit comes after its raw commit: its rows are timed by it.
+        deadline = time.monotonic() + 120
+        while raw_delays_by_ledger(warehouse)[2] and time.monotonic() < deadline:
+            time.sleep(2)
+        runs = ingestion_runs(Path(env["DAGSTER_HOME"]))
     finally:
         processes.stop([daemon])
     _, delays, without_version = raw_delays_by_ledger(warehouse)
     return {
+        "shards": shards,
         "events_per_second_offered": rate,
         "seconds_of_load": round(load_ended - load_started, 1),
         "events_put": put,
@@ -151,6 +167,7 @@ def sustained(rate: float, seconds: float, address: str, server_pid: int, work: 
         "drift_window_seconds": round(drift_window(load_ended - load_started)),
         **delay_figures("event_to_raw_seconds", delays, load_started, load_ended),
         "cpu_seconds_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after},
+        "ingestion_runs": runs,
     }
 
 
@@ -159,7 +176,16 @@ def main() -> None:
     parser.add_argument("--take-records", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=SHARDS,
+        help="sustained: the stream's shards (moto's put cost grows with a shard)",
+    )
     parser.add_argument("--only", choices=STEPS)
+    parser.add_argument(
+        "--out", type=Path, help="results file (default bench/results/kinesis-source-<date>.json)"
+    )
     args = parser.parse_args()
     with recording.workplace() as work:
         server, address = processes.start_spark_server(
@@ -171,10 +197,12 @@ def main() -> None:
             if args.only in (None, "take"):
                 results["take"] = take(args.take_records, address, work)
             if args.only in (None, "sustained"):
-                results["sustained"] = sustained(args.rate, args.seconds, address, server.pid, work)
+                results["sustained"] = sustained(
+                    args.rate, args.seconds, args.shards, address, server.pid, work
+                )
         finally:
             processes.stop([server])
-    recording.write("kinesis-source", results)
+    recording.write("kinesis-source", results, args.out)
 
 
 if __name__ == "__main__":

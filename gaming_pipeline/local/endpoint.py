@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from gaming_pipeline.lib.aws import provision_pii_keys
 from gaming_pipeline.lib.settings import Settings
@@ -19,15 +20,52 @@ LOCAL_CREDENTIALS = {
 }
 
 
+class KinesisTakesTurns:
+    """moto's Kinesis is not safe for concurrent calls: a read walks a shard's records while a
+    put adds one, and fails with a 500 ("OrderedDict mutated during iteration"), as a stream
+    read while it is written always is. Its calls take turns here; S3, SQS and the rest stay
+    concurrent."""
+
+    def __init__(self, app):
+        self.app, self.lock = app, threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("Kinesis_"):
+            return self.app(environ, start_response)
+        with self.lock:
+            # The whole answer inside the lock: moto builds it as the body is read.
+            return list(self.app(environ, start_response))
+
+
+def _moto_server(port: int):
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):
+        # ThreadedMotoServer's own, with Kinesis's calls taking turns.
+        def _server_entry(self) -> None:
+            app = KinesisTakesTurns(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=port, verbose=False)
+
+
 class LocalAws:
-    """moto's server on 127.0.0.1: S3, SNS, SQS and KMS over real HTTP, in this process, with
-    the PII vault's KMS keys made at start."""
+    """moto's server on 127.0.0.1: S3, SNS, SQS, KMS and Kinesis over real HTTP, in this
+    process, with the PII vault's KMS keys made at start."""
 
     def __init__(self, port: int = 0):
-        from moto.server import ThreadedMotoServer
-
         self.port = port or free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = _moto_server(self.port)
 
     @property
     def endpoint(self) -> str:
