@@ -97,6 +97,9 @@ def not_yet_ingested(
 ) -> list[LandedObject]:
     """The objects neither in the ledger (at the same ETag) nor taken by an unfinished run,
     parked objects of unknown games left out."""
+    if not objects:
+        # A quiet tick reads neither the ledger nor the runs.
+        return []
     ledger = ingested_objects(table_path(warehouse.root, LEDGER_TABLE))
     taken = in_flight(instance)
     return sorted(
