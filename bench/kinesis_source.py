@@ -40,11 +40,10 @@ from side_by_side import (
 )
 
 from gaming_pipeline.lib import aws
-from gaming_pipeline.lib.kinesis import put_records, seed_lambda_record
+from gaming_pipeline.lib.kinesis import put_as_the_seed_does
 from gaming_pipeline.local import generator, processes
 
 SHARDS = 4
-PUT_BATCH = 500
 STEPS = ("take", "sustained")
 
 
@@ -76,15 +75,10 @@ def take(records: int, address: str, work: Path) -> dict:
     kinesis = aws.client("kinesis")
     stream = "bench-take"
     aws.provision_stream(kinesis, stream, SHARDS)
-    events = generator.history(5, records, *generator.history_window(1.0))
     now = time.time()
-    batch = []
-    for event in events:
-        batch.append(seed_lambda_record(event, now))
-        if len(batch) == PUT_BATCH:
-            put_records(kinesis, stream, batch)
-            batch = []
-    put_records(kinesis, stream, batch)
+    put_as_the_seed_does(
+        kinesis, stream, generator.history(5, records, *generator.history_window(1.0)), stamp=lambda: now
+    )
     daemon, env = start_daemon(work, "take", address, stream)
     try:
         held_at = wait_for_rows(env["GAMING_PIPELINE_WAREHOUSE"], records, 900, daemon)
@@ -132,19 +126,10 @@ def sustained(rate: float, seconds: float, shards: int, address: str, server_pid
         "Spark Connect server": psutil.Process(server_pid),
         "Dagster daemon and its runs": psutil.Process(daemon.pid),
     }
-    put = 0
     try:
         time.sleep(30)  # the daemon loads the code location and ticks its sensors once
         cpu_before, load_started = cpu_seconds(parts), time.time()
-        batch, flushed = [], time.monotonic()
-        for event in generator.stream(11, rate, seconds):
-            batch.append(seed_lambda_record(event, time.time()))
-            # A producer sends what it has every 0.2 s, up to PutRecords' 500 at a time.
-            if len(batch) == PUT_BATCH or time.monotonic() - flushed >= 0.2:
-                put_records(kinesis, stream, batch)
-                put, batch, flushed = put + len(batch), [], time.monotonic()
-        put_records(kinesis, stream, batch)
-        put += len(batch)
+        put = put_as_the_seed_does(kinesis, stream, generator.stream(11, rate, seconds))
         load_ended = time.time()
         caught_up = wait_for_rows(warehouse, put, RAW_CATCH_UP_SECONDS, daemon)
         cpu_after = cpu_seconds(parts)

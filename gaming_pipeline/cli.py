@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -113,19 +114,15 @@ def cmd_local_aws(args: argparse.Namespace) -> int:
 
 
 def _put_on_stream(stream: str, args: argparse.Namespace, stop: threading.Event) -> None:
-    """The seed's flow: each generated event put on the stream as its Lambda puts a client's
-    event, stamped as it is put; what a fifth of a second brings goes in one PutRecords."""
-    from gaming_pipeline.lib.kinesis import put_records, seed_lambda_record
+    """The seed's flow: the generated events put on the stream as its Lambda puts clients'."""
+    from gaming_pipeline.lib.kinesis import put_as_the_seed_does
 
-    kinesis = aws.client("kinesis")
-    batch, sent = [], time.monotonic()
-    for event in generator.stream(args.seed, args.rate, None):
-        if stop.is_set():
-            return
-        batch.append(seed_lambda_record(generator.client_event(event), time.time()))
-        if time.monotonic() - sent >= 0.2:
-            put_records(kinesis, stream, batch)
-            batch, sent = [], time.monotonic()
+    events = generator.stream(args.seed, args.rate, None)
+    put_as_the_seed_does(
+        aws.client("kinesis"),
+        stream,
+        (generator.client_event(event) for event in itertools.takewhile(lambda _: not stop.is_set(), events)),
+    )
 
 
 def _s3_put(bucket: str):

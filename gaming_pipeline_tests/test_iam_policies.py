@@ -256,7 +256,7 @@ def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing
         client("pipeline", "kinesis"), s3, names["kinesis-stream"], names["landing-bucket"]
     )
     delivery = source.deliver(Positions(), time.time() + 20)
-    assert delivery.records == 1 and delivery.objects[0][0].key.startswith("kinesis/")
+    assert delivery.records == 1 and delivery.objects[0].key.startswith("kinesis/")
     assert denied(
         lambda: client("pipeline", "kinesis").put_record(
             StreamName=names["kinesis-stream"], Data=b"{}", PartitionKey="p"

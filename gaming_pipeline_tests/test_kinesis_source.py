@@ -169,7 +169,7 @@ class Stream:
         delivery = self.source.deliver(
             self.positions if positions is None else positions, self.kinesis.now + 20
         )
-        self.order.extend(taken for _, taken in delivery.objects)
+        self.order.extend(ShardRange.of_key(obj.key) for obj in delivery.objects)
         return delivery
 
     def written(self) -> list[int]:

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 from gaming_pipeline.lib.s3_events import KINESIS_PREFIX, REJECTED, LandedObject
 
 GZIP_MAGIC = b"\x1f\x8b"
+OBJECT_SUFFIX = ".ndjson.gz"
 # Kinesis serves five GetRecords a second per shard, to every consumer together.
 GET_RECORDS_INTERVAL_SECONDS = 0.2
 RECORDS_PER_CALL = 10_000
@@ -79,6 +80,22 @@ def put_records(
             pending = refused
 
 
+def put_as_the_seed_does(
+    kinesis, stream: str, events: Iterable[dict], stamp: Callable[[], float] = time.time
+) -> int:
+    """Each event put on the stream as the seed's Lambda puts a client's event, stamped by
+    `stamp` (the time it is put); what a fifth of a second brings goes in one PutRecords, as a
+    producer's batching does. How many were put."""
+    batch, flushed, put = [], time.monotonic(), 0
+    for event in events:
+        batch.append(seed_lambda_record(event, stamp()))
+        if len(batch) == PUT_RECORDS_MAX or time.monotonic() - flushed >= 0.2:
+            put_records(kinesis, stream, batch)
+            put, batch, flushed = put + len(batch), [], time.monotonic()
+    put_records(kinesis, stream, batch)
+    return put + len(batch)
+
+
 def _passing(error: ClientError) -> bool:
     """A fault the next tick may not meet: a busy shard, an expired iterator, or Kinesis
     failing on its side (a 5xx, which Kinesis answers now and then, and moto's server when
@@ -107,7 +124,7 @@ def shard_prefix(stream: str, shard: str) -> str:
 
 
 def object_key(stream: str, shard: str, first: str, last: str) -> str:
-    return f"{shard_prefix(stream, shard)}{first}-{last}.ndjson.gz"
+    return f"{shard_prefix(stream, shard)}{first}-{last}{OBJECT_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -122,9 +139,9 @@ class ShardRange:
     @classmethod
     def of_key(cls, key: str) -> ShardRange | None:
         """The range a landing object's key names; None for an object not read from Kinesis."""
-        if not key.startswith(KINESIS_PREFIX) or not key.endswith(".ndjson.gz"):
+        if not key.startswith(KINESIS_PREFIX) or not key.endswith(OBJECT_SUFFIX):
             return None
-        parts = key[len(KINESIS_PREFIX) : -len(".ndjson.gz")].split("/")
+        parts = key.removeprefix(KINESIS_PREFIX).removesuffix(OBJECT_SUFFIX).split("/")
         if len(parts) != 3 or parts[2].count("-") != 1:
             return None
         first, last = parts[2].split("-")
@@ -299,7 +316,8 @@ class Delivery:
     """What one tick read: the landing objects written (or found written by a tick cut short),
     each shard's iterator age, and the shards it could not read."""
 
-    objects: list[tuple[LandedObject, ShardRange]] = field(default_factory=list)
+    # Each names its shard and range (ShardRange.of_key).
+    objects: list[LandedObject] = field(default_factory=list)
     iterator_age_ms: dict[str, int] = field(default_factory=dict)
     records: int = 0
     # Shards left for the next tick: busy (throttled), or failing on Kinesis's side.
@@ -522,10 +540,5 @@ class KinesisSource:
         position.after = last
         position.read_until = max(position.read_until, held[-1]["ApproximateArrivalTimestamp"].timestamp())
         delivery.records += len(held)
-        delivery.objects.append(
-            (
-                LandedObject(self.bucket, key, etag.strip('"'), size),
-                ShardRange(stream_name(self.stream), shard_id, first, last),
-            )
-        )
+        delivery.objects.append(LandedObject(self.bucket, key, etag.strip('"'), size))
         return len(held) == len(records)

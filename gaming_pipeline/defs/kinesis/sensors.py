@@ -122,17 +122,17 @@ def read_stream(
     delivery = source.deliver(positions, deadline=time.time() + TICK_BUDGET_SECONDS)
 
     now, ages = time.time(), delivery.iterator_age_ms
-    # A shard not read this tick (busy, waiting for its parents) keeps its spell.
+    # A shard not read this tick (busy) keeps its spell; one read to its end or gone ends it.
     behind_since = {
-        shard: since for shard, since in saved.get("behind_since", {}).items() if shard not in ages
+        shard: since
+        for shard, since in saved.get("behind_since", {}).items()
+        if shard not in ages and shard in positions.shards and shard not in positions.drained
     } | {
         shard: saved.get("behind_since", {}).get(shard, now)
         for shard, age in ages.items()
         if age >= alert_age_seconds * 1000
     }
-    behind = {
-        shard: (since, ages.get(shard, 0) / 1000) for shard, since in behind_since.items() if shard in ages
-    }
+    behind = {shard: (since, ages[shard] / 1000) for shard, since in behind_since.items() if shard in ages}
     try:
         for alert in kinesis_alerts(stream_name(stream), delivery.gaps, behind, alert_age_seconds, alerts):
             deliver(context, alert_webhook, alert, alerts)
@@ -143,8 +143,7 @@ def read_stream(
             f"{shard} is busy or failing on Kinesis's side, after retries: read on the next tick"
         )
 
-    ranges = {obj: taken for obj, taken in delivery.objects}
-    new = not_yet_ingested([*held_objects(saved.get("held")), *ranges], warehouse, context.instance)
+    new = not_yet_ingested([*held_objects(saved.get("held")), *delivery.objects], warehouse, context.instance)
     wait = (
         "an ingestion run is already waiting to start: the objects read wait to join the next batch"
         if new and context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING))
@@ -173,7 +172,7 @@ def read_stream(
             skip_reason=wait or f"no new records in {len(ages)} shard(s)", cursor=cursor, asset_events=events
         )
     context.log.info(
-        f"{delivery.records} record(s) from {len(ranges)} shard read(s) into {len(new)} object(s)"
+        f"{delivery.records} record(s) from {len(delivery.objects)} shard read(s) into {len(new)} object(s)"
     )
     return dg.SensorResult(run_requests=requests, cursor=cursor, asset_events=events)
 
