@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -111,18 +110,6 @@ def cmd_local_aws(args: argparse.Namespace) -> int:
     finally:
         local.stop()
     return 0
-
-
-def _put_on_stream(stream: str, args: argparse.Namespace, stop: threading.Event) -> None:
-    """The seed's flow: the generated events put on the stream as its Lambda puts clients'."""
-    from gaming_pipeline.lib.kinesis import put_as_the_seed_does
-
-    events = generator.stream(args.seed, args.rate, None)
-    put_as_the_seed_does(
-        aws.client("kinesis"),
-        stream,
-        (generator.client_event(event) for event in itertools.takewhile(lambda _: not stop.is_set(), events)),
-    )
 
 
 def _s3_put(bucket: str):
@@ -245,9 +232,16 @@ def cmd_ingest_server(args: argparse.Namespace) -> int:
     from gaming_pipeline.lib.pii import keys_from
 
     settings = Settings.from_env()
+    if args.sink == "kinesis" and not settings.kinesis_stream:
+        console.print(
+            "[red]--sink kinesis puts events on the stream GAMING_PIPELINE_KINESIS_STREAM names: set it "
+            "(a stream name or ARN)[/red]"
+        )
+        return 2
     config = ServiceConfig(
         spool_dir=settings.spool_dir,
         keys_file=settings.api_keys_file,
+        stream=settings.kinesis_stream if args.sink == "kinesis" else "",
         landing_bucket=settings.landing_bucket,
         pii_bucket=settings.pii_bucket,
         pii_keys=keys_from(settings),
@@ -465,6 +459,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             str(ingest_port),
             "--flush-seconds",
             str(args.flush_seconds),
+            "--sink",
+            "kinesis" if args.source == "kinesis" else "s3",
         ]
         ingest_process = processes.start(ingest_server, env, logs / "ingest.log")
         started.append(ingest_process)
@@ -488,12 +484,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 lambda n: None,
             )
 
-        if args.rate and args.source == "kinesis":
-            threading.Thread(target=_put_on_stream, args=(stream, args, stop_streaming), daemon=True).start()
-            load = f"{args.rate:g} events/s put on Kinesis stream {stream} (the seed's Lambda form)"
-        elif args.rate:
+        if args.rate:
             threading.Thread(target=post, daemon=True).start()
-            load = f"{args.rate:g} events/s posted to the ingest service"
+            load = f"{args.rate:g} events/s posted to the ingest service" + (
+                f", which puts them on Kinesis stream {stream}" if args.source == "kinesis" else ""
+            )
         else:
             load = "none generated (--rate 0): post your own events to the ingest service"
         dashboard = table_path(settings.warehouse, DASHBOARD_FILE)
@@ -563,9 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         choices=("http", "kinesis"),
         default="http",
-        help="where the live events go: the ingest service (default), or a Kinesis stream as the "
-        f"seed's Lambda puts them (GAMING_PIPELINE_KINESIS_STREAM, default {DEFAULT_KINESIS_STREAM}), read "
-        "by its sensor",
+        help="how the live events posted to the ingest service come in: as landing objects (http, the "
+        "default), or put on a Kinesis stream as the seed's Lambda puts them (GAMING_PIPELINE_KINESIS_STREAM, "
+        f"default {DEFAULT_KINESIS_STREAM}) and read by its sensor",
     )
     demo.add_argument("--flush-seconds", type=float, default=5, help="landing object age limit")
     demo.add_argument("--seed", type=int, default=7)
@@ -635,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--keep-alive", type=float, default=5, help="seconds an idle connection is kept open")
     server.add_argument(
         "--max-connections", type=int, default=1000, help="more get 503 (fewer if the open-file limit is low)"
+    )
+    server.add_argument(
+        "--sink",
+        choices=("s3", "kinesis"),
+        default="s3",
+        help="where accepted events go: landing objects in the bucket (default), or records on the "
+        "Kinesis stream GAMING_PIPELINE_KINESIS_STREAM names",
     )
     server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     server.set_defaults(func=cmd_ingest_server)

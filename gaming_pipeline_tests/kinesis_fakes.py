@@ -27,6 +27,11 @@ class FakeKinesis:
         self.fail_reads = 0
         self.gone = False
         self.reads = 0
+        # The PutRecords calls (counted from 1) that refuse every other record (a busy
+        # shard), and those that fail whole.
+        self.put_calls = 0
+        self.refusing_put_calls: set[int] = set()
+        self.failing_put_calls: set[int] = set()
         for _ in range(shards):
             self._new_shard()
 
@@ -41,12 +46,37 @@ class FakeKinesis:
         }
         return shard_id
 
-    def put(self, shard_id: str, data: bytes) -> str:
+    def put(self, shard_id: str, data: bytes, partition_key: str = "p") -> str:
         self.sequence += 1
         shard = self.shards[shard_id]
         assert not shard["closed"]
-        shard["records"].append((self.sequence, data, self.now))
+        shard["records"].append((self.sequence, data, self.now, partition_key))
         return str(self.sequence)
+
+    def put_records(self, Records, StreamName=None, StreamARN=None):  # noqa: N803
+        """Each record on an open shard by its hash key (the explicit one, else the MD5 of its
+        partition key), the open shards sharing the key space in order."""
+        self._check("PutRecords")
+        self.put_calls += 1
+        if self.put_calls in self.failing_put_calls:
+            raise ClientError(
+                {"Error": {"Code": "InternalFailure"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                "PutRecords",
+            )
+        refusing = self.put_calls in self.refusing_put_calls
+        answers = []
+        for index, entry in enumerate(Records):
+            if refusing and index % 2:
+                answers.append({"ErrorCode": "ProvisionedThroughputExceededException"})
+                continue
+            key = entry.get("ExplicitHashKey") or str(
+                int.from_bytes(hashlib.md5(entry["PartitionKey"].encode()).digest(), "big")
+            )
+            shards = self.open_shards()
+            shard_id = shards[int(key) * len(shards) >> 128]
+            answers.append({"SequenceNumber": self.put(shard_id, entry["Data"], entry["PartitionKey"])})
+        failed = sum("ErrorCode" in answer for answer in answers)
+        return {"FailedRecordCount": failed, "Records": answers}
 
     def open_shards(self) -> list[str]:
         return [shard_id for shard_id, shard in self.shards.items() if not shard["closed"]]
@@ -118,10 +148,10 @@ class FakeKinesis:
                 {
                     "SequenceNumber": str(sequence),
                     "Data": data,
-                    "PartitionKey": "p",
+                    "PartitionKey": partition_key,
                     "ApproximateArrivalTimestamp": datetime.fromtimestamp(arrived, UTC),
                 }
-                for sequence, data, arrived in page
+                for sequence, data, arrived, partition_key in page
             ],
             "NextShardIterator": None if shard["closed"] and at_end else json.dumps([shard_id, last]),
             "MillisBehindLatest": 0 if at_end else int((newest - page[-1][2]) * 1000),
@@ -131,12 +161,19 @@ class FakeKinesis:
 class FakeS3:
     def __init__(self):
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.metadata: dict[tuple[str, str], dict] = {}
         self.puts = 0
 
-    def put_object(self, Bucket, Key, Body, **_):  # noqa: N803
+    def put_object(self, Bucket, Key, Body, Metadata=None, **_):  # noqa: N803
         self.puts += 1
         self.objects[(Bucket, Key)] = Body
+        self.metadata[(Bucket, Key)] = Metadata or {}
         return {"ETag": f'"{hashlib.md5(Body).hexdigest()}"'}
+
+    def head_object(self, Bucket, Key):  # noqa: N803
+        if (Bucket, Key) not in self.objects:
+            raise _error("404", "HeadObject")
+        return {"Metadata": self.metadata[(Bucket, Key)]}
 
     def _listed(self, bucket: str, prefix: str) -> list[dict]:
         return [

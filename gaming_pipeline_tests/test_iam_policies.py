@@ -26,8 +26,8 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from moto.core.authorization import enable_iam_authentication
 
-from gaming_pipeline.ingest_service.delivery import Delivery
-from gaming_pipeline.ingest_service.spool import Record
+from gaming_pipeline.ingest_service.delivery import Delivery, StreamSink
+from gaming_pipeline.ingest_service.spool import Progress, Record
 from gaming_pipeline.lib import aws, erasure
 from gaming_pipeline.lib.kinesis import KinesisSource, Positions
 from gaming_pipeline.lib.pii import KmsKeys, PiiVault, PlayerErased
@@ -213,6 +213,28 @@ def test_the_ingest_role_delivers_and_seals_pii_but_cannot_read_it_back(deployme
     assert denied(lambda: vault.keys.open_data_key(base64.b64decode(key_object["data_key"])))
     records = "pii/segments/ingest-spool-1-segment-1"
     assert denied(lambda: client("ingest", "s3").get_object(Bucket=names["pii-bucket"], Key=records))
+
+
+def test_the_ingest_role_puts_events_on_its_stream_but_cannot_read_it(deployment, tmp_path):
+    names, client, vault_of, _ = deployment
+    vault, stream = vault_of("ingest"), names["kinesis-stream"]
+    sink = StreamSink(client("ingest", "kinesis"), stream, lambda segment: Progress(tmp_path / segment))
+    delivery = Delivery(client("ingest", "s3"), names["landing-bucket"], vault, "0a1b2c3d", sink)
+    assert delivery("00000000000000042", [_record(vault, DEVICE, "e-1")]).stream_records == 1
+    assert denied(
+        lambda: client("ingest", "kinesis").get_shard_iterator(
+            StreamName=stream, ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"
+        )
+    )
+    # Read by the pipeline role, the record leads the erasure role to the player's PII.
+    source = KinesisSource(
+        client("pipeline", "kinesis"), client("pipeline", "s3"), stream, names["landing-bucket"]
+    )
+    read = source.deliver(Positions(), time.time() + 20)
+    objects = [(obj.bucket, obj.key) for obj in read.objects]
+    segments = erasure.pii_segments(client("erasure", "s3"), objects)
+    assert segments == ["ingest-0a1b2c3d-00000000000000042"]
+    assert [r["event_id"] for r in vault_of("erasure").read(DEVICE, segments)] == ["e-1"]
 
 
 def test_the_pipeline_role_takes_notifications_and_logs_but_cannot_write_landing_objects(

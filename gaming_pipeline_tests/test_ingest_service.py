@@ -6,12 +6,15 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 
 import msgspec
 
 from gaming_pipeline.cli import main
 from gaming_pipeline.ingest_service import keys
+from gaming_pipeline.lib import aws, erasure
+from gaming_pipeline.lib.kinesis import KinesisSource, Positions
 from gaming_pipeline.local import generator, ports
 from gaming_pipeline_tests.service_helpers import IngestService, event, landed, wait_until
 
@@ -205,6 +208,55 @@ def test_a_full_spool_answers_503_holds_everything_and_delivers_once_s3_is_back(
         assert back.get("/healthz")[0] == 200
     finally:
         back.stop()
+
+
+def test_the_kinesis_sink_holds_events_until_the_stream_takes_them_once_their_pii_in_the_vault(
+    local_aws, landing, tmp_path
+):
+    stream = f"events-{uuid.uuid4().hex[:8]}"
+    service = IngestService(
+        tmp_path / "home",
+        landing.bucket,
+        options=["--flush-seconds", "0.2", "--sink", "kinesis"],
+        environ={"GAMING_PIPELINE_KINESIS_STREAM": stream},
+    ).start()
+    try:
+        sender = service.sender(service.new_key()[1])
+        # No stream yet: the events are accepted all the same, and held in the spool.
+        assert (
+            sender.send([event(n, pii={"email": f"p{n}@example.com"}) for n in range(40)])["accepted"] == 40
+        )
+        wait_until(lambda: service.metric("ingest_delivery_failing") == 1, what="a failed delivery")
+        assert service.get("/healthz")[0] == 200
+        aws.provision_stream(aws.client("kinesis"), stream, shards=2)
+        later = [event(n) for n in range(40, 80)] + [event(80, params={"game_keyword": "not_yet_known"})]
+        answer = sender.send(later)
+        assert answer["accepted"] == 41, answer
+    finally:
+        service.stop()
+    spool = service.home / "spool"
+    assert not [*spool.glob("*.wal"), *spool.glob("put-*")]  # no segment, no progress left
+
+    source = KinesisSource(aws.client("kinesis"), aws.client("s3"), stream, landing.bucket)
+    read = source.deliver(Positions(), time.time() + 30)
+    objects = landed(landing.bucket, "kinesis/")
+    events = [e for held in objects.values() for e in held]
+    assert sorted(e["event_id"] for e in events) == sorted(f"evt-{n}" for n in range(80))
+    assert not any("pii" in e for e in events)
+    shards_of_device = {}
+    for key, held in objects.items():
+        for e in held:
+            shards_of_device.setdefault(e["eventParams"]["device_id"], set()).add(key.split("/")[2])
+    assert all(len(shards) == 1 for shards in shards_of_device.values()), shards_of_device
+    # A game the registry does not know yet: parked in the bucket, as without the sink.
+    (parked,) = landed(landing.bucket, "unknown-games/").values()
+    assert [e["event_id"] for e in parked] == ["evt-80"]
+    # Each player's PII is found through the objects read from the stream, as erasure finds it.
+    segments = erasure.pii_segments(aws.client("s3"), [(landing.bucket, obj.key) for obj in read.objects])
+    held = service.vault().read("d-1", segments)
+    assert sorted(r["pii"]["email"] for r in held) == sorted(
+        f"p{n}@example.com" for n in range(40) if n % 7 == 1
+    )
 
 
 def test_an_unreadable_segment_is_parked_counted_and_the_rest_delivered(local_aws, landing, tmp_path):

@@ -15,12 +15,17 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
+from botocore.exceptions import ClientError
 
 from gaming_pipeline.defs.kinesis.sensors import build_kinesis_sensor
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.resources import AlertWebhookResource
+from gaming_pipeline.ingest_service.delivery import StreamSink
+from gaming_pipeline.ingest_service.spool import Progress, Record
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kinesis import (
+    MAX_SEGMENTS_PER_OBJECT,
+    SEGMENTS_METADATA,
     KinesisSource,
     Positions,
     ShardRange,
@@ -30,7 +35,9 @@ from gaming_pipeline.lib.kinesis import (
     put_records,
     record_lines,
     seed_lambda_record,
+    staged_segments,
 )
+from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers
 from gaming_pipeline.lib.tables import QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline.local import generator
@@ -214,20 +221,98 @@ def test_a_tick_cut_short_or_a_lost_cursor_writes_no_record_twice():
     stream.tick()
     before = copy.deepcopy(stream.positions)
     stream.put(20)
-    stream.tick()
+    written = {obj.key for obj in stream.tick().objects}
     puts = stream.s3.puts
     # The daemon died before it stored that tick's cursor: the next tick starts from the
     # positions before it, finds the objects it wrote and writes none of them again; they are
-    # asked for again (the ledger skips what was ingested).
+    # asked for again (the ledger skips what was ingested), and the records after them go in
+    # new objects, one a shard.
     stream.put(10)
     again = stream.tick(before)
-    assert stream.s3.puts == puts and len(again.objects) == 2, again
+    assert stream.s3.puts == puts + 2 and written < {obj.key for obj in again.objects}, again
     stream.tick(before)
-    assert stream.s3.puts == puts + 2  # the 10 new records, one object a shard
+    assert stream.s3.puts == puts + 2
     # A sensor with no cursor at all (new, or reset) goes on from the objects too.
     stream.put(10)
     stream.tick(Positions())
     assert stream.written() == stream.sent
+
+
+def segment_of(devices: int, events_each: int) -> list[Record]:
+    """A spool segment's records: each device's events spread over several requests."""
+    lines = [
+        json.dumps(
+            {
+                "event_id": f"{device}-{n}",
+                "eventName": "gameStart",
+                "eventTime": 1_795_420_800_000,
+                "eventParams": {"game_keyword": "g", "device_id": f"device-{device}"},
+            }
+        ).encode()
+        + b"\n"
+        for n in range(events_each)
+        for device in range(devices)
+    ]
+    return [
+        Record(1_795_420_800_000, b"".join(lines[i : i + 7]), b"", [], []) for i in range(0, len(lines), 7)
+    ]
+
+
+def test_the_service_puts_a_segment_once_on_each_devices_shard_whatever_fails_between_puts(tmp_path):
+    kinesis = FakeKinesis(shards=3)
+    # Fifteen hundred devices, a record each: PutRecords of 500. The first call has half its
+    # records refused, the third fails whole, after 750 are in.
+    kinesis.refusing_put_calls, kinesis.failing_put_calls = {1}, {3}
+    records, segment = segment_of(devices=1500, events_each=3), "ingest-0a1b2c3d-00000000000000042"
+
+    def sink() -> StreamSink:
+        # As a restarted service makes it: the progress from the spool folder.
+        return StreamSink(kinesis, "events", lambda segment_id: Progress(tmp_path / f"put-{segment_id}.json"))
+
+    with pytest.raises(ClientError):
+        sink().put(segment, "00000000000000042", records, NOBODY_ERASED)
+    assert sink().put(segment, "00000000000000042", records, NOBODY_ERASED) == (1500, 4500)
+    put = [
+        (shard_id, partition_key, line)
+        for shard_id, shard in kinesis.shards.items()
+        for _, data, _, partition_key in shard["records"]
+        for line in data.decode().splitlines()
+    ]
+    assert sorted(json.loads(line)["event_id"] for _, _, line in put) == sorted(
+        f"{device}-{n}" for device in range(1500) for n in range(3)
+    )
+    assert {partition_key for _, partition_key, _ in put} == {segment}
+    shards_of_device = {}
+    for shard_id, _, line in put:
+        shards_of_device.setdefault(json.loads(line)["eventParams"]["device_id"], set()).add(shard_id)
+    assert all(len(shards) == 1 for shards in shards_of_device.values())
+    assert len({shard for shards in shards_of_device.values() for shard in shards}) == 3
+    # A player erased before the segment's delivery: their events are not put.
+    erased = ErasedPlayers(b"k", frozenset([ErasedPlayers(b"k").player_id("device-7")]))
+    assert sink().put(segment, "00000000000000043", segment_of(10, 2), erased) == (9, 18)
+
+
+def test_each_object_names_the_service_segments_its_records_came_with():
+    stream = Stream(shards=1)
+    segments = [f"ingest-0a1b2c3d-{n:017d}" for n in range(MAX_SEGMENTS_PER_OBJECT + 5)]
+    for segment in segments:
+        stream.kinesis.put("shardId-000000000000", b'{"n": 1}', segment)
+    stream.kinesis.put("shardId-000000000000", b'{"n": 2}', "a-producers-own-key")
+    delivery = stream.tick()
+    named = [
+        stream.s3.metadata[("landing", obj.key)].get(SEGMENTS_METADATA, "").split()
+        for obj in delivery.objects
+    ]
+    # One tick, two objects: S3 keeps 2 KB of metadata an object.
+    assert [len(names) for names in named] == [MAX_SEGMENTS_PER_OBJECT, 5]
+    assert [name for names in named for name in names] == segments
+    objects = [("landing", obj.key) for obj in delivery.objects]
+    assert (
+        staged_segments(
+            stream.s3, [*objects, ("landing", "kinesis/events/shardId-000000000000/7-9.ndjson.gz")]
+        )
+        == segments
+    )
 
 
 @pytest.mark.parametrize("fault", ["throttle_reads", "fail_reads"])

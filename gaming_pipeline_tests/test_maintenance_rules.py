@@ -326,9 +326,15 @@ class ChangingBucket:
         class NoSuchKey(Exception):
             pass
 
-    def __init__(self, objects: dict[str, bytes], change_once: dict[str, bytes] | None = None):
+    def __init__(
+        self,
+        objects: dict[str, bytes],
+        change_once: dict[str, bytes] | None = None,
+        metadata: dict[str, dict] | None = None,
+    ):
         self.objects = dict(objects)
         self.change_once = dict(change_once or {})
+        self.metadata = dict(metadata or {})
         self.puts: list[str] = []
 
     def _etag(self, key: str) -> str:
@@ -337,7 +343,11 @@ class ChangingBucket:
     def get_object(self, Bucket, Key):
         if Key not in self.objects:
             raise self.exceptions.NoSuchKey()
-        got = {"Body": io.BytesIO(self.objects[Key]), "ETag": self._etag(Key)}
+        got = {
+            "Body": io.BytesIO(self.objects[Key]),
+            "ETag": self._etag(Key),
+            "Metadata": self.metadata.get(Key, {}),
+        }
         if Key in self.change_once:
             self.objects[Key] = self.change_once.pop(Key)
         return got
@@ -346,9 +356,10 @@ class ChangingBucket:
         if self._etag(key) != etag:
             raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
 
-    def put_object(self, Bucket, Key, Body, ContentType, IfMatch):
+    def put_object(self, Bucket, Key, Body, ContentType, Metadata, IfMatch):
         self._precondition(Key, IfMatch)
         self.objects[Key] = Body
+        self.metadata[Key] = Metadata
         self.puts.append(Key)
 
     def delete_object(self, Bucket, Key, IfMatch):
@@ -378,10 +389,13 @@ def test_erasure_takes_a_players_lines_out_of_landing_objects_and_never_overwrit
         },
         # Someone uploads b again between the erasure's read and its write.
         change_once={"b.ndjson": ndjson("d-3", player)},
+        # What a Kinesis read's object says of itself, which erasure needs again later.
+        metadata={"a.ndjson.gz": {"ingest-segments": "ingest-0a1b2c3d-00000000000000042"}},
     )
     keys = ["a.ndjson.gz", "b.ndjson", "c.ndjson", "only-them.ndjson", "untouched.ndjson", "gone.ndjson"]
     (erased,) = erasure.erase_from_objects(bucket, [("landing", key) for key in keys], player)
     assert gzip.decompress(bucket.objects["a.ndjson.gz"]) == ndjson("d-1", "d-7\u00e90")
+    assert bucket.metadata["a.ndjson.gz"] == {"ingest-segments": "ingest-0a1b2c3d-00000000000000042"}
     # The newer upload is read again and cleaned; its other lines stay.
     assert bucket.objects["b.ndjson"] == ndjson("d-3")
     assert bucket.objects["c.ndjson"] == f'{{"eventParams": {{"device_id": x-{player}}}\n'.encode()

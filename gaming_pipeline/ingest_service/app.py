@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gaming_pipeline.ingest_service.delivery import Delivery
+from gaming_pipeline.ingest_service.delivery import Delivery, StreamSink
 from gaming_pipeline.ingest_service.keys import KeyRing
 from gaming_pipeline.ingest_service.schema import (
     ERASED_PLAYER,
@@ -62,9 +62,9 @@ log = logging.getLogger("gaming_pipeline.ingest_service")
 JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson"}
 RETRY_AFTER_SECONDS = 5
-# A client should not wait on S3: the service gives up on a call quickly and the spool
+# A client should not wait on S3 or Kinesis: the service gives up on a call quickly and the spool
 # retries the whole segment later.
-S3_CONFIG = Config(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"})
+AWS_CONFIG = Config(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class ServiceConfig:
     pii_bucket: str
     # Where the vault's keys come from (lib/pii.py): KMS, or a local master key.
     pii_keys: KeyService
+    # `--sink kinesis`: the Kinesis stream (name or ARN) accepted events go on, instead of
+    # landing objects (ingest_service/delivery.StreamSink).
+    stream: str = ""
     flush_bytes: int = 5 * 1024 * 1024
     flush_seconds: float = 60.0
     spool_max_bytes: int = 1024**3
@@ -162,6 +165,11 @@ class Metrics:
         )
         self.flush_failures = Counter("ingest_flush_failures", "Failed segment deliveries", registry=registry)
         self.landing_objects = Counter("ingest_landing_objects", "Landing objects written", registry=registry)
+        self.stream_records = Counter(
+            "ingest_kinesis_records",
+            "Records the Kinesis stream acknowledged (--sink kinesis)",
+            registry=registry,
+        )
         Gauge("ingest_spool_bytes", "Bytes accepted and not yet delivered", registry=registry).set_function(
             lambda: spool.pending_bytes
         )
@@ -227,7 +235,7 @@ class Service:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self.keys = KeyRing(config.keys_file)
-        s3 = aws.client("s3", S3_CONFIG)
+        s3 = aws.client("s3", AWS_CONFIG)
         self.vault = PiiVault(s3, config.pii_bucket, config.pii_keys)
         self.recent = RecentIds(config.dedup_seconds, config.dedup_max_ids)
         self.spool = Spool(
@@ -238,7 +246,12 @@ class Service:
             config.spool_max_bytes,
             self.recent,
         )
-        self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance)
+        sink = (
+            StreamSink(aws.client("kinesis", AWS_CONFIG), config.stream, self.spool.progress)
+            if config.stream
+            else None
+        )
+        self.delivery = Delivery(s3, config.landing_bucket, self.vault, self.spool.instance, sink)
         self.metrics = Metrics(self.spool, self.keys)
         # The PII keys come from KMS, which a request must never wait on: they are fetched
         # here, in the background, and until they are, requests with PII are answered 503.
@@ -278,11 +291,13 @@ class Service:
         seconds = time.perf_counter() - started
         self.metrics.flush_seconds.observe(seconds)
         self.metrics.landing_objects.inc(delivered.objects)
+        self.metrics.stream_records.inc(delivered.stream_records)
         log.info(
             "delivered",
             extra={
                 "segment": segment_id,
                 "objects": delivered.objects,
+                "kinesis_records": delivered.stream_records,
                 "events": delivered.events,
                 "pii_players": delivered.players,
                 "events_of_erased_players": delivered.events_of_erased,
@@ -457,7 +472,10 @@ def create_app(config: ServiceConfig) -> Starlette:
     async def lifespan(app: Starlette):
         service = holder["service"] = Service(config)
         service.spool.start()
-        log.info("started", extra={"spool": str(config.spool_dir), "bucket": config.landing_bucket})
+        log.info(
+            "started",
+            extra={"spool": str(config.spool_dir), "bucket": config.landing_bucket, "stream": config.stream},
+        )
         # The app's state, which uvicorn hands its protocols too: they count their refusals.
         yield {"service": service}
         await run_in_threadpool(service.spool.close, config.shutdown_flush_seconds)

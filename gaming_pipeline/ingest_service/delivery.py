@@ -10,20 +10,26 @@ Keys follow Firehose's layout, by the UTC hour events were received:
 does not know go under `unknown-games/` instead, which ingestion leaves alone. The segment's
 PII goes to the vault as one object named as they are (`ingest-<spool>-<segment>`), however
 many players it holds, so a player's PII is found from the objects their events landed in.
+
+With `--sink kinesis` the events go on a Kinesis stream instead (StreamSink), as the seed's
+Lambda puts them, named by the segment in every record's partition key; the PII still goes to
+the vault first, and events of unknown games still land under `unknown-games/`.
 """
 
 from __future__ import annotations
 
 import gzip
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 
-from gaming_pipeline.ingest_service.spool import Record, SegmentUnreadable
+from gaming_pipeline.ingest_service.spool import Progress, Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
+from gaming_pipeline.lib.kinesis import put_entries, segment_entries
 from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.s3_events import INGEST_OBJECT_SUFFIX, PARKED_PREFIX, ingest_segment
@@ -102,16 +108,58 @@ class Delivered:
     players: int
     # Events of players erased while they waited in the spool: dropped, not delivered.
     events_of_erased: int = 0
+    # Records a Kinesis stream acknowledged (`--sink kinesis`).
+    stream_records: int = 0
+
+
+@dataclass
+class StreamSink:
+    """`--sink kinesis`: a segment's events go on the stream, PutRecords, a record for each
+    device's events (lib/kinesis.segment_entries), each put once: what the stream acknowledged
+    is kept in the spool (Progress), and a delivery that failed goes on from there."""
+
+    kinesis: object
+    stream: str
+    progress: Callable[[str], Progress]
+    # Records refused this long (a stream under-provisioned for the load, a key it may not
+    # use): the delivery fails, and the spool holds the segment and tries again later.
+    patience_seconds: float = 20.0
+
+    def put(
+        self, segment: str, segment_id: str, records: list[Record], erased: ErasedPlayers
+    ) -> tuple[int, int]:
+        """(records put, events in them). The records are made from the segment as it was
+        spooled, so they are the same at every attempt; those of players erased since are
+        left out."""
+        lines = [line for record in records for line in record.events.splitlines(keepends=True)]
+        entries = segment_entries(segment, lines)
+        left_out = {
+            index
+            for index, entry in enumerate(entries)
+            if (device := device_id_of_line(entry["Data"].split(b"\n", 1)[0])) and erased.holds(device)
+        }
+        progress = self.progress(segment_id)
+        put_entries(
+            self.kinesis,
+            self.stream,
+            entries,
+            put_before=progress.done | left_out,
+            acknowledged=progress.add,
+            patience=self.patience_seconds,
+        )
+        put = [entry for index, entry in enumerate(entries) if index not in left_out]
+        return len(put), sum(entry["Data"].count(b"\n") for entry in put)
 
 
 @dataclass
 class Delivery:
-    """Writes a segment to the landing bucket and its PII to the vault."""
+    """Writes a segment to the landing bucket (or its events to a stream) and its PII to the vault."""
 
     s3: object
     landing_bucket: str
     vault: PiiVault
     spool_id: str
+    sink: StreamSink | None = None
     # The vault's bucket is created on first use, not at start: S3 may be down then.
     vault_ready: bool = False
     # The erased-players list as the last delivery read it; requests are checked against it.
@@ -122,19 +170,29 @@ class Delivery:
         # list as it is now, whatever the requests were checked against.
         self.erased = self.vault.erased()
         carries_pii = any(record.pii for record in records)
-        records, events_of_erased = without_erased(records, self.erased)
+        kept, events_of_erased = without_erased(records, self.erased)
         # PII first: an event in the landing bucket always has its PII in the vault.
-        batches = pii_batches(self.vault, records)
+        batches = pii_batches(self.vault, kept)
         # Stored even when every player with PII was erased meanwhile: an earlier delivery of
         # the segment (before a crash) may have sealed theirs.
+        segment = ingest_segment(self.spool_id, segment_id)
         if carries_pii:
             if not self.vault_ready:
                 ensure_bucket(self.s3, self.vault.bucket)
                 self.vault_ready = True
-            self.vault.store(ingest_segment(self.spool_id, segment_id), batches)
-        objects = landing_objects(self.spool_id, segment_id, records)
+            self.vault.store(segment, batches)
+        stream_records = streamed = 0
+        if self.sink is not None:
+            stream_records, streamed = self.sink.put(segment, segment_id, records, self.erased)
+            # What is left to land: the events of games the registry does not know yet.
+            kept = [msgspec.structs.replace(record, events=b"") for record in kept]
+        objects = landing_objects(self.spool_id, segment_id, kept)
         for key, body, _ in objects:
             self.s3.put_object(Bucket=self.landing_bucket, Key=key, Body=body)
         return Delivered(
-            len(objects), sum(events for _, _, events in objects), len(batches), events_of_erased
+            len(objects),
+            streamed + sum(events for _, _, events in objects),
+            len(batches),
+            events_of_erased,
+            stream_records,
         )

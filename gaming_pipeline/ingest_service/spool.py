@@ -31,6 +31,8 @@ Files in the spool folder:
 - `parked-<id>.wal` and `parked-<id>.reason`: a segment delivery gave up on, and why; kept
   for an operator, never delivered or counted as waiting.
 - `done-<id>.ids`: client event_ids of a delivered segment, for the duplicate window.
+- `put-<id>.json`: the records of a segment a Kinesis stream acknowledged already, while its
+  delivery is under way (Progress): a stream cannot be written twice harmlessly, as S3 can.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Record(msgspec.Struct, array_like=True):
 _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(Record).decode
 _ids = msgspec.json.Decoder(list[tuple[str, int]])
+_indices = msgspec.json.Decoder(list[int])
 
 
 class SpoolFull(RuntimeError):
@@ -148,6 +151,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class Progress:
+    """What one segment's delivery to a Kinesis stream got in before it failed or the process
+    stopped, durably: the indices of the records the stream acknowledged. Kinesis takes a
+    record put twice twice, so the next delivery of the segment puts only the others."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: set[int] = set(_indices.decode(path.read_bytes())) if path.exists() else set()
+
+    def add(self, indices: list[int]) -> None:
+        self.done.update(indices)
+        _write_durably(self.path, msgspec.json.encode(sorted(self.done)))
 
 
 class RecentIds:
@@ -292,6 +309,12 @@ class Spool:
                 self.recent.add(record.client_ids, record.received_at_ms)
         for path in self.directory.glob("*.partial"):
             path.unlink()
+        for path in self.directory.glob("put-*.json"):
+            segment_id = path.stem.split("-", 1)[1]
+            if not any(
+                (self.directory / f"{kind}-{segment_id}.wal").exists() for kind in ("sealed", "parked")
+            ):
+                path.unlink()
         for path in sorted(self.directory.glob("done-*.ids")):
             try:
                 ids = _ids.decode(path.read_bytes())
@@ -336,6 +359,9 @@ class Spool:
     def can_accept(self, size: int) -> bool:
         writing = self._writer.is_alive() and not self._stopping.is_set() and self.fault is None
         return writing and self.pending_bytes + size <= self.max_bytes
+
+    def progress(self, segment_id: str) -> Progress:
+        return Progress(self.directory / f"put-{segment_id}.json")
 
     def sealed_segments(self) -> list[Path]:
         return sorted(self.directory.glob("sealed-*.wal"))
@@ -510,6 +536,9 @@ class Spool:
         path.unlink()
         self._count(-size)
         _fsync_dir(self.directory)
+        # After the segment: a crash between the two leaves a progress file of no segment,
+        # which recover() removes, never a segment without its progress.
+        self.progress(segment_id).path.unlink(missing_ok=True)
 
     def deliver_pending(self) -> int:
         """Deliver every sealed segment, oldest first, parking those that can never be

@@ -24,6 +24,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from gaming_pipeline.lib import aws
+from gaming_pipeline.lib.kinesis import staged_segments
 from gaming_pipeline.lib.kpis import DEVICE, PLAYER_DAYS
 from gaming_pipeline.lib.maintenance import DEFAULT_RETENTION_HOURS, days_in
 from gaming_pipeline.lib.object_lines import read_object, rewrite_without
@@ -285,7 +286,9 @@ def export_player(
     from gaming_pipeline.lib.pii import PlayerErased
 
     try:
-        pii = vault.read(device_id, ingest_segments([*source_objects(spark, tables, device_id), *untaken]))
+        # The vault's client reads the landing objects' metadata too: one account's S3.
+        objects = [*source_objects(spark, tables, device_id), *untaken]
+        pii = vault.read(device_id, pii_segments(vault.s3, objects))
     except PlayerErased:
         pii = []
     rows = {
@@ -301,6 +304,14 @@ def export_player(
         "pii": pii,
         "tables": {table: held for table, held in rows.items() if held},
     }
+
+
+def pii_segments(s3, objects: Iterable[tuple[str, str]]) -> list[str]:
+    """The PII vault's segments that hold the PII of the events in the landing objects
+    (bucket, key): named by the key of an object the ingest service landed, and in the
+    metadata of one read from Kinesis (the service's `--sink kinesis`)."""
+    objects = list(objects)
+    return sorted({*ingest_segments(objects), *staged_segments(s3, objects)})
 
 
 def source_objects(spark: SparkSession, tables: dict[str, str], device_id: str) -> list[tuple[str, str]]:

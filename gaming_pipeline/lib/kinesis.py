@@ -1,10 +1,11 @@
 """A Kinesis Data Stream as a second way in: its records become landing objects, exactly once.
 
 Each tick of a stream's sensor reads every readable shard from where it left off and writes
-what it read as one landing object, `kinesis/<stream>/<shard>/<first>-<last>.ndjson.gz`
-(the first and last sequence numbers it holds), which ingestion then takes like any landing
-object: the same raw table, quarantine, ledger and follower runs, and the key is each row's
-lineage. The object is the shard's position: a read that starts where an object already
+what it read as a landing object, `kinesis/<stream>/<shard>/<first>-<last>.ndjson.gz` (the
+first and last sequence numbers it holds; several objects when the records name more of the
+ingest service's segments than one object's metadata keeps), which ingestion then takes
+like any landing object: the same raw table, quarantine, ledger and follower runs, and the
+key is each row's lineage. The object is the shard's position: a read that starts where an object already
 starts is one a tick did before it was cut short, and that object stands, so a record is
 never written to two objects and none is skipped, whatever is killed or repeated.
 
@@ -12,12 +13,17 @@ Records are read as producers write them: the seed's Lambda form (an API Gateway
 `body` holds the event), a plain event object, a JSON array or NDJSON of events, gzipped or
 not, and KPL aggregates (de-aggregated by aws-kinesis-agg). A record that is none of these
 becomes a line that quarantine takes with its reason, shard and sequence number.
+
+The producers' side is here too: PutRecords until every record is acknowledged
+(put_entries), the ingest service's records (`--sink kinesis`, segment_entries) and the
+seed's Lambda form (seed_lambda_record).
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import time
 import uuid
@@ -28,7 +34,8 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from gaming_pipeline.lib.s3_events import KINESIS_PREFIX, REJECTED, LandedObject
+from gaming_pipeline.lib.pseudonyms import device_id_of_line
+from gaming_pipeline.lib.s3_events import KINESIS_PREFIX, REJECTED, LandedObject, is_ingest_segment
 
 GZIP_MAGIC = b"\x1f\x8b"
 OBJECT_SUFFIX = ".ndjson.gz"
@@ -45,8 +52,14 @@ _THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException"
 _EXPIRED_ITERATOR = "ExpiredIteratorException"
 
 
-# PutRecords takes at most this many records a call.
+# PutRecords takes at most this many records, and this many bytes of data and keys, a call.
 PUT_RECORDS_MAX = 500
+PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
+
+
+class StreamRefused(RuntimeError):
+    """Kinesis refused records for longer than the producer waits (a stream under-provisioned
+    for the load, or a KMS key it may not use): they are put again later."""
 
 
 def seed_lambda_record(event: dict, received_at: float) -> bytes:
@@ -57,27 +70,148 @@ def seed_lambda_record(event: dict, received_at: float) -> bytes:
     return json.dumps({"httpMethod": "POST", "requestContext": {}, "body": body}).encode()
 
 
+def _entry_bytes(entry: dict) -> int:
+    return len(entry["Data"]) + len(entry["PartitionKey"].encode())
+
+
+def _one_call(entries: list[dict], pending: list[int]) -> list[int]:
+    """The first of the pending entries (indices) that fit in one PutRecords."""
+    call, size = [], 0
+    for index in pending:
+        size += _entry_bytes(entries[index])
+        if len(call) == PUT_RECORDS_MAX or (call and size > PUT_RECORDS_MAX_BYTES):
+            break
+        call.append(index)
+    return call
+
+
+def put_entries(
+    kinesis,
+    stream: str,
+    entries: list[dict],
+    put_before: Iterable[int] = (),
+    acknowledged: Callable[[list[int]], None] = lambda indices: None,
+    patience: float = float("inf"),
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """PutRecords until Kinesis has acknowledged every entry (PutRecords' own: Data,
+    PartitionKey, and ExplicitHashKey if any) but those `put_before` (indices): those it
+    refused (a shard busy) are put again, after a pause that grows while it refuses them all.
+    `acknowledged` hears the indices each call got in, so that a producer that stops can go
+    on without putting them twice. Nothing got in for `patience` seconds: StreamRefused."""
+    done = set(put_before)
+    pending = [index for index in range(len(entries)) if index not in done]
+    pause, progressed = 0.025, clock()
+    while pending:
+        call = _one_call(entries, pending)
+        answer = kinesis.put_records(**stream_ref(stream), Records=[entries[index] for index in call])
+        errors = [put.get("ErrorCode") for put in answer["Records"]]
+        taken = [index for index, error in zip(call, errors, strict=True) if error is None]
+        refused = [index for index, error in zip(call, errors, strict=True) if error is not None]
+        if taken:
+            acknowledged(taken)
+            progressed = clock()
+        pending = refused + pending[len(call) :]
+        if refused:
+            if clock() - progressed > patience:
+                codes = sorted({error for error in errors if error})
+                raise StreamRefused(
+                    f"Kinesis stream {stream!r} refused {len(pending):,} record(s) for over "
+                    f"{patience:g} s ({', '.join(codes)}): they are put again later"
+                )
+            # Longer while nothing gets through; a call that took some starts over short.
+            pause = min(pause * 2, 2.0) if not taken else 0.025
+            sleep(pause)
+
+
 def put_records(
     kinesis, stream: str, records: list[bytes], partition_key: Callable[[], str] = lambda: uuid.uuid4().hex
 ) -> None:
-    """PutRecords until Kinesis has taken every record: those it refused (a shard busy) are
-    put again, after a pause that grows while it refuses them all. Random partition keys, as
-    the seed's Lambda's, spread records over the shards."""
-    for start in range(0, len(records), PUT_RECORDS_MAX):
-        pending, pause = records[start : start + PUT_RECORDS_MAX], 0.025
-        while pending:
-            answer = kinesis.put_records(
-                **stream_ref(stream),
-                Records=[{"Data": data, "PartitionKey": partition_key()} for data in pending],
-            )
-            refused = [
-                data for data, put in zip(pending, answer["Records"], strict=True) if "ErrorCode" in put
-            ]
-            if refused:
-                # Longer while nothing gets through; a call that took some starts over short.
-                pause = min(pause * 2, 2.0) if len(refused) == len(pending) else 0.025
-                time.sleep(pause)
-            pending = refused
+    """Put the records' data until Kinesis has taken them all (put_entries). Random partition
+    keys, as the seed's Lambda's, spread them over the shards."""
+    put_entries(kinesis, stream, [{"Data": data, "PartitionKey": partition_key()} for data in records])
+
+
+# The ingest service's records name the spool segment their events' PII was delivered with
+# (`--sink kinesis`, ingest_service/delivery.py); the landing object of a read keeps those
+# names in this metadata entry, for erasure to find the PII in the vault, as a landing
+# object's key names its segment.
+SEGMENTS_METADATA = "ingest-segments"
+# S3 keeps 2 KB of metadata an object: a read whose records name more segments (the service's
+# spools were far behind, or many) is cut into several objects.
+MAX_SEGMENTS_PER_OBJECT = 40
+# The service's records: a device's events of one segment, up to this many bytes a record
+# (Kinesis takes 1 MiB; the service's events are under 2 KB each).
+SEGMENT_RECORD_BYTES = 256 * 1024
+
+
+def _device_hash_key(device_id: str) -> str:
+    """The hash key Kinesis gives a record whose partition key is the device id (the MD5 of
+    the key as a 128-bit number): the device's shard, whatever key the record carries."""
+    return str(int.from_bytes(hashlib.md5(device_id.encode()).digest(), "big"))
+
+
+def segment_entries(segment: str, lines: Iterable[bytes]) -> list[dict]:
+    """The PutRecords entries of an ingest segment's landing lines: each device's lines
+    together as NDJSON, in records of at most SEGMENT_RECORD_BYTES, on the device's shard (so
+    one device's events keep their order) and named by the segment (the partition key)."""
+    by_device: dict[str, list[bytes]] = {}
+    for line in lines:
+        by_device.setdefault(device_id_of_line(line) or segment, []).append(line)
+    return [
+        {"Data": b"".join(chunk), "PartitionKey": segment, "ExplicitHashKey": _device_hash_key(device)}
+        for device, device_lines in by_device.items()
+        for chunk in _chunks(device_lines, SEGMENT_RECORD_BYTES)
+    ]
+
+
+def _chunks(lines: list[bytes], most_bytes: int) -> Iterable[list[bytes]]:
+    """The lines in order, in runs of at most `most_bytes` (a longer line alone)."""
+    chunk, size = [], 0
+    for line in lines:
+        if chunk and size + len(line) > most_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield chunk
+
+
+def segments_put(records: Iterable[dict]) -> list[str]:
+    """The ingest segments GetRecords' records were put with (their partition keys)."""
+    return sorted({record["PartitionKey"] for record in records if is_ingest_segment(record["PartitionKey"])})
+
+
+def objects_holding(records: list[dict]) -> int:
+    """How many of the records, from the first, one landing object may hold: those that name
+    at most MAX_SEGMENTS_PER_OBJECT ingest segments (at least one record)."""
+    named: set[str] = set()
+    for count, record in enumerate(records):
+        key = record["PartitionKey"]
+        if is_ingest_segment(key) and key not in named:
+            if len(named) == MAX_SEGMENTS_PER_OBJECT:
+                return max(count, 1)
+            named.add(key)
+    return len(records)
+
+
+def staged_segments(s3, objects: Iterable[tuple[str, str]]) -> list[str]:
+    """The ingest segments whose events the landing objects (bucket, key) read from Kinesis
+    hold, from their metadata; objects of other origins, or gone, name none."""
+    names: set[str] = set()
+    for bucket, key in objects:
+        if ShardRange.of_key(key) is None:
+            continue
+        try:
+            head = s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("404", "NoSuchKey"):
+                continue
+            raise
+        names.update(head.get("Metadata", {}).get(SEGMENTS_METADATA, "").split())
+    return sorted(names)
 
 
 def put_as_the_seed_does(
@@ -498,8 +632,8 @@ class KinesisSource:
             # for the next tick.
             delivery.throttled.append(shard_id)
             at_end = False
-        read_all = self._stage(shard_id, records, position, delivery) if records else True
-        if at_end and read_all:
+        self._stage_all(shard_id, records, position, delivery)
+        if at_end:
             position.read_until = self.clock()
             if closed and (iterator is None or self._past_end(position, sequence_range)):
                 positions.drained.add(shard_id)
@@ -514,9 +648,18 @@ class KinesisSource:
             return int(position.after) >= ending
         return ending <= int(sequence_range.get("StartingSequenceNumber", ending))
 
-    def _stage(self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery) -> bool:
-        """Write the records read into one landing object, unless a tick cut short wrote one
-        from the same first record: that one stands. Whether every record read is now in an object."""
+    def _stage_all(
+        self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery
+    ) -> None:
+        """Write the records read into landing objects, each naming at most
+        MAX_SEGMENTS_PER_OBJECT ingest segments (objects_holding)."""
+        while records:
+            self._stage(shard_id, records[: objects_holding(records)], position, delivery)
+            records = [record for record in records if int(record["SequenceNumber"]) > int(position.after)]
+
+    def _stage(self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery) -> None:
+        """Write the records into one landing object, unless a tick cut short wrote one from
+        the same first record: that one stands, and the position moves to its last record."""
         first, last = records[0]["SequenceNumber"], records[-1]["SequenceNumber"]
         prefix = f"{shard_prefix(self.stream, shard_id)}{first}-"
         found = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
@@ -530,15 +673,19 @@ class KinesisSource:
                 "".join(f"{line}\n" for line in lines_of(held, shard_id)).encode(), compresslevel=5
             )
             key = object_key(self.stream, shard_id, first, last)
+            segments = segments_put(held)
             etag = self.s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=body,
-                Metadata={"kinesis-shard": shard_id, "kinesis-records": str(len(held))},
+                Metadata={
+                    "kinesis-shard": shard_id,
+                    "kinesis-records": str(len(held)),
+                    **({SEGMENTS_METADATA: " ".join(segments)} if segments else {}),
+                },
             )["ETag"]
             size = len(body)
         position.after = last
         position.read_until = max(position.read_until, held[-1]["ApproximateArrivalTimestamp"].timestamp())
         delivery.records += len(held)
         delivery.objects.append(LandedObject(self.bucket, key, etag.strip('"'), size))
-        return len(held) == len(records)

@@ -56,6 +56,8 @@ def rewrite_without(s3, bucket: str, key: str, drops: Callable[[bytes], bool]) -
                 Key=key,
                 Body=gzip.compress(kept, mtime=0) if gzipped else kept,
                 ContentType=got.get("ContentType", "application/octet-stream"),
+                # What the object says of itself (a Kinesis read's shard and segments) stays.
+                Metadata=got.get("Metadata", {}),
                 IfMatch=got["ETag"],
             )
             return removed, "rewritten"

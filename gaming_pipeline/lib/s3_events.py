@@ -12,6 +12,7 @@ its PII's object in the vault, so that one leads to the other.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -28,6 +29,8 @@ KINESIS_PREFIX = "kinesis/"
 # with that reason.
 REJECTED = "_rejected"
 INGEST_OBJECT_SUFFIX = ".ndjson.gz"
+# A spool's id is 8 hex digits, a segment's 17 decimal ones (ingest_service/spool.py).
+_INGEST_SEGMENT = re.compile(r"ingest-[0-9a-f]{1,32}-[0-9]{1,20}")
 
 
 def ingest_segment(spool_id: str, segment_id: str) -> str:
@@ -35,6 +38,11 @@ def ingest_segment(spool_id: str, segment_id: str) -> str:
     (one an hour and kind of event) is `<prefix><hour>/<name>.ndjson.gz`, and the PII vault
     holds its sealed PII under the name."""
     return f"ingest-{spool_id}-{segment_id}"
+
+
+def is_ingest_segment(name: str) -> bool:
+    """Whether the name is one ingest_segment gives."""
+    return _INGEST_SEGMENT.fullmatch(name) is not None
 
 
 def ingest_segments(objects: Iterable[tuple[str, str]]) -> list[str]:

@@ -24,7 +24,6 @@ from gaming_pipeline.defs.resources import (
 from gaming_pipeline.lib import erasure, maintenance
 from gaming_pipeline.lib.ingest import ensure_ingest_tables, pending
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers
-from gaming_pipeline.lib.s3_events import ingest_segments
 from gaming_pipeline.lib.tables import (
     AUDIT_TABLE,
     INTENT_TABLE,
@@ -222,7 +221,7 @@ def erase_player(
     else:
         sources = erasure.source_objects(spark, tables, device_id)
         # Before the landing objects and the raw table, which lead to the segments, lose the player.
-        vault.note_segments(player, ingest_segments(sources + untaken))
+        vault.note_segments(player, erasure.pii_segments(s3, sources + untaken))
         landed = erasure.erase_from_objects(s3, sources + untaken, device_id)
         erased = [
             erasure.erase_from_table(spark, path, table, device_id, marker) for table, path in tables.items()
