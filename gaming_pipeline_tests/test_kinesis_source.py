@@ -21,7 +21,7 @@ from gaming_pipeline.defs.kinesis.sensors import build_kinesis_sensor
 from gaming_pipeline.defs.kpis.assets import kpi_tables
 from gaming_pipeline.defs.resources import AlertWebhookResource
 from gaming_pipeline.ingest_service.delivery import StreamSink
-from gaming_pipeline.ingest_service.spool import Progress, Record
+from gaming_pipeline.ingest_service.spool import Progress, Record, SegmentUnreadable
 from gaming_pipeline.lib import aws
 from gaming_pipeline.lib.kinesis import (
     MAX_SEGMENTS_PER_OBJECT,
@@ -290,6 +290,25 @@ def test_the_service_puts_a_segment_once_on_each_devices_shard_whatever_fails_be
     # A player erased before the segment's delivery: their events are not put.
     erased = ErasedPlayers(b"k", frozenset([ErasedPlayers(b"k").player_id("device-7")]))
     assert sink().put(segment, "00000000000000043", segment_of(10, 2), erased) == (9, 18)
+    # A segment half put by a service that made other records of it is parked, not put again.
+    half_put = segment_of(10, 2)
+    earlier = Progress(tmp_path / "put-00000000000000044.json")
+    earlier.of("a digest of other records")
+    earlier.add([0])
+    with pytest.raises(SegmentUnreadable, match="duplicate or skip"):
+        sink().put(segment, "00000000000000044", half_put, NOBODY_ERASED)
+
+
+def test_erased_players_events_on_the_stream_never_reach_an_object():
+    stream = Stream(shards=1)
+    for device in ("d-1", "d-2", "d-1"):
+        line = json.dumps({"eventName": "gameStart", "eventParams": {"device_id": device}}).encode()
+        stream.kinesis.put("shardId-000000000000", line)
+    stream.source.erased = ErasedPlayers(b"k", frozenset([ErasedPlayers(b"k").player_id("d-1")]))
+    (obj,) = stream.tick().objects
+    lines = gzip.decompress(stream.s3.objects[("landing", obj.key)]).decode().splitlines()
+    assert [json.loads(line)["eventParams"]["device_id"] for line in lines] == ["d-2"]
+    assert obj.key.endswith("/1-3.ndjson.gz")  # the position covers every record read
 
 
 def test_each_object_names_the_service_segments_its_records_came_with():

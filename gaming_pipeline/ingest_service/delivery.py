@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 
 from gaming_pipeline.ingest_service.spool import Progress, Record, SegmentUnreadable
 from gaming_pipeline.lib.aws import ensure_bucket
-from gaming_pipeline.lib.kinesis import put_entries, segment_entries
+from gaming_pipeline.lib.kinesis import entries_digest, put_entries, segment_entries
 from gaming_pipeline.lib.pii import PiiVault
 from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.s3_events import INGEST_OBJECT_SUFFIX, PARKED_PREFIX, ingest_segment
@@ -143,7 +143,7 @@ class StreamSink:
             self.kinesis,
             self.stream,
             entries,
-            put_before=progress.done | left_out,
+            put_before=progress.of(entries_digest(entries)) | left_out,
             acknowledged=progress.add,
             patience=self.patience_seconds,
         )

@@ -73,7 +73,6 @@ class Record(msgspec.Struct, array_like=True):
 _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(Record).decode
 _ids = msgspec.json.Decoder(list[tuple[str, int]])
-_indices = msgspec.json.Decoder(list[int])
 
 
 class SpoolFull(RuntimeError):
@@ -153,18 +152,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+class _Put(msgspec.Struct):
+    records: str  # digest of the records the segment was made into
+    acknowledged: list[int]
+
+
+_put = msgspec.json.Decoder(_Put)
+
+
 class Progress:
     """What one segment's delivery to a Kinesis stream got in before it failed or the process
-    stopped, durably: the indices of the records the stream acknowledged. Kinesis takes a
-    record put twice twice, so the next delivery of the segment puts only the others."""
+    stopped, durably: the indices of the records the stream acknowledged, and a digest of the
+    records they index. Kinesis takes a record put twice twice, so the next delivery of the
+    segment puts only the others."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.done: set[int] = set(_indices.decode(path.read_bytes())) if path.exists() else set()
+        saved = _put.decode(path.read_bytes()) if path.exists() else None
+        self.records = saved.records if saved else None
+        self.done: set[int] = set(saved.acknowledged) if saved else set()
+
+    def of(self, records: str) -> set[int]:
+        """The indices acknowledged of the records whose digest is `records`. A delivery
+        under way that made other records of the segment (a service of another version):
+        SegmentUnreadable, as putting these could put some twice and leave others out."""
+        if self.records is not None and self.records != records:
+            raise SegmentUnreadable(
+                f"it was partly put on the stream as other records than this service makes of it "
+                f"({self.path.name} says which): putting it again could duplicate or skip events"
+            )
+        self.records = records
+        return self.done
 
     def add(self, indices: list[int]) -> None:
         self.done.update(indices)
-        _write_durably(self.path, msgspec.json.encode(sorted(self.done)))
+        _write_durably(self.path, msgspec.json.encode(_Put(self.records or "", sorted(self.done))))
 
 
 class RecentIds:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from gaming_pipeline.lib.pseudonyms import device_id_of_line
+from gaming_pipeline.lib.pseudonyms import NOBODY_ERASED, ErasedPlayers, device_id_of_line
 from gaming_pipeline.lib.s3_events import KINESIS_PREFIX, REJECTED, LandedObject, is_ingest_segment
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -155,7 +155,7 @@ def _device_hash_key(device_id: str) -> str:
 def segment_entries(segment: str, lines: Iterable[bytes]) -> list[dict]:
     """The PutRecords entries of an ingest segment's landing lines: each device's lines
     together as NDJSON, in records of at most SEGMENT_RECORD_BYTES, on the device's shard (so
-    one device's events keep their order) and named by the segment (the partition key)."""
+    one device's events are read from one shard) and named by the segment (the partition key)."""
     by_device: dict[str, list[bytes]] = {}
     for line in lines:
         by_device.setdefault(device_id_of_line(line) or segment, []).append(line)
@@ -177,6 +177,19 @@ def _chunks(lines: list[bytes], most_bytes: int) -> Iterable[list[bytes]]:
         size += len(line)
     if chunk:
         yield chunk
+
+
+def entries_digest(entries: list[dict]) -> str:
+    """A digest of PutRecords entries, in order: which records a list of indices means."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        for part in (
+            entry["PartitionKey"].encode(),
+            entry.get("ExplicitHashKey", "").encode(),
+            entry["Data"],
+        ):
+            digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.hexdigest()
 
 
 def segments_put(records: Iterable[dict]) -> list[str]:
@@ -472,8 +485,12 @@ class KinesisSource:
         max_records_per_shard: int = MAX_RECORDS_PER_SHARD,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        erased: ErasedPlayers = NOBODY_ERASED,
     ):
         self.kinesis, self.s3, self.stream, self.bucket = kinesis, s3, stream, bucket
+        # Their events are left out of the objects (the records stay on the stream until its
+        # retention trims them).
+        self.erased = erased
         self.max_records_per_shard = max_records_per_shard
         self.clock, self.sleep = clock, sleep
 
@@ -648,6 +665,12 @@ class KinesisSource:
             return int(position.after) >= ending
         return ending <= int(sequence_range.get("StartingSequenceNumber", ending))
 
+    def _of_erased(self, line: str) -> bool:
+        if not self.erased.player_ids:
+            return False
+        device = device_id_of_line(line.encode())
+        return device is not None and self.erased.holds(device)
+
     def _stage_all(
         self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery
     ) -> None:
@@ -669,9 +692,9 @@ class KinesisSource:
             held = [record for record in records if int(record["SequenceNumber"]) <= int(last)]
         else:
             held = records
-            body = gzip.compress(
-                "".join(f"{line}\n" for line in lines_of(held, shard_id)).encode(), compresslevel=5
-            )
+            lines = [line for line in lines_of(held, shard_id) if not self._of_erased(line)]
+            # Written even if every line was an erased player's: the object is the position.
+            body = gzip.compress("".join(f"{line}\n" for line in lines).encode(), compresslevel=5)
             key = object_key(self.stream, shard_id, first, last)
             segments = segments_put(held)
             etag = self.s3.put_object(

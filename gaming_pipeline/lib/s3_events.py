@@ -30,7 +30,7 @@ KINESIS_PREFIX = "kinesis/"
 REJECTED = "_rejected"
 INGEST_OBJECT_SUFFIX = ".ndjson.gz"
 # A spool's id is 8 hex digits, a segment's 17 decimal ones (ingest_service/spool.py).
-_INGEST_SEGMENT = re.compile(r"ingest-[0-9a-f]{1,32}-[0-9]{1,20}")
+_INGEST_SEGMENT = re.compile(r"ingest-[0-9a-f]{8}-[0-9]{17}")
 
 
 def ingest_segment(spool_id: str, segment_id: str) -> str:

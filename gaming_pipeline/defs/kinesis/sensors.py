@@ -23,7 +23,12 @@ from gaming_pipeline.defs.ingest.sensors import (
     pacing,
     run_requests,
 )
-from gaming_pipeline.defs.resources import AlertWebhookResource, LandingBucketResource, WarehouseResource
+from gaming_pipeline.defs.resources import (
+    AlertWebhookResource,
+    LandingBucketResource,
+    PiiVaultResource,
+    WarehouseResource,
+)
 from gaming_pipeline.lib.alerts import AlertState, kinesis_alerts
 from gaming_pipeline.lib.kinesis import KinesisSource, Positions, ShardRange, stream_name
 from gaming_pipeline.lib.settings import Settings
@@ -91,10 +96,18 @@ def build_kinesis_sensor(
         context: dg.SensorEvaluationContext,
         landing: LandingBucketResource,
         warehouse: WarehouseResource,
+        pii_vault: PiiVaultResource,
         alert_webhook: AlertWebhookResource,
     ) -> dg.SensorResult:
         return read_stream(
-            context, stream, landing, warehouse, alert_webhook, batch_interval_seconds, alert_age_seconds
+            context,
+            stream,
+            landing,
+            warehouse,
+            pii_vault,
+            alert_webhook,
+            batch_interval_seconds,
+            alert_age_seconds,
         )
 
     return kinesis_sensor
@@ -105,6 +118,7 @@ def read_stream(
     stream: str,
     landing: LandingBucketResource,
     warehouse: WarehouseResource,
+    pii_vault: PiiVaultResource,
     alert_webhook: AlertWebhookResource,
     batch_interval_seconds: float,
     alert_age_seconds: float,
@@ -115,7 +129,11 @@ def read_stream(
     saved = json.loads(context.cursor) if context.cursor else {}
     positions = Positions.from_json(saved.get("positions"))
     alerts = AlertState(said=saved.get("said", []))
-    source = KinesisSource(landing.kinesis(), landing.s3(), stream, landing.bucket)
+    # Erased players' events still on the stream never reach an object: an erasure that ran
+    # before they were read could not take them out of one.
+    source = KinesisSource(
+        landing.kinesis(), landing.s3(), stream, landing.bucket, erased=pii_vault.erased_players()
+    )
     # Read on while a run waits for Spark: the objects are a durable buffer, and the shards'
     # iterator ages and alerts stay current. A stream gone (StreamGone) fails the tick with
     # what to do, every tick until it is back.
