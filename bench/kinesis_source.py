@@ -2,7 +2,7 @@
 server, as `make demo` runs them:
 
     .venv/bin/python bench/kinesis_source.py [--take-records 200000] [--rate 500] [--seconds 600]
-        [--shards 4] [--only take|sustained]
+        [--shards 4] [--only take|sustained|front-door]
 
 1. take: a four-shard stream holding --take-records records (the seed's Lambda form, one
    event each, random partition keys) before the daemon starts; the seconds of the Kinesis
@@ -13,6 +13,10 @@ server, as `make demo` runs them:
    into a four-shard stream the daemon reads; per event, the seconds from its put to the
    raw-table commit holding it (p50, p99, and the last window's p50 against the first's,
    as side_by_side.py's latency step times the landing path), and CPU seconds per process.
+3. front-door: the same load posted to the ingest service as game clients post it, the
+   service putting what it accepts on the stream (`ingest-server --sink kinesis`, a record
+   per device and 5-s spool segment): the seed's whole flow, timed the same way from the
+   second the service stamps an event.
 
 The local endpoint is moto's server: its Kinesis finds a shard's newest sequence number by
 listing the shard's records on every put, so a put costs more as the shard grows, and a long
@@ -44,7 +48,7 @@ from gaming_pipeline.lib.kinesis import put_as_the_seed_does
 from gaming_pipeline.local import generator, processes
 
 SHARDS = 4
-STEPS = ("take", "sustained")
+STEPS = ("take", "sustained", "front-door")
 
 
 def start_daemon(work: Path, name: str, address: str, stream: str):
@@ -116,20 +120,31 @@ def ingestion_runs(dagster_home: Path) -> dict[str, int]:
     return dict(Counter(run.status.value for run in runs))
 
 
-def sustained(rate: float, seconds: float, shards: int, address: str, server_pid: int, work: Path) -> dict:
+def sustained(
+    step: str, rate: float, seconds: float, shards: int, address: str, server_pid: int, work: Path
+) -> dict:
+    """The sustained step, or the front door's: the same load through the ingest service."""
     kinesis = aws.client("kinesis")
-    stream = "bench-sustained"
+    stream = f"bench-{step}"
     aws.provision_stream(kinesis, stream, shards)
-    daemon, env = start_daemon(work, "sustained", address, stream)
+    daemon, env = start_daemon(work, step, address, stream)
     warehouse = env["GAMING_PIPELINE_WAREHOUSE"]
     parts = {
         "Spark Connect server": psutil.Process(server_pid),
         "Dagster daemon and its runs": psutil.Process(daemon.pid),
     }
+    service = None
     try:
+        if step == "front-door":
+            service_env = {**env, "GAMING_PIPELINE_KINESIS_STREAM": stream}
+            service, url, api_key = recording.start_ingest_service(service_env, work / step, sink="kinesis")
+            parts["ingest service"] = psutil.Process(service.pid)
         time.sleep(30)  # the daemon loads the code location and ticks its sensors once
         cpu_before, load_started = cpu_seconds(parts), time.time()
-        put = put_as_the_seed_does(kinesis, stream, generator.stream(11, rate, seconds))
+        if service:
+            put = recording.post_events(url, api_key, rate, seconds, seed=11)
+        else:
+            put = put_as_the_seed_does(kinesis, stream, generator.stream(11, rate, seconds))
         load_ended = time.time()
         caught_up = wait_for_rows(warehouse, put, RAW_CATCH_UP_SECONDS, daemon)
         cpu_after = cpu_seconds(parts)
@@ -139,7 +154,7 @@ def sustained(rate: float, seconds: float, shards: int, address: str, server_pid
             time.sleep(2)
         runs = ingestion_runs(Path(env["DAGSTER_HOME"]))
     finally:
-        processes.stop([daemon])
+        processes.stop([daemon, *([service] if service else [])])
     _, delays, without_version = raw_delays_by_ledger(warehouse)
     return {
         "shards": shards,
@@ -181,10 +196,11 @@ def main() -> None:
             results = recording.context(("dagster", "pyspark", "delta-spark", "moto", "aws-kinesis-agg"))
             if args.only in (None, "take"):
                 results["take"] = take(args.take_records, address, work)
-            if args.only in (None, "sustained"):
-                results["sustained"] = sustained(
-                    args.rate, args.seconds, args.shards, address, server.pid, work
-                )
+            for step in ("sustained", "front-door"):
+                if args.only in (None, step):
+                    results[step] = sustained(
+                        step, args.rate, args.seconds, args.shards, address, server.pid, work
+                    )
         finally:
             processes.stop([server])
     recording.write("kinesis-source", results, args.out)

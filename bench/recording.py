@@ -98,16 +98,21 @@ def write(benchmark: str, results: dict, out: Path | None = None) -> Path:
     return out
 
 
-def start_ingest_service(env: dict[str, str], work: Path) -> tuple[subprocess.Popen, str, str]:
+def start_ingest_service(
+    env: dict[str, str], work: Path, sink: str = "s3"
+) -> tuple[subprocess.Popen, str, str]:
     """`gaming-pipeline ingest-server` on a free port at the demo's flush age (5 s, the
-    embedded default a new user runs), with an API key of its own in `work`: the process,
-    its URL and the key, once it serves. `env` gets the keys file the service reads."""
+    embedded default a new user runs), delivering to `sink` (`--sink`), with an API key of
+    its own in `work`: the process, its URL and the key, once it serves. `env` gets the keys
+    file the service reads."""
     env["GAMING_PIPELINE_API_KEYS"] = str(work / "api-keys.json")
     _, api_key = keys.create(Path(env["GAMING_PIPELINE_API_KEYS"]), "bench")
     port = ports.free_port()
     log = work / "ingest.log"
     service = processes.start(
-        ["gaming-pipeline", "ingest-server", "--port", str(port), "--flush-seconds", "5"], env, log
+        ["gaming-pipeline", "ingest-server", "--port", str(port), "--flush-seconds", "5", "--sink", sink],
+        env,
+        log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
