@@ -31,7 +31,7 @@ from gaming_pipeline.ingest_service.spool import Progress, Record, SegmentUnread
 from gaming_pipeline.lib.aws import ensure_bucket
 from gaming_pipeline.lib.kinesis import entries_digest, put_entries, segment_entries
 from gaming_pipeline.lib.pii import PiiVault
-from gaming_pipeline.lib.pseudonyms import ErasedPlayers, device_id_of_line
+from gaming_pipeline.lib.pseudonyms import ErasedPlayers
 from gaming_pipeline.lib.s3_events import INGEST_OBJECT_SUFFIX, PARKED_PREFIX, ingest_segment
 
 EVENTS_PREFIX = "events/"
@@ -77,11 +77,7 @@ def pii_batches(vault: PiiVault, records: list[Record]) -> dict[str, list[dict]]
 
 def _lines_kept(lines: bytes, erased: ErasedPlayers) -> tuple[bytes, int]:
     """NDJSON lines without those of erased players, and how many those were."""
-    kept = [
-        line
-        for line in lines.splitlines(keepends=True)
-        if (device := device_id_of_line(line)) is None or not erased.holds(device)
-    ]
+    kept = [line for line in lines.splitlines(keepends=True) if not erased.holds_line(line)]
     return b"".join(kept), lines.count(b"\n") - len(kept)
 
 
@@ -133,10 +129,11 @@ class StreamSink:
         left out."""
         lines = [line for record in records for line in record.events.splitlines(keepends=True)]
         entries = segment_entries(segment, lines)
+        # An entry is one device's lines: its first line says whose.
         left_out = {
             index
             for index, entry in enumerate(entries)
-            if (device := device_id_of_line(entry["Data"].split(b"\n", 1)[0])) and erased.holds(device)
+            if erased.holds_line(entry["Data"].split(b"\n", 1)[0])
         }
         progress = self.progress(segment_id)
         put_entries(

@@ -382,8 +382,11 @@ class Spool:
         writing = self._writer.is_alive() and not self._stopping.is_set() and self.fault is None
         return writing and self.pending_bytes + size <= self.max_bytes
 
+    def _progress_file(self, segment_id: str) -> Path:
+        return self.directory / f"put-{segment_id}.json"
+
     def progress(self, segment_id: str) -> Progress:
-        return Progress(self.directory / f"put-{segment_id}.json")
+        return Progress(self._progress_file(segment_id))
 
     def sealed_segments(self) -> list[Path]:
         return sorted(self.directory.glob("sealed-*.wal"))
@@ -560,7 +563,7 @@ class Spool:
         _fsync_dir(self.directory)
         # After the segment: a crash between the two leaves a progress file of no segment,
         # which recover() removes, never a segment without its progress.
-        self.progress(segment_id).path.unlink(missing_ok=True)
+        self._progress_file(segment_id).unlink(missing_ok=True)
 
     def deliver_pending(self) -> int:
         """Deliver every sealed segment, oldest first, parking those that can never be

@@ -665,12 +665,6 @@ class KinesisSource:
             return int(position.after) >= ending
         return ending <= int(sequence_range.get("StartingSequenceNumber", ending))
 
-    def _of_erased(self, line: str) -> bool:
-        if not self.erased.player_ids:
-            return False
-        device = device_id_of_line(line.encode())
-        return device is not None and self.erased.holds(device)
-
     def _stage_all(
         self, shard_id: str, records: list[dict], position: ShardPosition, delivery: Delivery
     ) -> None:
@@ -692,7 +686,7 @@ class KinesisSource:
             held = [record for record in records if int(record["SequenceNumber"]) <= int(last)]
         else:
             held = records
-            lines = [line for line in lines_of(held, shard_id) if not self._of_erased(line)]
+            lines = [line for line in lines_of(held, shard_id) if not self.erased.holds_line(line)]
             # Written even if every line was an erased player's: the object is the position.
             body = gzip.compress("".join(f"{line}\n" for line in lines).encode(), compresslevel=5)
             key = object_key(self.stream, shard_id, first, last)
