@@ -190,6 +190,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    """Check a games registry's event catalog: each fault on a line of its own, or the
+    catalog as the pipeline will read it."""
+    from gaming_pipeline.catalog import CatalogError
+    from gaming_pipeline.games import load_registry
+
+    try:
+        registry = load_registry(args.file, named=args.file)
+    except ValueError as error:
+        faults = (
+            error.__cause__.faults if isinstance(error.__cause__, CatalogError) else [str(error.__cause__)]
+        )
+        for fault in faults:
+            print(f"{args.file}: {fault}", file=sys.stderr)
+        return 1
+    table = Table(
+        "game", "event", "parameters (* required)", "open", title=f"{args.file}: the catalog is valid"
+    )
+    for game in registry.games:
+        for spec in game.events.values():
+            if spec.checked:
+                params = ", ".join(f"{p.name}{'*' if p.required else ''}: {p.type}" for p in spec.params)
+                table.add_row(game.keyword, spec.name, params, "yes" if spec.open else "")
+    Console().print(table)
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from gaming_pipeline.lib.tables import register_views, tables_named_in
 
@@ -657,6 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="every record held of a player, PII decrypted, as JSON (GDPR right of access)"
     ).add_argument("device_id")
     pii.set_defaults(func=cmd_pii)
+
+    catalog = commands.add_parser("catalog", help="check a games registry's event catalog")
+    catalog_actions = catalog.add_subparsers(dest="action", required=True)
+    catalog_actions.add_parser(
+        "check", help="check a games TOML file: every fault with its line, game, event and parameter"
+    ).add_argument("file")
+    catalog.set_defaults(func=cmd_catalog)
 
     sql = commands.add_parser("sql", help="run a SQL query over the tables by name")
     sql.add_argument("query")

@@ -1,12 +1,13 @@
-"""The games registry: the one place that says which games exist.
+"""The games registry: the one place that says which games exist and which events they send.
 
 Every per-game table, check and KPI is derived from this list, so adding a game here is
 all it takes to give it a table. `keyword` is what clients send as
 `eventParams.game_keyword` and names the table `game_<keyword>_events`.
 
 A studio lists its own games in a TOML file named by `GAMING_PIPELINE_GAMES`, one
-`[[game]]` table each (`keyword`, `app_name`, optional `popularity`); unset, the 30 games
-below are the registry. It is read when the code loads: the asset graph has a table per game.
+`[[game]]` table each (`keyword`, `app_name`, optional `popularity`), with the events they
+send (catalog.py); unset, the 30 games of `games.toml` beside this module are the registry.
+It is read when the code loads: the asset graph has a table per game.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+from gaming_pipeline.catalog import EventSpec, Param, columns, game_catalogs
 
 _KEYWORD = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 # The KPI tables' row for every game together; no game may take this keyword.
@@ -29,6 +33,8 @@ class Game:
     # Relative share of players, so generated traffic is uneven across games like a real
     # portfolio (a few hits, a long tail).
     popularity: float = 1.0
+    # The game's event catalog: its events by name (catalog.py).
+    events: dict[str, EventSpec] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _KEYWORD.match(self.keyword):
@@ -43,63 +49,64 @@ class Game:
     def table_name(self) -> str:
         return f"game_{self.keyword}_events"
 
+    @cached_property
+    def columns(self) -> tuple[Param, ...]:
+        """The game's own parameters, each a column of its table."""
+        return columns(self.events)
 
-DEFAULT_GAMES: tuple[Game, ...] = (
-    Game("galaxy_miners", "Galaxy Miners", 9.0),
-    Game("dragon_quest_tactics", "Dragon Quest Tactics", 7.5),
-    Game("candy_kingdom", "Candy Kingdom", 7.0),
-    Game("zombie_harvest", "Zombie Harvest", 5.5),
-    Game("pixel_racers", "Pixel Racers", 5.0),
-    Game("word_wizard", "Word Wizard", 4.5),
-    Game("tower_siege", "Tower Siege", 4.0),
-    Game("ocean_explorer", "Ocean Explorer", 3.5),
-    Game("farm_frenzy", "Farm Frenzy", 3.2),
-    Game("ninja_run", "Ninja Run", 3.0),
-    Game("puzzle_planet", "Puzzle Planet", 2.8),
-    Game("space_trader", "Space Trader", 2.5),
-    Game("castle_clash_legends", "Castle Clash Legends", 2.3),
-    Game("bubble_pop_saga", "Bubble Pop Saga", 2.1),
-    Game("monster_tamer", "Monster Tamer", 2.0),
-    Game("city_builder_tycoon", "City Builder Tycoon", 1.8),
-    Game("soccer_stars", "Soccer Stars", 1.7),
-    Game("mystic_cards", "Mystic Cards", 1.6),
-    Game("jewel_match", "Jewel Match", 1.5),
-    Game("robot_arena", "Robot Arena", 1.4),
-    Game("hidden_objects_manor", "Hidden Objects Manor", 1.3),
-    Game("solitaire_journey", "Solitaire Journey", 1.2),
-    Game("skyline_parkour", "Skyline Parkour", 1.1),
-    Game("chef_rush", "Chef Rush", 1.0),
-    Game("pirate_plunder", "Pirate Plunder", 0.9),
-    Game("idle_empire", "Idle Empire", 0.8),
-    Game("golf_masters", "Golf Masters", 0.7),
-    Game("trivia_titans", "Trivia Titans", 0.6),
-    Game("fishing_frontier", "Fishing Frontier", 0.5),
-    Game("snake_evolution", "Snake Evolution", 0.4),
-)
 
 GAMES_FILE_VARIABLE = "GAMING_PIPELINE_GAMES"
 
 
-def load_games(path: str | Path) -> tuple[Game, ...]:
-    """A studio's games registry from its TOML file; any fault is named with the file."""
+DEFAULT_GAMES_FILE = Path(__file__).with_name("games.toml")
+
+
+@dataclass(frozen=True)
+class Registry:
+    games: tuple[Game, ...]
+    # The events of a game the registry does not list (yet): the seed's and the shared ones.
+    shared_events: dict[str, EventSpec]
+
+
+def load_registry(path: str | Path, named: str = "") -> Registry:
+    """A games registry and its event catalog from a TOML file; every fault is named with the
+    file (as `named`, by default `GAMING_PIPELINE_GAMES=<path>`), and the catalog's with their
+    line, game, event and parameter (the CatalogError is the cause)."""
     try:
-        entries = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("game")
+        text = Path(path).read_text(encoding="utf-8")
+        document = tomllib.loads(text)
+        entries = document.get("game")
         if not isinstance(entries, list) or not entries:
             raise ValueError("it lists no games: give each one a [[game]] table")
+        if set(document) - {"game", "events"}:
+            raise ValueError(
+                f"it has {sorted(set(document) - {'game', 'events'})}: only [[game]] and [events]"
+            )
+        shared, catalogs = game_catalogs(document, text)
         games = []
-        for number, entry in enumerate(entries, 1):
-            unknown = set(entry) - {"keyword", "app_name", "popularity"}
+        for number, (entry, catalog) in enumerate(zip(entries, catalogs, strict=True), 1):
+            unknown = set(entry) - {"keyword", "app_name", "popularity", "events"}
             if unknown or not {"keyword", "app_name"} <= set(entry):
                 raise ValueError(
-                    f"game {number} needs `keyword` and `app_name` (and may have `popularity`), "
-                    f"it has {sorted(entry)}"
+                    f"game {number} needs `keyword` and `app_name` (and may have `popularity` and "
+                    f"`events`), it has {sorted(entry)}"
                 )
             games.append(
-                Game(str(entry["keyword"]), str(entry["app_name"]), float(entry.get("popularity", 1.0)))
+                Game(
+                    str(entry["keyword"]),
+                    str(entry["app_name"]),
+                    float(entry.get("popularity", 1.0)),
+                    catalog,
+                )
             )
-        return _registry(games)
+        return Registry(_registry(games), shared)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError, ValueError) as error:
-        raise ValueError(f"{GAMES_FILE_VARIABLE}={path}: {error}") from error
+        raise ValueError(f"{named or f'{GAMES_FILE_VARIABLE}={path}'}: {error}") from error
+
+
+def load_games(path: str | Path) -> tuple[Game, ...]:
+    """A studio's games registry from its TOML file (load_registry)."""
+    return load_registry(path).games
 
 
 def _registry(games: list[Game] | tuple[Game, ...]) -> tuple[Game, ...]:
@@ -110,9 +117,14 @@ def _registry(games: list[Game] | tuple[Game, ...]) -> tuple[Game, ...]:
     return tuple(games)
 
 
-GAMES: tuple[Game, ...] = (
-    load_games(os.environ[GAMES_FILE_VARIABLE])
-    if os.environ.get(GAMES_FILE_VARIABLE)
-    else _registry(DEFAULT_GAMES)
-)
+REGISTRY = load_registry(os.environ.get(GAMES_FILE_VARIABLE) or DEFAULT_GAMES_FILE)
+DEFAULT_GAMES: tuple[Game, ...] = load_games(DEFAULT_GAMES_FILE)
+GAMES: tuple[Game, ...] = REGISTRY.games
 GAMES_BY_KEYWORD: dict[str, Game] = {game.keyword: game for game in GAMES}
+
+
+def events_of(game_keyword: str) -> dict[str, EventSpec]:
+    """The catalog an event of this game is checked against: the game's, or for a game the
+    registry does not list, the events every game sends."""
+    game = GAMES_BY_KEYWORD.get(game_keyword)
+    return game.events if game else REGISTRY.shared_events

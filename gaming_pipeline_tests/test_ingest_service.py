@@ -95,7 +95,7 @@ def test_bad_events_are_turned_away_one_by_one_with_their_reason(service):
         5: "Expected `float` >= 0.0 - at `$.eventParams.amount`",
         6: "Expected `int | null`, got `str` - at `$.eventParams.scoreAdjustment`",
         7: reasons[7],
-        8: "Object contains unknown field `favourite_colour` - at `$.eventParams`",
+        8: "eventParams favourite_colour: not declared for levelUp in the game's catalog",
         9: "Expected `object`, got `str`",
     }
     assert "client_event_time" in reasons[7] and "regex" in reasons[7]

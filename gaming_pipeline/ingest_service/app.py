@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gaming_pipeline.catalog import CATALOG_REQUIRES, CATALOG_TYPE, UNDECLARED, UNKNOWN_EVENT
 from gaming_pipeline.ingest_service.delivery import Delivery, StreamSink
 from gaming_pipeline.ingest_service.keys import KeyRing
 from gaming_pipeline.ingest_service.schema import (
@@ -126,11 +127,13 @@ def reason_label(reason: str) -> str:
     """A rejection reason reduced to a few metric labels (the full text goes to the client)."""
     if reason.startswith("not JSON"):
         return "not_json"
-    if "missing required field" in reason:
+    if "missing required field" in reason or reason.endswith(CATALOG_REQUIRES):
         return "missing_field"
-    if "unknown field" in reason:
+    if UNDECLARED in reason:
         return "unknown_field"
-    if reason.startswith("Expected `") and "got `" in reason:
+    if UNKNOWN_EVENT in reason:
+        return "unknown_event"
+    if reason.startswith("Expected `") and "got `" in reason or reason.endswith(CATALOG_TYPE):
         return "wrong_type"
     if reason.startswith(("Expected `", "eventParams.client_event_time")) or "out of range" in reason:
         return "out_of_range"

@@ -20,6 +20,7 @@ no KPI can fail on: the same field names and types, and these limits at the door
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,22 +29,23 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from gaming_pipeline.event_names import PURCHASE
-from gaming_pipeline.games import GAMES_BY_KEYWORD
+from gaming_pipeline import catalog
+from gaming_pipeline.catalog import ISO_INSTANT, MAX_MONEY, EventSpec
+from gaming_pipeline.event_names import PURCHASE, SEED_PARAMS
+from gaming_pipeline.games import GAMES_BY_KEYWORD, events_of
 
-# ISO-8601 with a zone, as clients' clocks are anywhere: Spark reads exactly this form.
-ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 EARLIEST_CLIENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_CLIENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 # java.time.ZoneOffset's range: Spark fails on an offset beyond it.
 MAX_UTC_OFFSET = timedelta(hours=18)
-MAX_AMOUNT = 1_000_000.0
+MAX_AMOUNT = MAX_MONEY
 INT32 = Meta(ge=-(2**31), le=2**31 - 1)
 Text = Annotated[str, Meta(max_length=256)]
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
-class EventParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+# The seed's fields, typed. The parameters beside them are the game's catalog's to judge.
+class EventParams(msgspec.Struct, omit_defaults=True):
     game_keyword: Annotated[str, Meta(min_length=1, max_length=64)]
     device_id: Id
     app_name: Text | None = None
@@ -55,7 +57,7 @@ class EventParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 
 
 class ClientEvent(msgspec.Struct, forbid_unknown_fields=True):
-    eventName: Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+    eventName: Annotated[str, Meta(pattern=catalog.EVENT_NAME)]
     eventParams: EventParams
     event_id: Id | None = None
     # Anything the client says about the event's time goes in client_event_time: like the
@@ -64,13 +66,20 @@ class ClientEvent(msgspec.Struct, forbid_unknown_fields=True):
     pii: dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=1024)]] | None = None
 
 
+class _SentParams(msgspec.Struct):
+    """An event's eventParams as sent: the seed's fields and the game's own parameters."""
+
+    eventParams: dict[str, Any]
+
+
 class LandingEvent(msgspec.Struct):
-    """One line of a landing object: no `pii`, `eventTime` in epoch milliseconds."""
+    """One line of a landing object: no `pii`, `eventTime` in epoch milliseconds, the
+    eventParams as sent (the seed's fields and the game's own parameters)."""
 
     event_id: str
     eventName: str
     eventTime: int
-    eventParams: EventParams
+    eventParams: dict[str, Any]
 
 
 NESTED_TOO_DEEP = "the JSON is nested deeper than the decoder's limit"
@@ -105,6 +114,7 @@ class Sorted:
 _as_items = msgspec.json.Decoder(list[msgspec.Raw])
 _as_item = msgspec.json.Decoder(msgspec.Raw)
 _as_event = msgspec.json.Decoder(ClientEvent)
+_as_sent_params = msgspec.json.Decoder(_SentParams)
 
 
 def split_body(body: bytes, ndjson: bool) -> list[msgspec.Raw | bytes]:
@@ -149,16 +159,56 @@ def client_time_reason(text: str) -> str | None:
     return None
 
 
-def _reason(event: ClientEvent) -> str | None:
+def _seed_reason(name: str, params: EventParams) -> str | None:
     """The rules msgspec's types cannot say: an amount belongs to purchases, and to all;
     a client's time is a real instant within the pipeline's span."""
-    params = event.eventParams
-    if event.eventName == PURCHASE and params.amount is None:
+    if name == PURCHASE and params.amount is None:
         return f"a {PURCHASE} needs eventParams.amount"
-    if event.eventName != PURCHASE and params.amount is not None:
-        return f"eventParams.amount is for {PURCHASE} only, not {event.eventName}"
+    if name != PURCHASE and params.amount is not None:
+        return f"eventParams.amount is for {PURCHASE} only, not {name}"
     if params.client_event_time is not None:
         return client_time_reason(params.client_event_time)
+    return None
+
+
+_SEED_PARAMS = frozenset(SEED_PARAMS)
+_INT64 = range(-(2**63), 2**63)
+
+
+def _fits(kind: str, value: Any) -> bool:
+    """Whether a parameter's JSON value is of its catalog type (lib/events.py checks the same
+    in ingestion, for the lines other producers land)."""
+    if kind == "string":
+        return isinstance(value, str) and len(value) <= catalog.MAX_TEXT
+    if kind == "integer":
+        return type(value) is int and value in _INT64
+    if kind in ("float", "money"):
+        return type(value) in (int, float) and (kind == "float" or abs(value) <= MAX_MONEY)
+    if kind == "boolean":
+        return type(value) is bool
+    return isinstance(value, str) and _ISO_INSTANT.match(value) is not None and not client_time_reason(value)
+
+
+_ISO_INSTANT = re.compile(ISO_INSTANT)
+
+
+def catalog_reason(name: str, params: dict[str, Any], spec: EventSpec | None) -> str | None:
+    """Why an event's own parameters do not fit its entry `spec` in the game's catalog
+    (None: its name is not in the catalog)."""
+    if spec is None:
+        return catalog.unknown_event(name)
+    strays = params.keys() - _SEED_PARAMS
+    if strays and not spec.open:
+        undeclared = sorted(key for key in strays if spec.param(key) is None)
+        if undeclared:
+            return catalog.undeclared(name, ", ".join(undeclared))
+    for param in spec.params:
+        value = params.get(param.name)
+        if value is None:
+            if param.required:
+                return catalog.missing(name, param.name)
+        elif not _fits(param.type, value):
+            return catalog.wrong_type(param)
     return None
 
 
@@ -190,6 +240,8 @@ def sort_events(
     for index, item in enumerate(items):
         try:
             event = _as_event.decode(item)
+            # Decoded a second time for the parameters beside the seed's: a microsecond.
+            sent = _as_sent_params.decode(item).eventParams
         except msgspec.ValidationError as error:
             result.rejected.append({"index": index, "reason": str(error)})
             continue
@@ -197,7 +249,12 @@ def sort_events(
             result.rejected.append({"index": index, "reason": _not_json(error)})
             result.not_json += 1
             continue
-        reason = _reason(event) or (ERASED_PLAYER if erased(event.eventParams.device_id) else None)
+        name, params = event.eventName, event.eventParams
+        reason = (
+            _seed_reason(name, params)
+            or catalog_reason(name, sent, events_of(params.game_keyword).get(name))
+            or (ERASED_PLAYER if erased(params.device_id) else None)
+        )
         if reason:
             result.rejected.append({"index": index, "event_id": event.event_id, "reason": reason})
             continue
@@ -211,11 +268,11 @@ def sort_events(
             result.client_ids.append(key)
         else:
             event_id = uuid.uuid4().hex
-        landing = LandingEvent(event_id, event.eventName, received_at_ms, event.eventParams)
-        known = event.eventParams.game_keyword in GAMES_BY_KEYWORD
+        landing = LandingEvent(event_id, name, received_at_ms, sent)
+        known = params.game_keyword in GAMES_BY_KEYWORD
         (result.events if known else result.parked).append(landing)
         if event.pii:
-            result.pii.append((event_id, event.eventParams.device_id, event.pii))
+            result.pii.append((event_id, params.device_id, event.pii))
     return result
 
 

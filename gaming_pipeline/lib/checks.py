@@ -35,12 +35,14 @@ RAW_KEYS = ("eventDate", "eventTime", "eventName", "eventParams.game_keyword", "
 KPI_KEYS = ("eventDate", "game_keyword")
 
 
-def schema_matches(actual: T.StructType, expected: T.StructType) -> Outcome:
+def schema_matches(actual: T.StructType, expected: T.StructType, kept: bool = False) -> Outcome:
+    """Whether a table has exactly the expected columns and types; with `kept`, columns
+    beyond them are allowed (those of parameters a game's catalog no longer declares)."""
     have = {field.name: field.dataType.simpleString() for field in actual.fields}
     want = {field.name: field.dataType.simpleString() for field in expected.fields}
     differences = {
         name: {"expected": want.get(name), "found": have.get(name)}
-        for name in sorted(set(have) | set(want))
+        for name in sorted(set(want) if kept else set(have) | set(want))
         if have.get(name) != want.get(name)
     }
     return Outcome(not differences, {"differences": differences})

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
+from gaming_pipeline.lib.events import typed_params
 from gaming_pipeline.lib.maintenance import days_in
 from gaming_pipeline.lib.stages import StageClock
 from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
@@ -46,6 +47,11 @@ FOLLOWED_BY = "followed_by"
 
 # Each game's write costs mostly Delta's fixed commit work: a few at once keep both cores busy.
 PARALLEL_WRITES = 4
+
+
+def game_rows(rows: DataFrame, game: Game) -> DataFrame:
+    """The game's rows of raw rows, with its own parameters as columns (its table's rows)."""
+    return typed_params(rows.where(F.col(kpis.GAME) == game.keyword), game.columns)
 
 
 def rows_per_game_and_day(rows: DataFrame) -> list[Row]:
@@ -89,14 +95,16 @@ def add_batch(
     def append(game: Game) -> None:
         # One file per game and batch. The append makes the game's table, partitioned as a
         # rebuild makes it, if it had none yet: no CREATE TABLE round trip per game and batch.
+        # A parameter new to the game's catalog becomes its column in the same commit.
         table = game_table(game)
         append_rows(
-            rows.where(F.col(kpis.GAME) == game.keyword).coalesce(1),
+            game_rows(rows, game).coalesce(1),
             table.path(warehouse),
             marker,
             partition_by=table.partition_by,
             properties=table.table_properties,
             txn=txn,
+            add_new_columns=True,
         )
 
     # The first table a pass writes, so that a pass cut short is known (follow.py).

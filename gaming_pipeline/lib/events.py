@@ -2,17 +2,24 @@
 
 Landing objects are NDJSON (gzipped or not), one event per line, as the ingest service
 writes them and any other producer may. Parsing uses an explicit schema: it is faster than
-inference and a new client field cannot silently change a table's schema.
+inference and a new client field cannot silently change a table's schema. A game's own
+parameters (its event catalog, catalog.py) are read only for the events its catalog gives
+parameters, checked as the ingest service checks them, and kept in `customParams`, a VARIANT.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from gaming_pipeline import catalog
+from gaming_pipeline.catalog import EventSpec, Param
+from gaming_pipeline.event_names import SEED_PARAMS
+from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib.s3_events import REJECTED
 
 EVENT_PARAMS = T.StructType(
@@ -27,6 +34,16 @@ EVENT_PARAMS = T.StructType(
         T.StructField("amount", T.DoubleType()),
     ]
 )
+
+# Each catalog type's column type: money to the cent, as the KPIs sum `amount`.
+PARAM_TYPES = {
+    "string": T.StringType(),
+    "integer": T.LongType(),
+    "float": T.DoubleType(),
+    "boolean": T.BooleanType(),
+    "timestamp": T.TimestampType(),
+    "money": T.DecimalType(18, 2),
+}
 
 _CORRUPT = "_corrupt_record"
 # eventTime stays a string here: it may be epoch seconds, epoch milliseconds or ISO-8601,
@@ -49,6 +66,8 @@ RAW_SCHEMA = T.StructType(
         T.StructField("eventName", T.StringType(), False),
         T.StructField("eventTime", T.TimestampType(), False),
         T.StructField("eventParams", EVENT_PARAMS, False),
+        # The game's own parameters (its catalog's), typed as JSON types them; null: none.
+        T.StructField("customParams", T.VariantType()),
         T.StructField("eventDate", T.DateType(), False),
         T.StructField("_source_object", T.StringType(), False),
         # The object's last-modified time: its rows are found by this (file statistics prune
@@ -70,6 +89,7 @@ CLASSIFIED_SCHEMA = T.StructType(
         T.StructField("eventName", T.StringType()),
         T.StructField("eventTime", T.TimestampType()),
         T.StructField("eventParams", EVENT_PARAMS),
+        T.StructField("customParams", T.VariantType()),
         T.StructField("reason", T.StringType()),
     ]
 )
@@ -104,17 +124,107 @@ def source_object(file_path: Column) -> Column:
     return F.regexp_replace(decoded, r"^s3a://", "s3://")
 
 
-def classify_lines(lines: DataFrame) -> DataFrame:
+def _entries_in_use(games: tuple[Game, ...]) -> dict[EventSpec, list[str]]:
+    """The catalog entries with parameters of their own, each with the `game:event` keys of
+    the events it judges (an entry every game shares is one)."""
+    keys: dict[EventSpec, list[str]] = defaultdict(list)
+    for game in games:
+        for spec in game.events.values():
+            if spec.checked:
+                keys[spec].append(f"{game.keyword}:{spec.name}")
+    return keys
+
+
+def _fits(value: Column, kind: str) -> Column:
+    """Whether a parameter's value (a VARIANT, present and not null) is of its catalog type:
+    the ingest service's rule (ingest_service/schema.py), on the JSON types the value has."""
+    shape = F.schema_of_variant(value)
+    number = (shape == "BIGINT") | shape.startswith("DECIMAL") | (shape == "DOUBLE")
+    text = F.try_variant_get(value, "$", "string")
+    if kind == "string":
+        return (shape == "STRING") & (F.length(text) <= catalog.MAX_TEXT)
+    if kind == "integer":
+        return shape == "BIGINT"
+    if kind == "float":
+        return number
+    if kind == "money":
+        return number & (F.abs(F.try_variant_get(value, "$", "double")) <= catalog.MAX_MONEY)
+    if kind == "boolean":
+        return shape == "BOOLEAN"
+    instant = text.try_cast("timestamp")
+    in_span = (instant >= F.lit(_EARLIEST).cast("timestamp")) & (instant < F.lit(_LATEST).cast("timestamp"))
+    return (shape == "STRING") & text.rlike(catalog.ISO_INSTANT) & F.coalesce(in_span, F.lit(False))
+
+
+def _entry_reason(own: Column, spec: EventSpec) -> Column:
+    """Why an event's own parameters `own` (a map of VARIANTs) do not fit its catalog entry,
+    in the order the ingest service judges them; null when they do."""
+    reasons: list[tuple[Column, Column | str]] = []
+    if not spec.open:
+        declared = [param.name for param in spec.params]
+        strays = F.filter(F.map_keys(own), lambda key: ~key.isin(*declared)) if declared else F.map_keys(own)
+        before, after = catalog.undeclared(spec.name, "\x00").split("\x00")
+        reasons.append(
+            (
+                F.size(strays) > 0,
+                F.concat(F.lit(before), F.array_join(F.array_sort(strays), ", "), F.lit(after)),
+            )
+        )
+    for param in spec.params:
+        value = own[param.name]
+        absent = value.isNull() | F.is_variant_null(value)
+        if param.required:
+            reasons.append((absent, catalog.missing(spec.name, param.name)))
+        reasons.append((~absent & ~_fits(value, param.type), catalog.wrong_type(param)))
+    if not reasons:
+        return F.lit(None).cast("string")
+    chained = F.when(*reasons[0])
+    for condition, reason in reasons[1:]:
+        chained = chained.when(condition, reason)
+    return chained
+
+
+_OWN = "_own_params"
+_PARAMS_AS_VARIANTS = "eventParams map<string, variant>"
+
+
+def _own_params(value: Column, key: Column, entries: dict[EventSpec, list[str]]) -> Column:
+    """The parameters beside the seed's fields, for the events whose catalog entry has its
+    own: a second parse of those lines only."""
+    in_use = [key for keys in entries.values() for key in keys]
+    if not in_use:
+        return F.lit(None).cast("map<string, variant>")
+    parsed = F.from_json(value, _PARAMS_AS_VARIANTS)["eventParams"]
+    return F.when(key.isin(*in_use), F.map_filter(parsed, lambda name, _: ~name.isin(*SEED_PARAMS)))
+
+
+def _catalog_reason(key: Column, own: Column, entries: dict[EventSpec, list[str]]) -> Column:
+    reason = None
+    for spec, keys in entries.items():
+        condition, because = key.isin(*keys), _entry_reason(own, spec)
+        reason = F.when(condition, because) if reason is None else reason.when(condition, because)
+    return reason if reason is not None else F.lit(None).cast("string")
+
+
+def classify_lines(lines: DataFrame, games: tuple[Game, ...] = GAMES) -> DataFrame:
     """Parse each line (`value`, `_source_object`, `_source_modified_at`) and give it a
     `reason` to quarantine it, null for a good event. Blank lines are not events and are
-    left out."""
-    parsed = lines.where(F.trim("value") != "").select(
-        "value",
-        "_source_object",
-        "_source_modified_at",
-        F.from_json("value", LANDING_SCHEMA, {"columnNameOfCorruptRecord": _CORRUPT}).alias("e"),
+    left out. The events of `games` are checked against their catalogs."""
+    entries = _entries_in_use(games)
+    e = F.col("e")
+    key = F.concat(e["eventParams"]["game_keyword"], F.lit(":"), e["eventName"])
+    parsed = (
+        lines.where(F.trim("value") != "")
+        .select(
+            "value",
+            "_source_object",
+            "_source_modified_at",
+            F.from_json("value", LANDING_SCHEMA, {"columnNameOfCorruptRecord": _CORRUPT}).alias("e"),
+        )
+        .withColumn(_OWN, _own_params(F.col("value"), key, entries))
     )
     e = parsed["e"]
+    own = parsed[_OWN]
     ts = event_time(e["eventTime"])
     unparsed = e["eventName"].isNull() & e["eventTime"].isNull() & e["eventParams"].isNull()
     reason = (
@@ -135,6 +245,7 @@ def classify_lines(lines: DataFrame) -> DataFrame:
             (ts < F.lit(_EARLIEST).cast("timestamp")) | (ts >= F.lit(_LATEST).cast("timestamp")),
             F.concat(F.lit("eventTime outside 2000-2099: "), ts.cast("string")),
         )
+        .otherwise(_catalog_reason(key, own, entries))
     )
     return parsed.select(
         "value",
@@ -144,7 +255,22 @@ def classify_lines(lines: DataFrame) -> DataFrame:
         e["eventName"].alias("eventName"),
         ts.alias("eventTime"),
         e["eventParams"].alias("eventParams"),
+        F.when(F.size(own) > 0, F.to_variant_object(own)).alias("customParams"),
         reason.alias("reason"),
+    )
+
+
+def typed_params(rows: DataFrame, params: tuple[Param, ...]) -> DataFrame:
+    """Event rows with each of a game's parameters as a column of its catalog type, read
+    from `customParams` (null where an event has none)."""
+    return rows.select(
+        *rows.columns,
+        *(
+            F.try_variant_get(
+                "customParams", f"$.{param.name}", PARAM_TYPES[param.type].simpleString()
+            ).alias(param.name)
+            for param in params
+        ),
     )
 
 
@@ -155,6 +281,7 @@ def raw_events(classified: DataFrame, ingested_at: datetime, run_id: str) -> Dat
         "eventName",
         "eventTime",
         "eventParams",
+        "customParams",
         F.to_date("eventTime").alias("eventDate"),
         "_source_object",
         "_source_modified_at",

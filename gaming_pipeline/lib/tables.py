@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib import kpis, player_state
-from gaming_pipeline.lib.events import RAW_SCHEMA
+from gaming_pipeline.lib.events import PARAM_TYPES, RAW_SCHEMA
 from gaming_pipeline.lib.warehouse import ensure_table, is_delta_table, latest_version, table_path
 
 RAW_TABLE = "mobile_events_delta_raw"
@@ -225,11 +225,21 @@ RESTATEMENTS = Table(
 )
 
 
+def game_schema(game: Game) -> T.StructType:
+    """The raw table's columns, then the game's own parameters, each a column of its type."""
+    return T.StructType(
+        [
+            *RAW_SCHEMA.fields,
+            *(T.StructField(param.name, PARAM_TYPES[param.type]) for param in game.columns),
+        ]
+    )
+
+
 def game_table(game: Game) -> Table:
     return Table(
         game.table_name,
-        RAW_SCHEMA,
-        f"Every event of {game.app_name}, as in the raw table.",
+        game_schema(game),
+        f"Every event of {game.app_name}, as in the raw table, with its own parameters as columns.",
         BY_DAY,
         identifying=EVENT_IDENTIFYING,
     )

@@ -275,6 +275,7 @@ def append_rows(
     partition_by: tuple[str, ...] = (),
     properties: dict[str, str] | None = None,
     txn: Txn | None = None,
+    add_new_columns: bool = False,
 ) -> None:
     """Append `df` in one commit tagged with `marker`. A blind append reads nothing first,
     so it never conflicts with a concurrent writer: compaction, DELETE and MERGE on the same
@@ -282,8 +283,15 @@ def append_rows(
     for rows the table cannot hold yet; the caller knows that (ingestion: from the intents;
     the followers of the raw table: from `txn`, with which Delta skips the append if the
     table has taken that transaction already).
-    Partitioned like the table and with its properties, it makes the table on its first write."""
-    writer = df.write.format("delta").mode("append").option("userMetadata", _tag(marker))
+    Partitioned like the table and with its properties, it makes the table on its first write.
+    With `add_new_columns`, columns of `df` the table lacks are added to it in the same commit
+    (a metadata change: no file is rewritten, the older rows read null)."""
+    writer = (
+        df.write.format("delta")
+        .mode("append")
+        .option("userMetadata", _tag(marker))
+        .option("mergeSchema", str(add_new_columns).lower())
+    )
     if txn:
         writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
     writer.options(**(properties or {})).partitionBy(*partition_by).save(path)

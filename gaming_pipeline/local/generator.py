@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from gaming_pipeline.event_names import PURCHASE
+from gaming_pipeline.catalog import Param
+from gaming_pipeline.event_names import ITEM, LEVEL, LEVEL_COMPLETED, LEVEL_FAILED, LEVEL_STARTED, PURCHASE
 from gaming_pipeline.games import GAMES, Game
 
+# The seed's events, then the progression and any other event a game's catalog declares: with
+# the default catalog a quarter of the events carry parameters of the game's own.
 EVENT_MIX = {
     "gameStart": 0.14,
     "levelUp": 0.16,
@@ -30,7 +33,12 @@ EVENT_MIX = {
     "itemCollected": 0.10,
     PURCHASE: 0.04,
     "gameEnd": 0.04,
+    LEVEL_STARTED: 0.16,
+    LEVEL_COMPLETED: 0.10,
+    LEVEL_FAILED: 0.04,
 }
+OTHER_EVENT_SHARE = 0.03
+ITEMS = ("gem_pack_small", "gem_pack_large", "starter_bundle", "season_pass", "no_ads", "coin_doubler")
 PRICE_POINTS = (0.99, 1.99, 2.99, 4.99, 9.99, 19.99, 49.99, 99.99)
 PRICE_WEIGHTS = (30, 20, 12, 15, 10, 7, 4, 2)
 PLATFORMS = ("ios", "android")
@@ -98,8 +106,14 @@ class EventFactory:
             game.keyword: f"{self.rng.randint(1, 4)}.{self.rng.randint(0, 9)}.{self.rng.randint(0, 20)}"
             for game in games
         }
-        self.names = list(EVENT_MIX)
-        self.name_weights = list(EVENT_MIX.values())
+        # Each game's events (its catalog's) and their weights.
+        self.mix = {
+            game.keyword: (
+                list(game.events),
+                [EVENT_MIX.get(name, OTHER_EVENT_SHARE) for name in game.events],
+            )
+            for game in games
+        }
         if draws:
             # The same players, events drawn apart. Two factories of one seed drawing from
             # one random stream fall into step within a few thousand events (whatever each
@@ -112,8 +126,9 @@ class EventFactory:
         pool = self.devices[game.keyword]
         # A few heavy players and a long tail, as in real games.
         device = pool[min(int(rng.paretovariate(1.2)) - 1, len(pool) - 1)]
-        name = rng.choices(self.names, self.name_weights)[0]
+        name = rng.choices(*self.mix[game.keyword])[0]
         client_time = datetime.fromtimestamp(at - rng.uniform(0.05, 3.0), UTC)
+        client_time_text = client_time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         params = {
             "game_keyword": game.keyword,
             "app_name": game.app_name,
@@ -121,16 +136,37 @@ class EventFactory:
             "platform": PLATFORMS[int(device[-1], 16) % 2],
             "app_version": self.versions[game.keyword],
             "device_id": device,
-            "client_event_time": client_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "client_event_time": client_time_text,
         }
         if name == PURCHASE:
             params["amount"] = rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0]
+        for param in game.events[name].params:
+            if param.required or rng.random() < 0.7:
+                params[param.name] = self.value(param, client_time_text)
         return {
             "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
             "eventName": name,
             "eventTime": int(at),
             "eventParams": params,
         }
+
+    def value(self, param: Param, client_time: str):
+        """A value of a game's own parameter: levels and items as a game has them (most
+        players in the first levels, a few items), anything else drawn by its type."""
+        rng = self.rng
+        if param.name == LEVEL:
+            return min(int(rng.paretovariate(1.3)), 40)
+        if param.name == ITEM:
+            return rng.choice(ITEMS)
+        drawn = {
+            "string": lambda: f"{param.name}_{rng.randint(1, 5)}",
+            "integer": lambda: rng.randint(1, 10),
+            "float": lambda: round(rng.uniform(1, 120), 3),
+            "money": lambda: rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0],
+            "boolean": lambda: rng.random() < 0.5,
+            "timestamp": lambda: client_time,
+        }
+        return drawn[param.type]()
 
 
 def player_pii(device_id: str) -> dict[str, str]:
