@@ -10,7 +10,7 @@ setup(
     packages=find_packages(exclude=["gaming_pipeline_tests*"]),
     # The Delta log store's Java source (`gaming-pipeline fetch-jars` compiles it) and the
     # local Dagster instance of the demo and the tests.
-    package_data={"gaming_pipeline": ["jvm/*.java", "jvm/fairscheduler.xml", "local/dagster.yaml"]},
+    package_data={"gaming_pipeline": ["games.toml", "jvm/*.java", "jvm/fairscheduler.xml", "local/dagster.yaml"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "dagster==1.13.27",

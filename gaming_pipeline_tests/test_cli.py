@@ -81,9 +81,13 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
     follow(spark, warehouse, "r1-follower")
     today = datetime.now(UTC).date().isoformat()
 
+    # Over the raw table as it is now: the games' own parameters beside the seed's struct.
     assert main(["sql", SEED_DAU_QUERY, "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row == {"DAU": totals["distinct_devices_per_day"][today]}
+    own = "select count(customParams:level) as levels from mobile_events_delta_raw where eventName = 'levelStarted'"
+    assert main(["sql", own, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["levels"] > 0
 
     assert main(["tables", "--json"]) == 0
     tables = {table["table"]: table for table in json.loads(capsys.readouterr().out)}
@@ -98,6 +102,7 @@ def test_seed_dau_query_runs_unchanged_and_tables_lists_the_tables(spark, pipeli
         "ingest_intents",
         "activity_game_hours",
         "activity_player_days",
+        "activity_game_params",
         "player_state",
     }
     assert sum(tables[name]["rows"] for name in games) == 800

@@ -25,8 +25,10 @@ def test_graph_is_pinned():
         "kpi_cohort_revenue",
         "kpi_concurrent_players",
         "kpi_hourly_slices",
+        "kpi_progression_funnel",
+        "kpi_revenue_by_item",
     }
-    activity = {"activity_game_hours", "activity_player_days"}
+    activity = {"activity_game_hours", "activity_player_days", "activity_game_params"}
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
         "mobile_events_delta_raw",
         "quarantine_events",
@@ -125,8 +127,14 @@ def test_graph_is_pinned():
         ("kpi_hourly_slices", "bookings_add_up_to_activity"),
         ("kpi_hourly_slices", "volume_holds_up_per_slice"),
         ("kpi_hourly_slices", "bookings_hold_up_per_slice"),
+        ("kpi_progression_funnel", "no_null_keys"),
+        ("kpi_progression_funnel", "all_games_add_up"),
+        ("kpi_revenue_by_item", "no_null_keys"),
+        ("kpi_revenue_by_item", "bookings_add_up_to_activity"),
+        ("kpi_revenue_by_item", "all_games_add_up"),
         ("activity_game_hours", "events_match_raw"),
         ("activity_player_days", "events_match_raw"),
+        ("activity_game_params", "events_match_raw"),
     }
     assert {
         (key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys

@@ -328,3 +328,65 @@ def test_hourly_slices_split_a_game_by_platform_and_app_version(spark):
     assert result[("galaxy_miners", 8, "ios", "2.4.0")] == (2, Decimal("4.99"))
     assert result[("galaxy_miners", 8, "ios", "2.4.1")] == (1, Decimal("0.99"))
     assert result[("all_games", 9, "ios", "2.4.0")] == (1, Decimal("9.99"))
+
+
+def test_the_progression_funnel_and_revenue_by_item_count_each_level_and_item(spark):
+    own = {
+        "08:01": '{"level": 1}',
+        "08:02": '{"level": 1}',
+        "08:03": '{"level": 2}',
+        "08:04": '{"level": 1, "stars": 3}',
+        "08:05": '{"level": 2}',
+        "08:06": '{"item_id": "gems"}',
+        "08:07": '{"item_id": "gems"}',
+        "08:09": '{"level": 1}',
+    }
+    rows = events(
+        spark,
+        ("levelStarted", "08:01", "galaxy_miners", "d1", None),
+        ("levelStarted", "08:02", "ninja_run", "d2", None),
+        ("levelStarted", "08:03", "galaxy_miners", "d1", None),
+        ("levelCompleted", "08:04", "galaxy_miners", "d1", None),
+        ("levelFailed", "08:05", "galaxy_miners", "d1", None),
+        ("purchaseEvent", "08:06", "galaxy_miners", "d1", 4.99),
+        ("purchaseEvent", "08:07", "ninja_run", "d2", 0.99),
+        ("purchaseEvent", "08:08", "ninja_run", "d2", 1.99),
+        # A level event of another name, and a progression event without a level: neither counts.
+        ("levelUp", "08:09", "ninja_run", "d2", None),
+        ("levelFailed", "08:10", "ninja_run", "d2", None),
+    ).withColumn(
+        "customParams",
+        F.parse_json(
+            F.create_map(*(F.lit(x) for kv in own.items() for x in kv))[F.date_format("eventTime", "HH:mm")]
+        ),
+    )
+    params = kpis.game_params(rows)
+    funnel = {
+        (row.game_keyword, row.level): (row.started, row.completed, row.failed, row.completion_rate)
+        for row in kpis.progression_funnel(params).collect()
+    }
+    assert funnel == {
+        ("galaxy_miners", 1): (1, 1, 0, Decimal("1.0000")),
+        ("galaxy_miners", 2): (1, 0, 1, Decimal("0.0000")),
+        ("ninja_run", 1): (1, 0, 0, None),
+        ("all_games", 1): (2, 1, 0, Decimal("1.0000")),
+        ("all_games", 2): (1, 0, 1, Decimal("0.0000")),
+    }
+    items = {
+        (row.game_keyword, row.item_id): (row.purchases, row.bookings)
+        for row in kpis.revenue_by_item(params).collect()
+    }
+    assert items == {
+        ("galaxy_miners", "gems"): (1, Decimal("4.99")),
+        ("ninja_run", "gems"): (1, Decimal("0.99")),
+        ("ninja_run", None): (1, Decimal("1.99")),
+        ("all_games", "gems"): (2, Decimal("5.98")),
+        ("all_games", None): (1, Decimal("1.99")),
+    }
+    assert {
+        row.param: row.events
+        for row in params.groupBy("param").agg(F.sum("events").alias("events")).collect()
+    } == {
+        "level": 5,
+        "item_id": 3,
+    }

@@ -145,6 +145,20 @@ CHARTS: dict[str, ChartSpec] = {
         "player: the start of the LTV curve of each cohort.",
         scale="money",
     ),
+    kpis.PROGRESSION_FUNNEL: ChartSpec(
+        title="Levels started, completed and failed",
+        series=(
+            Series("started", "started", "#1f77b4"),
+            Series("completed", "completed", "#2ca02c"),
+            Series("failed", "failed", "#d62728"),
+        ),
+        value_label="levels",
+        period=DAY,
+        days=30,
+        bars=False,
+        caption="Levels started, completed and failed per day over the last 30 days, all games and "
+        "levels together; kpi_progression_funnel has them per game and level.",
+    ),
 }
 
 
@@ -170,13 +184,12 @@ def chart_points(
     spec: ChartSpec, table: DataFrame, first_day: date, last_day: date
 ) -> dict[str, list[tuple[datetime, float]]]:
     """Per series (by its label), the all-games (period start in UTC, value) pairs of a KPI
-    table's days from `first_day` to `last_day` that have a value, in time order."""
+    table's days (summed over the period's rows) from `first_day` to `last_day` that have a value, in time order."""
     rows = (
         table.where((F.col("game_keyword") == ALL_GAMES) & F.col("eventDate").between(first_day, last_day))
-        .select(
-            F.expr(spec.period.start_seconds_sql).alias("start"),
-            *(F.col(series.column).cast("double").alias(series.column) for series in spec.series),
-        )
+        # A KPI sliced further (by level) is drawn as its period's sum.
+        .groupBy(F.expr(spec.period.start_seconds_sql).alias("start"))
+        .agg(*(F.sum(F.col(series.column).cast("double")).alias(series.column) for series in spec.series))
         .orderBy("start")
         .collect()
     )

@@ -168,6 +168,29 @@ def bookings_add_up_to_days(kpi: list[Row], totals: Totals) -> Outcome:
     return compare(booked, {key: value.bookings for key, value in totals.items() if value.bookings})
 
 
+def all_games_add_up(kpi: list[Row], keys: tuple[str, ...], figures: tuple[str, ...]) -> Outcome:
+    """Each day's all-games row of a slice (`keys`: a level, an item) holds the sums of the
+    games' rows of that slice, figure by figure."""
+    games: dict[tuple, list] = {}
+    all_games: dict[tuple, list] = {}
+    for row in kpi:
+        key = (row.eventDate.isoformat(), *(row[name] for name in keys))
+        figures_of = [row[figure] for figure in figures]
+        if row.game_keyword == ALL_GAMES:
+            all_games[key] = figures_of
+        else:
+            summed = games.setdefault(key, [0] * len(figures))
+            games[key] = [a + b for a, b in zip(summed, figures_of, strict=True)]
+    mismatches = {
+        " ".join(map(str, key)): {"all_games": str(all_games.get(key)), "games": str(games.get(key))}
+        for key in sorted(set(games) | set(all_games), key=str)
+        if games.get(key) != all_games.get(key)
+    }
+    return Outcome(
+        not mismatches, {"checked": len(all_games), "mismatches": dict(list(mismatches.items())[:20])}
+    )
+
+
 def all_games_dau_is_bounded(kpi: list[Row]) -> Outcome:
     """A day's all-games DAU is at least its largest game's and at most the sum of all games'
     (one all-games row a day; a missing DAU is out of bounds)."""

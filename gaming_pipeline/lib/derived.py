@@ -112,6 +112,9 @@ def add_batch(
     games = [game for game in GAMES if any(added[game.table_name].values())]
     with clock.stage("game_appends"), ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
         list(pool.map(append, games))
+    # Before the players' merge, as the hourly one: a KPI refresh reads activity_player_days'
+    # version first, so the other two hold at least its batches.
+    merge(kpis.GAME_PARAMS)
     merge(kpis.PLAYER_DAYS)
     # What the batch changes in its players' days and sessions is read off activity_player_days
     # between its versions before and after the pass's merge (made by an earlier try of the

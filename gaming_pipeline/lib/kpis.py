@@ -1,12 +1,15 @@
-"""The KPI tables and the two activity tables they are computed from, as pure transforms.
+"""The KPI tables and the activity tables they are computed from, as pure transforms.
 
-Raw events are summed once into two small activity tables, and every KPI is read from them:
+Raw events are summed once into small activity tables, and every KPI is read from them:
 - `activity_game_hours`: per hour, game and platform, the events, purchases and bookings.
   Sums add up, so a batch of new events is added to it as it is.
 - `activity_player_days`: per day, game and player, the events, purchases, bookings and the
   player's sessions as (first, last) spans. A batch's spans merge into the day's (two
   sessions at most the session gap apart become one), so distinct players and sessions stay
   exact without reading the day's events again.
+- `activity_game_params`: per day, game and value of a parameter of the games' own that the
+  KPIs read (a `level` of the progression events, a purchase's `item_id`), the levels
+  started, completed and failed and the purchases and bookings. Sums, added as they are.
 A rebuild computes both from the raw table with the same transforms, so the rows a run of
 batches leaves are the rows a rebuild writes.
 
@@ -25,12 +28,21 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from gaming_pipeline.event_names import PURCHASE
+from gaming_pipeline.event_names import (
+    ITEM,
+    LEVEL,
+    LEVEL_COMPLETED,
+    LEVEL_FAILED,
+    LEVEL_STARTED,
+    PROGRESSION,
+    PURCHASE,
+)
 from gaming_pipeline.games import ALL_GAMES
 
 GAME_HOURS = "activity_game_hours"
 PLAYER_DAYS = "activity_player_days"
-ACTIVITY_TABLES = (GAME_HOURS, PLAYER_DAYS)
+GAME_PARAMS = "activity_game_params"
+ACTIVITY_TABLES = (GAME_HOURS, PLAYER_DAYS, GAME_PARAMS)
 
 EVENTS_PER_HOUR = "kpi_events_per_hour"
 BOOKINGS_PER_HOUR = "kpi_bookings_per_hour"
@@ -44,6 +56,8 @@ PAYERS = "kpi_payers"
 COHORT_REVENUE = "kpi_cohort_revenue"
 CONCURRENT_PLAYERS = "kpi_concurrent_players"
 HOURLY_SLICES = "kpi_hourly_slices"
+PROGRESSION_FUNNEL = "kpi_progression_funnel"
+REVENUE_BY_ITEM = "kpi_revenue_by_item"
 KPI_TABLES = (
     EVENTS_PER_HOUR,
     BOOKINGS_PER_HOUR,
@@ -57,6 +71,8 @@ KPI_TABLES = (
     COHORT_REVENUE,
     CONCURRENT_PLAYERS,
     HOURLY_SLICES,
+    PROGRESSION_FUNNEL,
+    REVENUE_BY_ITEM,
 )
 # An amount as a client sends it, to the cent; BOOKINGS holds any sum of them.
 MONEY = "decimal(18,2)"
@@ -168,11 +184,34 @@ SCHEMAS: dict[str, T.StructType] = {
     HOURLY_SLICES: _columns(
         *_HOUR, *_SLICE, ("events", _COUNT), ("purchases", _COUNT), ("bookings", _BOOKINGS)
     ),
+    GAME_PARAMS: _columns(
+        *_DAY,
+        ("param", _TEXT),
+        ("value", _TEXT),
+        ("events", _COUNT),
+        ("started", _COUNT),
+        ("completed", _COUNT),
+        ("failed", _COUNT),
+        ("purchases", _COUNT),
+        ("bookings", _BOOKINGS),
+    ),
+    PROGRESSION_FUNNEL: _columns(
+        *_DAY,
+        (LEVEL, _COUNT),
+        ("started", _COUNT),
+        ("completed", _COUNT),
+        ("failed", _COUNT),
+        ("completion_rate", _SHARE),
+    ),
+    REVENUE_BY_ITEM: _columns(*_DAY, (ITEM, _TEXT), ("purchases", _COUNT), ("bookings", _BOOKINGS)),
 }
+# The keys of a KPI's rows beyond their day, time and text columns (restatements name them).
+NUMBERED_KEYS = {PROGRESSION_FUNNEL: (LEVEL,)}
 # The activity tables' keys: a batch's row with the same key is added to the table's row.
 KEYS = {
     GAME_HOURS: ("eventDate", "window_start", "game_keyword", "platform", "app_version"),
     PLAYER_DAYS: ("eventDate", "game_keyword", "device_id"),
+    GAME_PARAMS: ("eventDate", "game_keyword", "param", "value"),
 }
 
 
@@ -203,6 +242,10 @@ ADDED = {
         "purchases": "t.purchases + s.purchases",
         "bookings": f"CAST(t.bookings + s.bookings AS {BOOKINGS})",
         "sessions": merged_sessions("t.sessions", "s.sessions"),
+    },
+    GAME_PARAMS: {
+        **{c: f"t.{c} + s.{c}" for c in ("events", "started", "completed", "failed", "purchases")},
+        "bookings": f"CAST(t.bookings + s.bookings AS {BOOKINGS})",
     },
 }
 
@@ -271,8 +314,53 @@ def player_days(events: DataFrame) -> DataFrame:
     )
 
 
+def _summarized_by_game_params(events: DataFrame) -> tuple[Column, DataFrame]:
+    """The events activity_game_params sums (progression events with a level, purchases),
+    and whether each is one of the progression."""
+    level = F.try_variant_get("customParams", f"$.{LEVEL}", "bigint")
+    progression = F.col("eventName").isin(*PROGRESSION)
+    return progression, events.where((progression & level.isNotNull()) | (F.col("eventName") == PURCHASE))
+
+
+def game_params(events: DataFrame) -> DataFrame:
+    """Raw events summed per day, game and value of a parameter the KPIs read: each level of
+    the progression events (started, completed, failed) and each item_id of the purchases
+    (purchases and their bookings; a null value for purchases without one)."""
+    progression, summed = _summarized_by_game_params(events)
+    name = F.col("eventName")
+    value = F.when(
+        progression, F.try_variant_get("customParams", f"$.{LEVEL}", "bigint").cast("string")
+    ).otherwise(F.try_variant_get("customParams", f"$.{ITEM}", "string"))
+    purchases, bookings = _purchase_sums()
+    return conformed(
+        summed.groupBy(
+            "eventDate",
+            F.col(GAME).alias("game_keyword"),
+            F.when(progression, F.lit(LEVEL)).otherwise(F.lit(ITEM)).alias("param"),
+            value.alias("value"),
+        ).agg(
+            F.count(F.lit(1)).alias("events"),
+            F.count_if(name == LEVEL_STARTED).alias("started"),
+            F.count_if(name == LEVEL_COMPLETED).alias("completed"),
+            F.count_if(name == LEVEL_FAILED).alias("failed"),
+            purchases,
+            bookings,
+        ),
+        GAME_PARAMS,
+    )
+
+
+def summarized_events(table: str, events: DataFrame) -> DataFrame:
+    """The raw events an activity table sums (its `events` add up to their count)."""
+    return _summarized_by_game_params(events)[1] if table == GAME_PARAMS else events
+
+
 # Each activity table's rows from raw events: a batch's, or a rebuilt day's.
-ACTIVITY: dict[str, Callable[[DataFrame], DataFrame]] = {GAME_HOURS: game_hours, PLAYER_DAYS: player_days}
+ACTIVITY: dict[str, Callable[[DataFrame], DataFrame]] = {
+    GAME_HOURS: game_hours,
+    PLAYER_DAYS: player_days,
+    GAME_PARAMS: game_params,
+}
 
 
 def for_each_game_and_all(
@@ -594,6 +682,26 @@ def hourly_slices(hours: DataFrame) -> DataFrame:
     )
 
 
+def progression_funnel(params: DataFrame) -> DataFrame:
+    """Per day and `level`: levels `started`, `completed` and `failed`, and the
+    `completion_rate` of the attempts that ended (completed / (completed + failed))."""
+    levels = params.where(F.col("param") == LEVEL).withColumn(LEVEL, F.col("value").cast("bigint"))
+    counted = for_each_game_and_all(levels, ["eventDate", LEVEL], _summed("started", "completed", "failed"))
+    ended = F.col("completed") + F.col("failed")
+    return conformed(
+        counted.withColumn("completion_rate", F.when(ended > 0, F.col("completed") / ended)),
+        PROGRESSION_FUNNEL,
+    )
+
+
+def revenue_by_item(params: DataFrame) -> DataFrame:
+    """Per day and `item_id` (null: purchases that named no item): purchases and bookings."""
+    items = params.where(F.col("param") == ITEM).withColumn(ITEM, F.col("value"))
+    return conformed(
+        for_each_game_and_all(items, ["eventDate", ITEM], _summed("purchases", "bookings")), REVENUE_BY_ITEM
+    )
+
+
 def restatements(table: str, before: list, after: list, settled_before: date) -> list[dict]:
     """The figures of a KPI table a refresh changed after they were reported: for each row of a
     day before `settled_before` (today's figures still grow with its events) that `before`
@@ -601,7 +709,12 @@ def restatements(table: str, before: list, after: list, settled_before: date) ->
     events, a rebuild, a rollback or an erasure restate a day this way; a figure filled in for
     the first time (a cohort's D7 once its return day has events) is not a restatement."""
     fields = SCHEMAS[table].fields
-    keys = [f.name for f in fields if isinstance(f.dataType, (T.DateType, T.TimestampType, T.StringType))]
+    keys = [
+        f.name
+        for f in fields
+        if isinstance(f.dataType, (T.DateType, T.TimestampType, T.StringType))
+        or f.name in NUMBERED_KEYS.get(table, ())
+    ]
     figures = [f.name for f in fields if f.name not in keys]
     now = {tuple(row[key] for key in keys): row for row in after}
     changed = []
@@ -632,10 +745,11 @@ def restatements(table: str, before: list, after: list, settled_before: date) ->
 
 
 class Activity(NamedTuple):
-    """The two activity tables, as a KPI transform reads them."""
+    """The activity tables, as a KPI transform reads them."""
 
     hours: DataFrame
     players: DataFrame
+    params: DataFrame
 
 
 # Each KPI from the activity tables, for cohort or event days [first, end).
@@ -665,4 +779,6 @@ TRANSFORMS: dict[str, Transform] = {
     PAYERS: lambda a, first, end: payers(_before(a.players, end), first, end),
     CONCURRENT_PLAYERS: lambda a, first, end: concurrent_players(_days(a.players, first, end)),
     HOURLY_SLICES: lambda a, first, end: hourly_slices(_days(a.hours, first, end)),
+    PROGRESSION_FUNNEL: lambda a, first, end: progression_funnel(_days(a.params, first, end)),
+    REVENUE_BY_ITEM: lambda a, first, end: revenue_by_item(_days(a.params, first, end)),
 }

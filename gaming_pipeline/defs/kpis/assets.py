@@ -59,10 +59,13 @@ class ActivityRead:
     def of(cls, spark, warehouse: WarehouseResource, first: date, end: date) -> "ActivityRead":
         # One version of each activity table for the whole run, so that the transforms and the
         # totals their checks compare with see the same rows while follower runs merge batches
-        # in. A pass merges into the hourly table, then the players' (derived.add_batch):
-        # the players' version taken first, the hourly one taken after holds all its batches.
+        # in. A pass merges into the hourly and the parameters' tables, then the players'
+        # (derived.add_batch): the players' version taken first, the others taken after hold
+        # all its batches.
         paths = {t: table_path(warehouse.root, t) for t in kpis.ACTIVITY_TABLES}
-        versions = {t: latest_version(paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_HOURS)}
+        versions = {
+            t: latest_version(paths[t]) for t in (kpis.PLAYER_DAYS, kpis.GAME_PARAMS, kpis.GAME_HOURS)
+        }
         activity = kpis.Activity(*(at_version(spark, paths[t], versions[t]) for t in kpis.ACTIVITY_TABLES))
         reach = max(kpis.REACHES_BACK.values())
         totals = checks.activity_totals(
@@ -96,6 +99,8 @@ SOURCE = {
     kpis.COHORT_REVENUE: kpis.PLAYER_DAYS,
     kpis.CONCURRENT_PLAYERS: kpis.PLAYER_DAYS,
     kpis.HOURLY_SLICES: kpis.GAME_HOURS,
+    kpis.PROGRESSION_FUNNEL: kpis.GAME_PARAMS,
+    kpis.REVENUE_BY_ITEM: kpis.GAME_PARAMS,
 }
 
 
@@ -452,6 +457,43 @@ KPIS = [
         "and each platform's app version on its own, so a release that breaks purchases on "
         "android 2.4.1 alerts even while iOS holds the game's total up. Hours ingested before "
         "this table existed have a null `app_version` until their day is rebuilt.",
+    ),
+    Kpi(
+        kpis.PROGRESSION_FUNNEL,
+        [
+            KpiCheck(
+                "all_games_add_up",
+                "Each day's all-games row of a level is the sum of the games' rows of that level.",
+                lambda run: checks.all_games_add_up(
+                    run.written, (kpis.LEVEL,), ("started", "completed", "failed")
+                ),
+            )
+        ],
+        "The progression funnel per day, game (and `all_games`) and `level`: levels `started`, "
+        "`completed` and `failed` (the games' `levelStarted`, `levelCompleted` and `levelFailed` "
+        "events, their catalog's `level`), and the `completion_rate` of the attempts that ended "
+        "that day (completed / (completed + failed)). A level many start and few complete is "
+        "where players leave.",
+    ),
+    Kpi(
+        kpis.REVENUE_BY_ITEM,
+        [
+            adds_up(
+                "bookings_add_up_to_activity",
+                "Each day's bookings over its items, per game and for all games, equal what that "
+                "day's players spent in activity_player_days.",
+                checks.bookings_add_up_to_days,
+            ),
+            KpiCheck(
+                "all_games_add_up",
+                "Each day's all-games row of an item is the sum of the games' rows of that item.",
+                lambda run: checks.all_games_add_up(run.written, (kpis.ITEM,), ("purchases", "bookings")),
+            ),
+        ],
+        "Revenue per day, game (and `all_games`) and `item_id`, the item a `purchaseEvent` "
+        "names (its game's catalog declares it): `purchases` and `bookings` (exact to the cent). "
+        "Purchases that name no item are the row with a null `item_id`, so the items add up to "
+        "the day's bookings.",
     ),
 ]
 
