@@ -11,6 +11,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import dagster as dg
 import msgspec
 import pytest
 
@@ -228,3 +229,49 @@ def test_the_seeds_fields_are_one_list_at_the_door_in_the_tables_and_in_the_cata
 
     assert tuple(EVENT_PARAMS.names) == SEED_PARAMS
     assert set(EventParams.__struct_fields__) == set(SEED_PARAMS)
+
+
+def test_a_parameter_added_mid_stream_adds_a_column_without_rewriting_and_one_removed_stays(spark, tmp_path):
+    from dataclasses import replace
+
+    from deltalake import DeltaTable
+
+    from gaming_pipeline.defs.games.columns import DROPPED, materialized_columns
+    from gaming_pipeline.lib.derived import append_game_rows
+    from gaming_pipeline.lib.events import classify_lines, raw_events
+
+    game = GAMES_BY_KEYWORD["ninja_run"]
+    entry = game.events["questCompleted"]
+    with_mood = replace(entry, params=(*entry.params, Param("mood", "string")))
+    before, after = game, replace(game, events={**game.events, entry.name: with_mood})
+
+    def batch(n: int, own: dict):
+        lines = [
+            json.dumps({**event("questCompleted", "ninja_run", {"quest": "q", **own}), "eventTime": int(AT)})
+        ]
+        df = spark.createDataFrame(
+            [(line, f"s3://l/{n}", None) for line in lines],
+            "value string, _source_object string, _source_modified_at timestamp",
+        )
+        return raw_events(classify_lines(df, (after,)), datetime(2026, 12, 7), f"r{n}")
+
+    warehouse = str(tmp_path)
+    path = f"{warehouse}/{game.table_name}"
+    append_game_rows(batch(1, {}), before, warehouse, {"run_id": "r1"})
+    files_before = set(DeltaTable(path).file_uris())
+    append_game_rows(batch(2, {"mood": "happy"}), after, warehouse, {"run_id": "r2"})
+    table = DeltaTable(path)
+    assert files_before < set(table.file_uris()), "the earlier file is untouched, one is added"
+    rows = spark.read.format("delta").load(path).select("_ingest_run_id", "mood").collect()
+    assert sorted((row._ingest_run_id, row.mood) for row in rows) == [("r1", None), ("r2", "happy")]
+    # Removed again from the catalog: the column stays, and a batch without it appends.
+    append_game_rows(batch(3, {}), before, warehouse, {"run_id": "r3"})
+    assert "mood" in spark.read.format("delta").load(path).columns
+
+    instance = dg.DagsterInstance.ephemeral()
+    for version, expected_added in ((before, None), (after, "mood"), (before, None)):
+        columns = materialized_columns(instance, version)
+        assert columns.get("columns_added") == expected_added
+        instance.report_runless_asset_event(dg.AssetMaterialization(game.table_name, metadata=columns))
+    kept = {column.name: column.description for column in columns["dagster/column_schema"].columns}
+    assert kept["mood"] == DROPPED and "questCompleted" in kept["quest"]

@@ -54,6 +54,25 @@ def game_rows(rows: DataFrame, game: Game) -> DataFrame:
     return typed_params(rows.where(F.col(kpis.GAME) == game.keyword), game.columns)
 
 
+def append_game_rows(
+    rows: DataFrame, game: Game, warehouse: str, marker: dict, txn: Txn | None = None
+) -> None:
+    """Append the game's rows of a batch of raw rows to its table, in one file. The append
+    makes the table, partitioned as a rebuild makes it, if it had none yet: no CREATE TABLE
+    round trip per game and batch. A parameter new to the game's catalog becomes its column
+    in the same commit (older rows read null; no file is rewritten)."""
+    table = game_table(game)
+    append_rows(
+        game_rows(rows, game).coalesce(1),
+        table.path(warehouse),
+        marker,
+        partition_by=table.partition_by,
+        properties=table.table_properties,
+        txn=txn,
+        add_new_columns=True,
+    )
+
+
 def rows_per_game_and_day(rows: DataFrame) -> list[Row]:
     """How many of the raw rows each (game, eventDate) has: Rows of game, eventDate, count."""
     return rows.groupBy(F.col(kpis.GAME).alias("game"), "eventDate").count().collect()
@@ -93,19 +112,7 @@ def add_batch(
         added[table] = events_per_day
 
     def append(game: Game) -> None:
-        # One file per game and batch. The append makes the game's table, partitioned as a
-        # rebuild makes it, if it had none yet: no CREATE TABLE round trip per game and batch.
-        # A parameter new to the game's catalog becomes its column in the same commit.
-        table = game_table(game)
-        append_rows(
-            game_rows(rows, game).coalesce(1),
-            table.path(warehouse),
-            marker,
-            partition_by=table.partition_by,
-            properties=table.table_properties,
-            txn=txn,
-            add_new_columns=True,
-        )
+        append_game_rows(rows, game, warehouse, marker, txn)
 
     # The first table a pass writes, so that a pass cut short is known (follow.py).
     merge(kpis.GAME_HOURS)

@@ -6,6 +6,7 @@ import time
 
 import dagster as dg
 
+from gaming_pipeline.defs.games.columns import materialized_columns
 from gaming_pipeline.defs.ingest.sensors import WAITING, coalescing, latest_request
 from gaming_pipeline.defs.partitions import DAILY, EVENT_DATES, EVENTS_PER_GAME
 from gaming_pipeline.defs.pools import FOLLOWERS_POOL
@@ -52,13 +53,20 @@ def follow_raw(context: dg.OpExecutionContext, warehouse: WarehouseResource, pys
     followed = caught_up(context, pyspark.spark_session, warehouse)
     if not followed.added:
         return
+    games = {game.table_name: game for game in GAMES}
     for table, days in followed.added.items():
+        # A game's table says which columns it has, and those its catalog added (once a run).
+        columns = materialized_columns(context.instance, games[table]) if table in games else {}
         for day, rows in sorted(days.items()):
             if DAILY.has_partition_key(day.isoformat()):
                 yield dg.AssetMaterialization(
                     asset_key=table,
                     partition=day.isoformat(),
-                    metadata={"rows_added": rows, "dagster/uri": table_path(warehouse.root, table)},
+                    metadata={
+                        "rows_added": rows,
+                        "dagster/uri": table_path(warehouse.root, table),
+                        **columns,
+                    },
                 )
     yield dg.AssetMaterialization(
         asset_key=PLAYER_STATE_TABLE,

@@ -10,6 +10,7 @@ from pyspark.sql import types as T
 
 from gaming_pipeline.defs.check_results import check_result
 from gaming_pipeline.defs.followers.runs import caught_up, followed_metadata
+from gaming_pipeline.defs.games.columns import COLUMN_SCHEMA, column_schema, materialized_columns
 from gaming_pipeline.defs.partitions import DAILY, DERIVED_FRESHNESS, window_predicate
 from gaming_pipeline.defs.pools import FOLLOWERS_POOL
 from gaming_pipeline.defs.resources import SparkResource, WarehouseResource
@@ -34,9 +35,12 @@ def game_spec(game: Game) -> dg.AssetSpec:
         partitions_def=DAILY,
         freshness_policy=DERIVED_FRESHNESS,
         tags={"game": game.keyword},
+        metadata={COLUMN_SCHEMA: column_schema(game)},
         description=(
             f"Every event of {game.app_name} (`eventParams.game_keyword = '{game.keyword}'`), "
-            "with the same columns as mobile_events_delta_raw and partitioned by `eventDate`. "
+            "with the columns of mobile_events_delta_raw and one for each parameter of the game's own "
+            "(its event catalog in the games registry; a parameter added there adds its column, "
+            "null in older rows; one removed keeps its column), partitioned by `eventDate`. "
             "Each ingested batch's rows are appended to it by the next follower run "
             "(follow_raw_job), late ones on their own day; "
             "materializing a day rebuilds that day from the raw table."
@@ -130,6 +134,7 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 "delta_version": commit.version,
                 "days": days,
                 "dagster/uri": paths[game],
+                **materialized_columns(context.instance, game, schema),
             },
             check_results=[
                 check_result(game.table_name, name, outcome)
