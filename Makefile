@@ -30,7 +30,7 @@ unit: $(INSTALLED)
 	$(BIN)/pytest -m unit
 
 # Ours side by side with Structured Streaming, Polars + deltalake and bare Spark; writes
-# bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md (about three to four hours: the latency load runs 20 minutes, the sustainable-rate search up to ten loads of 10 minutes, about 12 minutes each with start-up and catch-up, day growth at 8x pre-fills 2,000,000 events, idle cost runs 10 minutes).
+# bench/results/side-by-side-<date>.json and .png, and BENCHMARKS.md (about three to four hours: the latency load runs 20 minutes, the sustainable-rate search up to ten loads of 10 minutes, about 12 minutes each with start-up and catch-up, day growth at 8x pre-fills 2,000,000 events, idle cost runs 10 minutes, the games' own parameters' cost two loads of 20 minutes).
 bench: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/side_by_side.py

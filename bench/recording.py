@@ -130,10 +130,12 @@ def post_events(
     seconds: float | None,
     seed: int,
     until: threading.Event | None = None,
+    own_events: bool = True,
 ) -> int:
     """Generated events posted at `rate` per second as game clients send them, for `seconds`
-    or, when None, until `until` is set; how many the service accepted."""
-    events = generator.stream(seed, rate, seconds)
+    or, when None, until `until` is set (`own_events`: as generator.EventFactory takes it);
+    how many the service accepted."""
+    events = generator.stream(seed, rate, seconds, own_events)
     if until is not None:
         events = itertools.takewhile(lambda _: not until.is_set(), events)
     accepted = 0

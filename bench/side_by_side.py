@@ -6,7 +6,8 @@ machine, in one run.
         [--day-base 250000] [--day-scales 1 4 8] [--idle-minutes 10]
         [--only STEP ... | --skip STEP ...] [--results FILE] [--benchmarks-md FILE]
 
-Steps (all by default): throughput, latency, sustainable-rate, day-growth, idle-cost.
+Steps (all by default): throughput, latency, sustainable-rate, day-growth, idle-cost,
+catalog-cost.
 
 1. Throughput and growth: a seeded workload of landing objects (1x, 2x and 4x --events) on
    the local S3 endpoint, taken to the raw table and the 30 per-game tables by
@@ -42,6 +43,12 @@ Steps (all by default): throughput, latency, sustainable-rate, day-growth, idle-
    per-game and KPI tables holding it, through the daemon's sensors.
 6. Idle cost (bench/idle_cost.py): the CPU share of the whole demo stack at 50 events/s
    through the HTTP service over --idle-minutes.
+7. The games' own parameters' cost: ours on the generator's events with only the seed's
+   events, then with the default catalog's (a quarter of the events carry parameters of
+   their game's own: checked at the door, parsed into customParams, typed columns of the
+   per-game tables, the funnel and item sums): the throughput at 1x and 4x --events, and
+   --latency-rate held --catalog-seconds through the ingest service (the raw table's delay
+   and drift, as in step 4). Within 10% is the target.
 
 Writes bench/results/side-by-side-<date>.json (and .png with the throughput step), and
 BENCHMARKS.md. Steps run alone (--only, --skip) add their figures to the newest results
@@ -85,7 +92,9 @@ PROJECT = BENCH.parent
 TABLES = [RAW_TABLE, *(game.table_name for game in GAMES)]
 SCALES = (1, 2, 4)
 PEERS = ("structured-streaming", "polars", "bare-spark")
-STEPS = ("throughput", "latency", "sustainable-rate", "day-growth", "idle-cost")
+STEPS = ("throughput", "latency", "sustainable-rate", "day-growth", "idle-cost", "catalog-cost")
+# The games' own parameters may cost the throughput and the raw table's delay this much.
+CATALOG_COST_LIMIT = 1.10
 # A load's first and last this many seconds are compared for drift (a third of a shorter
 # load: drift_window).
 DRIFT_WINDOW = 300
@@ -149,11 +158,13 @@ def row_counts(warehouse: str) -> dict[str, int]:
     return counts
 
 
-def load_workload(bucket: str, events: int, seed: int) -> int:
-    """`events` generated events over one day, in gzip NDJSON objects of 5,000 events."""
+def load_workload(bucket: str, events: int, seed: int, own_events: bool = True) -> int:
+    """`events` generated events over one day, in gzip NDJSON objects of 5,000 events
+    (`own_events`: as generator.EventFactory takes it)."""
     s3 = aws.client("s3")
     start, end = generator.history_window(1.0, datetime(2026, 11, 20, 12, tzinfo=UTC))
-    objects = generator.landing_objects(generator.history(seed, events, start, end), seed)
+    events_made = generator.history(seed, events, start, end, own_events=own_events)
+    objects = generator.landing_objects(events_made, seed)
     return generator.write_objects(
         objects, lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body), generator.Totals()
     ).objects
@@ -368,6 +379,7 @@ def steady_load(
     parts: dict[str, psutil.Process],
     caught_up: Callable[[int], bool],
     catch_up_seconds: float,
+    own_events: bool = True,
 ) -> dict:
     """Events posted at `rate` for `seconds` through the ingest service (started on `env`,
     landing into its bucket, and stopped before this returns), then up to `catch_up_seconds`
@@ -378,7 +390,7 @@ def steady_load(
         service, url, api_key = recording.start_ingest_service(env, work)
         parts = {**parts, "ingest service": psutil.Process(service.pid)}
         cpu_before, load_started = idle_cost.cpu_seconds(parts), time.time()
-        accepted = recording.post_events(url, api_key, rate, seconds, seed=11)
+        accepted = recording.post_events(url, api_key, rate, seconds, seed=11, own_events=own_events)
         load_ended = time.time()
         deadline = time.monotonic() + catch_up_seconds
         while time.monotonic() < deadline and not caught_up(accepted):
@@ -443,6 +455,7 @@ def ours_under_load(
     *,
     follow_kpis: bool,
     start_warm: bool,
+    own_events: bool = True,
 ) -> dict:
     """Ours on a bucket and daemon of its own (`name`) under latency()'s load; then, up to
     10 minutes for today's KPIs to count every event (`follow_kpis`), or up to
@@ -482,7 +495,7 @@ def ours_under_load(
         caught_up, catch_up_seconds = (
             (kpis_caught_up, 600) if follow_kpis else (raw_caught_up, RAW_CATCH_UP_SECONDS)
         )
-        load = steady_load(env, work / name, rate, seconds, parts, caught_up, catch_up_seconds)
+        load = steady_load(env, work / name, rate, seconds, parts, caught_up, catch_up_seconds, own_events)
     finally:
         stop_polling.set()
         processes.stop([daemon])
@@ -514,6 +527,64 @@ def ours_under_load(
         "runs": run_overheads(Path(env["DAGSTER_HOME"])),
         "profile": {**load["profile"], "run_seconds_by_stage": run_stages(Path(env["DAGSTER_HOME"]))},
     }
+
+
+def catalog_cost(
+    base_events: int, rate: float, seconds: float, address: str, server_pid: int, work: Path
+) -> dict:
+    """Ours on the seed's events alone, then with the games' own (the default catalog's), one
+    workload after the other: the throughput to the raw and per-game tables at 1x and 4x, and
+    the raw table's delay under `rate` held `seconds` (the daemon warm, as in the sustainable
+    rate step); the second against the first."""
+    figures: dict = {}
+    for workload, own_events in (("seed_events_only", False), ("with_own_parameters", True)):
+        rates = {}
+        for scale in (1, 4):
+            name = f"catalog-{workload.replace('_', '-')}-{scale}x"
+            bucket = aws.provision(f"bench-{name}", queue_name=f"bench-{name}").bucket
+            load_workload(bucket, base_events * scale, seed=scale, own_events=own_events)
+            timed = ours(address, bucket, str(work / name), server_pid)
+            rates[f"{scale}x"] = {**timed, "events_per_second": round(base_events * scale / timed["seconds"])}
+            print(f"{workload} {scale}x: {json.dumps(rates[f'{scale}x'])}", flush=True)
+        loaded = ours_under_load(
+            f"catalog-{workload.replace('_', '-')}",
+            rate,
+            seconds,
+            address,
+            server_pid,
+            work,
+            follow_kpis=False,
+            start_warm=True,
+            own_events=own_events,
+        )
+        kept = ("events_accepted", "raw_rows", "seconds_of_load", "drift_window_seconds")
+        delays = {key: value for key, value in loaded.items() if key.startswith("event_to_raw_seconds")}
+        figures[workload] = {"throughput": rates, "sustained": {**{k: loaded[k] for k in kept}, **delays}}
+        print(f"{workload} sustained: {json.dumps(figures[workload]['sustained'])}", flush=True)
+    plain, own = figures["seed_events_only"], figures["with_own_parameters"]
+    targets = []
+    for scale in ("1x", "4x"):
+        slower = (
+            plain["throughput"][scale]["events_per_second"] / own["throughput"][scale]["events_per_second"]
+        )
+        targets.append(
+            {
+                "target": f"Throughput at {scale} with the games' own parameters within 10% of the seed's events'",
+                "met": slower <= CATALOG_COST_LIMIT,
+                "figure": f"{own['throughput'][scale]['events_per_second']:,} against "
+                f"{plain['throughput'][scale]['events_per_second']:,} events/s ({slower:.2f}x slower)",
+            }
+        )
+    p50s = [side["sustained"]["event_to_raw_seconds"]["p50"] for side in (plain, own)]
+    targets.append(
+        {
+            "target": f"Event to raw table p50 at {rate:g} events/s with the games' own parameters "
+            "within 10% of the seed's events'",
+            "met": p50s[1] <= CATALOG_COST_LIMIT * p50s[0],
+            "figure": f"{p50s[1]} s against {p50s[0]} s ({p50s[1] / p50s[0]:.2f}x)",
+        }
+    )
+    return {**figures, "events_at_1x": base_events, "events_per_second_offered": rate, "targets": targets}
 
 
 def peer_environment() -> dict[str, str]:
@@ -835,6 +906,12 @@ def main() -> None:
         default=SUSTAINABLE_SECONDS,
         help=f"sustainable rate: seconds each rate is held (default {SUSTAINABLE_SECONDS})",
     )
+    parser.add_argument(
+        "--catalog-seconds",
+        type=float,
+        default=1200,
+        help="the games' own parameters' cost: seconds each workload's load is held (default 1200)",
+    )
     parser.add_argument("--idle-minutes", type=float, default=idle_cost.MINUTES)
     parser.add_argument("--idle-rate", type=float, default=idle_cost.RATE)
     chosen = parser.add_mutually_exclusive_group()
@@ -879,6 +956,9 @@ def main() -> None:
                 "day-growth": lambda: day_growth.run(args.day_base, args.day_scales, address, work),
                 "idle-cost": lambda: idle_cost.run(
                     args.idle_rate, args.idle_minutes, address, server.pid, work
+                ),
+                "catalog-cost": lambda: catalog_cost(
+                    args.events, args.latency_rate, args.catalog_seconds, address, server.pid, work
                 ),
             }
             if "throughput" in steps:

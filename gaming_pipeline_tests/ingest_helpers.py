@@ -8,7 +8,9 @@ import os
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
+from pyspark.sql import Column
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from gaming_pipeline.defs.followers.runs import follow_raw_job
 from gaming_pipeline.defs.games.assets import game_tables
@@ -66,10 +68,29 @@ def fingerprints(spark, warehouse: str, tables: list[str]) -> dict[str, tuple]:
     for table in tables:
         df = spark.read.format("delta").load(table_path(warehouse, table))
         df = df.drop(*(c for c in ("_ingested_at", "_ingest_run_id") if c in df.columns))
-        found[table] = df.select(
-            F.count(F.lit(1)), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))
-        ).first()[:]
+        found[table] = df.select(F.count(F.lit(1)), content_checksum(df)).first()[:]
     return found
+
+
+def _variants_as_json(df) -> list[Column]:
+    """The columns of `df`, a VARIANT as its JSON text: Spark cannot hash one, and PySpark's
+    VariantVal has no equality."""
+    return [
+        F.to_json(field.name).alias(field.name)
+        if isinstance(field.dataType, T.VariantType)
+        else F.col(field.name)
+        for field in df.schema.fields
+    ]
+
+
+def content_checksum(df) -> Column:
+    """An order-free checksum of every column of every row."""
+    return F.sum(F.xxhash64(*_variants_as_json(df)).cast("decimal(38,0)"))
+
+
+def comparable_rows(df) -> list:
+    """The rows of `df`, sorted, to compare with another table's."""
+    return sorted(df.select(*_variants_as_json(df)).collect(), key=str)
 
 
 def put_bad_object(bucket: str) -> None:

@@ -239,7 +239,8 @@ def test_batches_merged_into_activity_equal_the_activity_of_all_their_events(spa
         merge_into(transform(batch), path, kpis.KEYS[table], kpis.ADDED[table], {"run_id": "test"})
     merged = spark.read.format("delta").load(path).collect()
     whole = transform(raw_rows(spark, events)).collect()
-    assert sorted(merged) == sorted(whole)
+    # By text: a row may hold a null key (a purchase naming no item).
+    assert sorted(merged, key=str) == sorted(whole, key=str)
     if table == kpis.PLAYER_DAYS:
         assert {len(row.sessions) for row in merged} == {2}
 

@@ -19,6 +19,7 @@ from gaming_pipeline.lib.tables import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from gaming_pipeline.lib.warehouse import table_path
 from gaming_pipeline_tests.ingest_helpers import (
     BAD_OBJECT_KEY,
+    content_checksum,
     evaluate,
     load_history,
     put_bad_object,
@@ -52,7 +53,7 @@ def raw_table(spark, warehouse):
 
 
 def content_fingerprint(df) -> tuple[int, int]:
-    return df.count(), df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
+    return df.count(), df.select(content_checksum(df)).first()[0]
 
 
 @pytest.mark.slow

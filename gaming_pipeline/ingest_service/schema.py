@@ -15,6 +15,8 @@ no KPI can fail on: the same field names and types, and these limits at the door
 - `scoreAdjustment`: an int32. Strings: valid UTF-8 (msgspec refuses lone surrogates);
   limited lengths. JSON has no NaN or Infinity, and a number past a float's range is out of
   range, so no value is infinite.
+- the event's name and the parameters beside the seed's fields: as the game's event catalog
+  (catalog.py) declares them, which ingestion checks alike for lines of other producers.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def _seed_reason(name: str, params: EventParams) -> str | None:
 
 _SEED_PARAMS = frozenset(SEED_PARAMS)
 _INT64 = range(-(2**63), 2**63)
+_ISO_INSTANT = re.compile(ISO_INSTANT)
 
 
 def _fits(kind: str, value: Any) -> bool:
@@ -187,9 +190,6 @@ def _fits(kind: str, value: Any) -> bool:
     if kind == "boolean":
         return type(value) is bool
     return isinstance(value, str) and _ISO_INSTANT.match(value) is not None and not client_time_reason(value)
-
-
-_ISO_INSTANT = re.compile(ISO_INSTANT)
 
 
 def catalog_reason(name: str, params: dict[str, Any], spec: EventSpec | None) -> str | None:

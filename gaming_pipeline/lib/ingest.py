@@ -19,6 +19,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from gaming_pipeline.lib.derived import FOLLOWED_BY
 from gaming_pipeline.lib.erasure import not_erased
@@ -219,14 +220,16 @@ def classify_objects(
         pass
     faults = {obj: _content_fault(spark, obj) for obj in objects}
     readable = [obj for obj, fault in faults.items() if fault is None]
+    # No VARIANT in the rows made here: a null one is added as a column.
+    unparsed = T.StructType([field for field in CLASSIFIED_SCHEMA.fields if field.name != "customParams"])
     broken = spark.createDataFrame(
         [
             (None, object_uri(obj), None, None, None, None, None, fault)
             for obj, fault in faults.items()
             if fault
         ],
-        CLASSIFIED_SCHEMA,
-    )
+        unparsed,
+    ).withColumn("customParams", F.lit(None).cast("variant"))
     if readable:
         return _counted(classify_lines(_lines(spark, readable, erased)).unionByName(broken))
     return _counted(broken)

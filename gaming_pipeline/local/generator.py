@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from gaming_pipeline.catalog import Param
+from gaming_pipeline.catalog import SEED_CATALOG, Param
 from gaming_pipeline.event_names import ITEM, LEVEL, LEVEL_COMPLETED, LEVEL_FAILED, LEVEL_STARTED, PURCHASE
 from gaming_pipeline.games import GAMES, Game
 
@@ -91,7 +91,7 @@ class Totals:
 class EventFactory:
     """Draws events for the registry's games, with a stable device pool per game."""
 
-    def __init__(self, seed: int, games: tuple[Game, ...] = GAMES, draws: str = ""):
+    def __init__(self, seed: int, games: tuple[Game, ...] = GAMES, draws: str = "", own_events: bool = True):
         self.rng = random.Random(seed)
         self.games = games
         self.game_weights = [game.popularity for game in games]
@@ -106,13 +106,12 @@ class EventFactory:
             game.keyword: f"{self.rng.randint(1, 4)}.{self.rng.randint(0, 9)}.{self.rng.randint(0, 20)}"
             for game in games
         }
-        # Each game's events (its catalog's) and their weights.
+        # Each game's events (its catalog's, or with `own_events` False only the seed's, none
+        # with parameters of the game's own) and their weights.
+        self.events = {game.keyword: game.events if own_events else SEED_CATALOG for game in games}
         self.mix = {
-            game.keyword: (
-                list(game.events),
-                [EVENT_MIX.get(name, OTHER_EVENT_SHARE) for name in game.events],
-            )
-            for game in games
+            keyword: (list(events), [EVENT_MIX.get(name, OTHER_EVENT_SHARE) for name in events])
+            for keyword, events in self.events.items()
         }
         if draws:
             # The same players, events drawn apart. Two factories of one seed drawing from
@@ -140,7 +139,7 @@ class EventFactory:
         }
         if name == PURCHASE:
             params["amount"] = rng.choices(PRICE_POINTS, PRICE_WEIGHTS)[0]
-        for param in game.events[name].params:
+        for param in self.events[game.keyword][name].params:
             if param.required or rng.random() < 0.7:
                 params[param.name] = self.value(param, client_time_text)
         return {
@@ -191,22 +190,24 @@ def client_event(event: dict) -> dict:
     return sent
 
 
-def history(seed: int, count: int, start: datetime, end: datetime, draws: str = "") -> Iterator[dict]:
+def history(
+    seed: int, count: int, start: datetime, end: datetime, draws: str = "", own_events: bool = True
+) -> Iterator[dict]:
     """`count` events spread over [start, end), in time order; with `draws`, the players of
-    `seed` and events of their own (EventFactory)."""
-    factory = EventFactory(seed, draws=draws)
+    `seed` and events of their own; `own_events` as EventFactory takes it."""
+    factory = EventFactory(seed, draws=draws, own_events=own_events)
     span = (end - start).total_seconds()
     times = sorted(start.timestamp() + factory.rng.random() * span for _ in range(count))
     for at in times:
         yield factory.event(at)
 
 
-def stream(seed: int, rate: float, duration: float | None) -> Iterator[dict]:
+def stream(seed: int, rate: float, duration: float | None, own_events: bool = True) -> Iterator[dict]:
     """Events at `rate` per second, stamped with the time they are made, for `duration`
     seconds (forever when None)."""
     if not 0 < rate < float("inf"):
         raise ValueError(f"a stream needs a rate of events per second above 0, not {rate}")
-    factory = EventFactory(seed)
+    factory = EventFactory(seed, own_events=own_events)
     started = time.time()
     sent = 0
     while duration is None or time.time() - started < duration:
