@@ -390,12 +390,12 @@ def catalog_cost_section(results: dict) -> list[str]:
     ):
         side = cost[workload]
         sustained = side["sustained"]
-        first = sustained["event_to_raw_seconds_first_window"]["p50"]
-        last = sustained["event_to_raw_seconds_last_window"]["p50"]
+        first = sustained["event_to_raw_seconds_first_window"].get("p50")
+        last = sustained["event_to_raw_seconds_last_window"].get("p50")
         rows.append(
             f"| {label} | {side['throughput']['1x']['events_per_second']:,} | "
             f"{side['throughput']['4x']['events_per_second']:,} | {sustained['events_accepted']:,} | "
-            f"{sustained['event_to_raw_seconds']['p50']} | {sustained['event_to_raw_seconds']['p99']} | "
+            f"{sustained['event_to_raw_seconds'].get('p50')} | {sustained['event_to_raw_seconds'].get('p99')} | "
             f"{first} s, then {last} s |"
         )
     return [

@@ -28,7 +28,7 @@ ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{
 # The largest money value in either direction (and a purchase's largest `amount`).
 MAX_MONEY = 1_000_000.0
 MAX_TEXT = 1024
-PARAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+PARAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # Firebase's limit: enough for a game's own, few enough to keep a line and a table narrow.
 MAX_PARAMS = 25
 # Columns of the per-game tables besides the parameters (lib/events.RAW_SCHEMA): a
@@ -112,7 +112,7 @@ class _Lines:
         for number, line in enumerate(text.splitlines(), 1):
             if found := self._HEADER.match(line):
                 header = tuple(part.strip().strip("\"'") for part in found[1].split("."))
-                games += line.lstrip().startswith("[[game]]")
+                games += header == ("game",) and line.lstrip().startswith("[[")
                 self.entries.append((number, games, header))
             elif found := self._KEY.match(line):
                 key = tuple(part.strip().strip("\"'") for part in found[1].split("."))
@@ -127,16 +127,26 @@ class _Lines:
             wanted.insert(0, (*scope, place.event, "params", place.param))
         for path in wanted:
             for number, games, found in self.entries:
-                in_game = games == game_number if game_number else games == 0
-                if in_game and _contains(found, path):
+                # Shared `[events]` tables are top-level wherever they stand; a game's, under it.
+                in_game = games == game_number if game_number else True
+                if in_game and _declares(found, path):
                     return number
         return None
 
 
-def _contains(found: tuple[str, ...], path: tuple[str, ...]) -> bool:
+def _declares(found: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """Whether a line's path (its table's header and its key) declares `path`: begins with
+    it, or for a parameter, names it among an inline table's keys (`params = { a = .., b = .. }`)."""
     if path == ("game",):
         return found == ("game",)
-    return found[: len(path)] == path or (path[-1] in found and found[: len(path) - 1] == path[:-1])
+    if found[: len(path)] == path:
+        return True
+    return (
+        len(path) > 2
+        and path[-2] == "params"
+        and found[: len(path) - 1] == path[:-1]
+        and path[-1] in found[len(path) - 1 :]
+    )
 
 
 class _Faults:
@@ -147,7 +157,10 @@ class _Faults:
     def add(self, game_number: int | None, place: _Place, message: str) -> None:
         line = self.lines.of(game_number, place)
         where = ", ".join(part for part in (f"line {line}" if line else "", place.named()) if part)
-        self.at.append((line or 0, f"{where}: {message}" if where else message))
+        fault = (line or 0, f"{where}: {message}" if where else message)
+        # A shared event's fault shows once, not once for each game that has the event.
+        if fault not in self.at:
+            self.at.append(fault)
 
     @property
     def found(self) -> list[str]:
@@ -178,19 +191,22 @@ def _entries(
     entries = {}
     for name, entry in declared.items():
         place = _Place(game, name)
-        if not re.match(EVENT_NAME, name):
+        if not re.fullmatch(EVENT_NAME, name):
             faults.add(game_number, place, "an event name is a letter then letters, digits or _, 64 at most")
             continue
         if not isinstance(entry, dict) or set(entry) - {"params", "open"}:
             faults.add(game_number, place, "an event has `params` and may be `open = true`, nothing else")
             continue
+        if not isinstance(entry.get("params", {}), dict) or not isinstance(entry.get("open", False), bool):
+            faults.add(game_number, place, "`params` is a table of parameters, `open` true or false")
+            continue
         params = []
-        for param_name, value in (entry.get("params") or {}).items():
+        for param_name, value in entry.get("params", {}).items():
             where = _Place(game, name, param_name)
             typed = _param(value)
             if isinstance(typed, str):
                 faults.add(game_number, where, typed)
-            elif not PARAM_NAME.match(param_name):
+            elif not PARAM_NAME.fullmatch(param_name):
                 faults.add(game_number, where, "a parameter name is a letter then letters, digits or _")
             elif param_name in SEED_PARAMS or param_name.lower() in {c.lower() for c in RESERVED_COLUMNS}:
                 faults.add(game_number, where, "the name is the seed's own field or a table column")
@@ -198,7 +214,7 @@ def _entries(
                 params.append(Param(param_name, *typed))
         if len(params) > MAX_PARAMS:
             faults.add(game_number, place, f"{len(params)} parameters: {MAX_PARAMS} at most")
-        entries[name] = EventSpec(name, tuple(params), bool(entry.get("open", False)))
+        entries[name] = EventSpec(name, tuple(params), entry.get("open", False))
     return entries
 
 

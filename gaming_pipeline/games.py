@@ -78,6 +78,8 @@ def load_registry(path: str | Path, named: str = "") -> Registry:
         entries = document.get("game")
         if not isinstance(entries, list) or not entries:
             raise ValueError("it lists no games: give each one a [[game]] table")
+        if not all(isinstance(entry, dict) for entry in entries):
+            raise ValueError("each game is a [[game]] table of `keyword`, `app_name` and so on")
         if set(document) - {"game", "events"}:
             raise ValueError(
                 f"it has {sorted(set(document) - {'game', 'events'})}: only [[game]] and [events]"

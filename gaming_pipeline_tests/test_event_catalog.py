@@ -74,6 +74,37 @@ def test_every_fault_of_a_catalog_is_named_with_its_line_game_event_and_paramete
     assert "questCompleted" in capsys.readouterr().out
 
 
+A_GAME = '[[ game ]]\nkeyword = "ab"\napp_name = "A"\n'
+
+
+@pytest.mark.parametrize(
+    "text, fault",
+    [
+        ('[events.foo]\nparams = "x"\n', "line 1, shared events, event foo: `params` is a table"),
+        (
+            '[events.foo]\nopen = "no"\n',
+            "line 1, shared events, event foo: `params` is a table of parameters, `open`",
+        ),
+        (
+            '[events.bar]\nparams.foo = "string"\n[events.foo]\nparams.a = "x"\n',
+            "line 4, shared events, event foo, parameter a",
+        ),
+        (
+            A_GAME + '[game.events.x]\nparams = { a = "string", b = "x" }\n',
+            "line 5, game ab, event x, parameter b",
+        ),
+        (A_GAME + '[events.x]\nparams.a = "x"\n', "line 5, shared events, event x, parameter a"),
+        ('[events.x]\nparams."a\\n" = "string"\n', "line 1, shared events, event x, parameter a\n: a parameter name is"),
+    ],
+)
+def test_a_fault_is_found_where_it_is_whatever_the_files_layout(tmp_path, text, fault):
+    faulty = tmp_path / "games.toml"
+    faulty.write_text(text if A_GAME in text else text + A_GAME)
+    with pytest.raises(ValueError) as refused:
+        load_registry(faulty, named="F")
+    assert str(refused.value).startswith(f"F: {fault}")
+
+
 @pytest.mark.e2e
 def test_a_faulty_catalog_stops_the_code_locations_load_naming_file_game_and_event(tmp_path):
     faulty = tmp_path / "games.toml"
@@ -154,6 +185,18 @@ VERDICTS = [
     (
         "questCompleted",
         "ninja_run",
+        {"quest": "q1", "seconds": 10**400},
+        catalog.wrong_type(Param("seconds", "float")),
+    ),
+    (
+        "questCompleted",
+        "ninja_run",
+        {"quest": "q1", "finished_at": "2026-12-07T10:00:00Z\n"},
+        catalog.wrong_type(Param("finished_at", "timestamp")),
+    ),
+    (
+        "questCompleted",
+        "ninja_run",
         {"quest": "q1", "seconds": True},
         catalog.wrong_type(Param("seconds", "float")),
     ),
@@ -195,24 +238,27 @@ def test_the_door_refuses_what_the_catalog_does_not_declare_ingestion_keeps_the_
 
 
 def test_ingestion_quarantines_what_the_door_refuses_and_keeps_the_parameters_typed(spark):
-    from gaming_pipeline.lib.events import classify_lines, typed_params
+    from gaming_pipeline.lib.derived import game_rows
+    from gaming_pipeline.lib.events import REPEATED_PARAMETER, classify_lines
 
     lines = [json.dumps({**event(name, game, own), "eventTime": int(AT)}) for name, game, own, _ in VERDICTS]
+    # Another producer's line may name a parameter twice, which no client's JSON reaches the
+    # door with (the service writes each once).
+    twice = lines[0].replace('"level": 3', '"level": 3, "level": 4')
+
     classified = classify_lines(
         spark.createDataFrame(
-            [(line, "s3://l/a", None) for line in lines],
+            [(line, "s3://l/a", None) for line in [*lines, twice]],
             "value string, _source_object string, _source_modified_at timestamp",
         )
     )
     rows = classified.select("reason", "customParams").collect()
-    assert [row.reason for row in rows] == [reason for *_, reason in VERDICTS]
+    assert [row.reason for row in rows] == [reason for *_, reason in VERDICTS] + [REPEATED_PARAMETER]
     kept = [json.loads(row.customParams.toJson()) for row in rows if row.reason is None]
     assert kept == [own for *_, own, reason in VERDICTS if reason is None]
 
     quest = GAMES_BY_KEYWORD["ninja_run"]
-    (typed,) = typed_params(
-        classified.where("eventName = 'questCompleted' AND reason IS NULL"), quest.columns
-    ).collect()
+    (typed,) = game_rows(classified.where("eventName = 'questCompleted' AND reason IS NULL"), quest).collect()
     assert (str(typed.reward), typed.hard_mode, typed.finished_at, typed.seconds, typed.level) == (
         "4.99",
         True,
@@ -232,12 +278,14 @@ def test_the_seeds_fields_are_one_list_at_the_door_in_the_tables_and_in_the_cata
 
 
 def test_a_parameter_added_mid_stream_adds_a_column_without_rewriting_and_one_removed_stays(spark, tmp_path):
+    """Added: a column, null in older rows, no file rewritten. Removed: the column stays, and
+    a rebuild still fills it from customParams. Retyped: the column keeps its first type."""
     from dataclasses import replace
 
     from deltalake import DeltaTable
 
     from gaming_pipeline.defs.games.columns import DROPPED, materialized_columns
-    from gaming_pipeline.lib.derived import append_game_rows
+    from gaming_pipeline.lib.derived import append_game_rows, game_rows
     from gaming_pipeline.lib.events import classify_lines, raw_events
 
     game = GAMES_BY_KEYWORD["ninja_run"]
@@ -266,7 +314,22 @@ def test_a_parameter_added_mid_stream_adds_a_column_without_rewriting_and_one_re
     assert sorted((row._ingest_run_id, row.mood) for row in rows) == [("r1", None), ("r2", "happy")]
     # Removed again from the catalog: the column stays, and a batch without it appends.
     append_game_rows(batch(3, {}), before, warehouse, {"run_id": "r3"})
-    assert "mood" in spark.read.format("delta").load(path).columns
+    written = spark.read.format("delta").load(path)
+    assert "mood" in written.columns
+    (rebuilt,) = game_rows(batch(4, {"mood": "calm"}), before, written.schema).select("mood").collect()
+    assert rebuilt.mood == "calm"
+    # A parameter's type changed in the catalog (float to integer): the column keeps double.
+    retyped = replace(
+        entry, params=tuple(replace(p, type="integer") if p.name == "seconds" else p for p in entry.params)
+    )
+    append_game_rows(
+        batch(5, {"seconds": 7}),
+        replace(game, events={**game.events, entry.name: retyped}),
+        warehouse,
+        {"run_id": "r5"},
+    )
+    seconds = spark.read.format("delta").load(path).where("_ingest_run_id = 'r5'").select("seconds")
+    assert seconds.schema["seconds"].dataType.simpleString() == "double" and seconds.first().seconds == 7.0
 
     instance = dg.DagsterInstance.ephemeral()
     for version, expected_added in ((before, None), (after, "mood"), (before, None)):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -176,6 +177,7 @@ def _seed_reason(name: str, params: EventParams) -> str | None:
 _SEED_PARAMS = frozenset(SEED_PARAMS)
 _INT64 = range(-(2**63), 2**63)
 _ISO_INSTANT = re.compile(ISO_INSTANT)
+_LARGEST_DOUBLE = sys.float_info.max
 
 
 def _fits(kind: str, value: Any) -> bool:
@@ -186,7 +188,10 @@ def _fits(kind: str, value: Any) -> bool:
     if kind == "integer":
         return type(value) is int and value in _INT64
     if kind in ("float", "money"):
-        return type(value) in (int, float) and (kind == "float" or abs(value) <= MAX_MONEY)
+        # An integer of 400 digits is a JSON number too, but no finite double.
+        return type(value) in (int, float) and abs(value) <= (
+            MAX_MONEY if kind == "money" else _LARGEST_DOUBLE
+        )
     if kind == "boolean":
         return type(value) is bool
     return isinstance(value, str) and _ISO_INSTANT.match(value) is not None and not client_time_reason(value)

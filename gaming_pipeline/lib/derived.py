@@ -19,12 +19,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from gaming_pipeline.games import GAMES, GAMES_BY_KEYWORD, Game
 from gaming_pipeline.lib import kpis, player_state
-from gaming_pipeline.lib.events import typed_params
+from gaming_pipeline.lib.events import PARAM_TYPES, RAW_SCHEMA, typed_params
 from gaming_pipeline.lib.maintenance import days_in
 from gaming_pipeline.lib.stages import StageClock
 from gaming_pipeline.lib.tables import ACTIVITY, PLAYER_STATE, game_table
@@ -49,9 +51,16 @@ FOLLOWED_BY = "followed_by"
 PARALLEL_WRITES = 4
 
 
-def game_rows(rows: DataFrame, game: Game) -> DataFrame:
-    """The game's rows of raw rows, with its own parameters as columns (its table's rows)."""
-    return typed_params(rows.where(F.col(kpis.GAME) == game.keyword), game.columns)
+def game_rows(rows: DataFrame, game: Game, table: T.StructType | None = None) -> DataFrame:
+    """The game's rows of raw rows, with its own parameters as columns (its table's rows).
+    With the table's schema `table`, a column the table has keeps the table's type (a
+    parameter whose type the catalog changed), and the columns of parameters the catalog no
+    longer declares are filled too, from customParams, as long as events still carry them."""
+    columns = {param.name: PARAM_TYPES[param.type] for param in game.columns}
+    if table is not None:
+        kept = {field.name: field.dataType for field in table.fields if field.name not in RAW_SCHEMA.names}
+        columns = {**columns, **kept}
+    return typed_params(rows.where(F.col(kpis.GAME) == game.keyword), columns)
 
 
 def append_game_rows(
@@ -62,15 +71,24 @@ def append_game_rows(
     round trip per game and batch. A parameter new to the game's catalog becomes its column
     in the same commit (older rows read null; no file is rewritten)."""
     table = game_table(game)
-    append_rows(
-        game_rows(rows, game).coalesce(1),
-        table.path(warehouse),
-        marker,
-        partition_by=table.partition_by,
-        properties=table.table_properties,
-        txn=txn,
-        add_new_columns=True,
-    )
+    path = table.path(warehouse)
+
+    def append(schema: T.StructType | None) -> None:
+        append_rows(
+            game_rows(rows, game, schema).coalesce(1),
+            path,
+            marker,
+            partition_by=table.partition_by,
+            properties=table.table_properties,
+            txn=txn,
+            add_new_columns=True,
+        )
+
+    try:
+        # The table's schema is read only when the catalog's types do not merge into it.
+        append(None)
+    except AnalysisException:
+        append(rows.sparkSession.read.format("delta").load(path).schema)
 
 
 def rows_per_game_and_day(rows: DataFrame) -> list[Row]:

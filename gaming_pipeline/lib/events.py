@@ -9,6 +9,7 @@ parameters, checked as the ingest service checks them, and kept in `customParams
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from datetime import datetime
 
@@ -17,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from gaming_pipeline import catalog
-from gaming_pipeline.catalog import EventSpec, Param
+from gaming_pipeline.catalog import EventSpec
 from gaming_pipeline.event_names import SEED_PARAMS
 from gaming_pipeline.games import GAMES, Game
 from gaming_pipeline.lib.s3_events import REJECTED
@@ -95,6 +96,7 @@ CLASSIFIED_SCHEMA = T.StructType(
 )
 
 MISSING_EVENT_TIME = "missing eventTime"
+REPEATED_PARAMETER = "eventParams names a parameter twice"
 # Bad lines are kept for diagnosis, but a runaway line must not bloat the table.
 MAX_QUARANTINED_LINE_CHARS = 10_000
 # Epoch values below this are seconds (until the year 5138), above it milliseconds.
@@ -139,7 +141,11 @@ def _fits(value: Column, kind: str) -> Column:
     """Whether a parameter's value (a VARIANT, present and not null) is of its catalog type:
     the ingest service's rule (ingest_service/schema.py), on the JSON types the value has."""
     shape = F.schema_of_variant(value)
-    number = (shape == "BIGINT") | shape.startswith("DECIMAL") | (shape == "DOUBLE")
+    double = F.try_variant_get(value, "$", "double")
+    # A number too large for a double reads as infinite: not a float.
+    number = ((shape == "BIGINT") | shape.startswith("DECIMAL") | (shape == "DOUBLE")) & (
+        F.abs(double) <= F.lit(sys.float_info.max)
+    )
     text = F.try_variant_get(value, "$", "string")
     if kind == "string":
         return (shape == "STRING") & (F.length(text) <= catalog.MAX_TEXT)
@@ -148,12 +154,14 @@ def _fits(value: Column, kind: str) -> Column:
     if kind == "float":
         return number
     if kind == "money":
-        return number & (F.abs(F.try_variant_get(value, "$", "double")) <= catalog.MAX_MONEY)
+        return number & (F.abs(double) <= catalog.MAX_MONEY)
     if kind == "boolean":
         return shape == "BOOLEAN"
     instant = text.try_cast("timestamp")
     in_span = (instant >= F.lit(_EARLIEST).cast("timestamp")) & (instant < F.lit(_LATEST).cast("timestamp"))
-    return (shape == "STRING") & text.rlike(catalog.ISO_INSTANT) & F.coalesce(in_span, F.lit(False))
+    # Java's `$` matches before a final line break and the cast trims: no whitespace at all.
+    exact = text.rlike(catalog.ISO_INSTANT) & ~text.rlike(r"\s")
+    return (shape == "STRING") & exact & F.coalesce(in_span, F.lit(False))
 
 
 def _entry_reason(own: Column, spec: EventSpec) -> Column:
@@ -225,6 +233,8 @@ def classify_lines(lines: DataFrame, games: tuple[Game, ...] = GAMES) -> DataFra
     )
     e = parsed["e"]
     own = parsed[_OWN]
+    # JSON allows a key twice; the map keeps both, where a VARIANT can hold one.
+    repeated = F.size(F.map_keys(own)) != F.size(F.array_distinct(F.map_keys(own)))
     ts = event_time(e["eventTime"])
     unparsed = e["eventName"].isNull() & e["eventTime"].isNull() & e["eventParams"].isNull()
     reason = (
@@ -245,6 +255,7 @@ def classify_lines(lines: DataFrame, games: tuple[Game, ...] = GAMES) -> DataFra
             (ts < F.lit(_EARLIEST).cast("timestamp")) | (ts >= F.lit(_LATEST).cast("timestamp")),
             F.concat(F.lit("eventTime outside 2000-2099: "), ts.cast("string")),
         )
+        .when(repeated, REPEATED_PARAMETER)
         .otherwise(_catalog_reason(key, own, entries))
     )
     return parsed.select(
@@ -255,21 +266,19 @@ def classify_lines(lines: DataFrame, games: tuple[Game, ...] = GAMES) -> DataFra
         e["eventName"].alias("eventName"),
         ts.alias("eventTime"),
         e["eventParams"].alias("eventParams"),
-        F.when(F.size(own) > 0, F.to_variant_object(own)).alias("customParams"),
+        F.when((F.size(own) > 0) & ~repeated, F.to_variant_object(own)).alias("customParams"),
         reason.alias("reason"),
     )
 
 
-def typed_params(rows: DataFrame, params: tuple[Param, ...]) -> DataFrame:
-    """Event rows with each of a game's parameters as a column of its catalog type, read
-    from `customParams` (null where an event has none)."""
+def typed_params(rows: DataFrame, columns: dict[str, T.DataType]) -> DataFrame:
+    """Event rows with a game's parameters as columns (name: type), each read from
+    `customParams` (null where an event has none, or a value its type cannot hold)."""
     return rows.select(
         *rows.columns,
         *(
-            F.try_variant_get(
-                "customParams", f"$.{param.name}", PARAM_TYPES[param.type].simpleString()
-            ).alias(param.name)
-            for param in params
+            F.try_variant_get("customParams", f"$.{name}", data_type.simpleString()).alias(name)
+            for name, data_type in columns.items()
         ),
     )
 

@@ -153,9 +153,9 @@ class EventFactory:
         """A value of a game's own parameter: levels and items as a game has them (most
         players in the first levels, a few items), anything else drawn by its type."""
         rng = self.rng
-        if param.name == LEVEL:
+        if (param.name, param.type) == (LEVEL, "integer"):
             return min(int(rng.paretovariate(1.3)), 40)
-        if param.name == ITEM:
+        if (param.name, param.type) == (ITEM, "string"):
             return rng.choice(ITEMS)
         drawn = {
             "string": lambda: f"{param.name}_{rng.randint(1, 5)}",

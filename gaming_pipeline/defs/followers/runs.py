@@ -55,8 +55,9 @@ def follow_raw(context: dg.OpExecutionContext, warehouse: WarehouseResource, pys
         return
     games = {game.table_name: game for game in GAMES}
     for table, days in followed.added.items():
-        # A game's table says which columns it has, and those its catalog added (once a run).
-        columns = materialized_columns(context.instance, games[table]) if table in games else {}
+        # A game's table written to says which columns it has, and those its catalog added.
+        written = table in games and any(days.values())
+        columns = materialized_columns(context.instance, games[table]) if written else {}
         for day, rows in sorted(days.items()):
             if DAILY.has_partition_key(day.isoformat()):
                 yield dg.AssetMaterialization(

@@ -102,9 +102,11 @@ def game_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         def write(game: Game) -> tuple[Commit, T.StructType]:
             game_table(game).ensure(spark, warehouse.root)
             rows = null_keys[game].details["rows"]
+            # The table's own columns and types: a rebuilt day keeps what the catalog dropped.
+            table = spark.read.format("delta").load(paths[game]).schema
             commit = replace_rows(
                 # One file per day and game for up to ROWS_PER_FILE rows, not one per raw partition.
-                game_rows(raw, game).coalesce(max(1, rows // ROWS_PER_FILE)),
+                game_rows(raw, game, table).coalesce(max(1, rows // ROWS_PER_FILE)),
                 paths[game],
                 days,
                 {"run_id": context.run.run_id, "game": game.keyword},
