@@ -117,6 +117,15 @@ def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
             "eventDate date, game_keyword string, bookings_per_player_d1 decimal(18,4), "
             "bookings_per_player_d7 decimal(18,4), bookings_per_player_d30 decimal(18,4)",
         ),
+        # Levels of a day: drawn as the day's sum.
+        kpis.PROGRESSION_FUNNEL: spark.createDataFrame(
+            [
+                (LAST_DAY - timedelta(days=n), "all_games", level, 100, 60, 30)
+                for n in range(30)
+                for level in (1, 2)
+            ],
+            "eventDate date, game_keyword string, level long, started long, completed long, failed long",
+        ),
     }
     assert set(tables) == set(charts.CHARTS)
     for name, table in tables.items():
@@ -126,6 +135,9 @@ def test_each_charted_table_gets_a_small_png_with_its_series_drawn(spark):
         image = Image.open(io.BytesIO(png))
         assert image.size == (charts.WIDTH_PX, charts.HEIGHT_PX), name
         assert colored_pixels(image) > 1000, name
+    funnel = charts.CHARTS[kpis.PROGRESSION_FUNNEL]
+    points = charts.chart_points(funnel, tables[kpis.PROGRESSION_FUNNEL], LAST_DAY, LAST_DAY)
+    assert [value for _, value in points["started"]] == [200]
 
 
 def test_a_chart_without_rows_draws_no_series():

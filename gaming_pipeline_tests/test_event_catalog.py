@@ -94,7 +94,10 @@ A_GAME = '[[ game ]]\nkeyword = "ab"\napp_name = "A"\n'
             "line 5, game ab, event x, parameter b",
         ),
         (A_GAME + '[events.x]\nparams.a = "x"\n', "line 5, shared events, event x, parameter a"),
-        ('[events.x]\nparams."a\\n" = "string"\n', "line 1, shared events, event x, parameter a\n: a parameter name is"),
+        (
+            '[events.x]\nparams."a\\n" = "string"\n',
+            "line 1, shared events, event x, parameter a\n: a parameter name is",
+        ),
     ],
 )
 def test_a_fault_is_found_where_it_is_whatever_the_files_layout(tmp_path, text, fault):
