@@ -244,7 +244,8 @@ def _roles(catalog: dict[str, EventSpec], game_number: int | None, game: str | N
 
 def game_catalogs(document: dict, text: str) -> tuple[dict[str, EventSpec], list[dict[str, EventSpec]]]:
     """The shared catalog (seed and `[events]`) and each `[[game]]`'s, from a parsed registry
-    file and its text; raises CatalogError with every fault found."""
+    file whose games are tables (games.load_registry checks) and its text; raises
+    CatalogError with every fault found."""
     faults = _Faults(text)
     shared = dict(SEED_CATALOG)
     for name, spec in _entries(document.get("events", {}), None, None, faults).items():
@@ -252,9 +253,9 @@ def game_catalogs(document: dict, text: str) -> tuple[dict[str, EventSpec], list
     _roles(shared, None, None, faults)
     per_game = []
     for number, entry in enumerate(document.get("game") or [], 1):
-        game = entry.get("keyword") if isinstance(entry, dict) else None
+        game = entry.get("keyword")
         catalog = dict(shared)
-        own = _entries(entry.get("events", {}), number, game, faults) if isinstance(entry, dict) else {}
+        own = _entries(entry.get("events", {}), number, game, faults)
         for name, spec in own.items():
             catalog[name] = _merged(catalog.get(name), spec)
             for param in spec.params:

@@ -141,27 +141,29 @@ def _fits(value: Column, kind: str) -> Column:
     """Whether a parameter's value (a VARIANT, present and not null) is of its catalog type:
     the ingest service's rule (ingest_service/schema.py), on the JSON types the value has."""
     shape = F.schema_of_variant(value)
+    if kind == "integer":
+        return shape == "BIGINT"
+    if kind == "boolean":
+        return shape == "BOOLEAN"
+    text = F.try_variant_get(value, "$", "string")
+    if kind == "string":
+        return (shape == "STRING") & (F.length(text) <= catalog.MAX_TEXT)
+    if kind == "timestamp":
+        instant = text.try_cast("timestamp")
+        in_span = (instant >= F.lit(_EARLIEST).cast("timestamp")) & (
+            instant < F.lit(_LATEST).cast("timestamp")
+        )
+        # Java's `$` matches before a final line break and the cast trims: no whitespace at all.
+        exact = text.rlike(catalog.ISO_INSTANT) & ~text.rlike(r"\s")
+        return (shape == "STRING") & exact & F.coalesce(in_span, F.lit(False))
     double = F.try_variant_get(value, "$", "double")
     # A number too large for a double reads as infinite: not a float.
     number = ((shape == "BIGINT") | shape.startswith("DECIMAL") | (shape == "DOUBLE")) & (
         F.abs(double) <= F.lit(sys.float_info.max)
     )
-    text = F.try_variant_get(value, "$", "string")
-    if kind == "string":
-        return (shape == "STRING") & (F.length(text) <= catalog.MAX_TEXT)
-    if kind == "integer":
-        return shape == "BIGINT"
     if kind == "float":
         return number
-    if kind == "money":
-        return number & (F.abs(double) <= catalog.MAX_MONEY)
-    if kind == "boolean":
-        return shape == "BOOLEAN"
-    instant = text.try_cast("timestamp")
-    in_span = (instant >= F.lit(_EARLIEST).cast("timestamp")) & (instant < F.lit(_LATEST).cast("timestamp"))
-    # Java's `$` matches before a final line break and the cast trims: no whitespace at all.
-    exact = text.rlike(catalog.ISO_INSTANT) & ~text.rlike(r"\s")
-    return (shape == "STRING") & exact & F.coalesce(in_span, F.lit(False))
+    return number & (F.abs(double) <= catalog.MAX_MONEY)  # money
 
 
 def _entry_reason(own: Column, spec: EventSpec) -> Column:

@@ -314,23 +314,24 @@ def player_days(events: DataFrame) -> DataFrame:
     )
 
 
-def _summarized_by_game_params(events: DataFrame) -> tuple[Column, DataFrame]:
+def _summarized_by_game_params(events: DataFrame) -> tuple[Column, Column, DataFrame]:
     """The events activity_game_params sums (progression events with a level, purchases),
-    and whether each is one of the progression."""
+    with whether each is one of the progression and its level."""
     level = F.try_variant_get("customParams", f"$.{LEVEL}", "bigint")
     progression = F.col("eventName").isin(*PROGRESSION)
-    return progression, events.where((progression & level.isNotNull()) | (F.col("eventName") == PURCHASE))
+    summed = events.where((progression & level.isNotNull()) | (F.col("eventName") == PURCHASE))
+    return progression, level, summed
 
 
 def game_params(events: DataFrame) -> DataFrame:
     """Raw events summed per day, game and value of a parameter the KPIs read: each level of
     the progression events (started, completed, failed) and each item_id of the purchases
     (purchases and their bookings; a null value for purchases without one)."""
-    progression, summed = _summarized_by_game_params(events)
+    progression, level, summed = _summarized_by_game_params(events)
     name = F.col("eventName")
-    value = F.when(
-        progression, F.try_variant_get("customParams", f"$.{LEVEL}", "bigint").cast("string")
-    ).otherwise(F.try_variant_get("customParams", f"$.{ITEM}", "string"))
+    value = F.when(progression, level.cast("string")).otherwise(
+        F.try_variant_get("customParams", f"$.{ITEM}", "string")
+    )
     purchases, bookings = _purchase_sums()
     return conformed(
         summed.groupBy(
@@ -352,7 +353,7 @@ def game_params(events: DataFrame) -> DataFrame:
 
 def summarized_events(table: str, events: DataFrame) -> DataFrame:
     """The raw events an activity table sums (its `events` add up to their count)."""
-    return _summarized_by_game_params(events)[1] if table == GAME_PARAMS else events
+    return _summarized_by_game_params(events)[2] if table == GAME_PARAMS else events
 
 
 # Each activity table's rows from raw events: a batch's, or a rebuilt day's.
