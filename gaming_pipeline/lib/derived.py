@@ -135,11 +135,14 @@ def add_batch(
     # The first table a pass writes, so that a pass cut short is known (follow.py).
     merge(kpis.GAME_HOURS)
     games = [game for game in GAMES if any(added[game.table_name].values())]
-    with clock.stage("game_appends"), ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-        list(pool.map(append, games))
-    # Before the players' merge, as the hourly one: a KPI refresh reads activity_player_days'
-    # version first, so the other two hold at least its batches.
-    merge(kpis.GAME_PARAMS)
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        # Beside the appends (other tables, mostly Delta's fixed commit work), and before the
+        # players' merge, as the hourly one: a KPI refresh reads activity_player_days'
+        # version first, so the other two hold at least its batches.
+        game_params = pool.submit(merge, kpis.GAME_PARAMS)
+        with clock.stage("game_appends"):
+            list(pool.map(append, games))
+        game_params.result()
     merge(kpis.PLAYER_DAYS)
     # What the batch changes in its players' days and sessions is read off activity_player_days
     # between its versions before and after the pass's merge (made by an earlier try of the
@@ -202,8 +205,11 @@ def rebuild_player_state(spark: SparkSession, warehouse: str, raw: DataFrame, ru
 def rebuild_activity(spark: SparkSession, warehouse: str, raw: DataFrame, days: str, run_id: str) -> dict:
     """Replace the activity tables' rows of `days` (a predicate) with sums of `raw`'s rows
     of those days; returns each table's commit."""
-    commits = {}
-    for table, activity in kpis.ACTIVITY.items():
+
+    def rebuild(table: str) -> Commit:
         path = ACTIVITY[table].ensure(spark, warehouse)
-        commits[table] = replace_rows(activity(raw.where(days)), path, days, {"run_id": run_id})
-    return commits
+        return replace_rows(kpis.ACTIVITY[table](raw.where(days)), path, days, {"run_id": run_id})
+
+    # Three tables, each a small job and a commit: side by side.
+    with ThreadPoolExecutor(max_workers=len(kpis.ACTIVITY)) as pool:
+        return dict(zip(kpis.ACTIVITY, pool.map(rebuild, kpis.ACTIVITY), strict=True))
